@@ -1,0 +1,28 @@
+"""ndsharray: share numpy arrays between processes by tag, through shared memory.
+
+Writer::
+
+    w = ndsharray.NdShArray("camera/left", frame, r_w="w")
+    w.write(next_frame)
+
+Reader (any other process)::
+
+    status, frame = ndsharray.NdShArray("camera/left", r_w="r").read()
+"""
+
+from ._version import __version__
+from .admin import TagInfo, daemon_stats, list_tags
+from .client import NdShArray
+from .dtypes import supported_types
+from .errors import (
+    CorruptSegmentError, DaemonError, DaemonUnavailableError, HandleClosedError,
+    NdShArrayError, ProtocolError, ResourceLimitError, SegmentGoneError, TagBusyError,
+    TagNotFoundError, WriterStalledError,
+)
+
+__all__ = [
+    "CorruptSegmentError", "DaemonError", "DaemonUnavailableError", "HandleClosedError",
+    "NdShArray", "NdShArrayError", "ProtocolError", "ResourceLimitError", "SegmentGoneError",
+    "TagBusyError", "TagInfo", "TagNotFoundError", "WriterStalledError", "__version__",
+    "daemon_stats", "list_tags", "supported_types",
+]

@@ -1,0 +1,91 @@
+"""What the daemon knows, as typed objects: the library side of ``ndsharray ls``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import config, transport
+from .errors import DaemonUnavailableError
+
+
+@dataclass(frozen=True)
+class TagInfo:
+    """One live tag as the daemon sees it (figures read from the segment header)."""
+
+    tag: str
+    dtype: str | None  # numpy's name, e.g. "uint8"; None before the first write
+    shape: tuple[int, ...] | None
+    nbytes: int
+    writer_pid: int | None  # None when no live writer holds the tag
+    last_writer_pid: int | None
+    readers: int
+    reader_pids: tuple[int, ...]
+    writes: int
+    last_write_age_s: float | None
+    generation: int
+    segment: str | None
+    slots: int
+    size: int  # bytes of the segment in /dev/shm
+
+    def as_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = None if self.shape is None else list(self.shape)
+        d["reader_pids"] = list(self.reader_pids)
+        return d
+
+
+def list_tags(endpoint: str | None = None) -> list[TagInfo]:
+    """Every tag the daemon at ``endpoint`` holds, sorted by tag."""
+    rows = transport.connection(endpoint).request("list")["tags"]
+    return [
+        TagInfo(
+            tag=r["tag"], dtype=r["dtype"],
+            shape=None if r["shape"] is None else tuple(r["shape"]),
+            nbytes=r["nbytes"], writer_pid=r["writer_pid"], last_writer_pid=r["last_writer_pid"],
+            readers=r["readers"], reader_pids=tuple(r["reader_pids"]), writes=r["writes"],
+            last_write_age_s=r["last_write_age_s"], generation=r["generation"],
+            segment=r["segment"], slots=r["slots"], size=r["size"],
+        )
+        for r in rows
+    ]
+
+
+def daemon_stats(endpoint: str | None = None) -> dict[str, Any]:
+    """The daemon's counters: requests served, tags, bytes in use, uptime."""
+    return transport.connection(endpoint).request("stats")
+
+
+def daemon_pid(endpoint: str | None = None) -> int | None:
+    """Pid of the daemon serving ``endpoint``, or None when none runs (no daemon call)."""
+    ep = config.resolve_endpoint(endpoint)
+    if not transport.daemon_running(ep):
+        return None
+    try:
+        with open(config.lock_path(ep)) as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def stop_daemon(endpoint: str | None = None, timeout: float = 10.0) -> int | None:
+    """SIGTERM the endpoint's daemon and wait until it has removed its segments and socket.
+
+    Returns the stopped daemon's pid, or None if none was running. Clients keep working on
+    what they have mapped.
+    """
+    ep = config.resolve_endpoint(endpoint)
+    pid = daemon_pid(ep)
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while transport.daemon_running(ep):
+        if time.monotonic() > deadline:
+            raise DaemonUnavailableError(f"ndsharrayd (pid {pid}) did not stop within {timeout:g} s")
+        time.sleep(0.01)
+    transport.connection(ep).close()
+    return pid

@@ -1,0 +1,348 @@
+"""``NdShArray``: share one numpy array by tag between processes.
+
+A writer copies each array into a free slot of the tag's segment; a reader gets a
+read-only, zero-copy view of the latest complete write. Both talk to the daemon only to
+open, close or change shape/dtype/slot count: a same-shape write or read never does.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import secrets
+import time
+import weakref
+from typing import Any
+
+import numpy as np
+
+from . import config, transport
+from .dtypes import check_shareable, dtype_to_text
+from .errors import (
+    HandleClosedError, NdShArrayError, SegmentGoneError, WriterStalledError,
+)
+from .protocol import check_tag
+from .segment import MAX_SLOTS, SegmentReader, SegmentWriter, current_pid
+
+log = logging.getLogger("ndsharray")
+
+_EMPTY: np.ndarray[Any, Any] = np.empty((0,))
+_EMPTY.flags.writeable = False
+_live: weakref.WeakSet[NdShArray] = weakref.WeakSet()
+
+
+class NdShArray:
+    """A writer (``r_w='w'``) or reader (``r_w='r'``) of the array shared under ``tag``.
+
+    Writer: ``NdShArray(tag, array, 'w')`` writes ``array`` at once when it is non-empty;
+    ``write(a)`` publishes ``a`` (same shape and dtype: one copy, no daemon call; otherwise a
+    new segment generation that readers follow by themselves). Only one writer per tag.
+
+    Reader: ``status, array = NdShArray(tag, r_w='r').read()``. ``status`` is True when a
+    complete write arrived since this handle's previous read; otherwise ``(False, <the
+    array returned last time>)``, or an empty array if nothing was ever written. ``array``
+    is a read-only view straight into shared memory; its contents never change for as long
+    as you hold it (or any view derived from it), because the writer will not reuse a slot
+    that a reader still references. ``read(copy=True)`` returns an owned copy instead.
+
+    ``slots`` is the initial ring size; the writer grows the ring (up to ``max_slots``) when
+    readers keep old views alive, and raises :class:`WriterStalledError` after
+    ``write_timeout`` seconds if even that is not enough.
+    """
+
+    _closed = True
+    _wseg: SegmentWriter | None = None
+    _rseg: SegmentReader | None = None
+
+    def __init__(
+        self,
+        tag: str,
+        array: np.ndarray[Any, Any] | None = None,
+        r_w: str | None = None,
+        *,
+        endpoint: str | None = None,
+        slots: int = 3,
+        max_slots: int = 32,
+        write_timeout: float = 2.0,
+    ) -> None:
+        if not isinstance(r_w, str) or r_w.lower() not in ("r", "w"):
+            raise ValueError(f"r_w must be 'r' (reader) or 'w' (writer), got {r_w!r}")
+        if not 2 <= slots <= MAX_SLOTS or not slots <= max_slots <= MAX_SLOTS:
+            raise ValueError(f"need 2 <= slots <= max_slots <= {MAX_SLOTS}, got {slots}, {max_slots}")
+        self._tag = check_tag(tag)
+        self._access = r_w.lower()
+        self._endpoint = config.resolve_endpoint(endpoint)
+        self._slots = slots
+        self._max_slots = max_slots
+        self._write_timeout = write_timeout
+        self._last: np.ndarray[Any, Any] = _EMPTY
+        self._count = 0
+        self._read_time_ms = 0.0
+        self._valid = False
+        self._offered: dict[str, Any] | None = None
+        self._open()
+        _live.add(self)
+        if array is not None:
+            if self._access != "w":
+                raise ValueError("array= is only for writers (r_w='w'); a reader gets arrays from read()")
+            arr = np.asarray(array)
+            if arr.size:
+                self.write(arr)
+
+    def _open(self) -> None:
+        self._pid = os.getpid()
+        self._token = secrets.token_hex(8)
+        self._conn = transport.connection(self._endpoint)
+        op = "claim" if self._access == "w" else "attach"
+        res = self._conn.request(op, tag=self._tag, pid=self._pid, token=self._token)
+        self._closed = False
+        if self._access == "w":
+            self._offered = res["segment"]  # a dead writer's segment we may continue in
+        elif res["segment"] is not None:
+            self._follow(res["segment"])
+
+    # ---- properties of the original API ---------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The tag."""
+        return self._tag
+
+    @property
+    def tag(self) -> str:
+        return self._tag
+
+    @property
+    def access(self) -> str:
+        """'r' or 'w'."""
+        return self._access
+
+    @property
+    def ndarray_mmap_name(self) -> str | None:
+        """Name of the current shared-memory segment (changes with shape or dtype)."""
+        seg = self._wseg or self._rseg
+        return None if seg is None else seg.name
+
+    @property
+    def read_time_ms(self) -> float:
+        """Milliseconds from the last read array's ``write()`` to its ``read()``."""
+        return self._read_time_ms
+
+    @property
+    def is_valid(self) -> bool:
+        """True once this handle has written, or read, at least one array."""
+        return self._valid
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        seg = self._wseg or self._rseg
+        return None if seg is None else seg.header.shape
+
+    @property
+    def dtype(self) -> np.dtype[Any] | None:
+        seg = self._wseg or self._rseg
+        return None if seg is None else seg.header.dtype
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ---- writing ----------------------------------------------------------------------
+
+    def write(self, array: np.ndarray[Any, Any]) -> None:
+        """Publish a copy of ``array`` as the tag's latest value.
+
+        Any layout works (non-contiguous, Fortran order); a new shape or dtype makes a new
+        segment generation. Raises ``TypeError`` for dtypes holding Python objects.
+        """
+        self._check("w")
+        arr = array if type(array) is np.ndarray else np.asarray(array)
+        seg = self._wseg
+        if seg is None or arr.dtype != seg.header.dtype or arr.shape != seg.header.shape:
+            seg = self._new_generation(arr.dtype, arr.shape, self._slots)
+        i = seg.try_acquire()
+        if i < 0:
+            seg, i = self._acquire_slow(seg)
+        try:
+            np.copyto(seg.slots[i], arr, casting="no")
+        except BaseException:
+            seg.release(i)
+            raise
+        seg.publish(i)
+        self._valid = True
+
+    def _new_generation(self, dtype: np.dtype[Any], shape: tuple[int, ...], slots: int) -> SegmentWriter:
+        text = dtype_to_text(dtype)
+        offer, self._offered = self._offered, None
+        if offer and offer["dtype"] == text and tuple(offer["shape"]) == shape:
+            name = offer["name"]  # take over a previous writer's segment: readers keep going
+        else:
+            res = self._conn.request("generation", tag=self._tag, pid=self._pid,
+                                     token=self._token, dtype=text, shape=list(shape), slots=slots)
+            name = res["segment"]["name"]
+        seg = SegmentWriter(name)
+        old, self._wseg = self._wseg, seg
+        if old is not None:
+            old.close()
+        return seg
+
+    def _acquire_slow(self, seg: SegmentWriter) -> tuple[SegmentWriter, int]:
+        """Every slot but the latest is pinned: wait a moment, then grow the ring."""
+        # A reader holds two pins for a moment while it swaps views; that passes quickly.
+        spin_until = time.monotonic() + 0.002
+        while time.monotonic() < spin_until:
+            os.sched_yield()
+            i = seg.try_acquire()
+            if i >= 0:
+                return seg, i
+        if seg.nslots < self._max_slots:
+            # Pins that persist are views readers keep: give them more room.
+            h = seg.header
+            seg = self._new_generation(h.dtype, h.shape, min(self._max_slots, seg.nslots * 2))
+            self._slots = seg.nslots
+            i = seg.try_acquire()
+            if i >= 0:
+                return seg, i
+        deadline = time.monotonic() + self._write_timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.0005)
+            i = seg.try_acquire()
+            if i >= 0:
+                return seg, i
+        raise WriterStalledError(
+            f"tag {self._tag!r}: all {seg.nslots} slots stayed pinned by readers for "
+            f"{self._write_timeout:g} s; readers hold on to old arrays - drop them, read with "
+            "copy=True, or raise max_slots"
+        )
+
+    # ---- reading ----------------------------------------------------------------------
+
+    def read(self, copy: bool = False) -> tuple[bool, np.ndarray[Any, Any]]:
+        """Return ``(True, newest array)`` if a write arrived since the last read.
+
+        Otherwise ``(False, <the array returned last time>)``, an empty array if none was
+        ever written. The array is a read-only zero-copy view that stays unchanged while you
+        hold it, or with ``copy=True`` an owned, writable copy. Never a torn array.
+        """
+        self._check("r")
+        seg = self._rseg
+        got = None
+        if seg is not None:
+            got = seg.latest(self._count)
+        if got is None:
+            if seg is None or seg.retired():
+                seg = self._resolve()
+                if seg is not None:
+                    got = seg.latest(self._count)
+            if got is None:
+                return False, self._last
+        assert seg is not None
+        count, i, stamp = got
+        self._count = count
+        self._read_time_ms = (time.monotonic_ns() - stamp) / 1e6
+        if copy:
+            arr = seg.copy(i)
+            seg.unpin(i)
+        else:
+            arr = seg.view(i)
+        self._last = arr
+        self._valid = True
+        return True, arr
+
+    def _resolve(self) -> SegmentReader | None:
+        """Ask the daemon for the tag's current segment and switch to it if it changed."""
+        for _ in range(5):
+            info = self._conn.request("lookup", tag=self._tag)["segment"]
+            if info is None:
+                return None
+            if self._rseg is not None and info["name"] == self._rseg.name:
+                return self._rseg
+            try:
+                return self._follow(info)
+            except SegmentGoneError:
+                continue  # replaced again while we looked: ask once more
+        return self._rseg
+
+    def _follow(self, info: dict[str, Any]) -> SegmentReader:
+        seg = SegmentReader(info["name"])
+        old, self._rseg = self._rseg, seg
+        self._count = 0
+        if old is not None:
+            old.close()  # its mapping lives on while views of it do
+        return seg
+
+    # ---- lifetime ---------------------------------------------------------------------
+
+    def _check(self, access: str) -> None:
+        if self._closed:
+            raise HandleClosedError(f"NdShArray {self._tag!r} is closed")
+        if self._access != access:
+            raise NdShArrayError(
+                f"NdShArray {self._tag!r} was opened with r_w={self._access!r}; "
+                f"{'write' if access == 'w' else 'read'}() needs r_w={access!r}"
+            )
+        if self._pid != current_pid():
+            self._after_fork()
+
+    def _after_fork(self) -> None:
+        """Inherited across fork: leave the parent's fds and locks alone, start afresh."""
+        if self._access == "w":
+            raise NdShArrayError(
+                f"this writer of {self._tag!r} belongs to pid {self._pid}; a forked child must "
+                "open its own NdShArray (under another tag, or after the parent closes)"
+            )
+        self._rseg = None  # the parent's; its finalizers do nothing in this process
+        self._last = _EMPTY
+        self._count = 0
+        self._open()
+
+    def close(self) -> None:
+        """Release the tag (writer) or stop reading (reader). Idempotent.
+
+        Arrays already returned by ``read()`` stay valid until they are dropped.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._pid != current_pid():
+            return  # the parent's registration and locks are not ours to release
+        wseg, rseg, self._wseg, self._rseg = self._wseg, self._rseg, None, None
+        if wseg is not None:
+            wseg.close()
+        if rseg is not None:
+            rseg.close()
+        self._last = _EMPTY
+        op = "release" if self._access == "w" else "detach"
+        try:
+            self._conn.request(op, tag=self._tag, token=self._token)
+        except NdShArrayError as exc:
+            # The daemon notices our death anyway; closing must not fail because of it.
+            log.debug("could not %s %r: %s", op, self._tag, exc)
+
+    def __enter__(self) -> NdShArray:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("writer" if getattr(self, "_access", "") == "w" else "reader")
+        seg = self._wseg or self._rseg
+        what = "no data yet" if seg is None else f"{seg.header.dtype} {seg.header.shape}"
+        return f"<NdShArray {getattr(self, '_tag', '?')!r} {state}, {what}>"
+
+
+@atexit.register
+def _close_all() -> None:
+    for handle in list(_live):
+        try:
+            handle.close()
+        except Exception:
+            pass

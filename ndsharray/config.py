@@ -1,0 +1,83 @@
+"""Where a daemon lives: endpoint, runtime folder, lock file, segment name prefix.
+
+The daemon and every client derive all of these from the endpoint string alone, so two
+daemons on two endpoints never see each other's segments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tempfile
+
+ENV_ENDPOINT = "NDSHARRAY_ENDPOINT"
+ENV_AUTOSTART = "NDSHARRAY_AUTOSTART"
+
+
+def runtime_dir() -> str:
+    """This user's private folder (mode 0700): ``$XDG_RUNTIME_DIR/ndsharray`` or a temp one."""
+    base = os.environ.get("XDG_RUNTIME_DIR", "")
+    if base and os.path.isdir(base) and os.access(base, os.W_OK):
+        path = os.path.join(base, "ndsharray")
+    else:
+        path = os.path.join(tempfile.gettempdir(), f"ndsharray-{os.getuid()}")
+    ensure_private_dir(path)
+    return path
+
+
+def ensure_private_dir(path: str) -> None:
+    """Create ``path`` 0700 if missing; refuse one that another user owns or can enter."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise PermissionError(
+            f"{path} is not a folder owned by uid {os.getuid()}; remove it or set "
+            f"{ENV_ENDPOINT} to an endpoint in a folder of your own"
+        )
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def default_endpoint() -> str:
+    return os.environ.get(ENV_ENDPOINT) or f"ipc://{runtime_dir()}/ndsharrayd.sock"
+
+
+def resolve_endpoint(endpoint: str | None) -> str:
+    return endpoint or default_endpoint()
+
+
+def _key(endpoint: str) -> str:
+    return hashlib.sha256(endpoint.encode()).hexdigest()[:10]
+
+
+def ipc_path(endpoint: str) -> str | None:
+    return endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else None
+
+
+def lock_path(endpoint: str) -> str:
+    """The file the endpoint's daemon holds an exclusive ``flock`` on while it runs."""
+    path = ipc_path(endpoint)
+    if path is not None:
+        return path + ".lock"
+    return os.path.join(runtime_dir(), f"ndsharrayd-{_key(endpoint)}.lock")
+
+
+def log_path(endpoint: str) -> str:
+    """Where an auto-started (detached) daemon writes its log."""
+    path = ipc_path(endpoint)
+    if path is not None:
+        return path + ".log"
+    return os.path.join(runtime_dir(), f"ndsharrayd-{_key(endpoint)}.log")
+
+
+def segment_prefix(endpoint: str) -> str:
+    """Name prefix in /dev/shm of the segments owned by the daemon at ``endpoint``."""
+    return f"nds-{os.getuid()}-{_key(endpoint)}-"
+
+
+def autostart_enabled() -> bool:
+    return os.environ.get(ENV_AUTOSTART, "1").strip().lower() not in ("0", "false", "no", "off")

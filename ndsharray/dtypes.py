@@ -1,0 +1,86 @@
+"""Which dtypes can live in shared memory, and how a dtype travels as text.
+
+A dtype is shareable when its items are plain bytes: fixed size and no Python object
+inside (no ``object``, no numpy 2 ``StringDType``, no structured field holding either).
+Its text form is ``repr`` of ``numpy.lib.format.dtype_to_descr``, the same description
+``.npy`` files use, parsed back with ``ast.literal_eval`` (never ``eval``).
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import numpy as np
+
+#: Longest dtype description accepted (characters); bounds the segment header.
+MAX_DESCR_LEN = 4096
+
+_SHAREABLE_KINDS = frozenset("biufcmMSUV")
+
+#: The original ndsharray 1.1.4's 14 types, then every other fixed-size kind we support.
+#: Any dtype built from these (byte order, structured, sub-arrays, datetime units) works.
+supported_types: tuple[type, ...] = (
+    np.int8, np.int16, np.int32, np.int64,
+    np.uint8, np.uint16, np.uint32, np.uint64,
+    np.float16, np.float32, np.float64,
+    np.complex64, np.complex128,
+    np.bool_,
+    np.longdouble, np.clongdouble,
+    np.datetime64, np.timedelta64,
+    np.bytes_, np.str_, np.void,
+)
+
+
+def check_shareable(dtype: np.dtype[Any]) -> None:
+    """Raise ``TypeError`` naming why ``dtype`` cannot be put in shared memory."""
+    if dtype.kind not in _SHAREABLE_KINDS and dtype.kind != "O":
+        raise TypeError(
+            f"dtype {dtype} (kind {dtype.kind!r}) is not a fixed-size dtype and cannot be "
+            "shared; use numeric, bool, datetime, fixed-width 'S'/'U' or structured dtypes"
+        )
+    if dtype.hasobject:
+        raise TypeError(
+            f"dtype {dtype} holds Python objects, which live in one process's heap and "
+            "cannot be shared; convert to a fixed-size dtype (e.g. 'U32' for strings)"
+        )
+    if dtype.kind not in _SHAREABLE_KINDS:
+        raise TypeError(
+            f"dtype {dtype} (kind {dtype.kind!r}) is not a fixed-size dtype and cannot be "
+            "shared; use numeric, bool, datetime, fixed-width 'S'/'U' or structured dtypes"
+        )
+    if dtype.itemsize == 0 and dtype.kind in "SUV" and dtype.names is None:
+        raise TypeError(f"dtype {dtype} has no size; give it a width such as 'S16'")
+    if dtype.names is not None:
+        for name in dtype.names:
+            check_shareable(dtype.fields[name][0])  # type: ignore[index]
+    if dtype.subdtype is not None:
+        check_shareable(dtype.subdtype[0])
+
+
+def dtype_to_text(dtype: np.dtype[Any]) -> str:
+    """The dtype's ``.npy`` description as text; raises ``TypeError`` if not shareable."""
+    check_shareable(dtype)
+    text = repr(np.lib.format.dtype_to_descr(dtype))
+    if len(text) > MAX_DESCR_LEN:
+        raise TypeError(
+            f"dtype description is {len(text)} characters, more than {MAX_DESCR_LEN}; "
+            "use fewer or shorter structured field names"
+        )
+    return text
+
+
+def text_to_dtype(text: str) -> np.dtype[Any]:
+    """Inverse of :func:`dtype_to_text`; raises ``ValueError`` on anything else."""
+    if not isinstance(text, str) or not 0 < len(text) <= MAX_DESCR_LEN:
+        raise ValueError(f"dtype description must be 1..{MAX_DESCR_LEN} characters")
+    try:
+        descr = ast.literal_eval(text)
+        dtype = np.lib.format.descr_to_dtype(descr)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
+        raise ValueError(f"not a dtype description: {text[:80]!r} ({exc})") from None
+    try:
+        check_shareable(dtype)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    return dtype

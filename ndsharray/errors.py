@@ -1,0 +1,72 @@
+"""Exceptions raised by ndsharray, named by cause.
+
+::
+
+    NdShArrayError                  root of everything ndsharray raises on purpose
+    ├── DaemonUnavailableError      no daemon answers at the endpoint (and none could be started)
+    ├── ProtocolError               the daemon and this client do not understand each other
+    ├── DaemonError                 the daemon refused a request (carries the error code)
+    │   ├── TagBusyError            someone else is the live writer of this tag
+    │   ├── TagNotFoundError        no such tag
+    │   └── ResourceLimitError      /dev/shm is full or a daemon limit was reached
+    ├── SegmentGoneError            the segment was removed under us (the tag was re-created)
+    ├── CorruptSegmentError         a segment header fails validation; nothing was mapped as data
+    ├── WriterStalledError          readers pinned every slot for longer than the write timeout
+    └── HandleClosedError           you closed this handle and then used it
+
+Plain argument mistakes stay ``ValueError`` / ``TypeError``.
+"""
+
+from __future__ import annotations
+
+
+class NdShArrayError(Exception):
+    """Root of every exception ndsharray raises on purpose."""
+
+
+class DaemonUnavailableError(NdShArrayError):
+    """No ndsharrayd answers at the endpoint, and none could be started."""
+
+
+class ProtocolError(NdShArrayError):
+    """A message could not be understood (malformed, wrong version, wrong types)."""
+
+
+class DaemonError(NdShArrayError):
+    """The daemon answered a request with an error.
+
+    ``code`` is one of :class:`ndsharray.protocol.ErrorCode`'s values.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class TagBusyError(DaemonError):
+    """Another live process (or handle) is the writer of this tag."""
+
+
+class TagNotFoundError(DaemonError):
+    """The daemon has no tag of that name."""
+
+
+class ResourceLimitError(DaemonError):
+    """Shared memory is full, or a daemon limit (bytes, tags) was reached."""
+
+
+class SegmentGoneError(NdShArrayError):
+    """The shared-memory segment a handle expected has been removed."""
+
+
+class CorruptSegmentError(NdShArrayError):
+    """A segment's header is inconsistent; the segment was not used."""
+
+
+class WriterStalledError(NdShArrayError):
+    """Every slot stayed pinned by readers for longer than the write timeout."""
+
+
+class HandleClosedError(NdShArrayError, ValueError):
+    """The handle was closed by its owner and cannot be used any more."""

@@ -1,0 +1,494 @@
+"""One shared-memory segment: the byte layout, its validation, and the slot protocol.
+
+A segment holds one generation of one tag: a fixed (dtype, shape), a header, and N slots
+each holding one complete array. The daemon creates and unlinks segments; writers and
+readers only open them. Nothing here talks to the daemon.
+
+Layout (little-endian; every field naturally aligned)::
+
+    offset  size  field
+    0       8     magic b"NDSHARR\\0"
+    8       4     layout version (1)
+    12      4     header size = offset of slot 0 (a multiple of the page size)
+    16      8     payload bytes of one array
+    24      8     slot stride (>= payload, multiple of 64; of the page size from 64 KiB)
+    32      4     slot count N (1..255)
+    36      4     ndim (0..64)
+    40      8     generation of this tag (1, 2, ... as the shape, dtype or N changes)
+    48      4     pid of the writer that asked for this segment
+    52      4     retired: set by the daemon once a newer generation replaced this one
+    56      4     notify word: the writer adds 1 after each publish (futex word)
+    60      4     reserved
+    64      8     publish word: (write count << 8) | index of the latest slot
+    72      8     creation time, CLOCK_MONOTONIC ns
+    80      2     tag length in bytes (UTF-8)
+    82      2     dtype description length (ASCII, see ndsharray.dtypes)
+    84      44    reserved (zero)
+    128     16*N  slot table: per slot its write count (u64) and publish time (u64, monotonic ns)
+    ...     8*ndim  shape (u64 each)
+    ...     tag, then dtype description
+    header size + i * stride: slot i
+
+Write / read protocol. Slots are pinned with OFD byte-range locks on their 16-byte entry
+of the slot table: a reader holds a shared lock on a slot for as long as a view of it is
+alive; the writer only writes a slot it holds an exclusive lock on, so a pinned slot is
+never overwritten. The writer never writes the latest slot either.
+
+- writer: try-lock (exclusive, non-blocking) a slot other than the latest; set its write
+  count to 0; copy the array; store count and time; unlock; store the publish word; bump the
+  notify word.
+- reader: load the publish word; if its count is the one last seen, there is nothing new.
+  Else try-lock (shared) the slot it names and check the slot's write count equals the
+  published count; on any mismatch unlock and start over.
+
+Why this is enough without atomics: lock and unlock go through the kernel's lock table,
+which is serialised by a lock of its own, so everything the writer stored before its unlock
+is visible to any process whose lock on that range succeeds afterwards, and a lock that
+succeeds earlier makes the writer's try-lock fail. The count check catches a slot that was
+rewritten between the reader's load of the publish word and its lock (and the count set to
+0 before copying catches a writer that died mid-copy: the kernel dropped its lock, but the
+slot never got a valid count). The publish word is one aligned 8-byte load and store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import mmap
+import os
+import struct
+import sys
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .dtypes import MAX_DESCR_LEN, text_to_dtype
+from .errors import CorruptSegmentError, SegmentGoneError
+
+if sys.byteorder != "little":  # pragma: no cover - every target platform is little-endian
+    raise ImportError("ndsharray's segment layout assumes a little-endian machine")
+
+SHM_DIR = "/dev/shm"
+MAGIC = b"NDSHARR\0"
+VERSION = 1
+PAGE = mmap.PAGESIZE
+MAX_SLOTS = 255
+MAX_NDIM = 64
+MAX_TAG_BYTES = 255
+
+_FIXED = struct.Struct("<8sIIQQIIQIIIIQQHH44x")
+assert _FIXED.size == 128
+SLOT_TABLE = 128
+SLOT_ENTRY = 16
+OFF_RETIRED = 52
+OFF_NOTIFY = 56
+OFF_PUBLISH = 64
+# Native formats for the fields that change while others read them: one aligned load/store.
+_U64 = struct.Struct("@Q")
+_U32 = struct.Struct("@I")
+_SEQ_STAMP = struct.Struct("@QQ")
+
+# struct flock for F_OFD_SETLK on Linux (x86-64 and aarch64): l_type, l_whence, l_start,
+# l_len, l_pid (must be 0 for OFD locks), padded to 32 bytes.
+_FLOCK = struct.Struct("@hhqqi4x")
+assert _FLOCK.size == 32
+F_OFD_SETLK: int = getattr(fcntl, "F_OFD_SETLK", 37)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Sizes and offsets of a segment, derived from what it holds."""
+
+    nbytes: int
+    nslots: int
+    ndim: int
+    tag_len: int
+    descr_len: int
+
+    @property
+    def stride(self) -> int:
+        align = PAGE if self.nbytes >= 65536 else 64
+        return max(64, -(-self.nbytes // align) * align)
+
+    @property
+    def shape_offset(self) -> int:
+        return SLOT_TABLE + SLOT_ENTRY * self.nslots
+
+    @property
+    def tag_offset(self) -> int:
+        return self.shape_offset + 8 * self.ndim
+
+    @property
+    def descr_offset(self) -> int:
+        return self.tag_offset + self.tag_len
+
+    @property
+    def header_size(self) -> int:
+        end = self.descr_offset + self.descr_len
+        return -(-end // PAGE) * PAGE
+
+    @property
+    def total_size(self) -> int:
+        return self.header_size + self.nslots * self.stride
+
+    def slot_offset(self, i: int) -> int:
+        return self.header_size + i * self.stride
+
+
+def segment_path(name: str) -> str:
+    return os.path.join(SHM_DIR, name)
+
+
+def create_segment(
+    name: str,
+    *,
+    tag: str,
+    dtype_text: str,
+    shape: tuple[int, ...],
+    nslots: int,
+    generation: int,
+    writer_pid: int,
+    mode: int = 0o600,
+) -> Layout:
+    """Create, reserve and initialise a segment file (the daemon's job).
+
+    ``posix_fallocate`` reserves every page now, so a full ``/dev/shm`` is an ``OSError``
+    (ENOSPC) here instead of a SIGBUS in some process's first write later.
+    """
+    dtype = text_to_dtype(dtype_text)
+    nbytes = math.prod(shape) * dtype.itemsize
+    tag_b = tag.encode()
+    descr_b = dtype_text.encode("ascii")
+    layout = Layout(nbytes, nslots, len(shape), len(tag_b), len(descr_b))
+    path = segment_path(name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not narrow what was asked for
+        os.posix_fallocate(fd, 0, layout.total_size)
+        header = bytearray(layout.header_size)
+        _FIXED.pack_into(
+            header, 0, MAGIC, VERSION, layout.header_size, nbytes, layout.stride, nslots,
+            len(shape), generation, writer_pid, 0, 0, 0, 0, time.monotonic_ns(),
+            len(tag_b), len(descr_b),
+        )
+        struct.pack_into(f"<{len(shape)}Q", header, layout.shape_offset, *shape)
+        header[layout.tag_offset : layout.tag_offset + len(tag_b)] = tag_b
+        header[layout.descr_offset : layout.descr_offset + len(descr_b)] = descr_b
+        os.pwrite(fd, header, 0)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    return layout
+
+
+@dataclass(frozen=True)
+class Header:
+    """The validated, unchanging part of a segment header."""
+
+    layout: Layout
+    generation: int
+    writer_pid: int
+    created_ns: int
+    tag: str
+    dtype_text: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+
+
+def parse_header(buf: Any, size: int, name: str = "?") -> Header:
+    """Validate a header against the segment's real ``size``; never trust a field.
+
+    Raises :class:`CorruptSegmentError` naming the first field that is wrong.
+    """
+
+    def bad(field: str, why: str) -> CorruptSegmentError:
+        return CorruptSegmentError(
+            f"segment {name}: header field {field!r} {why}; the segment is corrupt or not "
+            "ndsharray's - remove the tag (or restart the writer) to get a new one"
+        )
+
+    if size < 128:
+        raise bad("size", f"is {size} bytes, smaller than the 128-byte header")
+    (magic, version, header_size, nbytes, stride, nslots, ndim, generation, writer_pid,
+     _ret, _notify, _res, _pub, created, tag_len, descr_len) = _FIXED.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise bad("magic", f"is {magic!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise bad("version", f"is {version}, this ndsharray reads version {VERSION}")
+    if not 1 <= nslots <= MAX_SLOTS:
+        raise bad("slot count", f"is {nslots}, expected 1..{MAX_SLOTS}")
+    if ndim > MAX_NDIM:
+        raise bad("ndim", f"is {ndim}, expected 0..{MAX_NDIM}")
+    if tag_len > MAX_TAG_BYTES:
+        raise bad("tag length", f"is {tag_len}, expected at most {MAX_TAG_BYTES}")
+    if not 0 < descr_len <= MAX_DESCR_LEN:
+        raise bad("dtype length", f"is {descr_len}, expected 1..{MAX_DESCR_LEN}")
+    layout = Layout(nbytes, nslots, ndim, tag_len, descr_len)
+    if header_size != layout.header_size:
+        raise bad("header size", f"is {header_size}, the other fields give {layout.header_size}")
+    if stride != layout.stride:
+        raise bad("slot stride", f"is {stride}, expected {layout.stride} for {nbytes} bytes")
+    if layout.total_size > size:
+        raise bad("payload bytes", f"need {layout.total_size} bytes but the segment has {size}")
+    shape = struct.unpack_from(f"<{ndim}Q", buf, layout.shape_offset)
+    try:
+        tag = bytes(buf[layout.tag_offset : layout.tag_offset + tag_len]).decode()
+        dtype_text = bytes(buf[layout.descr_offset : layout.descr_offset + descr_len]).decode(
+            "ascii"
+        )
+        dtype = text_to_dtype(dtype_text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise bad("tag or dtype", f"does not decode ({exc})") from None
+    if math.prod(shape) * dtype.itemsize != nbytes:
+        raise bad("shape", f"{shape} of {dtype} is not {nbytes} bytes")
+    return Header(layout, generation, writer_pid, created, tag, dtype_text, dtype,
+                  tuple(int(n) for n in shape))
+
+
+class _Process:
+    """This process's pid, kept current across fork without a syscall per use."""
+
+    pid = os.getpid()
+
+
+def _after_fork() -> None:
+    _Process.pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def current_pid() -> int:
+    return _Process.pid
+
+
+def _flock(kind: int, i: int) -> bytes:
+    return _FLOCK.pack(kind, os.SEEK_SET, SLOT_TABLE + SLOT_ENTRY * i, SLOT_ENTRY, 0)
+
+
+class _Mapped:
+    """An open segment file and its mapping; what readers and writers share."""
+
+    fd: int = -1
+    closed: bool = True
+
+    def __init__(self, name: str, writable: bool) -> None:
+        self.name = name
+        try:
+            self.fd = os.open(
+                segment_path(name), (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW
+            )
+        except FileNotFoundError:
+            raise SegmentGoneError(f"segment {name} no longer exists") from None
+        self.closed = False
+        try:
+            size = os.fstat(self.fd).st_size
+            if size < 128:
+                raise CorruptSegmentError(f"segment {name}: {size} bytes, too small for a header")
+            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+            self.mm = mmap.mmap(self.fd, size, access=access)
+            self.header = parse_header(self.mm, size, name)
+        except BaseException:
+            self._close_fd()
+            raise
+        h = self.header
+        self.nslots = h.layout.nslots
+        self.layout = h.layout
+        self.mv = memoryview(self.mm)
+        # Precomputed lock requests: the hot path packs nothing.
+        self._lock_rd = [_flock(fcntl.F_RDLCK, i) for i in range(self.nslots)]
+        self._lock_wr = [_flock(fcntl.F_WRLCK, i) for i in range(self.nslots)]
+        self._unlock = [_flock(fcntl.F_UNLCK, i) for i in range(self.nslots)]
+
+    def publish_word(self) -> int:
+        return int(_U64.unpack_from(self.mm, OFF_PUBLISH)[0])
+
+    def retired(self) -> bool:
+        return bool(_U32.unpack_from(self.mm, OFF_RETIRED)[0])
+
+    def slot_stamp(self, i: int) -> tuple[int, int]:
+        seq, stamp = _SEQ_STAMP.unpack_from(self.mm, SLOT_TABLE + SLOT_ENTRY * i)
+        return int(seq), int(stamp)
+
+    def _try_lock(self, req: bytes) -> bool:
+        try:
+            fcntl.fcntl(self.fd, F_OFD_SETLK, req)
+            return True
+        except (BlockingIOError, PermissionError):
+            return False
+
+    def _close_fd(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # drops every OFD lock this handle held
+            self.fd = -1
+        self.closed = True
+
+
+class _Pin:
+    """The base object of one read's view: its lifetime is the slot's pin."""
+
+    __slots__ = ("__array_interface__", "mm", "__weakref__")
+
+    def __init__(self, iface: dict[str, Any], mm: mmap.mmap) -> None:
+        self.__array_interface__ = iface
+        self.mm = mm  # the mapping outlives every view of it
+
+
+class SegmentReader(_Mapped):
+    """A read-only mapping of a segment, handing out pinned zero-copy views."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, writable=False)
+        self._pins = [0] * self.nslots
+        self._closing = False
+        self._owner = _Process.pid
+        h = self.header
+        addr = np.frombuffer(self.mm, np.uint8, 1).ctypes.data if len(self.mm) else 0
+        self._via_bytes = h.dtype.names is not None or h.dtype.subdtype is not None
+        self._ifaces = [
+            {
+                "version": 3, "data": (addr + h.layout.slot_offset(i), True),
+                "shape": (h.layout.nbytes,) if self._via_bytes else h.shape,
+                "typestr": "|u1" if self._via_bytes else h.dtype.str,
+            }
+            for i in range(self.nslots)
+        ]
+
+    def latest(self, last_count: int) -> tuple[int, int, int] | None:
+        """Pin the latest slot if its count differs from ``last_count``.
+
+        Returns ``(count, slot, stamp_ns)`` with the slot pinned once, or None when nothing
+        newer was published. The caller must :meth:`unpin` or hand the pin to a view.
+        """
+        spins = 0
+        while True:
+            pub = int(_U64.unpack_from(self.mm, OFF_PUBLISH)[0])
+            count = pub >> 8
+            if count == last_count or count == 0:
+                return None
+            i = pub & 0xFF
+            if i >= self.nslots:
+                raise CorruptSegmentError(
+                    f"segment {self.name}: publish word names slot {i} of {self.nslots}"
+                )
+            if self._pin(i):
+                seq, stamp = _SEQ_STAMP.unpack_from(self.mm, SLOT_TABLE + SLOT_ENTRY * i)
+                if seq == count:
+                    return count, i, int(stamp)
+                self.unpin(i)
+            spins += 1
+            if spins > 16:  # the writer lapped us repeatedly; let it finish its copy
+                os.sched_yield()
+
+    def _pin(self, i: int) -> bool:
+        if self._pins[i]:
+            self._pins[i] += 1
+            return True
+        if self._try_lock(self._lock_rd[i]):
+            self._pins[i] = 1
+            return True
+        return False
+
+    def unpin(self, i: int) -> None:
+        if _Process.pid != self._owner:
+            return  # inherited by a forked child: these locks are the parent's
+        n = self._pins[i] - 1
+        self._pins[i] = n
+        if n == 0 and self.fd >= 0:
+            fcntl.fcntl(self.fd, F_OFD_SETLK, self._unlock[i])
+            if self._closing and not any(self._pins):
+                self._close_fd()
+
+    def view(self, i: int) -> np.ndarray[Any, Any]:
+        """A read-only array of pinned slot ``i`` that keeps the pin until it is collected.
+
+        numpy collapses a view's base to the buffer's exporter (here the mmap, shared by all
+        slots), so each view is built on a fresh :class:`_Pin` whose ``__array_interface__``
+        points into the mapping: every array derived from it keeps the pin object alive,
+        and the slot is unlocked when the pin object is collected.
+        """
+        pin = _Pin(self._ifaces[i], self.mm)
+        arr: np.ndarray[Any, Any] = np.asarray(pin)
+        if self._via_bytes:
+            arr = arr.view(self.header.dtype).reshape(self.header.shape)
+        weakref.finalize(pin, self.unpin, i)
+        return arr
+
+    def copy(self, i: int) -> np.ndarray[Any, Any]:
+        lay = self.layout
+        start = lay.header_size + i * lay.stride
+        src = np.ndarray(self.header.shape, self.header.dtype, buffer=self.mm, offset=start)
+        return src.copy()
+
+    def pinned_slots(self) -> int:
+        return sum(1 for n in self._pins if n)
+
+    def close(self) -> None:
+        """Stop using the segment; the fd (and its locks) goes when the last view does."""
+        if self._closing:
+            return
+        self._closing = True
+        if not any(self._pins):
+            self._close_fd()
+
+
+class SegmentWriter(_Mapped):
+    """A writable mapping of a segment; the single writer's side of the protocol."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, writable=True)
+        h = self.header
+        self.slots = [
+            np.ndarray(h.shape, h.dtype, buffer=self.mm, offset=h.layout.slot_offset(i))
+            for i in range(self.nslots)
+        ]
+        pub = self.publish_word()
+        # A writer taking over a tag continues its count, so readers see new frames.
+        self.count = pub >> 8
+        self.latest = pub & 0xFF if self.count else -1
+        self._next = (self.latest + 1) % self.nslots
+
+    def try_acquire(self) -> int:
+        """Exclusively lock a slot that is neither the latest nor pinned; -1 if none is free."""
+        n = self.nslots
+        start = self._next
+        for k in range(n):
+            i = (start + k) % n
+            if i != self.latest and self._try_lock(self._lock_wr[i]):
+                # A reader holding an old publish word must not accept this slot mid-copy,
+                # nor after we die mid-copy: invalidate its count first.
+                _U64.pack_into(self.mm, SLOT_TABLE + SLOT_ENTRY * i, 0)
+                return i
+        return -1
+
+    def release(self, i: int) -> None:
+        """Give back an acquired slot without publishing it (its count stays 0)."""
+        fcntl.fcntl(self.fd, F_OFD_SETLK, self._unlock[i])
+
+    def publish(self, i: int) -> int:
+        """Publish acquired slot ``i`` as the latest write; returns the write count."""
+        count = self.count + 1
+        _SEQ_STAMP.pack_into(self.mm, SLOT_TABLE + SLOT_ENTRY * i, count, time.monotonic_ns())
+        fcntl.fcntl(self.fd, F_OFD_SETLK, self._unlock[i])
+        _U64.pack_into(self.mm, OFF_PUBLISH, (count << 8) | i)
+        _U32.pack_into(self.mm, OFF_NOTIFY, count & 0xFFFFFFFF)
+        self.count = count
+        self.latest = i
+        self._next = (i + 1) % self.nslots
+        return count
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.slots = []
+        self._close_fd()
+        try:
+            self.mv.release()
+            self.mm.close()
+        except BufferError:
+            pass  # a loaned view is still alive; the mapping goes with it

@@ -1,0 +1,199 @@
+"""The client's only zmq code: one request/reply connection per endpoint and process.
+
+Lazy Pirate: a DEALER socket, every request waits at most ``timeout`` for its reply; on a
+timeout the socket is closed with linger 0, the daemon's liveness is checked through its
+lock file (auto-starting one if allowed) and the request is sent again, a bounded number of
+times. Request ids let a late reply to an abandoned request be dropped.
+
+Fork safety: zmq contexts must never be used across ``fork``. After a fork the child forgets
+the parent's connections without closing them (closing would disturb the parent's sockets)
+and builds its own on first use.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import itertools
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from . import config
+from .errors import (
+    DaemonError, DaemonUnavailableError, ProtocolError, ResourceLimitError, TagBusyError,
+    TagNotFoundError,
+)
+from .protocol import ErrorCode, decode_reply, encode_request
+
+_ERRORS: dict[str, type[DaemonError]] = {
+    ErrorCode.TAG_BUSY.value: TagBusyError,
+    ErrorCode.NOT_FOUND.value: TagNotFoundError,
+    ErrorCode.NO_SPACE.value: ResourceLimitError,
+    ErrorCode.LIMIT.value: ResourceLimitError,
+}
+
+
+def daemon_running(endpoint: str) -> bool:
+    """True when some process holds the endpoint's daemon lock."""
+    try:
+        fd = os.open(config.lock_path(endpoint), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def start_daemon(endpoint: str, timeout: float = 20.0) -> None:
+    """Start a detached daemon for ``endpoint`` unless one runs; safe to race.
+
+    Concurrent starters serialise on a start lock, so exactly one daemon is spawned.
+    """
+    start_lock = config.lock_path(endpoint) + ".start"
+    fd = os.open(start_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if daemon_running(endpoint):
+            return
+        cmd = [sys.executable, "-m", "ndsharrayd", "--endpoint", endpoint, "--detach"]
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=timeout, check=False)
+        if proc.returncode != 0 and not daemon_running(endpoint):
+            raise DaemonUnavailableError(
+                f"could not start ndsharrayd at {endpoint}: "
+                f"{proc.stderr.decode(errors='replace').strip() or 'exit ' + str(proc.returncode)}"
+            )
+    finally:
+        os.close(fd)
+
+
+class Connection:
+    """Request/reply to one daemon; thread-safe, reconnecting, never blocking forever."""
+
+    def __init__(self, endpoint: str, timeout: float = 3.0, retries: int = 3) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.retries = retries
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._sock: zmq.Socket[bytes] | None = None
+        self._checked = False
+
+    def _socket(self) -> zmq.Socket[bytes]:
+        if self._sock is None:
+            sock = _context().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+            self._sock = sock
+        return self._sock
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def _ensure_daemon(self) -> None:
+        if daemon_running(self.endpoint):
+            return
+        if not config.autostart_enabled():
+            raise DaemonUnavailableError(
+                f"no ndsharrayd serves {self.endpoint} and {config.ENV_AUTOSTART}=0 forbids "
+                f"starting one; start it with: ndsharrayd --endpoint {self.endpoint}"
+            )
+        start_daemon(self.endpoint)
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """Send one request and return its result; raise the mapped exception on error."""
+        with self._lock:
+            if not self._checked:
+                self._ensure_daemon()
+                self._checked = True
+            for attempt in range(self.retries + 1):
+                req_id = next(self._ids)
+                sock = self._socket()
+                sock.send(encode_request(req_id, op, **args))
+                deadline = time.monotonic() + self.timeout
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                        break
+                    data = sock.recv()
+                    try:
+                        reply = decode_reply(data)
+                    except ValueError as exc:
+                        raise ProtocolError(f"bad reply from {self.endpoint}: {exc}") from None
+                    if reply.id != req_id:
+                        continue  # a late answer to an abandoned request
+                    if reply.ok:
+                        return reply.result
+                    raise _ERRORS.get(reply.code, DaemonError)(reply.code, reply.message)
+                # No answer in time: the daemon may have died or restarted.
+                self._drop_socket()
+                if attempt < self.retries:
+                    self._ensure_daemon()
+            raise DaemonUnavailableError(
+                f"ndsharrayd at {self.endpoint} did not answer {op!r} within "
+                f"{self.timeout:g} s, {self.retries + 1} times; is it overloaded or stuck? "
+                f"(its log: {config.log_path(self.endpoint)})"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_socket()
+
+
+_state_lock = threading.Lock()
+_ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+_connections: dict[str, Connection] = {}
+_abandoned: list[object] = []  # the parent's zmq objects, kept alive and untouched in a child
+
+
+def _context() -> zmq.Context[zmq.Socket[bytes]]:
+    global _ctx
+    with _state_lock:
+        if _ctx is None:
+            _ctx = zmq.Context()
+        return _ctx
+
+
+def connection(endpoint: str | None = None) -> Connection:
+    """The process's shared connection to ``endpoint`` (default: the user's daemon)."""
+    ep = config.resolve_endpoint(endpoint)
+    with _state_lock:
+        conn = _connections.get(ep)
+        if conn is None:
+            conn = _connections[ep] = Connection(ep)
+        return conn
+
+
+def close_all() -> None:
+    """Close this process's daemon connections (they reopen on next use)."""
+    with _state_lock:
+        conns = list(_connections.values())
+        _connections.clear()
+    for conn in conns:
+        conn.close()
+
+
+atexit.register(close_all)
+
+
+def _after_fork_in_child() -> None:
+    global _ctx, _state_lock
+    _abandoned.extend([_ctx, *_connections.values()])
+    _ctx = None
+    _connections.clear()
+    _state_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,94 @@
+"""``ndsharrayd`` / ``python -m ndsharrayd``: run the registry daemon.
+
+Foreground by default (for systemd and debugging), logging to stderr. ``--detach`` forks a
+session-less daemon and returns once it serves (or says why it could not): clients use it
+to auto-start one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from ndsharray import config
+from ndsharray._version import __version__
+
+from .server import AlreadyRunning, Daemon
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--endpoint", envvar=config.ENV_ENDPOINT, default=None,
+              help="ZeroMQ endpoint to serve (default: ipc socket in this user's runtime folder).")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--orphan-ttl", default=60.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a tag with no writer and no readers is kept before removal.")
+@click.option("--max-bytes", default=None, type=click.IntRange(min=1),
+              help="Quota: total bytes of all segments (default: what /dev/shm holds).")
+@click.option("--max-tags", default=4096, show_default=True, type=click.IntRange(min=1))
+@click.option("--detach", is_flag=True, help="Run in the background; return once serving.")
+@click.version_option(__version__, prog_name="ndsharrayd")
+def main(endpoint: str | None, log_level: str, orphan_ttl: float, max_bytes: int | None,
+         max_tags: int, detach: bool) -> None:
+    """The ndsharray registry daemon: maps tags to shared-memory segments."""
+    endpoint = config.resolve_endpoint(endpoint)
+    daemon = Daemon(endpoint, orphan_ttl=orphan_ttl, max_bytes=max_bytes, max_tags=max_tags)
+    if detach:
+        _detach(daemon, log_level)
+        return
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s ndsharrayd[%(process)d] %(levelname)s %(message)s")
+    try:
+        daemon.serve()
+    except AlreadyRunning as exc:
+        raise click.ClickException(f"{exc} ({endpoint}); stop it first or use another --endpoint")
+
+
+def _detach(daemon: Daemon, log_level: str) -> None:
+    """Fork before any zmq exists; the parent waits for the child's first word on a pipe."""
+    r, w = os.pipe()
+    if os.fork() > 0:
+        os.close(w)
+        with os.fdopen(r, "rb") as pipe:
+            word = pipe.read().decode(errors="replace")
+        if word == "ok":
+            return
+        raise click.ClickException(word or "the daemon exited before it was ready; see "
+                                   + config.log_path(daemon.endpoint))
+    os.close(r)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    logf = os.open(config.log_path(daemon.endpoint), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(logf, 2)
+    os.close(null)
+    os.close(logf)
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s ndsharrayd[%(process)d] %(levelname)s %(message)s")
+
+    def ready(word: str) -> None:
+        os.write(w, word.encode())
+        os.close(w)
+
+    code = 0
+    try:
+        daemon.serve(ready)
+    except AlreadyRunning as exc:
+        ready(f"{exc} ({daemon.endpoint})")
+        code = 3
+    except BaseException as exc:
+        logging.getLogger("ndsharrayd").exception("daemon failed")
+        try:
+            ready(f"daemon failed: {exc!r}")
+        except OSError:
+            pass
+        code = 1
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

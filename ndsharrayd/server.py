@@ -1,0 +1,433 @@
+"""The daemon's I/O shell: the only zmq code of ndsharrayd.
+
+One thread, one ROUTER socket, one poller. The poller also watches a pidfd per client
+process (immediate death notice) and a self-pipe that signals write to (immediate, clean
+shutdown). Requests are decoded by ``ndsharray.protocol``, decided by ``registry`` and only
+then turned into file operations here. No request can kill the loop: a last catch-all logs
+it and replies INTERNAL.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import math
+import mmap
+import os
+import secrets
+import signal
+import socket
+import struct
+import time
+from typing import Any, Callable
+
+import zmq
+
+from ndsharray import config
+from ndsharray._version import __version__
+from ndsharray.dtypes import text_to_dtype
+from ndsharray.protocol import (
+    MAX_MESSAGE_BYTES, PROTOCOL, ErrorCode, Request, RequestError, decode_request,
+    encode_error, encode_result,
+)
+from ndsharray.segment import (
+    OFF_PUBLISH, OFF_RETIRED, SHM_DIR, SLOT_ENTRY, SLOT_TABLE, Layout, create_segment,
+    segment_path,
+)
+
+from .registry import Registry, TagRecord
+
+log = logging.getLogger("ndsharrayd")
+
+Handler = Callable[[Request], dict[str, Any]]
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class DaemonLock:
+    """An exclusive ``flock`` on the endpoint's lock file: one daemon per endpoint."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise AlreadyRunning(f"a daemon (pid {holder}) already serves this endpoint")
+            # The previous holder may have unlinked the file between our open and our lock.
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+
+
+class SegmentFiles:
+    """The daemon's side of the segments: create, map the header, retire, unlink."""
+
+    def __init__(self, prefix: str, mode: int) -> None:
+        self.prefix = prefix
+        self.mode = mode
+        self.headers: dict[str, tuple[mmap.mmap, Layout]] = {}
+
+    def create(self, rec: TagRecord, pid: int, dtype: str, shape: tuple[int, ...], slots: int) -> str:
+        name = self.prefix + secrets.token_hex(8)
+        layout = create_segment(
+            name, tag=rec.tag, dtype_text=dtype, shape=shape, nslots=slots,
+            generation=rec.generation + 1, writer_pid=pid, mode=self.mode,
+        )
+        fd = os.open(segment_path(name), os.O_RDWR)
+        try:
+            self.headers[name] = (mmap.mmap(fd, layout.header_size), layout)
+        finally:
+            os.close(fd)
+        return name
+
+    def retire_and_unlink(self, name: str) -> None:
+        """Flag a superseded segment so readers re-resolve, then unlink it (views survive)."""
+        entry = self.headers.pop(name, None)
+        if entry is not None:
+            struct.pack_into("@I", entry[0], OFF_RETIRED, 1)
+            entry[0].close()
+        self.unlink(name)
+
+    def unlink(self, name: str) -> None:
+        entry = self.headers.pop(name, None)
+        if entry is not None:
+            entry[0].close()
+        try:
+            os.unlink(segment_path(name))
+        except FileNotFoundError:
+            pass
+
+    def live_figures(self, name: str) -> tuple[int, int | None]:
+        """(write count, monotonic ns of the latest write or None) read from the header."""
+        entry = self.headers.get(name)
+        if entry is None:
+            return 0, None
+        mm, layout = entry
+        pub = struct.unpack_from("@Q", mm, OFF_PUBLISH)[0]
+        count, i = pub >> 8, pub & 0xFF
+        if count == 0 or i >= layout.nslots:
+            return count, None
+        stamp = struct.unpack_from("@Q", mm, SLOT_TABLE + SLOT_ENTRY * i + 8)[0]
+        return count, stamp
+
+    def remove_stale(self) -> int:
+        """Unlink every segment of this endpoint left by a daemon that did not stop cleanly."""
+        n = 0
+        for entry in os.listdir(SHM_DIR):
+            if entry.startswith(self.prefix):
+                self.unlink(entry)
+                n += 1
+        return n
+
+
+def _shm_free() -> int:
+    st = os.statvfs(SHM_DIR)
+    return st.f_bavail * st.f_frsize
+
+
+class Daemon:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        orphan_ttl: float = 60.0,
+        max_bytes: int | None = None,
+        max_tags: int = 4096,
+        mode: int = 0o600,
+    ) -> None:
+        self.endpoint = endpoint
+        self.registry = Registry(orphan_ttl)
+        self.files = SegmentFiles(config.segment_prefix(endpoint), mode)
+        self.max_bytes = max_bytes
+        self.max_tags = max_tags
+        self.requests = 0
+        self.started = time.monotonic()
+        self._stop = False
+        self._pidfds: dict[int, int] = {}  # pid -> pidfd
+        self._fd_pids: dict[int, int] = {}  # pidfd -> pid
+        self.handlers: dict[str, Handler] = {
+            "ping": self.op_ping, "stats": self.op_stats, "list": self.op_list,
+            "claim": self.op_claim, "generation": self.op_generation, "release": self.op_release,
+            "attach": self.op_attach, "detach": self.op_detach, "lookup": self.op_lookup,
+        }
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    def serve(self, ready: Callable[[str], None] = lambda msg: None) -> None:
+        """Acquire the endpoint, serve until SIGTERM/SIGINT, then remove everything."""
+        ipc = config.ipc_path(self.endpoint)
+        if ipc is not None:
+            config.ensure_private_dir(os.path.dirname(ipc) or ".")
+        lock = DaemonLock(config.lock_path(self.endpoint))
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES + 1024)
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+        try:
+            stale = self.files.remove_stale()
+            if stale:
+                log.warning("removed %d stale segment(s) of a daemon that did not stop cleanly", stale)
+            sock.bind(self.endpoint)
+            if ipc is not None:
+                os.chmod(ipc, 0o600)
+            log.info("ndsharrayd %s serving %s (pid %d)", __version__, self.endpoint, os.getpid())
+            ready("ok")
+            self._loop(sock, wake_r)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            segs = self.registry.remove_all()
+            for name in segs:
+                self.files.unlink(name)
+            for fd in self._fd_pids:
+                os.close(fd)
+            sock.close(0)
+            ctx.term()
+            wake_r.close()
+            wake_w.close()
+            if ipc is not None:
+                try:
+                    os.unlink(ipc)
+                except FileNotFoundError:
+                    pass
+            lock.release()
+            log.info("stopped; removed %d segment(s)", len(segs))
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop = True
+
+    def _loop(self, sock: zmq.Socket[bytes], wake: socket.socket) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(wake.fileno(), zmq.POLLIN)
+        watched: set[int] = set()
+        last_sweep = time.monotonic()
+        while not self._stop:
+            for fd in watched - self._fd_pids.keys():
+                poller.unregister(fd)
+            for fd in self._fd_pids.keys() - watched:
+                poller.register(fd, zmq.POLLIN)
+            watched = set(self._fd_pids)
+            events = dict(poller.poll(500))
+            if sock in events:
+                for _ in range(1000):  # drain, but let pidfds and signals in now and then
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._handle_frames(sock, frames)
+            for fd in events.keys() & watched:
+                self._process_died(self._fd_pids[fd])
+            now = time.monotonic()
+            if now - last_sweep >= 1.0:
+                last_sweep = now
+                self._sweep(now)
+
+    # ---- requests ---------------------------------------------------------------------
+
+    def _handle_frames(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        self.requests += 1
+        if len(frames) != 2:
+            log.warning("dropped a message of %d frames (expected identity + body)", len(frames))
+            if len(frames) > 2:
+                sock.send_multipart([frames[0], encode_error(0, ErrorCode.BAD_REQUEST,
+                                     "expected one frame per request")])
+            return
+        ident, body = frames
+        try:
+            req = decode_request(body)
+            result = self.handlers[req.op](req)
+            reply = encode_result(req.id, result)
+        except RequestError as exc:
+            reply = encode_error(exc.req_id, exc.code, exc.message)
+        except Exception as exc:  # a bug must not take the registry down with it
+            log.exception("internal error on a request")
+            reply = encode_error(0, ErrorCode.INTERNAL, f"internal daemon error: {exc!r}")
+        try:
+            sock.send_multipart([ident, reply], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("could not send a reply: %s", exc)
+        self._watch_pids()
+
+    def op_ping(self, req: Request) -> dict[str, Any]:
+        return {"daemon": __version__, "protocol": PROTOCOL, "pid": os.getpid(),
+                "endpoint": self.endpoint, "prefix": self.files.prefix}
+
+    def op_stats(self, req: Request) -> dict[str, Any]:
+        return {"requests": self.requests, "tags": len(self.registry.tags),
+                "bytes": self._bytes_in_use(), "uptime_s": time.monotonic() - self.started}
+
+    def op_list(self, req: Request) -> dict[str, Any]:
+        now = time.monotonic_ns()
+        out = []
+        for rec in sorted(self.registry.tags.values(), key=lambda r: r.tag):
+            writes, stamp = self.files.live_figures(rec.segment) if rec.segment else (0, None)
+            dtype = text_to_dtype(rec.dtype) if rec.dtype else None
+            out.append({
+                "tag": rec.tag,
+                "dtype": None if dtype is None else (dtype.name if dtype.names is None else str(dtype)),
+                "descr": rec.dtype,
+                "shape": None if rec.shape is None else list(rec.shape),
+                "nbytes": rec.nbytes,
+                "writer_pid": rec.writer.pid if rec.writer else None,
+                "last_writer_pid": rec.last_writer_pid or None,
+                "readers": len(rec.readers),
+                "reader_pids": sorted(set(rec.readers.values())),
+                "writes": writes,
+                "last_write_age_s": None if stamp is None else max(0, now - stamp) / 1e9,
+                "generation": rec.generation,
+                "segment": rec.segment,
+                "slots": rec.slots,
+                "size": rec.size,
+            })
+        return {"tags": out}
+
+    def op_claim(self, req: Request) -> dict[str, Any]:
+        a = req.args
+        if a["tag"] not in self.registry.tags and len(self.registry.tags) >= self.max_tags:
+            raise RequestError(ErrorCode.LIMIT, f"the daemon holds {self.max_tags} tags, its limit "
+                               "(--max-tags); remove unused tags first", req.id)
+        try:
+            rec = self.registry.claim(a["tag"], a["pid"], a["token"], _alive)
+        except RequestError as exc:
+            exc.req_id = req.id
+            raise
+        return {"segment": rec.segment_info()}
+
+    def op_generation(self, req: Request) -> dict[str, Any]:
+        a = req.args
+        try:
+            rec = self.registry.check_writer(a["tag"], a["token"])
+            dtype = text_to_dtype(a["dtype"])
+        except RequestError as exc:
+            exc.req_id = req.id
+            raise
+        except ValueError as exc:
+            raise RequestError(ErrorCode.BAD_REQUEST, f"field 'dtype': {exc}", req.id) from None
+        shape = a["shape"]
+        nbytes = math.prod(shape) * dtype.itemsize
+        layout = Layout(nbytes, a["slots"], len(shape), len(a["tag"].encode()), len(a["dtype"]))
+        need = layout.total_size
+        if self.max_bytes is not None:
+            used = self._bytes_in_use() - rec.size
+            if used + need > self.max_bytes:
+                raise RequestError(ErrorCode.NO_SPACE, (
+                    f"a segment for {a['tag']!r} needs {need} bytes but the daemon's quota "
+                    f"(--max-bytes {self.max_bytes}) leaves {max(0, self.max_bytes - used)}; "
+                    "raise the quota or remove tags"), req.id)
+        try:
+            name = self.files.create(rec, a["pid"], a["dtype"], shape, a["slots"])
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+                raise RequestError(ErrorCode.NO_SPACE, (
+                    f"a segment for {a['tag']!r} needs {need} bytes but {SHM_DIR} has "
+                    f"{_shm_free()} free; enlarge it (Docker: --shm-size=1g; host: mount -o "
+                    f"remount,size=4G {SHM_DIR}) or remove tags"), req.id) from None
+            raise
+        old = self.registry.commit_generation(
+            a["tag"], a["token"], segment=name, dtype=a["dtype"], shape=shape,
+            nbytes=nbytes, slots=a["slots"], size=need,
+        )
+        if old is not None:
+            self.files.retire_and_unlink(old)
+        log.info("tag %r generation %d: %s %s x%d slots in %s", rec.tag, rec.generation,
+                 dtype, shape, a["slots"], name)
+        return {"segment": rec.segment_info()}
+
+    def op_release(self, req: Request) -> dict[str, Any]:
+        self.registry.release(req.args["tag"], req.args["token"], time.monotonic())
+        return {}
+
+    def op_attach(self, req: Request) -> dict[str, Any]:
+        a = req.args
+        if a["tag"] not in self.registry.tags and len(self.registry.tags) >= self.max_tags:
+            raise RequestError(ErrorCode.LIMIT, f"the daemon holds {self.max_tags} tags, its limit "
+                               "(--max-tags)", req.id)
+        rec = self.registry.attach(a["tag"], a["pid"], a["token"])
+        return {"segment": rec.segment_info()}
+
+    def op_detach(self, req: Request) -> dict[str, Any]:
+        self.registry.detach(req.args["tag"], req.args["token"], time.monotonic())
+        return {}
+
+    def op_lookup(self, req: Request) -> dict[str, Any]:
+        rec = self.registry.tags.get(req.args["tag"])
+        return {"segment": None if rec is None else rec.segment_info()}
+
+    # ---- liveness ---------------------------------------------------------------------
+
+    def _bytes_in_use(self) -> int:
+        return sum(r.size for r in self.registry.tags.values())
+
+    def _watch_pids(self) -> None:
+        """Keep exactly one pidfd per registered process."""
+        pids = self.registry.pids()
+        for pid in list(self._pidfds.keys() - pids):
+            fd = self._pidfds.pop(pid)
+            del self._fd_pids[fd]
+            os.close(fd)
+        for pid in pids - self._pidfds.keys():
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self._process_died(pid)
+                continue
+            except (OSError, AttributeError):
+                continue  # no pidfd here: the periodic sweep checks this pid
+            self._pidfds[pid] = fd
+            self._fd_pids[fd] = pid
+
+    def _process_died(self, pid: int) -> None:
+        tags = self.registry.drop_pid(pid, time.monotonic())
+        if tags:
+            log.info("process %d is gone; released its registrations on %s", pid, ", ".join(tags))
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            del self._fd_pids[fd]
+            os.close(fd)
+        self._sweep(time.monotonic())
+
+    def _sweep(self, now: float) -> None:
+        for pid in self.registry.pids() - self._pidfds.keys():
+            if not _alive(pid):
+                self.registry.drop_pid(pid, now)
+        for name in self.registry.expire(now):
+            log.info("removing idle segment %s", name)
+            self.files.unlink(name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,196 @@
+"""Fixtures: a real ndsharrayd per test on a private endpoint, real child processes, and
+checks that every test leaves /dev/shm and the process table as it found them."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ndsharray import config, transport
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHM = "/dev/shm"
+
+
+def wait_until(pred: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``pred`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def our_segments(prefix: str = "nds-") -> set[str]:
+    return {n for n in os.listdir(SHM) if n.startswith(prefix)}
+
+
+class Daemon:
+    """A real ndsharrayd subprocess on a private ipc endpoint."""
+
+    def __init__(self, folder: str, *args: str) -> None:
+        self.folder = folder
+        self.endpoint = f"ipc://{folder}/d.sock"
+        self.prefix = config.segment_prefix(self.endpoint)
+        self.log = os.path.join(folder, "daemon.log")
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ndsharrayd", "--endpoint", self.endpoint,
+                 "--log-level", "DEBUG", *self.args],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            )
+        wait_until(lambda: transport.daemon_running(self.endpoint) or self.proc.poll() is not None,  # type: ignore[union-attr]
+                   what="daemon lock")
+        assert self.proc.poll() is None, self.read_log()
+        wait_until(lambda: os.path.exists(self.endpoint[6:]), what="daemon socket")
+        return self
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(15)
+        return rc
+
+    def read_log(self) -> str:
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+
+@pytest.fixture
+def folder() -> Iterator[str]:
+    # ipc paths are limited to ~107 bytes: keep it short, under /tmp.
+    path = tempfile.mkdtemp(prefix="nds", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def daemon_pids() -> set[int]:
+    """Pids of every running ndsharrayd, read from /proc."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"ndsharrayd" in argv or any(a.endswith(b"/ndsharrayd") for a in argv):
+                out.add(int(entry))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def leaves_no_trace() -> Iterator[None]:
+    """Fail any test that leaves one of our segments or a daemon behind (torn down last)."""
+    segs, pids = our_segments(), daemon_pids()
+    yield
+    transport.close_all()
+    stray = daemon_pids() - pids
+    for pid in stray:
+        os.kill(pid, signal.SIGTERM)  # so one failure does not cascade into the next tests
+    assert not stray, f"test left ndsharrayd processes running: {sorted(stray)}"
+    leaked = our_segments() - segs
+    assert not leaked, f"test left segments in {SHM}: {sorted(leaked)}"
+
+
+@pytest.fixture
+def daemon(folder: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
+    d = Daemon(folder).start()
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    yield d
+    transport.close_all()
+    rc = d.stop()
+    log = d.read_log()
+    assert rc == 0, f"daemon exited with {rc}:\n{log}"
+    assert not our_segments(d.prefix), f"daemon left segments: {our_segments(d.prefix)}"
+    assert not os.path.exists(d.endpoint[6:]), "daemon left its socket file"
+    assert "Traceback" not in log, log
+
+
+class Puppet:
+    """A child Python process running tests/puppet.py, driven by JSON lines."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "puppet.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})}, text=True, bufsize=1,
+        )
+        self.pid = self._line(20)["ready"]
+
+    def _line(self, timeout: float) -> Any:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise AssertionError(f"puppet {self.proc.pid} gave no answer in {timeout} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise AssertionError(f"puppet {self.proc.pid} died: {err}")
+        return json.loads(line)
+
+    def send(self, timeout: float = 20, **cmd: Any) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._line(timeout)
+
+    def __call__(self, **cmd: Any) -> Any:
+        out = self.send(**cmd)
+        if "error" in out:
+            raise AssertionError(f"puppet {cmd['op']} failed: {out['error']}: {out['message']}")
+        return out["ok"]
+
+    def kill(self) -> None:
+        """SIGKILL: a crash that runs no cleanup at all."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
+
+
+@pytest.fixture
+def puppets() -> Iterator[Any]:
+    made: list[Puppet] = []
+
+    def make(**kw: Any) -> Puppet:
+        p = Puppet(**kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()

@@ -1,0 +1,136 @@
+"""The daemon as a process: auto-start, one per endpoint, ls, liveness, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ndsharray
+from conftest import Daemon, daemon_pids, our_segments, wait_until
+from ndsharray import config, transport
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ndsharray", *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_second_writer_is_refused_naming_the_holder(daemon: Any, puppets: Any) -> None:
+    other = puppets()
+    other(op="open", name="w", tag="cam", rw="w")
+    with pytest.raises(ndsharray.TagBusyError, match=f"pid {other.pid}"):
+        ndsharray.NdShArray("cam", r_w="w")
+    # Two writers in one process are refused too.
+    with ndsharray.NdShArray("mine", r_w="w"):
+        with pytest.raises(ndsharray.TagBusyError, match=f"pid {os.getpid()}"):
+            ndsharray.NdShArray("mine", r_w="w")
+    # Once the holder closes, the tag is free.
+    other(op="close", name="w")
+    ndsharray.NdShArray("cam", r_w="w").close()
+
+
+def test_dead_writer_frees_the_tag_and_shows_as_gone(daemon: Any, puppets: Any) -> None:
+    other = puppets()
+    other(op="open", name="w", tag="cam", rw="w")
+    other(op="write", name="w", dtype="u1", shape=[8], seed=1)
+    with ndsharray.NdShArray("cam", r_w="r") as r:
+        assert r.read()[0]
+        other.kill()
+        info = wait_until(lambda: [t for t in ndsharray.list_tags() if t.writer_pid is None],
+                          what="writer shown as gone")[0]
+        assert info.last_writer_pid == other.pid and info.readers == 1
+        # The reader keeps its last frame, and a new writer takes the tag over.
+        assert r.read()[1].shape == (8,)
+        with ndsharray.NdShArray("cam", np.arange(8, dtype=np.uint8), "w") as w:
+            assert w.ndarray_mmap_name == info.segment  # same shape: same segment
+            status, a = r.read()
+            assert status and a.tolist() == list(range(8))
+
+
+def test_ls_table_and_json(daemon: Any, puppets: Any) -> None:
+    empty = run_cli("ls")
+    assert empty.returncode == 0 and "no tags" in empty.stdout
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    with ndsharray.NdShArray("camera/left", frame, "w"), \
+            ndsharray.NdShArray("camera/left", r_w="r") as r:
+        r.read()
+        table = run_cli("ls")
+        assert table.returncode == 0, table.stderr
+        header, row = table.stdout.splitlines()
+        assert header.split()[:5] == ["TAG", "DTYPE", "SHAPE", "SIZE", "WRITER"]
+        assert row.split()[:3] == ["camera/left", "uint8", "720x1280x3"]
+        assert str(os.getpid()) in row
+        out = run_cli("ls", "--json")
+        assert out.returncode == 0, out.stderr
+        (tag,) = json.loads(out.stdout)
+        assert tag["tag"] == "camera/left" and tag["dtype"] == "uint8"
+        assert tag["shape"] == [720, 1280, 3] and tag["nbytes"] == frame.nbytes
+        assert tag["writer_pid"] == os.getpid() and tag["readers"] == 1 and tag["writes"] == 1
+        assert tag["segment"] == r.ndarray_mmap_name and tag["segment"] in our_segments()
+
+
+def test_cli_version_and_daemon_errors(folder: str) -> None:
+    out = run_cli("--version")
+    assert out.returncode == 0 and ndsharray.__version__ in out.stdout
+    env = {config.ENV_ENDPOINT: f"ipc://{folder}/none.sock", config.ENV_AUTOSTART: "0"}
+    out = run_cli("ls", env=env)
+    assert out.returncode == 1 and "ndsharrayd --endpoint" in out.stderr
+
+
+def test_no_autostart_fails_fast_saying_how_to_start(folder: str, monkeypatch: Any) -> None:
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    with pytest.raises(ndsharray.DaemonUnavailableError, match="start it with: ndsharrayd"):
+        ndsharray.NdShArray("x", r_w="r", endpoint=f"ipc://{folder}/none.sock")
+
+
+def test_one_daemon_per_endpoint(daemon: Daemon) -> None:
+    second = subprocess.run([sys.executable, "-m", "ndsharrayd", "--endpoint", daemon.endpoint],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert "already serves this endpoint" in second.stderr
+    assert str(daemon.proc.pid) in second.stderr  # type: ignore[union-attr]
+
+
+def test_concurrent_autostart_ends_with_one_daemon(folder: str) -> None:
+    endpoint = f"ipc://{folder}/auto.sock"
+    env = {config.ENV_ENDPOINT: endpoint, config.ENV_AUTOSTART: "1"}
+    before = daemon_pids()
+    code = "import ndsharray, os; ndsharray.NdShArray('t%d', r_w='r').close(); print(os.getpid())"
+    procs = [subprocess.Popen([sys.executable, "-c", code % k], env={**os.environ, **env},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in range(6)]
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    started = daemon_pids() - before
+    assert len(started) == 1, f"expected one daemon, found {started}"
+    (pid,) = started
+    with open(config.lock_path(endpoint)) as f:
+        assert int(f.read()) == pid
+    os.kill(pid, 15)
+    wait_until(lambda: not transport.daemon_running(endpoint), what="auto-started daemon to stop")
+    assert not our_segments(config.segment_prefix(endpoint))
+
+
+def test_sigterm_removes_segments_while_clients_keep_their_views(folder: str, monkeypatch: Any) -> None:
+    d = Daemon(folder).start()
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    w = ndsharray.NdShArray("t", np.arange(6.0), "w", endpoint=d.endpoint)
+    r = ndsharray.NdShArray("t", r_w="r", endpoint=d.endpoint)
+    status, view = r.read()
+    assert status and our_segments(d.prefix)
+    assert d.stop() == 0
+    assert not our_segments(d.prefix)
+    assert not os.path.exists(d.endpoint[6:])
+    # Mapped data outlives the unlink, and the hot path never needed the daemon.
+    w.write(np.arange(6.0) * 2)
+    status, again = r.read()
+    assert view.tolist() == [0, 1, 2, 3, 4, 5] and again.tolist() == [0, 2, 4, 6, 8, 10]
+    transport.close_all()
+    w._closed = r._closed = True  # the daemon is gone; nothing to release

@@ -1,0 +1,148 @@
+"""The pure layers, without sockets: codec, registry, segment header parsing."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ndsharray import protocol
+from ndsharray.errors import CorruptSegmentError
+from ndsharray.protocol import ErrorCode, RequestError, decode_request, encode_request
+from ndsharray.segment import SHM_DIR, create_segment, parse_header
+from ndsharrayd.registry import Registry
+
+TOKEN = "0123456789abcdef"
+
+
+def test_roundtrip_of_a_valid_request() -> None:
+    req = decode_request(encode_request(7, "generation", tag="cam/left", pid=12, token=TOKEN,
+                                        dtype="'<f8'", shape=[2, 3], slots=3))
+    assert (req.id, req.op, req.args["shape"]) == (7, "generation", (2, 3))
+
+
+@pytest.mark.parametrize("msg, code, words", [
+    (b"\xff\xfe", ErrorCode.BAD_REQUEST, "not JSON"),
+    (b"[1, 2]", ErrorCode.BAD_REQUEST, "JSON object"),
+    (b'{"v": 1, "op": "ping"}', ErrorCode.BAD_REQUEST, "'id'"),
+    (b'{"v": 9, "id": 1, "op": "ping"}', ErrorCode.BAD_VERSION, "version 9"),
+    (b'{"v": 1, "id": 1, "op": "rm -rf"}', ErrorCode.UNKNOWN_OP, "unknown op"),
+    (b'{"v": 1, "id": 1, "op": "claim", "tag": "t", "pid": 1}', ErrorCode.BAD_REQUEST, "'token' missing"),
+    (b'{"v": 1, "id": 1, "op": "claim", "tag": "../x", "pid": 1, "token": "' + TOKEN.encode() + b'"}',
+     ErrorCode.BAD_REQUEST, "field 'tag'"),
+    (b'{"v": 1, "id": 1, "op": "claim", "tag": "t", "pid": -4, "token": "' + TOKEN.encode() + b'"}',
+     ErrorCode.BAD_REQUEST, "field 'pid'"),
+    (json.dumps({"v": 1, "id": 1, "op": "generation", "tag": "t", "pid": 1, "token": TOKEN,
+                 "dtype": "'<f8'", "shape": [1] * 65, "slots": 3}).encode(), ErrorCode.BAD_REQUEST, "'shape'"),
+    (json.dumps({"v": 1, "id": 1, "op": "generation", "tag": "t", "pid": 1, "token": TOKEN,
+                 "dtype": "'<f8'", "shape": [-1], "slots": 3}).encode(), ErrorCode.BAD_REQUEST, "non-negative"),
+    (b"{" + b" " * protocol.MAX_MESSAGE_BYTES + b"}", ErrorCode.BAD_REQUEST, "limit"),
+])
+def test_bad_requests_name_the_problem(msg: bytes, code: ErrorCode, words: str) -> None:
+    with pytest.raises(RequestError) as info:
+        decode_request(msg)
+    assert info.value.code == code and words in info.value.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300),
+                 st.dictionaries(st.sampled_from(["v", "id", "op", "tag", "pid", "token", "shape"]),
+                                 st.one_of(st.none(), st.integers(), st.text(max_size=20),
+                                           st.lists(st.integers(), max_size=5)))
+                 .map(lambda d: json.dumps(d).encode())))
+def test_decoder_only_ever_raises_request_error(data: bytes) -> None:
+    try:
+        decode_request(data)
+    except RequestError:
+        pass
+
+
+def test_registry_claim_busy_and_takeover() -> None:
+    reg = Registry(orphan_ttl=10)
+    reg.claim("t", 100, "a" * 16, alive=lambda pid: True)
+    with pytest.raises(RequestError) as info:
+        reg.claim("t", 200, "b" * 16, alive=lambda pid: True)
+    assert info.value.code == ErrorCode.TAG_BUSY and "pid 100" in info.value.message
+    rec = reg.claim("t", 200, "b" * 16, alive=lambda pid: False)  # holder is dead
+    assert rec.writer is not None and rec.writer.pid == 200
+
+
+def test_registry_idle_expiry_and_dead_pids() -> None:
+    reg = Registry(orphan_ttl=10)
+    reg.claim("t", 100, "a" * 16, alive=lambda pid: True)
+    assert reg.commit_generation("t", "a" * 16, segment="s1", dtype="'<f8'", shape=(2,),
+                                 nbytes=16, slots=3, size=8192) is None
+    assert reg.commit_generation("t", "a" * 16, segment="s2", dtype="'<f8'", shape=(3,),
+                                 nbytes=24, slots=3, size=8192) == "s1"
+    reg.attach("t", 300, "c" * 16)
+    reg.attach("waiting", 300, "d" * 16)  # a reader before any writer
+    assert reg.drop_pid(100, now=0.0) == ["t"]
+    assert reg.expire(now=100.0) == []  # a reader remains
+    assert sorted(reg.drop_pid(300, now=1.0)) == ["t", "waiting"]
+    assert reg.expire(now=5.0) == [] and "waiting" not in reg.tags  # no segment: gone at once
+    assert reg.expire(now=11.0) == ["s2"] and not reg.tags
+
+
+def _fresh_segment(tmp_name: str) -> str:
+    create_segment(tmp_name, tag="cam", dtype_text="'<u2'", shape=(4, 5), nslots=3,
+                   generation=1, writer_pid=os.getpid())
+    return os.path.join(SHM_DIR, tmp_name)
+
+
+@pytest.fixture
+def segment_bytes() -> bytes:
+    name = f"nds-test-{os.getpid()}"
+    path = _fresh_segment(name)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(path)
+
+
+def test_header_parses(segment_bytes: bytes) -> None:
+    h = parse_header(segment_bytes, len(segment_bytes))
+    assert (h.tag, h.shape, h.dtype, h.layout.nslots) == ("cam", (4, 5), np.dtype("<u2"), 3)
+
+
+@pytest.mark.parametrize("offset, fmt, value, field", [
+    (0, "8s", b"NOTOURS\0", "magic"),
+    (8, "I", 7, "version"),
+    (12, "I", 4096 * 9, "header size"),
+    (16, "Q", 2**62, "stride"),
+    (32, "I", 0, "slot count"),
+    (32, "I", 100000, "slot count"),
+    (36, "I", 65, "ndim"),
+    (82, "H", 0, "dtype length"),
+])
+def test_corrupt_header_fields_are_named(segment_bytes: bytes, offset: int, fmt: str,
+                                         value: object, field: str) -> None:
+    buf = bytearray(segment_bytes)
+    struct.pack_into("<" + fmt, buf, offset, value)
+    with pytest.raises(CorruptSegmentError, match=field):
+        parse_header(buf, len(buf))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, 200), st.integers(0, 255))
+def test_any_single_corrupt_header_byte_is_caught_or_harmless(pos: int, byte: int) -> None:
+    name = "nds-test-fuzz"
+    if not hasattr(test_any_single_corrupt_header_byte_is_caught_or_harmless, "raw"):
+        path = _fresh_segment(name)
+        with open(path, "rb") as f:
+            test_any_single_corrupt_header_byte_is_caught_or_harmless.raw = f.read()  # type: ignore[attr-defined]
+        os.unlink(path)
+    buf = bytearray(test_any_single_corrupt_header_byte_is_caught_or_harmless.raw)  # type: ignore[attr-defined]
+    buf[pos] = byte
+    try:
+        h = parse_header(buf, len(buf))
+    except CorruptSegmentError:
+        return
+    # Accepted: then everything it promises must fit in the real bytes.
+    assert h.layout.total_size <= len(buf)
+    assert int(np.prod(h.shape)) * h.dtype.itemsize == h.layout.nbytes

@@ -1,0 +1,165 @@
+"""Writer and reader in different processes: every dtype, every kind of shape, changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ndsharray
+from arrays import digest, make_array
+
+DTYPES: list[Any] = [
+    "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16", "?",
+    "g", "G", ">i4", ">f8", "M8[ns]", "M8[D]", "m8[us]", "S7", "U5", "V6",
+    [("x", "<f4"), ("y", "<i2"), ("name", "S5")],
+    [("pos", "<f8", (3,)), ("id", "<u4")],
+]
+SHAPES: list[tuple[int, ...]] = [(), (0,), (3, 0, 2), (7,), (4, 2), (2,) * 12, (2400, 1800)]
+
+
+def descr(dt: Any) -> Any:
+    return repr(np.lib.format.dtype_to_descr(np.dtype(dt)))
+
+
+def test_every_dtype_crosses_processes(daemon: Any, puppets: Any) -> None:
+    reader = puppets()
+    with ndsharray.NdShArray("dtypes", r_w="w") as w:
+        reader(op="open", name="r", tag="dtypes", rw="r")
+        for seed, dt in enumerate(DTYPES):
+            a = make_array(dt, (3, 4), seed)
+            w.write(a)
+            got = reader(op="read", name="r")
+            assert got["status"] is True, dt
+            assert got["dtype"] == descr(dt) and got["shape"] == [3, 4], dt
+            assert got["digest"] == digest(a), dt
+            assert got["writeable"] is False
+
+
+def test_every_shape_crosses_processes(daemon: Any, puppets: Any) -> None:
+    reader = puppets()
+    with ndsharray.NdShArray("shapes", r_w="w") as w:
+        reader(op="open", name="r", tag="shapes", rw="r")
+        for seed, shape in enumerate(SHAPES):
+            a = make_array("f4", shape, seed)
+            w.write(a) if a.size else w.write(a)
+            got = reader(op="read", name="r")
+            assert got["status"] is True and got["shape"] == list(shape), shape
+            assert got["digest"] == digest(a), shape
+
+
+def test_constructor_array_is_written_unless_empty(daemon: Any) -> None:
+    with ndsharray.NdShArray("ctor", np.arange(5), "w") as w, \
+            ndsharray.NdShArray("ctor", r_w="r") as r:
+        assert w.is_valid and w.shape == (5,)
+        status, a = r.read()
+        assert status and a.tolist() == [0, 1, 2, 3, 4]
+    with ndsharray.NdShArray("ctor2", np.empty((0, 3)), "W") as w:
+        assert not w.is_valid and w.ndarray_mmap_name is None
+
+
+def test_non_contiguous_and_fortran_inputs(daemon: Any) -> None:
+    base = make_array("u2", (40, 30), 1)
+    with ndsharray.NdShArray("layouts", r_w="w") as w, ndsharray.NdShArray("layouts", r_w="r") as r:
+        for a in (base[::3, 1::2], np.asfortranarray(base), base.T, base[::-1]):
+            w.write(a)
+            status, got = r.read()
+            assert status and got.shape == a.shape and np.array_equal(got, a)
+            assert got.flags.c_contiguous
+
+
+def test_shape_and_dtype_change_reader_follows(daemon: Any, puppets: Any) -> None:
+    reader = puppets()
+    # The seed walkthrough: float64 (4, 2), then uint8 (6, 3), reader does nothing special.
+    first = np.random.random((4, 2))
+    with ndsharray.NdShArray("my_unique_tag123", array=first, r_w="w") as w:
+        seg1 = w.ndarray_mmap_name
+        reader(op="open", name="r", tag="my_unique_tag123", rw="r")
+        got = reader(op="read", name="r", hold=True)  # keeps this view alive
+        assert got["status"] and got["digest"] == digest(first)
+        second = (255 * np.random.random((6, 3))).astype(np.uint8)
+        w.write(second)
+        assert w.ndarray_mmap_name != seg1
+        got = reader(op="read", name="r")
+        assert got["status"] is True
+        assert got["dtype"] == "'|u1'" and got["shape"] == [6, 3]
+        assert got["digest"] == digest(second) and got["segment"] == w.ndarray_mmap_name
+        assert reader(op="read", name="r")["status"] is False
+
+
+def test_reader_before_writer(daemon: Any, puppets: Any) -> None:
+    with ndsharray.NdShArray("later", r_w="r") as r:
+        status, a = r.read()
+        assert status is False and a.size == 0 and not r.is_valid
+        writer = puppets()
+        writer(op="open", name="w", tag="later", rw="w")
+        writer(op="write", name="w", dtype="i4", shape=[5], seed=3)
+        status, a = r.read()
+        assert status is True and r.is_valid
+        assert digest(a) == digest(make_array("i4", (5,), 3))
+        assert r.read_time_ms >= 0
+
+
+def test_read_returns_false_and_last_array_without_new_write(daemon: Any) -> None:
+    with ndsharray.NdShArray("same", np.arange(3.0), "w") as w, ndsharray.NdShArray("same", r_w="r") as r:
+        s1, a1 = r.read()
+        s2, a2 = r.read()
+        assert (s1, s2) == (True, False) and a2 is a1
+        w.write(np.arange(3.0) + 1)
+        s3, a3 = r.read()
+        assert s3 and a3.tolist() == [1.0, 2.0, 3.0] and a1.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_copy_read_is_owned_and_writeable(daemon: Any) -> None:
+    with ndsharray.NdShArray("cp", np.arange(4), "w") as w, ndsharray.NdShArray("cp", r_w="r") as r:
+        status, a = r.read(copy=True)
+        assert status and a.flags.writeable and a.flags.owndata
+        a[0] = 99
+        w.write(np.arange(4))
+        assert r.read()[1].tolist() == [0, 1, 2, 3]
+
+
+def test_view_never_changes_while_held(daemon: Any, puppets: Any) -> None:
+    writer = puppets()
+    writer(op="open", name="w", tag="held", rw="w")
+    writer(op="write", name="w", dtype="u1", shape=[1000], seed=0)
+    with ndsharray.NdShArray("held", r_w="r") as r:
+        status, held = r.read()
+        assert status
+        expected = digest(held)
+        for seed in range(1, 40):
+            writer(op="write", name="w", dtype="u1", shape=[1000], seed=seed)
+            assert r.read()[0]
+        assert digest(held) == expected
+        status, latest = r.read()
+        assert digest(latest) == digest(make_array("u1", (1000,), 39))
+
+
+def test_writer_grows_ring_when_readers_keep_views(daemon: Any) -> None:
+    with ndsharray.NdShArray("keep", np.zeros(10), "w", slots=2, max_slots=8) as w, \
+            ndsharray.NdShArray("keep", r_w="r") as r:
+        kept = []
+        for k in range(10):
+            w.write(np.full(10, float(k)))
+            status, a = r.read()
+            assert status
+            kept.append(a)
+        # Each generation fills up with views the reader keeps; then the ring doubles.
+        assert [a[0] for a in kept] == list(range(10))
+        info = ndsharray.list_tags()[0]
+        assert (info.slots, info.generation) == (8, 3)
+
+
+def test_writer_stalls_with_clear_error_at_max_slots(daemon: Any) -> None:
+    with ndsharray.NdShArray("stall", np.zeros(4), "w", slots=2, max_slots=2,
+                             write_timeout=0.05) as w, ndsharray.NdShArray("stall", r_w="r") as r:
+        held = [r.read()[1]]
+        w.write(np.ones(4))
+        held.append(r.read()[1])
+        with pytest.raises(ndsharray.WriterStalledError, match="pinned by readers"):
+            w.write(np.ones(4))
+        held.clear()  # readers drop their views: the writer is free again
+        r.read()
+        w.write(np.full(4, 2.0))
+        assert r.read()[1].tolist() == [2.0] * 4
