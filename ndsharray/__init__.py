@@ -15,9 +15,17 @@ from .admin import TagInfo, daemon_stats, list_tags
 from .client import NdShArray
 from .dtypes import supported_types
 from .errors import (
-    CorruptSegmentError, DaemonError, DaemonUnavailableError, HandleClosedError,
-    NdShArrayError, ProtocolError, ResourceLimitError, SegmentGoneError, TagBusyError,
-    TagNotFoundError, WriterStalledError,
+    CorruptSegmentError,
+    DaemonError,
+    DaemonUnavailableError,
+    HandleClosedError,
+    NdShArrayError,
+    ProtocolError,
+    ResourceLimitError,
+    SegmentGoneError,
+    TagBusyError,
+    TagNotFoundError,
+    WriterStalledError,
 )
 
 __all__ = [

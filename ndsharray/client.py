@@ -18,9 +18,12 @@ from typing import Any
 import numpy as np
 
 from . import config, transport
-from .dtypes import check_shareable, dtype_to_text
+from .dtypes import dtype_to_text
 from .errors import (
-    HandleClosedError, NdShArrayError, SegmentGoneError, WriterStalledError,
+    HandleClosedError,
+    NdShArrayError,
+    SegmentGoneError,
+    WriterStalledError,
 )
 from .protocol import check_tag
 from .segment import MAX_SLOTS, SegmentReader, SegmentWriter, current_pid

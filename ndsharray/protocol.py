@@ -16,8 +16,9 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 PROTOCOL = 1
 MAX_MESSAGE_BYTES = 64 * 1024

@@ -332,7 +332,7 @@ class _Mapped:
 class _Pin:
     """The base object of one read's view: its lifetime is the slot's pin."""
 
-    __slots__ = ("__array_interface__", "mm", "__weakref__")
+    __slots__ = ("__array_interface__", "__weakref__", "mm")
 
     def __init__(self, iface: dict[str, Any], mm: mmap.mmap) -> None:
         self.__array_interface__ = iface

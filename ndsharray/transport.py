@@ -26,7 +26,11 @@ import zmq
 
 from . import config
 from .errors import (
-    DaemonError, DaemonUnavailableError, ProtocolError, ResourceLimitError, TagBusyError,
+    DaemonError,
+    DaemonUnavailableError,
+    ProtocolError,
+    ResourceLimitError,
+    TagBusyError,
     TagNotFoundError,
 )
 from .protocol import ErrorCode, decode_reply, encode_request

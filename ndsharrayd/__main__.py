@@ -44,7 +44,7 @@ def main(endpoint: str | None, log_level: str, orphan_ttl: float, max_bytes: int
     try:
         daemon.serve()
     except AlreadyRunning as exc:
-        raise click.ClickException(f"{exc} ({endpoint}); stop it first or use another --endpoint")
+        raise click.ClickException(f"{exc} ({endpoint}); stop it first or use another --endpoint") from None
 
 
 def _detach(daemon: Daemon, log_level: str) -> None:

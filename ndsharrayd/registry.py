@@ -14,8 +14,8 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ndsharray.protocol import ErrorCode, RequestError
 
@@ -62,9 +62,8 @@ class Registry:
         if rec is None:
             rec = self.tags[tag] = TagRecord(tag)
         w = rec.writer
-        if w is not None and w.token != token:
-            if alive(w.pid):
-                raise RequestError(
+        if w is not None and w.token != token and alive(w.pid):
+            raise RequestError(
                     ErrorCode.TAG_BUSY,
                     f"tag {tag!r} already has a writer (pid {w.pid}); close it, or write "
                     "under another tag",

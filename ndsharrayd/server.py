@@ -20,7 +20,8 @@ import signal
 import socket
 import struct
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -28,11 +29,23 @@ from ndsharray import config
 from ndsharray._version import __version__
 from ndsharray.dtypes import text_to_dtype
 from ndsharray.protocol import (
-    MAX_MESSAGE_BYTES, PROTOCOL, ErrorCode, Request, RequestError, decode_request,
-    encode_error, encode_result,
+    MAX_MESSAGE_BYTES,
+    PROTOCOL,
+    ErrorCode,
+    Request,
+    RequestError,
+    decode_request,
+    encode_error,
+    encode_result,
 )
 from ndsharray.segment import (
-    OFF_PUBLISH, OFF_RETIRED, SHM_DIR, SLOT_ENTRY, SLOT_TABLE, Layout, create_segment,
+    OFF_PUBLISH,
+    OFF_RETIRED,
+    SHM_DIR,
+    SLOT_ENTRY,
+    SLOT_TABLE,
+    Layout,
+    create_segment,
     segment_path,
 )
 
@@ -59,7 +72,7 @@ class DaemonLock:
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
                 os.close(fd)
-                raise AlreadyRunning(f"a daemon (pid {holder}) already serves this endpoint")
+                raise AlreadyRunning(f"a daemon (pid {holder}) already serves this endpoint") from None
             # The previous holder may have unlinked the file between our open and our lock.
             try:
                 same = os.stat(path).st_ino == os.fstat(fd).st_ino

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from arrays import digest, make_array  # noqa: E402
+from arrays import digest, make_array
 
-import ndsharray  # noqa: E402
+import ndsharray
 
 handles: dict[str, ndsharray.NdShArray] = {}
 held: list[Any] = []

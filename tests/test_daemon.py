@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import Daemon, daemon_pids, our_segments, wait_until
 
 import ndsharray
-from conftest import Daemon, daemon_pids, our_segments, wait_until
 from ndsharray import config, transport
 
 
