@@ -13,11 +13,13 @@ import os
 import secrets
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from . import config, transport
+from . import config, futex, transport
 from .dtypes import dtype_to_text
 from .errors import (
     HandleClosedError,
@@ -175,6 +177,43 @@ class NdShArray:
         seg.publish(i)
         self._valid = True
 
+    @contextmanager
+    def loan(
+        self, shape: tuple[int, ...] | None = None, dtype: Any = None
+    ) -> Iterator[np.ndarray[Any, Any]]:
+        """Lend a free slot as a writable array; leaving the block publishes it.
+
+        ``with w.loan() as buf: np.add(a, b, out=buf)`` fills shared memory directly (no
+        extra copy). The slot holds an older frame: overwrite all of it. Without arguments
+        the shape and dtype of the last write are kept; giving ``shape``/``dtype`` starts a
+        new generation when they differ. An exception inside the block publishes nothing.
+        The array becomes read-only when the block ends: keep no reference to it.
+        """
+        self._check("w")
+        seg = self._wseg
+        if shape is not None or dtype is not None:
+            want_shape = tuple(shape) if shape is not None else (seg.header.shape if seg else None)
+            want_dtype = np.dtype(dtype) if dtype is not None else (seg.header.dtype if seg else None)
+            if want_shape is None or want_dtype is None:
+                raise ValueError("the first loan() of a writer needs both shape and dtype")
+            if seg is None or want_dtype != seg.header.dtype or want_shape != seg.header.shape:
+                seg = self._new_generation(want_dtype, want_shape, self._slots)
+        elif seg is None:
+            raise ValueError("the first loan() of a writer needs shape= and dtype=")
+        i = seg.try_acquire()
+        if i < 0:
+            seg, i = self._acquire_slow(seg)
+        buf = seg.slots[i][...]
+        try:
+            yield buf
+        except BaseException:
+            seg.release(i)
+            raise
+        finally:
+            buf.flags.writeable = False
+        seg.publish(i)
+        self._valid = True
+
     def _new_generation(self, dtype: np.dtype[Any], shape: tuple[int, ...], slots: int) -> SegmentWriter:
         text = dtype_to_text(dtype)
         offer, self._offered = self._offered, None
@@ -221,13 +260,66 @@ class NdShArray:
 
     # ---- reading ----------------------------------------------------------------------
 
-    def read(self, copy: bool = False) -> tuple[bool, np.ndarray[Any, Any]]:
+    def read(self, copy: bool = False, timeout: float | None = 0.0) -> tuple[bool, np.ndarray[Any, Any]]:
         """Return ``(True, newest array)`` if a write arrived since the last read.
 
         Otherwise ``(False, <the array returned last time>)``, an empty array if none was
         ever written. The array is a read-only zero-copy view that stays unchanged while you
         hold it, or with ``copy=True`` an owned, writable copy. Never a torn array.
+
+        ``timeout``: 0 (the default, as in ndsharray 1.x) returns at once; a number of
+        seconds waits up to that long for the next write; None waits for as long as it takes.
+        A waiting reader sleeps on a futex and uses no CPU.
         """
+        got = self._read_now(copy)
+        if got is not None or timeout == 0:
+            return (True, got) if got is not None else (False, self._last)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if not self.wait(left):
+                return False, self._last
+            got = self._read_now(copy)
+            if got is not None:
+                return True, got
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a write this handle has not read yet exists; False on timeout or close.
+
+        Does not consume the write: the next ``read()`` returns it.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        idle = 0.001
+        while True:
+            if self._closed:
+                return False
+            self._check("r")
+            seg = self._rseg
+            if seg is None or seg.retired():
+                seg = self._resolve()
+            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if seg is not None and seg.has_new(self._count):
+                return True
+            if left <= 0:
+                return False
+            if seg is None:  # no writer yet: ask the daemon again soon, not in a busy loop
+                time.sleep(min(idle, left))
+                idle = min(idle * 2, 0.05)
+            else:
+                seg.wait(self._count, left)
+
+    def __iter__(self) -> Iterator[np.ndarray[Any, Any]]:
+        """Yield every new array as it arrives (blocking); ends when the handle is closed."""
+        while True:
+            try:
+                status, arr = self.read(timeout=None)
+            except HandleClosedError:
+                return
+            if not status:
+                return
+            yield arr
+
+    def _read_now(self, copy: bool) -> np.ndarray[Any, Any] | None:
         self._check("r")
         seg = self._rseg
         got = None
@@ -239,7 +331,7 @@ class NdShArray:
                 if seg is not None:
                     got = seg.latest(self._count)
             if got is None:
-                return False, self._last
+                return None
         assert seg is not None
         count, i, stamp = got
         self._count = count
@@ -251,7 +343,7 @@ class NdShArray:
             arr = seg.view(i)
         self._last = arr
         self._valid = True
-        return True, arr
+        return arr
 
     def _resolve(self) -> SegmentReader | None:
         """Ask the daemon for the tag's current segment and switch to it if it changed."""
@@ -314,6 +406,8 @@ class NdShArray:
         if wseg is not None:
             wseg.close()
         if rseg is not None:
+            if futex.AVAILABLE:
+                futex.wake(rseg.notify_addr)  # end a wait() or iteration in another thread
             rseg.close()
         self._last = _EMPTY
         op = "release" if self._access == "w" else "detach"

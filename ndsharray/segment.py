@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from . import futex
 from .dtypes import MAX_DESCR_LEN, text_to_dtype
 from .errors import CorruptSegmentError, SegmentGoneError
 
@@ -96,6 +97,12 @@ _SEQ_STAMP = struct.Struct("@QQ")
 _FLOCK = struct.Struct("@hhqqi4x")
 assert _FLOCK.size == 32
 F_OFD_SETLK: int = getattr(fcntl, "F_OFD_SETLK", 37)
+F_OFD_GETLK: int = getattr(fcntl, "F_OFD_GETLK", 36)
+# Blocking readers hold a shared lock on the notify word's bytes while they may wait; the
+# writer asks the kernel (F_OFD_GETLK) whether anyone holds one and only then pays a wake-up.
+_WAITER_LOCK = _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, OFF_NOTIFY, 4, 0)
+_WAITER_PROBE = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, OFF_NOTIFY, 4, 0)
+_NO_LOCK = struct.pack("@h", fcntl.F_UNLCK)
 
 
 @dataclass(frozen=True)
@@ -300,6 +307,7 @@ class _Mapped:
         self.nslots = h.layout.nslots
         self.layout = h.layout
         self.mv = memoryview(self.mm)
+        self.notify_addr = np.frombuffer(self.mm, np.uint32, 1, OFF_NOTIFY).ctypes.data
         # Precomputed lock requests: the hot path packs nothing.
         self._lock_rd = [_flock(fcntl.F_RDLCK, i) for i in range(self.nslots)]
         self._lock_wr = [_flock(fcntl.F_WRLCK, i) for i in range(self.nslots)]
@@ -307,6 +315,9 @@ class _Mapped:
 
     def publish_word(self) -> int:
         return int(_U64.unpack_from(self.mm, OFF_PUBLISH)[0])
+
+    def notify_word(self) -> int:
+        return int(_U32.unpack_from(self.mm, OFF_NOTIFY)[0])
 
     def retired(self) -> bool:
         return bool(_U32.unpack_from(self.mm, OFF_RETIRED)[0])
@@ -346,6 +357,7 @@ class SegmentReader(_Mapped):
         super().__init__(name, writable=False)
         self._pins = [0] * self.nslots
         self._closing = False
+        self._waiting = False
         self._owner = _Process.pid
         h = self.header
         addr = np.frombuffer(self.mm, np.uint8, 1).ctypes.data if len(self.mm) else 0
@@ -384,6 +396,26 @@ class SegmentReader(_Mapped):
             spins += 1
             if spins > 16:  # the writer lapped us repeatedly; let it finish its copy
                 os.sched_yield()
+
+    def has_new(self, last_count: int) -> bool:
+        count = int(_U64.unpack_from(self.mm, OFF_PUBLISH)[0]) >> 8
+        return count != last_count and count != 0
+
+    def wait(self, last_count: int, timeout: float) -> None:
+        """Sleep until something is published after ``last_count`` (or ``timeout``).
+
+        Lost wake-ups are impossible: the waiter lock is taken before the notify word is
+        loaded, and the writer bumps that word before it looks for waiters.
+        """
+        if not self._waiting:
+            self._waiting = self._try_lock(_WAITER_LOCK)
+        seen = self.notify_word()
+        if self.has_new(last_count) or self.retired():
+            return
+        if futex.AVAILABLE and self._waiting:
+            futex.wait(self.notify_addr, seen, timeout)
+        else:  # no futex: poll, gently
+            time.sleep(min(timeout, 0.001))
 
     def _pin(self, i: int) -> bool:
         if self._pins[i]:
@@ -477,6 +509,8 @@ class SegmentWriter(_Mapped):
         fcntl.fcntl(self.fd, F_OFD_SETLK, self._unlock[i])
         _U64.pack_into(self.mm, OFF_PUBLISH, (count << 8) | i)
         _U32.pack_into(self.mm, OFF_NOTIFY, count & 0xFFFFFFFF)
+        if fcntl.fcntl(self.fd, F_OFD_GETLK, _WAITER_PROBE)[:2] != _NO_LOCK and futex.AVAILABLE:
+            futex.wake(self.notify_addr)
         self.count = count
         self.latest = i
         self._next = (i + 1) % self.nslots

@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import zmq
 
-from ndsharray import config
+from ndsharray import config, futex
 from ndsharray._version import __version__
 from ndsharray.dtypes import text_to_dtype
 from ndsharray.protocol import (
@@ -39,6 +40,7 @@ from ndsharray.protocol import (
     encode_result,
 )
 from ndsharray.segment import (
+    OFF_NOTIFY,
     OFF_PUBLISH,
     OFF_RETIRED,
     SHM_DIR,
@@ -118,8 +120,15 @@ class SegmentFiles:
         """Flag a superseded segment so readers re-resolve, then unlink it (views survive)."""
         entry = self.headers.pop(name, None)
         if entry is not None:
-            struct.pack_into("@I", entry[0], OFF_RETIRED, 1)
-            entry[0].close()
+            mm = entry[0]
+            struct.pack_into("@I", mm, OFF_RETIRED, 1)
+            # Wake blocked readers so they move on to the new generation.
+            notify = np.frombuffer(mm, np.uint32, 1, OFF_NOTIFY)
+            notify[0] += 1
+            if futex.AVAILABLE:
+                futex.wake(notify.ctypes.data)
+            del notify
+            mm.close()
         self.unlink(name)
 
     def unlink(self, name: str) -> None:

@@ -85,6 +85,15 @@ def folder() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def pid_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (gone, or a zombie waiting for its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 def daemon_pids() -> set[int]:
     """Pids of every running ndsharrayd, read from /proc."""
     out = set()

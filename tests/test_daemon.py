@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Daemon, daemon_pids, our_segments, wait_until
+from conftest import Daemon, daemon_pids, our_segments, pid_gone, wait_until
 
 import ndsharray
 from ndsharray import config, transport
@@ -114,7 +114,8 @@ def test_concurrent_autostart_ends_with_one_daemon(folder: str) -> None:
     with open(config.lock_path(endpoint)) as f:
         assert int(f.read()) == pid
     os.kill(pid, 15)
-    wait_until(lambda: not transport.daemon_running(endpoint), what="auto-started daemon to stop")
+    wait_until(lambda: pid_gone(pid), what="auto-started daemon to exit")
+    assert not transport.daemon_running(endpoint)
     assert not our_segments(config.segment_prefix(endpoint))
 
 

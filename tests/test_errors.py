@@ -69,6 +69,6 @@ def test_supported_types_cover_the_original_fourteen() -> None:
 
 def test_exported_names_are_the_public_ones() -> None:
     public = {n for n in dir(ndsharray) if not n.startswith("_")} - {
-        "admin", "client", "config", "dtypes", "errors", "protocol", "segment", "transport", "cli",
+        "admin", "client", "config", "dtypes", "errors", "futex", "protocol", "segment", "transport", "cli",
     }
     assert set(ndsharray.__all__) - {"__version__"} == public

@@ -1,0 +1,161 @@
+"""Blocking reads (futex), iteration, zero-copy loans, and a daemon-free hot path."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from arrays import digest, make_array
+
+import ndsharray
+
+
+class Waiter(threading.Thread):
+    """Runs ``fn`` in a thread and keeps its result and its thread CPU time."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__(daemon=True)
+        self.fn = fn
+        self.result: Any = None
+        self.cpu = 0.0
+        self.started_wait = threading.Event()
+
+    def run(self) -> None:
+        t0 = time.thread_time()
+        self.started_wait.set()
+        self.result = self.fn()
+        self.cpu = time.thread_time() - t0
+
+
+def test_blocking_read_is_woken_by_a_write_from_another_process(daemon: Any, puppets: Any) -> None:
+    writer = puppets()
+    writer(op="open", name="w", tag="blk", rw="w")
+    writer(op="write", name="w", dtype="f4", shape=[100], seed=1)
+    with ndsharray.NdShArray("blk", r_w="r") as r:
+        assert r.read()[0]
+        waiter = Waiter(lambda: r.read(timeout=60))
+        waiter.start()
+        waiter.started_wait.wait()
+        writer(op="write", name="w", dtype="f4", shape=[100], seed=2)
+        waiter.join(60)
+        status, arr = waiter.result
+        assert status is True and digest(arr) == digest(make_array("f4", (100,), 2))
+
+
+def test_blocking_read_times_out_without_cpu(daemon: Any) -> None:
+    with ndsharray.NdShArray("idle", np.arange(3), "w"), ndsharray.NdShArray("idle", r_w="r") as r:
+        status, first = r.read()
+        waiter = Waiter(lambda: r.read(timeout=0.5))
+        t0 = time.monotonic()
+        waiter.start()
+        waiter.join(30)
+        assert time.monotonic() - t0 >= 0.5
+        status, arr = waiter.result
+        assert status is False and arr is first
+        assert waiter.cpu < 0.05, f"a blocked reader used {waiter.cpu:.3f} s of CPU in 0.5 s"
+
+
+def test_wait_does_not_consume(daemon: Any) -> None:
+    with ndsharray.NdShArray("w8", np.arange(3), "w") as w, ndsharray.NdShArray("w8", r_w="r") as r:
+        assert r.wait(5) is True and r.wait(5) is True  # the first write is still unread
+        assert r.read()[0]
+        assert r.wait(0.01) is False
+        w.write(np.arange(3) + 1)
+        assert r.wait(5) is True
+        assert r.read()[1].tolist() == [1, 2, 3]
+
+
+def test_blocking_reader_before_any_writer(daemon: Any, puppets: Any) -> None:
+    with ndsharray.NdShArray("late", r_w="r") as r:
+        waiter = Waiter(lambda: r.read(timeout=60))
+        waiter.start()
+        waiter.started_wait.wait()
+        writer = puppets()
+        writer(op="open", name="w", tag="late", rw="w")
+        writer(op="write", name="w", dtype="u2", shape=[2, 2], seed=5)
+        waiter.join(60)
+        status, arr = waiter.result
+        assert status and digest(arr) == digest(make_array("u2", (2, 2), 5))
+
+
+def test_blocking_reader_follows_a_shape_change(daemon: Any) -> None:
+    with ndsharray.NdShArray("grow", np.zeros(2), "w") as w, ndsharray.NdShArray("grow", r_w="r") as r:
+        assert r.read()[0]
+        waiter = Waiter(lambda: r.read(timeout=60))
+        waiter.start()
+        waiter.started_wait.wait()
+        w.write(np.ones((3, 3), np.int16))
+        waiter.join(60)
+        status, arr = waiter.result
+        assert status and arr.shape == (3, 3) and arr.dtype == np.int16
+
+
+def test_iteration_yields_each_frame_and_ends_on_close(daemon: Any) -> None:
+    w = ndsharray.NdShArray("it", r_w="w")
+    r = ndsharray.NdShArray("it", r_w="r")
+    seen: list[float] = []
+    got_three = threading.Event()
+
+    def consume() -> None:
+        for frame in r:
+            seen.append(float(frame[0]))
+            if len(seen) == 3:
+                got_three.set()
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    for k in range(3):
+        w.write(np.full(4, float(k)))
+        # The consumer may skip frames it was too slow for; wait for it before the next.
+        deadline = time.monotonic() + 30
+        while len(seen) <= k and time.monotonic() < deadline:
+            time.sleep(0.001)
+    assert got_three.wait(30)
+    r.close()  # wakes the blocked iterator in the other thread
+    t.join(30)
+    assert not t.is_alive() and seen == [0.0, 1.0, 2.0]
+    w.close()
+
+
+def test_loan_publishes_on_exit_and_aborts_on_exception(daemon: Any) -> None:
+    with ndsharray.NdShArray("loan", r_w="w") as w, ndsharray.NdShArray("loan", r_w="r") as r:
+        with pytest.raises(ValueError, match="needs shape"):
+            with w.loan():
+                pass
+        with w.loan((2, 3), np.float32) as buf:
+            np.add(np.ones((2, 3), np.float32), 1, out=buf)
+        assert not buf.flags.writeable  # a stale reference cannot scribble on shared memory
+        status, arr = r.read()
+        assert status and arr.tolist() == [[2.0] * 3] * 2
+        with pytest.raises(RuntimeError, match="camera failed"):
+            with w.loan() as buf:
+                buf[...] = 7
+                raise RuntimeError("camera failed")
+        assert r.read()[0] is False  # nothing was published
+        with w.loan() as buf:
+            buf[...] = 3
+        assert r.read()[1].tolist() == [[3.0] * 3] * 2
+        with w.loan(dtype=np.uint8) as buf:  # same shape, new dtype: new generation
+            buf[...] = 9
+        status, arr = r.read()
+        assert status and arr.dtype == np.uint8 and arr.shape == (2, 3) and (arr == 9).all()
+
+
+def test_hot_path_never_calls_the_daemon(daemon: Any) -> None:
+    frame = np.zeros((64, 64), np.float32)
+    with ndsharray.NdShArray("hot", frame, "w") as w, ndsharray.NdShArray("hot", r_w="r") as r:
+        r.read()
+        before = ndsharray.daemon_stats()["requests"]
+        for k in range(10_000):
+            frame[0, 0] = k
+            w.write(frame)
+            status, arr = r.read()
+            assert status and arr[0, 0] == k
+        with w.loan() as buf:
+            buf[...] = 1
+        assert r.read(timeout=1)[0]
+        after = ndsharray.daemon_stats()["requests"]
+        assert after - before == 1  # the second daemon_stats() call itself
