@@ -66,7 +66,7 @@ def daemon_pid(endpoint: str | None = None) -> int | None:
         return None
     try:
         with open(config.lock_path(ep)) as f:
-            return int(f.read().strip() or 0) or None
+            return int((f.read().split() or ["0"])[0]) or None
     except (OSError, ValueError):
         return None
 

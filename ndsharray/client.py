@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import config, futex, transport
+from . import keeper as _keeper
 from .dtypes import dtype_to_text
 from .errors import (
     HandleClosedError,
@@ -86,6 +87,7 @@ class NdShArray:
         self._read_time_ms = 0.0
         self._valid = False
         self._offered: dict[str, Any] | None = None
+        self._stale = False  # set when a restarted daemon no longer knows our segment
         self._open()
         _live.add(self)
         if array is not None:
@@ -106,6 +108,21 @@ class NdShArray:
             self._offered = res["segment"]  # a dead writer's segment we may continue in
         elif res["segment"] is not None:
             self._follow(res["segment"])
+        _keeper.keeper.track(self)
+
+    def _reregister(self) -> None:
+        """Called by the keeper after a daemon restart: tell the new daemon who we are."""
+        if self._closed or self._pid != current_pid():
+            return
+        op = "claim" if self._access == "w" else "attach"
+        res = self._conn.request(op, tag=self._tag, pid=self._pid, token=self._token)
+        seg = self._wseg
+        if self._access == "w" and seg is not None:
+            info = res["segment"]
+            if info is None or info["name"] != seg.name:
+                # Our segment was unlinked (clean daemon stop): the next write makes a new
+                # generation, so readers attaching now can find the tag again.
+                self._stale = True
 
     # ---- properties of the original API ---------------------------------------------
 
@@ -164,7 +181,7 @@ class NdShArray:
         self._check("w")
         arr = array if type(array) is np.ndarray else np.asarray(array)
         seg = self._wseg
-        if seg is None or arr.dtype != seg.header.dtype or arr.shape != seg.header.shape:
+        if seg is None or self._stale or arr.dtype != seg.header.dtype or arr.shape != seg.header.shape:
             seg = self._new_generation(arr.dtype, arr.shape, self._slots)
         i = seg.try_acquire()
         if i < 0:
@@ -216,6 +233,8 @@ class NdShArray:
 
     def _new_generation(self, dtype: np.dtype[Any], shape: tuple[int, ...], slots: int) -> SegmentWriter:
         text = dtype_to_text(dtype)
+        _keeper.keeper.check(self._endpoint)
+        self._stale = False
         offer, self._offered = self._offered, None
         if offer and offer["dtype"] == text and tuple(offer["shape"]) == shape:
             name = offer["name"]  # take over a previous writer's segment: readers keep going
@@ -226,6 +245,7 @@ class NdShArray:
         seg = SegmentWriter(name)
         old, self._wseg = self._wseg, seg
         if old is not None:
+            old.retire()  # the daemon does too, unless it lost track of it in a restart
             old.close()
         return seg
 
@@ -347,6 +367,7 @@ class NdShArray:
 
     def _resolve(self) -> SegmentReader | None:
         """Ask the daemon for the tag's current segment and switch to it if it changed."""
+        _keeper.keeper.check(self._endpoint)
         for _ in range(5):
             info = self._conn.request("lookup", tag=self._tag)["segment"]
             if info is None:

@@ -84,6 +84,7 @@ _FIXED = struct.Struct("<8sIIQQIIQIIIIQQHH44x")
 assert _FIXED.size == 128
 SLOT_TABLE = 128
 SLOT_ENTRY = 16
+OFF_WRITER_PID = 48
 OFF_RETIRED = 52
 OFF_NOTIFY = 56
 OFF_PUBLISH = 64
@@ -479,6 +480,8 @@ class SegmentWriter(_Mapped):
             np.ndarray(h.shape, h.dtype, buffer=self.mm, offset=h.layout.slot_offset(i))
             for i in range(self.nslots)
         ]
+        # A restarted daemon reads the live writer's pid here to decide what to keep.
+        _U32.pack_into(self.mm, OFF_WRITER_PID, _Process.pid)
         pub = self.publish_word()
         # A writer taking over a tag continues its count, so readers see new frames.
         self.count = pub >> 8
@@ -515,6 +518,13 @@ class SegmentWriter(_Mapped):
         self.latest = i
         self._next = (i + 1) % self.nslots
         return count
+
+    def retire(self) -> None:
+        """Tell readers a newer generation replaced this segment, and wake blocked ones."""
+        _U32.pack_into(self.mm, OFF_RETIRED, 1)
+        _U32.pack_into(self.mm, OFF_NOTIFY, (self.notify_word() + 1) & 0xFFFFFFFF)
+        if futex.AVAILABLE:
+            futex.wake(self.notify_addr)
 
     def close(self) -> None:
         if self.closed:

@@ -91,7 +91,6 @@ class Connection:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._sock: zmq.Socket[bytes] | None = None
-        self._checked = False
 
     def _socket(self) -> zmq.Socket[bytes]:
         if self._sock is None:
@@ -119,9 +118,7 @@ class Connection:
     def request(self, op: str, **args: Any) -> dict[str, Any]:
         """Send one request and return its result; raise the mapped exception on error."""
         with self._lock:
-            if not self._checked:
-                self._ensure_daemon()
-                self._checked = True
+            self._ensure_daemon()  # a local lock-file check: restarts a dead daemon at once
             for attempt in range(self.retries + 1):
                 req_id = next(self._ids)
                 sock = self._socket()

@@ -23,7 +23,7 @@ from ndsharray.protocol import ErrorCode, RequestError
 @dataclass
 class Writer:
     pid: int
-    token: str
+    token: str | None  # None: adopted after a restart, until that process re-registers
 
 
 @dataclass
@@ -62,7 +62,8 @@ class Registry:
         if rec is None:
             rec = self.tags[tag] = TagRecord(tag)
         w = rec.writer
-        if w is not None and w.token != token and alive(w.pid):
+        adopted_by_caller = w is not None and w.token is None and w.pid == pid
+        if w is not None and w.token != token and not adopted_by_caller and alive(w.pid):
             raise RequestError(
                     ErrorCode.TAG_BUSY,
                     f"tag {tag!r} already has a writer (pid {w.pid}); close it, or write "
@@ -101,6 +102,18 @@ class Registry:
         if rec is not None and rec.writer is not None and rec.writer.token == token:
             rec.writer = None
             self._maybe_idle(rec, now)
+
+    def adopt(
+        self, tag: str, *, segment: str, generation: int, dtype: str, shape: tuple[int, ...],
+        nbytes: int, slots: int, size: int, writer_pid: int, now: float,
+    ) -> TagRecord:
+        """Rebuild a record from a segment found after a restart; its writer is still alive."""
+        rec = self.tags[tag] = TagRecord(
+            tag, generation=generation, segment=segment, dtype=dtype, shape=shape,
+            nbytes=nbytes, slots=slots, size=size, writer=Writer(writer_pid, None),
+            last_writer_pid=writer_pid,
+        )
+        return rec
 
     # ---- readers ---------------------------------------------------------------------
 

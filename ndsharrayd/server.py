@@ -29,6 +29,7 @@ import zmq
 from ndsharray import config, futex
 from ndsharray._version import __version__
 from ndsharray.dtypes import text_to_dtype
+from ndsharray.errors import CorruptSegmentError
 from ndsharray.protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL,
@@ -46,8 +47,10 @@ from ndsharray.segment import (
     SHM_DIR,
     SLOT_ENTRY,
     SLOT_TABLE,
+    Header,
     Layout,
     create_segment,
+    parse_header,
     segment_path,
 )
 
@@ -72,7 +75,7 @@ class DaemonLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                holder = (os.pread(fd, 64, 0).decode(errors="replace").split() or ["?"])[0]
                 os.close(fd)
                 raise AlreadyRunning(f"a daemon (pid {holder}) already serves this endpoint") from None
             # The previous holder may have unlinked the file between our open and our lock.
@@ -84,7 +87,8 @@ class DaemonLock:
                 break
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # pid and start time: clients compare this to notice a restarted daemon.
+        os.pwrite(fd, f"{os.getpid()} {time.time_ns()}\n".encode(), 0)
         self.fd = fd
 
     def release(self) -> None:
@@ -153,14 +157,57 @@ class SegmentFiles:
         stamp = struct.unpack_from("@Q", mm, SLOT_TABLE + SLOT_ENTRY * i + 8)[0]
         return count, stamp
 
-    def remove_stale(self) -> int:
-        """Unlink every segment of this endpoint left by a daemon that did not stop cleanly."""
-        n = 0
-        for entry in os.listdir(SHM_DIR):
-            if entry.startswith(self.prefix):
-                self.unlink(entry)
-                n += 1
-        return n
+    def recover(self, registry: Registry, now: float) -> tuple[int, int]:
+        """Rebuild the registry from segments a previous daemon of this endpoint left.
+
+        Segments whose writer still lives are adopted (the newest generation of each tag);
+        the rest (dead writer, superseded, unreadable) are unlinked. Returns (kept, removed).
+        """
+        newest: dict[str, tuple[int, str, Header, int]] = {}
+        removed = 0
+        for name in sorted(os.listdir(SHM_DIR)):
+            if not name.startswith(self.prefix):
+                continue
+            try:
+                h, size = _read_header(name)
+            except (OSError, ValueError, CorruptSegmentError) as exc:
+                log.warning("removing unreadable segment %s: %s", name, exc)
+                self.unlink(name)
+                removed += 1
+                continue
+            if not _alive(h.writer_pid):
+                self.unlink(name)
+                removed += 1
+                continue
+            prev = newest.get(h.tag)
+            if prev is not None:
+                loser = name if prev[0] > h.generation else prev[1]
+                self.unlink(loser)
+                removed += 1
+                if loser == prev[1]:
+                    newest[h.tag] = (h.generation, name, h, size)
+            else:
+                newest[h.tag] = (h.generation, name, h, size)
+        for gen, name, h, size in newest.values():
+            registry.adopt(h.tag, segment=name, generation=gen, dtype=h.dtype_text, shape=h.shape,
+                           nbytes=h.layout.nbytes, slots=h.layout.nslots, size=size,
+                           writer_pid=h.writer_pid, now=now)
+            fd = os.open(segment_path(name), os.O_RDWR)
+            try:
+                self.headers[name] = (mmap.mmap(fd, h.layout.header_size), h.layout)
+            finally:
+                os.close(fd)
+        return len(newest), removed
+
+
+def _read_header(name: str) -> tuple[Header, int]:
+    fd = os.open(segment_path(name), os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, min(size, 64 * 1024), 0)
+    finally:
+        os.close(fd)
+    return parse_header(head, size, name), size
 
 
 def _shm_free() -> int:
@@ -212,9 +259,10 @@ class Daemon:
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         try:
-            stale = self.files.remove_stale()
-            if stale:
-                log.warning("removed %d stale segment(s) of a daemon that did not stop cleanly", stale)
+            kept, removed = self.files.recover(self.registry, time.monotonic())
+            if kept or removed:
+                log.warning("found segments of a daemon that did not stop cleanly: adopted %d "
+                            "(live writers), removed %d", kept, removed)
             sock.bind(self.endpoint)
             if ipc is not None:
                 os.chmod(ipc, 0o600)

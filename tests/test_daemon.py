@@ -112,7 +112,7 @@ def test_concurrent_autostart_ends_with_one_daemon(folder: str) -> None:
     assert len(started) == 1, f"expected one daemon, found {started}"
     (pid,) = started
     with open(config.lock_path(endpoint)) as f:
-        assert int(f.read()) == pid
+        assert int(f.read().split()[0]) == pid
     os.kill(pid, 15)
     wait_until(lambda: pid_gone(pid), what="auto-started daemon to exit")
     assert not transport.daemon_running(endpoint)

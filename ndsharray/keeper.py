@@ -1,0 +1,105 @@
+"""Re-registration after a daemon restart, off the hot path.
+
+The hot path never talks to the daemon, so nothing on it notices that the daemon died and
+came back. A background thread per process looks at the daemon's lock file twice a second
+(a local file read, no request): when the daemon's identity changed, or no daemon runs and
+auto-start is allowed, it (re)starts one and re-registers every live handle of this
+process. Metadata calls run the same check first, so they never act on a stale daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from typing import Protocol
+
+from . import config, transport
+from .errors import NdShArrayError
+
+log = logging.getLogger("ndsharray")
+INTERVAL = 0.5
+
+
+class Registrant(Protocol):
+    _endpoint: str
+
+    def _reregister(self) -> None: ...
+
+
+def daemon_identity(endpoint: str) -> str | None:
+    """The running daemon's lock-file content (pid and start time), or None if none runs."""
+    if not transport.daemon_running(endpoint):
+        return None
+    try:
+        with open(config.lock_path(endpoint)) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+class Keeper:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._handles: weakref.WeakSet[Registrant] = weakref.WeakSet()
+        self._seen: dict[str, str | None] = {}
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def track(self, handle: Registrant) -> None:
+        with self._lock:
+            self._handles.add(handle)
+            if handle._endpoint not in self._seen:
+                self._seen[handle._endpoint] = daemon_identity(handle._endpoint)
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="ndsharray-keeper", daemon=True)
+                self._thread.start()
+
+    def check(self, endpoint: str) -> None:
+        """Re-register this process's handles on ``endpoint`` if its daemon changed."""
+        with self._lock:
+            if endpoint not in self._seen:
+                return
+            ident = daemon_identity(endpoint)
+            if ident == self._seen[endpoint] and ident is not None:
+                return
+            if ident is None:
+                # Restart only a daemon that crashed (its lock file is still there): one
+                # stopped on purpose stays stopped until someone needs it again.
+                if not config.autostart_enabled() or not os.path.exists(config.lock_path(endpoint)):
+                    return
+                transport.start_daemon(endpoint)
+                ident = daemon_identity(endpoint)
+            self._seen[endpoint] = ident
+            for handle in [h for h in self._handles if h._endpoint == endpoint]:
+                handle._reregister()
+            log.info("re-registered with the new daemon at %s", endpoint)
+
+    def _run(self) -> None:
+        ev = threading.Event()
+        while not ev.wait(INTERVAL):
+            if self._pid != os.getpid():
+                return
+            with self._lock:
+                endpoints = {h._endpoint for h in self._handles}
+                for ep in list(self._seen):
+                    if ep not in endpoints:
+                        del self._seen[ep]
+            for ep in endpoints:
+                try:
+                    self.check(ep)
+                except (NdShArrayError, OSError) as exc:
+                    log.warning("could not re-register with the daemon at %s: %s", ep, exc)
+
+
+keeper = Keeper()
+
+
+def _after_fork_in_child() -> None:
+    global keeper
+    keeper = Keeper()  # the parent's handles and thread are not this process's
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
