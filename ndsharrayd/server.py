@@ -306,6 +306,9 @@ class Daemon:
                 poller.register(fd, zmq.POLLIN)
             watched = set(self._fd_pids)
             events = dict(poller.poll(500))
+            # Deaths first, so a successor's claim in the same batch finds the tag free.
+            for fd in events.keys() & watched:
+                self._process_died(self._fd_pids[fd])
             if sock in events:
                 for _ in range(1000):  # drain, but let pidfds and signals in now and then
                     try:
@@ -313,8 +316,6 @@ class Daemon:
                     except zmq.Again:
                         break
                     self._handle_frames(sock, frames)
-            for fd in events.keys() & watched:
-                self._process_died(self._fd_pids[fd])
             now = time.monotonic()
             if now - last_sweep >= 1.0:
                 last_sweep = now
@@ -494,10 +495,15 @@ class Daemon:
 
 
 def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, not yet reaped by its parent) is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
         return True
-    return True

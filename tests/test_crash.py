@@ -1,0 +1,159 @@
+"""Processes die, the daemon dies or stops: nothing is lost and nothing leaks."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import Daemon, our_segments, pid_gone, wait_until
+
+import ndsharray
+from ndsharray import admin, config
+
+
+@pytest.fixture
+def crashable(folder: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A daemon that tests may SIGKILL; clients may auto-start its successor."""
+    d = Daemon(folder).start()
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop()
+    admin.stop_daemon(d.endpoint)  # a successor started by a client
+    assert not our_segments(d.prefix)
+
+
+def tag_row(tag: str) -> Any:
+    return next((t for t in ndsharray.list_tags() if t.tag == tag), None)
+
+
+def test_writer_sigkill_is_noticed_and_the_tag_taken_over(daemon: Any, puppets: Any) -> None:
+    writer = puppets()
+    writer(op="open", name="w", tag="cam", rw="w")
+    writer(op="write", name="w", dtype="u1", shape=[8], seed=1)
+    with ndsharray.NdShArray("cam", r_w="r") as r:
+        assert r.read()[0]
+        t0 = time.monotonic()
+        writer.kill()
+        wait_until(lambda: tag_row("cam").writer_pid is None, what="ls to show the writer gone")
+        print(f"writer SIGKILL -> ls shows it gone: {(time.monotonic() - t0) * 1000:.1f} ms")
+        status, last = r.read()
+        assert status is False and last.shape == (8,)  # readers keep the last frame
+        with ndsharray.NdShArray("cam", np.arange(8, dtype=np.uint8), "w") as w:
+            assert w.ndarray_mmap_name == r.ndarray_mmap_name  # continues in the same segment
+            status, a = r.read()
+            assert status and a.tolist() == list(range(8))
+
+
+def test_orphaned_tag_is_removed_after_the_retention_time(folder: str, monkeypatch: Any, puppets: Any) -> None:
+    d = Daemon(folder, "--orphan-ttl", "0.3").start()
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    try:
+        writer = puppets()
+        writer(op="open", name="w", tag="orphan", rw="w")
+        seg = writer(op="write", name="w", dtype="f8", shape=[4], seed=0)
+        assert seg in our_segments(d.prefix)
+        writer.kill()
+        wait_until(lambda: tag_row("orphan") is None, what="orphaned tag to expire")
+        assert seg not in our_segments(d.prefix)
+    finally:
+        assert d.stop() == 0
+
+
+def test_reader_sigkill_frees_its_pins_and_its_registration(daemon: Any, puppets: Any) -> None:
+    with ndsharray.NdShArray("pin", np.zeros(4), "w", slots=2, max_slots=2, write_timeout=0.2) as w:
+        reader = puppets()
+        reader(op="open", name="r", tag="pin", rw="r")
+        assert reader(op="read", name="r", hold=True)["status"]  # pins slot 0 for good
+        w.write(np.ones(4))  # slot 1
+        with pytest.raises(ndsharray.WriterStalledError):
+            w.write(np.ones(4))  # slot 0 is pinned, slot 1 is the latest
+        assert tag_row("pin").readers == 1
+        reader.kill()
+        w.write(np.full(4, 2.0))  # the kernel dropped the dead reader's lock
+        wait_until(lambda: tag_row("pin").readers == 0, what="dead reader to be dropped")
+
+
+def test_daemon_sigkill_data_keeps_flowing_and_registry_is_rebuilt(crashable: Daemon, puppets: Any) -> None:
+    writer, reader = puppets(), puppets()
+    writer(op="open", name="w", tag="cam", rw="w")
+    seg = writer(op="write", name="w", dtype="u2", shape=[16, 16], seed=1)
+    reader(op="open", name="r", tag="cam", rw="r")
+    assert reader(op="read", name="r")["status"]
+    before = tag_row("cam")
+    t0 = time.monotonic()
+    crashable.proc.kill()  # type: ignore[union-attr]
+    crashable.proc.wait()  # type: ignore[union-attr]
+    # The hot path never needed the daemon.
+    writer(op="write", name="w", dtype="u2", shape=[16, 16], seed=2)
+    got = reader(op="read", name="r", wait=10)
+    assert got["status"] and got["segment"] == seg
+    # The clients' keepers start a new daemon, which adopts the segment; they re-register.
+    wait_until(lambda: admin.daemon_pid() not in (None, crashable.proc.pid), what="a new daemon")  # type: ignore[union-attr]
+    after = wait_until(lambda: (row := tag_row("cam")) and row.readers == 1 and row.writer_pid and row,
+                       what="the registry to be rebuilt")
+    print(f"daemon SIGKILL -> registry rebuilt: {(time.monotonic() - t0) * 1000:.0f} ms")
+    assert (after.writer_pid, after.readers, after.segment, after.generation) == \
+        (before.writer_pid, 1, before.segment, before.generation)
+    assert after.writes >= 2
+    writer(op="write", name="w", dtype="u2", shape=[16, 16], seed=3)
+    assert reader(op="read", name="r", wait=10)["status"]
+
+
+def test_daemon_clean_stop_then_clients_reregister(daemon: Daemon, monkeypatch: Any) -> None:
+    w = ndsharray.NdShArray("cam", np.zeros((4, 4)), "w")
+    r = ndsharray.NdShArray("cam", r_w="r")
+    try:
+        assert r.read()[0]
+        assert daemon.stop() == 0
+        assert not our_segments(daemon.prefix)  # a clean stop removes everything
+        w.write(np.ones((4, 4)))  # mapped data keeps working
+        status, a = r.read()
+        assert status and a[0, 0] == 1.0
+        again = Daemon(daemon.folder).start()
+        daemon.proc = again.proc  # the fixture stops this one
+        row = wait_until(lambda: (row := tag_row("cam")) and row.readers == 1 and row.writer_pid and row,
+                         what="clients to re-register")
+        assert row.writer_pid == os.getpid() and row.segment is None
+        # The writer's next write makes a new segment; the reader follows by itself.
+        w.write(np.full((4, 4), 2.0))
+        status, a = r.read()
+        assert status and a[0, 0] == 2.0
+        assert tag_row("cam").segment == w.ndarray_mmap_name == r.ndarray_mmap_name
+    finally:
+        w.close()
+        r.close()
+
+
+def test_superseded_generation_memory_returns_when_the_last_view_goes(daemon: Any) -> None:
+    with ndsharray.NdShArray("gen", np.zeros(1 << 16), "w") as w, ndsharray.NdShArray("gen", r_w="r") as r:
+        status, held = r.read()
+        old = r.ndarray_mmap_name
+        w.write(np.zeros(10, np.int8))  # new generation; the old one is unlinked at once
+        assert old not in our_segments()
+        assert r.read()[0]
+
+        def mapped() -> bool:
+            with open("/proc/self/maps") as f:
+                return any(old in line for line in f)
+
+        assert mapped() and held[0] == 0.0  # still readable: the view keeps it mapped
+        del held
+        wait_until(lambda: not mapped(), what="the unlinked segment to be unmapped")
+
+
+def test_writer_close_and_exit_release_the_tag(daemon: Any, puppets: Any) -> None:
+    writer = puppets()
+    writer(op="open", name="w", tag="bye", rw="w")
+    writer(op="write", name="w", dtype="u1", shape=[3], seed=0)
+    writer.stop()  # stdin closed: the interpreter exits normally, atexit closes handles
+    assert pid_gone(writer.proc.pid)
+    row = tag_row("bye")
+    assert row.writer_pid is None
+    with ndsharray.NdShArray("bye", r_w="w"):
+        pass
