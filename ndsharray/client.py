@@ -342,17 +342,13 @@ class NdShArray:
     def _read_now(self, copy: bool) -> np.ndarray[Any, Any] | None:
         self._check("r")
         seg = self._rseg
-        got = None
-        if seg is not None:
-            got = seg.latest(self._count)
-        if got is None:
-            if seg is None or seg.retired():
-                seg = self._resolve()
-                if seg is not None:
-                    got = seg.latest(self._count)
-            if got is None:
+        if seg is None or seg.retired():  # a newer generation exists: its frames are newer
+            seg = self._resolve()
+            if seg is None:
                 return None
-        assert seg is not None
+        got = seg.latest(self._count)
+        if got is None:
+            return None
         count, i, stamp = got
         self._count = count
         self._read_time_ms = (time.monotonic_ns() - stamp) / 1e6

@@ -49,6 +49,12 @@ def daemon_running(endpoint: str) -> bool:
         fd = os.open(config.lock_path(endpoint), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
+    except PermissionError:
+        raise DaemonUnavailableError(
+            f"permission denied on {config.lock_path(endpoint)}: the daemon at {endpoint} "
+            "belongs to another user; use your own (unset NDSHARRAY_ENDPOINT) or ask its owner "
+            "to share it with a group (ndsharrayd --group)"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

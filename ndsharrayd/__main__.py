@@ -7,6 +7,7 @@ to auto-start one.
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import sys
@@ -29,13 +30,22 @@ from .server import AlreadyRunning, Daemon
 @click.option("--max-bytes", default=None, type=click.IntRange(min=1),
               help="Quota: total bytes of all segments (default: what /dev/shm holds).")
 @click.option("--max-tags", default=4096, show_default=True, type=click.IntRange(min=1))
+@click.option("--group", default=None,
+              help="Share segments (0660) and the socket with this group; the endpoint's folder "
+                   "must be group-accessible too. Default: this user only (0600, folder 0700).")
 @click.option("--detach", is_flag=True, help="Run in the background; return once serving.")
 @click.version_option(__version__, prog_name="ndsharrayd")
 def main(endpoint: str | None, log_level: str, orphan_ttl: float, max_bytes: int | None,
-         max_tags: int, detach: bool) -> None:
+         max_tags: int, group: str | None, detach: bool) -> None:
     """The ndsharray registry daemon: maps tags to shared-memory segments."""
     endpoint = config.resolve_endpoint(endpoint)
-    daemon = Daemon(endpoint, orphan_ttl=orphan_ttl, max_bytes=max_bytes, max_tags=max_tags)
+    gid = None
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise click.BadParameter(f"no group named {group!r}", param_hint="--group") from None
+    daemon = Daemon(endpoint, orphan_ttl=orphan_ttl, max_bytes=max_bytes, max_tags=max_tags, group=gid)
     if detach:
         _detach(daemon, log_level)
         return

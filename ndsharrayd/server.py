@@ -102,9 +102,10 @@ class DaemonLock:
 class SegmentFiles:
     """The daemon's side of the segments: create, map the header, retire, unlink."""
 
-    def __init__(self, prefix: str, mode: int) -> None:
+    def __init__(self, prefix: str, mode: int, gid: int = -1) -> None:
         self.prefix = prefix
         self.mode = mode
+        self.gid = gid
         self.headers: dict[str, tuple[mmap.mmap, Layout]] = {}
 
     def create(self, rec: TagRecord, pid: int, dtype: str, shape: tuple[int, ...], slots: int) -> str:
@@ -115,6 +116,8 @@ class SegmentFiles:
         )
         fd = os.open(segment_path(name), os.O_RDWR)
         try:
+            if self.gid >= 0:
+                os.fchown(fd, -1, self.gid)
             self.headers[name] = (mmap.mmap(fd, layout.header_size), layout)
         finally:
             os.close(fd)
@@ -223,11 +226,14 @@ class Daemon:
         orphan_ttl: float = 60.0,
         max_bytes: int | None = None,
         max_tags: int = 4096,
-        mode: int = 0o600,
+        group: int | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.registry = Registry(orphan_ttl)
-        self.files = SegmentFiles(config.segment_prefix(endpoint), mode)
+        # Per-user by default; --group shares segments and socket with one group explicitly.
+        self.group = group
+        mode = 0o600 if group is None else 0o660
+        self.files = SegmentFiles(config.segment_prefix(endpoint), mode, -1 if group is None else group)
         self.max_bytes = max_bytes
         self.max_tags = max_tags
         self.requests = 0
@@ -246,7 +252,7 @@ class Daemon:
     def serve(self, ready: Callable[[str], None] = lambda msg: None) -> None:
         """Acquire the endpoint, serve until SIGTERM/SIGINT, then remove everything."""
         ipc = config.ipc_path(self.endpoint)
-        if ipc is not None:
+        if ipc is not None and self.group is None:
             config.ensure_private_dir(os.path.dirname(ipc) or ".")
         lock = DaemonLock(config.lock_path(self.endpoint))
         ctx = zmq.Context()
@@ -265,7 +271,9 @@ class Daemon:
                             "(live writers), removed %d", kept, removed)
             sock.bind(self.endpoint)
             if ipc is not None:
-                os.chmod(ipc, 0o600)
+                os.chmod(ipc, 0o600 if self.group is None else 0o660)
+                if self.group is not None:
+                    os.chown(ipc, -1, self.group)
             log.info("ndsharrayd %s serving %s (pid %d)", __version__, self.endpoint, os.getpid())
             ready("ok")
             self._loop(sock, wake_r)

@@ -1,0 +1,183 @@
+"""Hostile or careless input: raw frames at the daemon, quotas, full memory, other users."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+from conftest import Daemon, our_segments
+
+import ndsharray
+from ndsharray import config, protocol
+
+
+def raw_exchange(endpoint: str, frames: list[bytes], expect_reply: bool = True) -> Any:
+    """Send raw frames from a DEALER socket; return the decoded reply or None."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart(frames)
+        if not sock.poll(3000 if expect_reply else 300):
+            return None
+        return json.loads(sock.recv())
+    finally:
+        sock.close(0)
+
+
+HOSTILE: list[tuple[list[bytes], str | None]] = [
+    ([b"\xff\xfe\x00garbage"], "BAD_REQUEST"),
+    ([b'{"v": 1, "id": 3, "op": "list"'], "BAD_REQUEST"),  # truncated
+    ([b"[]"], "BAD_REQUEST"),
+    ([b'{"v": 1, "id": "x", "op": "list"}'], "BAD_REQUEST"),
+    ([b'{"v": 2, "id": 1, "op": "list"}'], "BAD_VERSION"),
+    ([b'{"v": 1, "id": 1, "op": "shutdown"}'], "UNKNOWN_OP"),
+    ([json.dumps({"v": 1, "id": 1, "op": "claim", "tag": "a\u0000b", "pid": 1,
+                  "token": "ab" * 8}).encode()], "BAD_REQUEST"),
+    ([json.dumps({"v": 1, "id": 1, "op": "claim", "tag": ["list"], "pid": 1,
+                  "token": "ab" * 8}).encode()], "BAD_REQUEST"),
+    ([json.dumps({"v": 1, "id": 1, "op": "generation", "tag": "t", "pid": 1, "token": "ab" * 8,
+                  "dtype": "'<f8'", "shape": [-5], "slots": 3}).encode()], "BAD_REQUEST"),
+    ([json.dumps({"v": 1, "id": 1, "op": "generation", "tag": "t", "pid": 1, "token": "ab" * 8,
+                  "dtype": "'<f8'", "shape": [7] * 9000, "slots": 3}).encode()], "BAD_REQUEST"),
+    ([b"{}", b"{}"], "BAD_REQUEST"),  # two frames
+    ([b'{"v": 1, "id": 1, "op": "list", "pad": "' + b"x" * 2_000_000 + b'"}'], None),  # too big: dropped
+    ([json.dumps({"v": 1, "id": 1, "op": "lookup", "tag": "t" * 1_000_000}).encode()], None),
+]
+
+
+def test_hostile_frames_get_errors_and_the_daemon_keeps_serving(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("keep", np.arange(4.0), "w") as w, ndsharray.NdShArray("keep", r_w="r") as r:
+        before = [t.as_json() for t in ndsharray.list_tags()]
+        for frames, code in HOSTILE:
+            reply = raw_exchange(daemon.endpoint, frames, expect_reply=code is not None)
+            if code is None:
+                assert reply is None
+            else:
+                assert reply["ok"] is False and reply["error"]["code"] == code, (frames[0][:60], reply)
+        after = [t.as_json() for t in ndsharray.list_tags()]
+        for row in before + after:
+            row.pop("last_write_age_s")
+        assert after == before  # registry unchanged
+        # And it still creates, serves and cleans up.
+        w.write(np.zeros((2, 2)))
+        assert r.read()[1].shape == (2, 2)
+        with ndsharray.NdShArray("new", np.ones(3), "w"):
+            assert {t.tag for t in ndsharray.list_tags()} == {"keep", "new"}
+    assert daemon.proc is not None and daemon.proc.poll() is None
+
+
+def test_daemon_error_replies_carry_the_request_id(daemon: Daemon) -> None:
+    reply = raw_exchange(daemon.endpoint, [protocol.encode_request(42, "claim", tag="t", pid=0,
+                                                                     token="ab" * 8)])
+    assert reply["id"] == 42 and "field 'pid'" in reply["error"]["message"]
+
+
+def test_byte_quota_refuses_with_needed_and_free_bytes(folder: str, monkeypatch: Any) -> None:
+    d = Daemon(folder, "--max-bytes", str(1 << 20)).start()
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    try:
+        with ndsharray.NdShArray("small", np.zeros(1000), "w") as small, \
+                ndsharray.NdShArray("big", r_w="w") as big:
+            with pytest.raises(ndsharray.ResourceLimitError, match=r"needs \d+ bytes .* quota") as info:
+                big.write(np.zeros(1 << 20, np.uint8))
+            assert info.value.code == "NO_SPACE"
+            small.write(np.ones(1000))  # existing tags keep working
+            assert ndsharray.NdShArray("small", r_w="r").read()[1][0] == 1.0
+    finally:
+        assert d.stop() == 0
+
+
+def test_full_shm_is_an_error_at_creation_not_a_sigbus(daemon: Daemon) -> None:
+    free = os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize
+    with ndsharray.NdShArray("huge", r_w="w") as w:
+        with pytest.raises(ndsharray.ResourceLimitError, match="shm-size") as info:
+            with w.loan(shape=(free // 8 + 1,), dtype=np.float64):
+                pass
+        assert "free" in str(info.value)
+        with w.loan(shape=(4,), dtype=np.float64) as buf:  # the writer still works
+            buf[...] = 1
+    assert not our_segments(daemon.prefix) or all(
+        os.path.getsize(f"/dev/shm/{n}") < 1 << 20 for n in our_segments(daemon.prefix))
+
+
+def test_tags_of_two_daemons_never_mix(daemon: Daemon, folder: str) -> None:
+    os.mkdir(f"{folder}/b", 0o700)
+    other = Daemon(f"{folder}/b").start()
+    try:
+        with ndsharray.NdShArray("same", np.zeros(2), "w", endpoint=daemon.endpoint), \
+                ndsharray.NdShArray("same", np.ones(3), "w", endpoint=other.endpoint):
+            a = ndsharray.NdShArray("same", r_w="r", endpoint=daemon.endpoint)
+            b = ndsharray.NdShArray("same", r_w="r", endpoint=other.endpoint)
+            assert a.read()[1].tolist() == [0, 0] and b.read()[1].tolist() == [1, 1, 1]
+            assert our_segments(daemon.prefix).isdisjoint(our_segments(other.prefix))
+            a.close()
+            b.close()
+    finally:
+        assert other.stop() == 0
+
+
+FAULT = """
+import ctypes, ndsharray
+r = ndsharray.NdShArray("ro", r_w="r")
+status, a = r.read()
+assert status and not a.flags.writeable
+try:
+    a[0] = 5
+except ValueError:
+    print("numpy refused", flush=True)
+ctypes.memset(a.ctypes.data, 0xFF, a.nbytes)   # bypass numpy: the mapping itself is read-only
+print("wrote", flush=True)
+"""
+
+
+def test_readers_map_read_only(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("ro", np.arange(16, dtype=np.uint8), "w"), \
+            ndsharray.NdShArray("ro", r_w="r") as r:
+        child = subprocess.run([sys.executable, "-c", FAULT], capture_output=True, text=True, timeout=60)
+        assert "numpy refused" in child.stdout and "wrote" not in child.stdout
+        assert child.returncode == -11  # SIGSEGV in the careless reader only
+        assert r.read()[1].tolist() == list(range(16))  # shared data untouched
+
+
+OTHER_USER = """
+import os, sys
+import ndsharray  # before dropping privileges: the interpreter may live under /root
+from ndsharray.transport import Connection
+os.setgid(65534); os.setuid(65534)
+endpoint, segment = sys.argv[1], sys.argv[2]
+results = []
+try:
+    Connection(endpoint, timeout=0.5, retries=0).request("list")
+    results.append("listed")
+except Exception as exc:
+    results.append(type(exc).__name__)
+try:
+    open("/dev/shm/" + segment, "rb")
+    results.append("opened")
+except PermissionError:
+    results.append("PermissionError")
+print(" ".join(results))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another uid (CI runs as root)")
+def test_another_uid_cannot_list_or_read(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("private", np.arange(3), "w") as w:
+        seg = w.ndarray_mmap_name
+        assert seg is not None
+        assert os.stat(f"/dev/shm/{seg}").st_mode & 0o777 == 0o600
+        assert os.stat(daemon.folder).st_mode & 0o777 == 0o700
+        env = {**os.environ, config.ENV_AUTOSTART: "0"}
+        child = subprocess.run([sys.executable, "-c", OTHER_USER, daemon.endpoint, seg],
+                               capture_output=True, text=True, timeout=60, env=env)
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.split() == ["DaemonUnavailableError", "PermissionError"]
