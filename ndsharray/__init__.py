@@ -25,12 +25,13 @@ from .errors import (
     SegmentGoneError,
     TagBusyError,
     TagNotFoundError,
+    TagRemovedError,
     WriterStalledError,
 )
 
 __all__ = [
     "CorruptSegmentError", "DaemonError", "DaemonUnavailableError", "HandleClosedError",
     "NdShArray", "NdShArrayError", "ProtocolError", "ResourceLimitError", "SegmentGoneError",
-    "TagBusyError", "TagInfo", "TagNotFoundError", "WriterStalledError", "__version__",
+    "TagBusyError", "TagInfo", "TagNotFoundError", "TagRemovedError", "WriterStalledError", "__version__",
     "daemon_stats", "list_tags", "supported_types",
 ]

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import config, transport
-from .errors import DaemonUnavailableError
+from .errors import DaemonUnavailableError, TagNotFoundError
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class TagInfo:
     segment: str | None
     slots: int
     size: int  # bytes of the segment in /dev/shm
+    rate_hz: float | None = None  # writes per second over the daemon's last second
 
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -48,7 +49,7 @@ def list_tags(endpoint: str | None = None) -> list[TagInfo]:
             nbytes=r["nbytes"], writer_pid=r["writer_pid"], last_writer_pid=r["last_writer_pid"],
             readers=r["readers"], reader_pids=tuple(r["reader_pids"]), writes=r["writes"],
             last_write_age_s=r["last_write_age_s"], generation=r["generation"],
-            segment=r["segment"], slots=r["slots"], size=r["size"],
+            segment=r["segment"], slots=r["slots"], size=r["size"], rate_hz=r.get("rate_hz"),
         )
         for r in rows
     ]
@@ -89,3 +90,17 @@ def stop_daemon(endpoint: str | None = None, timeout: float = 10.0) -> int | Non
         time.sleep(0.01)
     transport.connection(ep).close()
     return pid
+
+
+def tag_info(tag: str, endpoint: str | None = None) -> TagInfo:
+    """One tag's :class:`TagInfo`; raises :class:`TagNotFoundError` if there is none."""
+    for t in list_tags(endpoint):
+        if t.tag == tag:
+            return t
+    raise TagNotFoundError("NOT_FOUND", f"no tag {tag!r} at {config.resolve_endpoint(endpoint)} (see ndsharray ls)")
+
+
+def remove_tag(tag: str, endpoint: str | None = None) -> dict[str, Any]:
+    """Remove ``tag``: its segment is unlinked, its writer's next write raises
+    :class:`TagRemovedError`, its readers keep the arrays they hold."""
+    return transport.connection(endpoint).request("remove", tag=tag)

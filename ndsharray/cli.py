@@ -1,24 +1,31 @@
-"""The ``ndsharray`` command: thin wrappers over library calls, one per command."""
+"""The ``ndsharray`` command: thin wrappers over library calls, one per command.
+
+Exit codes: 0 ok, 1 operational error (one line on stderr), 2 usage error.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import click
+import numpy as np
 
-from . import config
+from . import config, recording
 from ._version import __version__
-from .admin import TagInfo, daemon_pid, daemon_stats, list_tags, stop_daemon
+from .admin import TagInfo, daemon_pid, daemon_stats, list_tags, remove_tag, stop_daemon, tag_info
+from .client import NdShArray
+from .doctor import run_checks
 from .errors import NdShArrayError
 from .transport import start_daemon
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
+        n /= 1024
     return str(n)
 
 
@@ -32,25 +39,35 @@ def _age(s: float | None) -> str:
     return f"{s / 60:.0f} min"
 
 
+def _writer(t: TagInfo) -> str:
+    if t.writer_pid:
+        return str(t.writer_pid)
+    return f"gone ({t.last_writer_pid})" if t.last_writer_pid else "-"
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "-" if shape is None else ("x".join(map(str, shape)) or "()")
+
+
 def _row(t: TagInfo) -> list[str]:
-    writer = str(t.writer_pid) if t.writer_pid else (f"gone ({t.last_writer_pid})" if t.last_writer_pid else "-")
     return [
-        t.tag, t.dtype or "-", "-" if t.shape is None else "x".join(map(str, t.shape)) or "()",
-        _size(t.nbytes) if t.dtype else "-", writer, str(t.readers), str(t.writes),
+        t.tag, t.dtype or "-", _shape(t.shape), _size(t.nbytes) if t.dtype else "-", _writer(t),
+        str(t.readers), str(t.writes), "-" if t.rate_hz is None else f"{t.rate_hz:.1f}",
         _age(t.last_write_age_s), str(t.generation),
     ]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows])
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in [header, *rows])
 
 
 class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except NdShArrayError as exc:  # operational errors: one line, exit 1
+        except (NdShArrayError, OSError, TimeoutError, ImportError) as exc:  # operational: exit 1
             raise click.ClickException(str(exc)) from None
 
 
@@ -64,20 +81,154 @@ def main(ctx: click.Context, endpoint: str | None) -> None:
     ctx.obj = config.resolve_endpoint(endpoint)
 
 
-@main.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
-@click.pass_obj
-def ls(endpoint: str, as_json: bool) -> None:
-    """List live tags."""
-    tags = list_tags(endpoint)
-    if as_json:
-        click.echo(json.dumps([t.as_json() for t in tags], indent=2))
-        return
+LS_HEADER = ["TAG", "DTYPE", "SHAPE", "SIZE", "WRITER", "READERS", "WRITES", "RATE HZ", "LAST WRITE", "GEN"]
+
+
+def _ls_text(endpoint: str, prefix: str) -> str:
+    tags = [t for t in list_tags(endpoint) if t.tag.startswith(prefix)]
     if not tags:
-        click.echo(f"no tags at {endpoint} - a writer creates one: NdShArray('name', array, r_w='w')")
+        where = f" under {prefix!r}" if prefix else ""
+        return f"no tags{where} at {endpoint} - a writer creates one: NdShArray('name', array, r_w='w')"
+    return _table(LS_HEADER, [_row(t) for t in tags])
+
+
+@main.command("ls")
+@click.argument("prefix", default="")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
+@click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
+@click.pass_obj
+def ls(endpoint: str, prefix: str, as_json: bool, watch: bool) -> None:
+    """List live tags (those starting with PREFIX)."""
+    if as_json:
+        click.echo(json.dumps([t.as_json() for t in list_tags(endpoint) if t.tag.startswith(prefix)],
+                              indent=2))
         return
-    header = ["TAG", "DTYPE", "SHAPE", "SIZE", "WRITER", "READERS", "WRITES", "LAST WRITE", "GEN"]
-    click.echo(_table(header, [_row(t) for t in tags]))
+    if not watch:
+        click.echo(_ls_text(endpoint, prefix))
+        return
+    try:
+        while True:
+            text = _ls_text(endpoint, prefix)
+            click.clear()
+            click.echo(f"{time.strftime('%H:%M:%S')}  ndsharray ls {prefix}  (Ctrl-C to stop)\n{text}")
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command("info")
+@click.argument("tag")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def info(endpoint: str, tag: str, as_json: bool) -> None:
+    """Everything the daemon knows about one tag."""
+    t = tag_info(tag, endpoint)
+    if as_json:
+        click.echo(json.dumps(t.as_json(), indent=2))
+        return
+    state = "alive" if t.writer_pid else ("gone" if t.last_writer_pid else "none yet")
+    rows = [
+        ("tag", t.tag), ("dtype", t.dtype or "-"), ("shape", _shape(t.shape)),
+        ("nbytes", f"{t.nbytes} ({_size(t.nbytes)})"), ("generation", str(t.generation)),
+        ("segment", t.segment or "-"), ("slots", str(t.slots)),
+        ("segment size", _size(t.size) if t.size else "-"),
+        ("writer", f"pid {t.writer_pid or t.last_writer_pid or '-'} ({state})"),
+        ("readers", f"{t.readers}" + (f" (pids {', '.join(map(str, t.reader_pids))})" if t.reader_pids else "")),
+        ("writes", str(t.writes)), ("rate", "-" if t.rate_hz is None else f"{t.rate_hz:.1f} Hz"),
+        ("last write", _age(t.last_write_age_s) + (" ago" if t.last_write_age_s is not None else "")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k.ljust(width)}  {v}")
+
+
+@main.command("show")
+@click.argument("tag")
+@click.option("--png", "png", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write the frame as a PNG (needs Pillow: ndsharray[image]).")
+@click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait for a frame.")
+@click.pass_obj
+def show(endpoint: str, tag: str, png: str | None, timeout: float) -> None:
+    """Statistics and a preview of TAG's latest frame."""
+    with NdShArray(tag, r_w="r", endpoint=endpoint) as r:
+        status, a = r.read(copy=True, timeout=timeout)
+        age = r.read_time_ms
+    if not status:
+        raise click.ClickException(f"no frame under {tag!r} within {timeout:g} s")
+    click.echo(f"{tag}: {a.dtype} {_shape(a.shape)}, written {age:.1f} ms before this read")
+    if a.dtype.kind in "biufc" and a.size:
+        vals = a.astype(np.float64) if a.dtype.kind != "c" else np.abs(a)
+        click.echo(f"min {np.nanmin(vals):.6g}  max {np.nanmax(vals):.6g}  mean {np.nanmean(vals):.6g}")
+    click.echo(np.array2string(a, threshold=60, edgeitems=3, max_line_width=100))
+    if png:
+        from .imaging import save_png
+
+        shape = save_png(a, png)
+        click.echo(f"wrote {png} ({_shape(shape)} 8-bit)")
+
+
+@main.command("record")
+@click.argument("tag")
+@click.argument("file", type=click.Path(dir_okay=False, writable=True))
+@click.option("--frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after S seconds.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the first frame.")
+@click.pass_obj
+def record_cmd(endpoint: str, tag: str, file: str, frames: int | None, seconds: float | None,
+               timeout: float) -> None:
+    """Capture every frame of TAG into FILE (.npy stacked, or .npz with timestamps)."""
+    if frames is not None:
+        with click.progressbar(length=frames, label=f"recording {tag}", file=click.get_text_stream("stderr")) as bar:
+            last = [0]
+
+            def step(n: int) -> None:
+                bar.update(n - last[0])
+                last[0] = n
+
+            rec = recording.record(tag, file, frames=frames, seconds=seconds, endpoint=endpoint,
+                                   progress=step, first_frame_timeout=timeout)
+    else:
+        click.echo(f"recording {tag} into {file}" + (f" for {seconds:g} s" if seconds else " until Ctrl-C"),
+                   err=True)
+        rec = recording.record(tag, file, frames=frames, seconds=seconds, endpoint=endpoint,
+                               first_frame_timeout=timeout)
+    click.echo(f"recorded {rec.frames} frames of {rec.dtype} {_shape(rec.shape)} in {rec.seconds:.1f} s "
+               f"to {rec.path}; {rec.dropped} dropped ({rec.stopped_because})")
+
+
+@main.command("replay")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("tag")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Frames per second (default: the recorded timing, or 30 Hz for .npy).")
+@click.option("--loop", is_flag=True, help="Start over at the end, until Ctrl-C.")
+@click.pass_obj
+def replay_cmd(endpoint: str, file: str, tag: str, rate: float | None, loop: bool) -> None:
+    """Publish the frames of a recording under TAG."""
+    n = recording.replay(file, tag, rate=rate, loop=loop, endpoint=endpoint)
+    click.echo(f"replayed {n} frames from {file} into {tag}")
+
+
+@main.command("rm")
+@click.argument("tag")
+@click.pass_obj
+def rm(endpoint: str, tag: str) -> None:
+    """Remove TAG: its writer gets an error on its next write; readers keep what they hold."""
+    res = remove_tag(tag, endpoint)
+    writer = f", writer pid {res['writer_pid']} will get TagRemovedError" if res["writer_pid"] else ""
+    click.echo(f"removed {tag}{writer}")
+
+
+@main.command("doctor")
+@click.pass_obj
+def doctor(endpoint: str) -> None:
+    """Check the daemon, /dev/shm, logind and permissions; say what to fix."""
+    checks = run_checks(endpoint)
+    for c in checks:
+        click.echo(f"{c.level:<4}  {c.what:<9}  {c.message}")
+    if any(c.level == "FAIL" for c in checks):
+        raise SystemExit(1)
 
 
 @main.group("daemon")
@@ -88,7 +239,7 @@ def daemon_group() -> None:
 @daemon_group.command("status")
 @click.pass_obj
 def daemon_status(endpoint: str) -> None:
-    """Exit 0 and print the daemon's pid if it runs; exit 1 if not."""
+    """Exit 0 and describe the daemon if it runs; exit 1 if not."""
     pid = daemon_pid(endpoint)
     if pid is None:
         raise click.ClickException(f"no daemon serves {endpoint}")
@@ -111,3 +262,5 @@ def daemon_stop(endpoint: str) -> None:
     """Stop the daemon; it removes every segment and its socket first."""
     pid = stop_daemon(endpoint)
     click.echo(f"stopped ndsharrayd pid {pid}" if pid else f"no daemon was serving {endpoint}")
+
+

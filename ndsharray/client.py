@@ -26,10 +26,11 @@ from .errors import (
     HandleClosedError,
     NdShArrayError,
     SegmentGoneError,
+    TagRemovedError,
     WriterStalledError,
 )
 from .protocol import check_tag
-from .segment import MAX_SLOTS, SegmentReader, SegmentWriter, current_pid
+from .segment import MAX_SLOTS, RETIRED_REMOVED, SegmentReader, SegmentWriter, current_pid
 
 log = logging.getLogger("ndsharray")
 
@@ -85,6 +86,7 @@ class NdShArray:
         self._last: np.ndarray[Any, Any] = _EMPTY
         self._count = 0
         self._read_time_ms = 0.0
+        self._stamp = 0
         self._valid = False
         self._offered: dict[str, Any] | None = None
         self._stale = False  # set when a restarted daemon no longer knows our segment
@@ -107,7 +109,10 @@ class NdShArray:
         if self._access == "w":
             self._offered = res["segment"]  # a dead writer's segment we may continue in
         elif res["segment"] is not None:
-            self._follow(res["segment"])
+            try:
+                self._follow(res["segment"])
+            except SegmentGoneError:
+                pass  # replaced since the daemon answered: the first read resolves it again
         _keeper.keeper.track(self)
 
     def _reregister(self) -> None:
@@ -152,6 +157,17 @@ class NdShArray:
         return self._read_time_ms
 
     @property
+    def write_count(self) -> int:
+        """Reader: the writer's count of the last array read, within its generation (a gap
+        between two reads is the number of writes this reader skipped)."""
+        return self._count
+
+    @property
+    def write_time_ns(self) -> int:
+        """Reader: when the last array read was written (``time.monotonic_ns()`` clock)."""
+        return self._stamp
+
+    @property
     def is_valid(self) -> bool:
         """True once this handle has written, or read, at least one array."""
         return self._valid
@@ -183,6 +199,8 @@ class NdShArray:
         seg = self._wseg
         if seg is None or self._stale or arr.dtype != seg.header.dtype or arr.shape != seg.header.shape:
             seg = self._new_generation(arr.dtype, arr.shape, self._slots)
+        if seg.retired() == RETIRED_REMOVED:
+            self._removed()
         i = seg.try_acquire()
         if i < 0:
             seg, i = self._acquire_slow(seg)
@@ -217,6 +235,8 @@ class NdShArray:
                 seg = self._new_generation(want_dtype, want_shape, self._slots)
         elif seg is None:
             raise ValueError("the first loan() of a writer needs shape= and dtype=")
+        if seg.retired() == RETIRED_REMOVED:
+            self._removed()
         i = seg.try_acquire()
         if i < 0:
             seg, i = self._acquire_slow(seg)
@@ -230,6 +250,12 @@ class NdShArray:
             buf.flags.writeable = False
         seg.publish(i)
         self._valid = True
+
+    def _removed(self) -> None:
+        raise TagRemovedError(
+            f"tag {self._tag!r} was removed (ndsharray rm) while this process wrote it; "
+            "close this writer and open a new NdShArray to publish again"
+        )
 
     def _new_generation(self, dtype: np.dtype[Any], shape: tuple[int, ...], slots: int) -> SegmentWriter:
         text = dtype_to_text(dtype)
@@ -351,6 +377,7 @@ class NdShArray:
             return None
         count, i, stamp = got
         self._count = count
+        self._stamp = stamp
         self._read_time_ms = (time.monotonic_ns() - stamp) / 1e6
         if copy:
             arr = seg.copy(i)
@@ -419,6 +446,7 @@ class NdShArray:
         self._closed = True
         if self._pid != current_pid():
             return  # the parent's registration and locks are not ours to release
+        _keeper.keeper.untrack(self)
         wseg, rseg, self._wseg, self._rseg = self._wseg, self._rseg, None, None
         if wseg is not None:
             wseg.close()

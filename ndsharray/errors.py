@@ -10,6 +10,7 @@
     │   ├── TagNotFoundError        no such tag
     │   └── ResourceLimitError      /dev/shm is full or a daemon limit was reached
     ├── SegmentGoneError            the segment was removed under us (the tag was re-created)
+    ├── TagRemovedError             someone removed this writer's tag (ndsharray rm)
     ├── CorruptSegmentError         a segment header fails validation; nothing was mapped as data
     ├── WriterStalledError          readers pinned every slot for longer than the write timeout
     └── HandleClosedError           you closed this handle and then used it
@@ -58,6 +59,10 @@ class ResourceLimitError(DaemonError):
 
 class SegmentGoneError(NdShArrayError):
     """The shared-memory segment a handle expected has been removed."""
+
+
+class TagRemovedError(NdShArrayError):
+    """The tag this writer wrote was removed (``ndsharray rm``); open a new writer."""
 
 
 class CorruptSegmentError(NdShArrayError):

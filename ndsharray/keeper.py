@@ -24,6 +24,7 @@ INTERVAL = 0.5
 
 class Registrant(Protocol):
     _endpoint: str
+    _closed: bool
 
     def _reregister(self) -> None: ...
 
@@ -57,6 +58,10 @@ class Keeper:
                 self._thread = threading.Thread(target=self._run, name="ndsharray-keeper", daemon=True)
                 self._thread.start()
 
+    def untrack(self, handle: Registrant) -> None:
+        with self._lock:
+            self._handles.discard(handle)
+
     def check(self, endpoint: str) -> None:
         """Re-register this process's handles on ``endpoint`` if its daemon changed."""
         with self._lock:
@@ -73,7 +78,7 @@ class Keeper:
                 transport.start_daemon(endpoint)
                 ident = daemon_identity(endpoint)
             self._seen[endpoint] = ident
-            for handle in [h for h in self._handles if h._endpoint == endpoint]:
+            for handle in [h for h in self._handles if h._endpoint == endpoint and not h._closed]:
                 handle._reregister()
             log.info("re-registered with the new daemon at %s", endpoint)
 
@@ -83,7 +88,7 @@ class Keeper:
             if self._pid != os.getpid():
                 return
             with self._lock:
-                endpoints = {h._endpoint for h in self._handles}
+                endpoints = {h._endpoint for h in self._handles if not h._closed}
                 for ep in list(self._seen):
                     if ep not in endpoints:
                         del self._seen[ep]

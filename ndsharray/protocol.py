@@ -127,6 +127,7 @@ OPS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "attach": {"tag": _tag, "pid": _pid, "token": _token},
     "detach": {"tag": _tag, "token": _token},
     "lookup": {"tag": _tag},
+    "remove": {"tag": _tag},
 }
 
 

@@ -16,7 +16,7 @@ Layout (little-endian; every field naturally aligned)::
     36      4     ndim (0..64)
     40      8     generation of this tag (1, 2, ... as the shape, dtype or N changes)
     48      4     pid of the writer that asked for this segment
-    52      4     retired: set by the daemon once a newer generation replaced this one
+    52      4     retired: 1 once a newer generation replaced this one, 2 if the tag was removed
     56      4     notify word: the writer adds 1 after each publish (futex word)
     60      4     reserved
     64      8     publish word: (write count << 8) | index of the latest slot
@@ -86,6 +86,8 @@ SLOT_TABLE = 128
 SLOT_ENTRY = 16
 OFF_WRITER_PID = 48
 OFF_RETIRED = 52
+RETIRED_SUPERSEDED = 1  # a newer generation replaced this segment: readers re-resolve
+RETIRED_REMOVED = 2  # the tag was removed (ndsharray rm): its writer must stop
 OFF_NOTIFY = 56
 OFF_PUBLISH = 64
 # Native formats for the fields that change while others read them: one aligned load/store.
@@ -320,8 +322,9 @@ class _Mapped:
     def notify_word(self) -> int:
         return int(_U32.unpack_from(self.mm, OFF_NOTIFY)[0])
 
-    def retired(self) -> bool:
-        return bool(_U32.unpack_from(self.mm, OFF_RETIRED)[0])
+    def retired(self) -> int:
+        """0, RETIRED_SUPERSEDED or RETIRED_REMOVED."""
+        return int(_U32.unpack_from(self.mm, OFF_RETIRED)[0])
 
     def slot_stamp(self, i: int) -> tuple[int, int]:
         seq, stamp = _SEQ_STAMP.unpack_from(self.mm, SLOT_TABLE + SLOT_ENTRY * i)
@@ -521,7 +524,8 @@ class SegmentWriter(_Mapped):
 
     def retire(self) -> None:
         """Tell readers a newer generation replaced this segment, and wake blocked ones."""
-        _U32.pack_into(self.mm, OFF_RETIRED, 1)
+        if not self.retired():
+            _U32.pack_into(self.mm, OFF_RETIRED, RETIRED_SUPERSEDED)
         _U32.pack_into(self.mm, OFF_NOTIFY, (self.notify_word() + 1) & 0xFFFFFFFF)
         if futex.AVAILABLE:
             futex.wake(self.notify_addr)

@@ -165,6 +165,12 @@ class Registry:
                 gone.append(rec.segment)
         return gone
 
+    def remove(self, tag: str) -> TagRecord:
+        rec = self.tags.pop(tag, None)
+        if rec is None:
+            raise RequestError(ErrorCode.NOT_FOUND, f"no tag {tag!r} (see ndsharray ls)")
+        return rec
+
     def remove_all(self) -> list[str]:
         segs = [r.segment for r in self.tags.values() if r.segment is not None]
         self.tags.clear()

@@ -44,6 +44,8 @@ from ndsharray.segment import (
     OFF_NOTIFY,
     OFF_PUBLISH,
     OFF_RETIRED,
+    RETIRED_REMOVED,
+    RETIRED_SUPERSEDED,
     SHM_DIR,
     SLOT_ENTRY,
     SLOT_TABLE,
@@ -123,12 +125,13 @@ class SegmentFiles:
             os.close(fd)
         return name
 
-    def retire_and_unlink(self, name: str) -> None:
-        """Flag a superseded segment so readers re-resolve, then unlink it (views survive)."""
+    def retire_and_unlink(self, name: str, why: int = RETIRED_SUPERSEDED) -> None:
+        """Flag a segment so readers re-resolve (and a writer of a removed tag stops), then
+        unlink it; mapped views survive."""
         entry = self.headers.pop(name, None)
         if entry is not None:
             mm = entry[0]
-            struct.pack_into("@I", mm, OFF_RETIRED, 1)
+            struct.pack_into("@I", mm, OFF_RETIRED, why)
             # Wake blocked readers so they move on to the new generation.
             notify = np.frombuffer(mm, np.uint32, 1, OFF_NOTIFY)
             notify[0] += 1
@@ -241,10 +244,13 @@ class Daemon:
         self._stop = False
         self._pidfds: dict[int, int] = {}  # pid -> pidfd
         self._fd_pids: dict[int, int] = {}  # pidfd -> pid
+        self._samples: dict[str, tuple[int, float, str]] = {}  # tag -> (writes, time, segment)
+        self._rates: dict[str, float] = {}
         self.handlers: dict[str, Handler] = {
             "ping": self.op_ping, "stats": self.op_stats, "list": self.op_list,
             "claim": self.op_claim, "generation": self.op_generation, "release": self.op_release,
             "attach": self.op_attach, "detach": self.op_detach, "lookup": self.op_lookup,
+            "remove": self.op_remove,
         }
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -385,6 +391,7 @@ class Daemon:
                 "segment": rec.segment,
                 "slots": rec.slots,
                 "size": rec.size,
+                "rate_hz": self._rates.get(rec.tag),
             })
         return {"tags": out}
 
@@ -460,6 +467,18 @@ class Daemon:
         rec = self.registry.tags.get(req.args["tag"])
         return {"segment": None if rec is None else rec.segment_info()}
 
+    def op_remove(self, req: Request) -> dict[str, Any]:
+        try:
+            rec = self.registry.remove(req.args["tag"])
+        except RequestError as exc:
+            exc.req_id = req.id
+            raise
+        if rec.segment is not None:
+            self.files.retire_and_unlink(rec.segment, RETIRED_REMOVED)
+        log.info("tag %r removed on request", rec.tag)
+        return {"segment": rec.segment, "writer_pid": rec.writer.pid if rec.writer else None,
+                "readers": len(rec.readers)}
+
     # ---- liveness ---------------------------------------------------------------------
 
     def _bytes_in_use(self) -> int:
@@ -493,7 +512,22 @@ class Daemon:
             os.close(fd)
         self._sweep(time.monotonic())
 
+    def _sample_rates(self, now: float) -> None:
+        """Write rate per tag over the last sweep interval, read from segment headers."""
+        for tag, rec in self.registry.tags.items():
+            if rec.segment is None:
+                continue
+            count, _ = self.files.live_figures(rec.segment)
+            prev = self._samples.get(tag)
+            if prev is not None and prev[2] == rec.segment and now > prev[1]:
+                self._rates[tag] = (count - prev[0]) / (now - prev[1])
+            self._samples[tag] = (count, now, rec.segment)
+        for tag in list(self._samples.keys() - self.registry.tags.keys()):
+            del self._samples[tag]
+            self._rates.pop(tag, None)
+
     def _sweep(self, now: float) -> None:
+        self._sample_rates(now)
         for pid in self.registry.pids() - self._pidfds.keys():
             if not _alive(pid):
                 self.registry.drop_pid(pid, now)

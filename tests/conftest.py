@@ -21,6 +21,7 @@ from ndsharray import config, transport
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHM = "/dev/shm"
+FOLDER_PREFIX = "ndst"  # test folders: /tmp/ndstXXXX; daemons elsewhere are not ours to judge
 
 
 def wait_until(pred: Any, timeout: float = 10.0, what: str = "condition") -> Any:
@@ -80,7 +81,7 @@ class Daemon:
 @pytest.fixture
 def folder() -> Iterator[str]:
     # ipc paths are limited to ~107 bytes: keep it short, under /tmp.
-    path = tempfile.mkdtemp(prefix="nds", dir="/tmp")
+    path = tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir="/tmp")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -95,7 +96,9 @@ def pid_gone(pid: int) -> bool:
 
 
 def daemon_pids() -> set[int]:
-    """Pids of every running ndsharrayd, read from /proc."""
+    """Pids of running ndsharrayd processes of this test session (its folders, or the default
+    endpoint a test might start by mistake), read from /proc."""
+    markers = (f"/tmp/{FOLDER_PREFIX}".encode(), config.runtime_dir().encode())
     out = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -104,7 +107,8 @@ def daemon_pids() -> set[int]:
                     argv = f.read().split(b"\0")
             except OSError:
                 continue
-            if b"ndsharrayd" in argv or any(a.endswith(b"/ndsharrayd") for a in argv):
+            is_daemon = b"ndsharrayd" in argv or any(a.endswith(b"/ndsharrayd") for a in argv)
+            if is_daemon and any(m in a for a in argv for m in markers):
                 out.add(int(entry))
     return out
 
@@ -116,9 +120,15 @@ def leaves_no_trace() -> Iterator[None]:
     yield
     transport.close_all()
     stray = daemon_pids() - pids
+    cmdlines = {}
     for pid in stray:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdlines[pid] = f.read().replace(b"\0", b" ").decode()
+        except OSError:
+            pass
         os.kill(pid, signal.SIGTERM)  # so one failure does not cascade into the next tests
-    assert not stray, f"test left ndsharrayd processes running: {sorted(stray)}"
+    assert not stray, f"test left ndsharrayd processes running: {cmdlines}"
     leaked = our_segments() - segs
     assert not leaked, f"test left segments in {SHM}: {sorted(leaked)}"
 

@@ -1,0 +1,117 @@
+"""Checks behind ``ndsharray doctor``: each says OK, or what is wrong and what to do."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import stat
+from dataclasses import dataclass
+
+from . import config, transport
+from .errors import NdShArrayError
+from .segment import SHM_DIR, parse_header
+
+MIN_FREE = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Check:
+    level: str  # "OK", "WARN" or "FAIL"
+    what: str
+    message: str
+
+
+def check_daemon(endpoint: str) -> Check:
+    if not transport.daemon_running(endpoint):
+        auto = "it starts by itself when a client needs it" if config.autostart_enabled() else \
+            f"NDSHARRAY_AUTOSTART=0: start it with: ndsharrayd --endpoint {endpoint}"
+        return Check("OK" if config.autostart_enabled() else "WARN", "daemon",
+                     f"not running at {endpoint}; {auto}")
+    try:
+        info = transport.Connection(endpoint, timeout=2.0, retries=0).request("ping")
+    except NdShArrayError as exc:
+        return Check("FAIL", "daemon", f"holds the lock but does not answer: {exc}; "
+                     "stop it (ndsharray daemon stop) and let a client start a new one")
+    return Check("OK", "daemon", f"ndsharrayd {info['daemon']} (protocol {info['protocol']}) "
+                 f"pid {info['pid']} at {endpoint}")
+
+
+def check_shm() -> Check:
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError as exc:
+        return Check("FAIL", "/dev/shm", f"cannot stat {SHM_DIR}: {exc}; ndsharray needs a tmpfs there")
+    size, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+    msg = f"{size / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free"
+    if free < MIN_FREE:
+        return Check("WARN", "/dev/shm", f"{msg}: little room for frames. In Docker run with "
+                     "--shm-size=1g (compose: shm_size: 1gb); on a host: "
+                     f"sudo mount -o remount,size=4G {SHM_DIR}")
+    return Check("OK", "/dev/shm", msg)
+
+
+def check_remove_ipc() -> Check:
+    """systemd-logind's RemoveIPC=yes deletes a user's /dev/shm files at their last logout."""
+    value = None
+    for path in ["/etc/systemd/logind.conf", *sorted(glob.glob("/etc/systemd/logind.conf.d/*.conf"))]:
+        try:
+            with open(path) as f:
+                for line in f:
+                    m = re.match(r"\s*RemoveIPC\s*=\s*(\S+)", line)
+                    if m:
+                        value = m.group(1).lower()
+        except OSError:
+            continue
+    system_user = os.getuid() < 1000
+    if value in ("no", "false", "0"):
+        return Check("OK", "RemoveIPC", "systemd-logind keeps IPC objects at logout (RemoveIPC=no)")
+    if system_user:
+        return Check("OK", "RemoveIPC", f"uid {os.getuid()} is a system user; logind's RemoveIPC "
+                     "does not apply")
+    return Check("WARN", "RemoveIPC", "systemd-logind's RemoveIPC (default yes) deletes your "
+                 "segments when your last session ends; for pipelines that outlive a login set "
+                 "RemoveIPC=no in /etc/systemd/logind.conf, or run them as a system user")
+
+
+def check_stale_segments(endpoint: str) -> Check:
+    prefix = config.segment_prefix(endpoint)
+    mine = [n for n in os.listdir(SHM_DIR) if n.startswith(prefix)]
+    if not mine or transport.daemon_running(endpoint):
+        return Check("OK", "segments", f"{len(mine)} segment(s) of this endpoint in {SHM_DIR}")
+    stale = 0
+    for name in mine:
+        try:
+            with open(os.path.join(SHM_DIR, name), "rb") as f:
+                head = f.read(64 * 1024)
+            h = parse_header(head, os.path.getsize(os.path.join(SHM_DIR, name)), name)
+            os.kill(h.writer_pid, 0)
+        except (OSError, NdShArrayError, ValueError):
+            stale += 1
+    return Check("WARN", "segments", f"{len(mine)} segment(s) of {endpoint} but no daemon "
+                 f"({stale} with a dead writer): start one (ndsharray daemon start) - it adopts "
+                 "live ones and removes the rest")
+
+
+def check_socket_folder(endpoint: str) -> Check:
+    path = config.ipc_path(endpoint)
+    if path is None:
+        return Check("OK", "socket", f"{endpoint} is not an ipc endpoint")
+    folder = os.path.dirname(path) or "."
+    try:
+        st = os.stat(folder)
+    except FileNotFoundError:
+        return Check("OK", "socket", f"{folder} does not exist yet; the daemon creates it 0700")
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.getuid():
+        return Check("FAIL", "socket", f"{folder} belongs to uid {st.st_uid}, not you; use an "
+                     "endpoint in a folder of your own (NDSHARRAY_ENDPOINT)")
+    if mode & 0o077:
+        return Check("WARN", "socket", f"{folder} is mode {mode:o}: other users may reach your "
+                     f"daemon; chmod 700 {folder} (unless you share on purpose with --group)")
+    return Check("OK", "socket", f"{folder} is private (mode {mode:o})")
+
+
+def run_checks(endpoint: str) -> list[Check]:
+    return [check_daemon(endpoint), check_shm(), check_remove_ipc(),
+            check_stale_segments(endpoint), check_socket_folder(endpoint)]

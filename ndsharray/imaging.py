@@ -1,0 +1,43 @@
+"""Turn an array into an 8-bit image (for ``ndsharray show --png``); Pillow is optional."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def to_uint8_image(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """2-D -> grayscale; HxWx1/3/4 -> gray/RGB/RGBA; any numeric dtype scaled to 0..255.
+
+    uint8 passes through unchanged, bool becomes 0/255, everything else is scaled linearly
+    from its finite min..max (NaN and inf become 0). Raises ``ValueError`` for other shapes.
+    """
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise ValueError(f"cannot show shape {a.shape} as an image: need HxW, HxWx3 or HxWx4")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"cannot show dtype {a.dtype} as an image")
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * 255
+    f = a.astype(np.float64)
+    finite = np.isfinite(f)
+    if not finite.any():
+        return np.zeros(a.shape, np.uint8)
+    lo, hi = f[finite].min(), f[finite].max()
+    scaled = (f - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(f)
+    return np.where(finite, np.rint(scaled), 0).astype(np.uint8)
+
+
+def save_png(a: np.ndarray[Any, Any], path: str) -> tuple[int, ...]:
+    """Write ``a`` as a PNG (see :func:`to_uint8_image`); returns the image array's shape."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("writing PNG files needs Pillow: pip install 'ndsharray[image]'") from None
+    img = to_uint8_image(a)
+    Image.fromarray(img).save(path, format="PNG")
+    return tuple(img.shape)

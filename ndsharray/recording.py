@@ -1,0 +1,156 @@
+"""Record a tag's frames to a file numpy opens, and replay such a file into a tag.
+
+``.npy``: the frames stacked, shape ``(n, *frame_shape)``. ``.npz``: ``frames`` plus
+``timestamps_ns`` (when each frame was written, monotonic ns, first frame = 0) and
+``write_counts``; replay uses the timestamps to reproduce the recorded timing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .client import NdShArray
+
+
+@dataclass(frozen=True)
+class Recording:
+    path: str
+    frames: int
+    dropped: int  # writes published while the recorder was busy (disk slower than writer)
+    shape: tuple[int, ...]
+    dtype: str
+    seconds: float
+    stopped_because: str
+
+
+def record(
+    tag: str,
+    path: str,
+    *,
+    frames: int | None = None,
+    seconds: float | None = None,
+    endpoint: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    first_frame_timeout: float = 10.0,
+) -> Recording:
+    """Capture every frame published under ``tag`` into ``path`` (.npy or .npz).
+
+    Blocks on each next frame (no busy loop). Stops after ``frames`` frames, after
+    ``seconds`` seconds, on KeyboardInterrupt, or when the shape or dtype changes (a file
+    holds one shape). Raises ``TimeoutError`` if no frame arrives in ``first_frame_timeout``.
+    """
+    if not path.endswith((".npy", ".npz")):
+        raise ValueError(f"record to a .npy or .npz file, not {path!r}")
+    if frames is not None and frames < 1:
+        raise ValueError("frames must be at least 1")
+    part = path + ".part"
+    stamps: list[int] = []
+    counts: list[int] = []
+    dropped = 0
+    why = "done"
+    with NdShArray(tag, r_w="r", endpoint=endpoint) as r, open(part, "wb") as out:
+        status, a = r.read(copy=False, timeout=first_frame_timeout)
+        if not status:
+            out.close()
+            os.unlink(part)
+            raise TimeoutError(f"no frame was published under {tag!r} within {first_frame_timeout:g} s")
+        shape, dtype, segment = a.shape, a.dtype, r.ndarray_mmap_name
+        t_end = None if seconds is None else time.monotonic() + seconds
+        t0 = time.monotonic()
+        try:
+            while True:
+                if a.shape != shape or a.dtype != dtype:
+                    why = f"the writer changed to {a.dtype} {a.shape}"
+                    break
+                if r.ndarray_mmap_name == segment and counts:
+                    dropped += max(0, r.write_count - counts[-1] - 1)
+                segment = r.ndarray_mmap_name
+                out.write(np.ascontiguousarray(a).data)
+                stamps.append(r.write_time_ns)
+                counts.append(r.write_count)
+                del a
+                if progress is not None:
+                    progress(len(stamps))
+                if frames is not None and len(stamps) >= frames:
+                    break
+                left = None if t_end is None else t_end - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                status, a = r.read(timeout=left)
+                if not status:
+                    if r.closed:
+                        why = "the reader was closed"
+                    break
+        except KeyboardInterrupt:
+            why = "interrupted"
+        elapsed = time.monotonic() - t0
+    n = len(stamps)
+    raw = np.memmap(part, dtype=dtype, mode="r", shape=(n, *shape)) if n and dtype.itemsize else \
+        np.zeros((n, *shape), dtype)
+    if path.endswith(".npy"):
+        np.save(path, raw)
+    else:
+        ts = np.asarray(stamps, np.int64)
+        np.savez(path, frames=raw, timestamps_ns=ts - ts[0], write_counts=np.asarray(counts, np.int64))
+    del raw
+    os.unlink(part)
+    return Recording(path, n, dropped, tuple(shape), str(dtype), elapsed, why)
+
+
+def load(path: str) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any] | None]:
+    """The frames of a recording and its timestamps (ns from the first frame) if it has them."""
+    if path.endswith(".npz"):
+        with np.load(path) as z:
+            return z["frames"], z.get("timestamps_ns")
+    return np.load(path, mmap_mode="r"), None
+
+
+def replay(
+    path: str,
+    tag: str,
+    *,
+    rate: float | None = None,
+    loop: bool = False,
+    endpoint: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Publish a recording's frames under ``tag``; returns how many were written.
+
+    Timing: ``rate`` frames per second if given, else the recorded timestamps (.npz), else
+    30 Hz. ``loop`` starts over at the end until ``should_stop()`` or KeyboardInterrupt.
+    """
+    frames, stamps = load(path)
+    if frames.ndim < 1 or len(frames) == 0:
+        raise ValueError(f"{path} holds no frames")
+    if rate is not None and rate <= 0:
+        raise ValueError("rate must be positive")
+    if rate is not None or stamps is None:
+        stamps = (np.arange(len(frames)) * (1e9 / (rate or 30.0))).astype(np.int64)
+    period = int(stamps[-1] + (stamps[-1] // max(1, len(stamps) - 1) if len(stamps) > 1 else 1e9 / 30))
+    written = 0
+    with NdShArray(tag, r_w="w", endpoint=endpoint) as w:
+        start = time.monotonic_ns()
+        try:
+            while True:
+                for frame, at in zip(frames, stamps, strict=True):
+                    delay = (start + int(at) - time.monotonic_ns()) / 1e9
+                    if delay > 0:
+                        time.sleep(delay)
+                    w.write(frame)
+                    written += 1
+                    if progress is not None:
+                        progress(written)
+                    if should_stop():
+                        return written
+                if not loop:
+                    return written
+                start += period
+        except KeyboardInterrupt:
+            return written

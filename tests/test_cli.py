@@ -1,0 +1,181 @@
+"""The operator's commands: through click's CliRunner and as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import Daemon, wait_until
+
+import ndsharray
+from ndsharray import recording
+from ndsharray.cli import main
+from ndsharray.imaging import to_uint8_image
+
+
+def cli(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ndsharray", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_ls_prefix_filter_and_json(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("camera/left", np.zeros((2, 2)), "w"), \
+            ndsharray.NdShArray("camera/right", np.zeros(3), "w"), \
+            ndsharray.NdShArray("imu", np.zeros(6), "w"):
+        out = cli("ls", "camera/")
+        assert out.exit_code == 0
+        tags = [line.split()[0] for line in out.output.splitlines()[1:]]
+        assert tags == ["camera/left", "camera/right"]
+        data = json.loads(cli("ls", "--json", "imu").output)
+        assert [d["tag"] for d in data] == ["imu"] and data[0]["shape"] == [6]
+        assert "no tags under 'lidar/'" in cli("ls", "lidar/").output
+
+
+def test_info_and_rate(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("cam", np.zeros((3, 4), np.uint16), "w") as w, \
+            ndsharray.NdShArray("cam", r_w="r") as r:
+        r.read()
+        stop = threading.Event()
+
+        def write_at_200hz() -> None:
+            while not stop.is_set():
+                w.write(np.zeros((3, 4), np.uint16))
+                time.sleep(0.005)
+
+        t = threading.Thread(target=write_at_200hz)
+        t.start()
+        try:
+            info = wait_until(lambda: (i := ndsharray.admin.tag_info("cam")).rate_hz and i, what="a rate")
+        finally:
+            stop.set()
+            t.join()
+        assert 20 < info.rate_hz < 400
+        out = cli("info", "cam")
+        assert out.exit_code == 0
+        fields = dict(line.split(None, 1) for line in out.output.splitlines() if line.strip())
+        assert fields["dtype"] == "uint16" and fields["shape"] == "3x4" and fields["slots"] == "3"
+        assert fields["writer"] == f"pid {os.getpid()} (alive)"
+        assert fields["readers"] == f"1 (pids {os.getpid()})"
+        missing = CliRunner().invoke(main, ["info", "nope"])
+        assert missing.exit_code == 1 and "no tag 'nope'" in missing.output
+
+
+def test_show_prints_stats_and_writes_a_png(daemon: Daemon, folder: str) -> None:
+    from PIL import Image
+
+    frame = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    gray = np.linspace(-1.0, 3.0, 20 * 30).reshape(20, 30).astype(np.float32)
+    with ndsharray.NdShArray("rgb", frame, "w"), ndsharray.NdShArray("gray", gray, "w"):
+        png = os.path.join(folder, "rgb.png")
+        out = run("show", "rgb", "--png", png)  # a real subprocess
+        assert out.returncode == 0, out.stderr
+        assert "uint8 48x64x3" in out.stdout and f"max {frame.max()}" in out.stdout
+        with Image.open(png) as img:
+            assert img.mode == "RGB" and np.array_equal(np.asarray(img), frame)
+        png = os.path.join(folder, "gray.png")
+        assert cli("show", "gray", "--png", png).exit_code == 0
+        with Image.open(png) as img:
+            pixels = np.asarray(img)
+        assert img.mode == "L" and pixels.min() == 0 and pixels.max() == 255
+        assert np.array_equal(pixels, to_uint8_image(gray))
+    bad = CliRunner().invoke(main, ["show", "nothing", "--timeout", "0.1"])
+    assert bad.exit_code == 1 and "no frame under 'nothing'" in bad.output
+
+
+def test_to_uint8_image_rules() -> None:
+    assert to_uint8_image(np.array([[True, False]])).tolist() == [[255, 0]]
+    assert to_uint8_image(np.array([[0.0, np.nan, 2.0]])).tolist() == [[0, 0, 255]]
+    assert to_uint8_image(np.full((2, 2), 7, np.int32)).tolist() == [[0, 0], [0, 0]]
+    assert to_uint8_image(np.zeros((2, 2, 1), np.uint16)).shape == (2, 2)
+    with pytest.raises(ValueError, match="HxW"):
+        to_uint8_image(np.zeros((2, 2, 2)))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_record_then_replay_round_trips_every_frame(daemon: Daemon, folder: str, suffix: str) -> None:
+    path = os.path.join(folder, "rec" + suffix)
+    frames = [np.full((8, 6), k, np.int16) for k in range(40)]
+    with ndsharray.NdShArray("cam", frames[0], "w") as w:
+        # The recording starts at whatever frame is latest when it attaches and takes 30
+        # consecutive ones; --seconds only as a safety net.
+        rec = subprocess.Popen([sys.executable, "-m", "ndsharray", "record", "cam", path, "--frames", "30",
+                                "--seconds", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: any(t.tag == "cam" and t.readers for t in ndsharray.list_tags()),
+                   what="the recorder to attach")  # its first read returns frame 0, the latest
+        try:
+            for f in frames[1:]:
+                w.write(f)
+                time.sleep(0.02)  # 50 Hz: a blocking recorder of small frames keeps up
+            out, err = rec.communicate(timeout=60)
+        finally:
+            rec.kill()
+    assert rec.returncode == 0, err
+    assert "recorded 30 frames of int16 8x6" in out and "0 dropped" in out
+    got, stamps = recording.load(path)
+    first = int(got[0, 0, 0])
+    assert first <= 10 and np.array_equal(got, np.stack(frames[first:first + 30]))
+    if suffix == ".npz":
+        assert stamps is not None and stamps[0] == 0 and (np.diff(stamps) > 0).all()
+    # Replay into another tag; a reader sees the same frames.
+    with ndsharray.NdShArray("again", r_w="r") as r:
+        seen: list[int] = []
+
+        def collect() -> None:
+            for frame in r:
+                seen.append(int(frame[0, 0]))
+                if seen[-1] == first + 29:
+                    return
+
+        t = threading.Thread(target=collect)
+        t.start()
+        out2 = run("replay", path, "again", "--rate", "100")
+        t.join(30)
+        assert out2.returncode == 0 and "replayed 30 frames" in out2.stdout
+        assert seen[-1] == first + 29 and seen == sorted(seen)
+
+
+def test_rm_removes_the_tag_and_stops_its_writer(daemon: Daemon) -> None:
+    w = ndsharray.NdShArray("gone", np.zeros(3), "w")
+    r = ndsharray.NdShArray("gone", r_w="r")
+    status, held = r.read()
+    out = cli("rm", "gone")
+    assert out.exit_code == 0 and f"writer pid {os.getpid()}" in out.output
+    assert not any(t.tag == "gone" for t in ndsharray.list_tags())
+    with pytest.raises(ndsharray.TagRemovedError, match="ndsharray rm"):
+        w.write(np.ones(3))
+    assert held.tolist() == [0, 0, 0]  # readers keep what they hold
+    assert CliRunner().invoke(main, ["rm", "gone"]).exit_code == 1
+    w.close()
+    r.close()
+
+
+def test_doctor_and_daemon_control(folder: str, monkeypatch: Any) -> None:
+    endpoint = f"ipc://{folder}/ctl.sock"
+    monkeypatch.setenv("NDSHARRAY_ENDPOINT", endpoint)
+    assert CliRunner().invoke(main, ["daemon", "status"]).exit_code == 1
+    out = cli("doctor")
+    assert out.exit_code == 0 and "not running" in out.output and "/dev/shm" in out.output
+    started = run("daemon", "start")
+    assert started.returncode == 0, started.stderr
+    try:
+        status = run("daemon", "status")
+        assert status.returncode == 0 and "serving" in status.stdout
+        lines = cli("doctor").output.splitlines()
+        assert lines[0].startswith("OK    daemon     ndsharrayd")
+        assert any(line.startswith("OK    socket") and "private" in line for line in lines)
+    finally:
+        stopped = run("daemon", "stop")
+    assert stopped.returncode == 0 and "stopped ndsharrayd pid" in stopped.stdout
+    assert run("daemon", "status").returncode == 1
