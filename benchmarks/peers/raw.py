@@ -6,6 +6,8 @@ import sys
 from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 
+import _posixshmem  # type: ignore[import-not-found]
+
 import numpy as np
 
 from .base import HEADER, Array, Reader as _Reader, SeqlockReader, SeqlockWriter, Spec, Writer as _Writer
@@ -15,11 +17,14 @@ def _name(spec: Spec) -> str:
     return f"ndsb-raw-{spec.key}"
 
 
+TRACK = sys.version_info >= (3, 13)  # SharedMemory(track=False) exists
+
+
 def _open(name: str, create: bool, size: int = 0) -> shared_memory.SharedMemory:
     """SharedMemory that no resource_tracker unlinks behind our back (python/cpython#82300)."""
-    kw: dict[str, Any] = {"track": False} if sys.version_info >= (3, 13) else {}
+    kw: dict[str, Any] = {"track": False} if TRACK else {}
     shm = shared_memory.SharedMemory(name=name, create=create, size=size, **kw)
-    if not kw:
+    if not TRACK:
         resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
     return shm
 
@@ -37,7 +42,10 @@ class Writer(_Writer):
     def close(self) -> None:
         self.lock.close()
         self.shm.close()
-        self.shm.unlink()
+        if TRACK:
+            self.shm.unlink()
+        else:  # SharedMemory.unlink() would tell the tracker again, which no longer knows it
+            _posixshmem.shm_unlink(self.shm._name)  # type: ignore[attr-defined]
 
 
 class Reader(_Reader):
