@@ -78,12 +78,24 @@ class Daemon:
             return f.read()
 
 
+_folders: list[str] = []  # every test folder of this session
+SOCKET_NAMES = ("d", "auto", "ctl", "none", "b/d")  # the endpoints tests make in a folder
+
+
 @pytest.fixture
 def folder() -> Iterator[str]:
     # ipc paths are limited to ~107 bytes: keep it short, under /tmp.
     path = tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir="/tmp")
+    _folders.append(path)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def session_prefixes() -> tuple[str, ...]:
+    """Segment name prefixes of every endpoint this test session may have used."""
+    endpoints = [config.default_endpoint()] + [
+        f"ipc://{f}/{name}.sock" for f in _folders for name in SOCKET_NAMES]
+    return tuple(config.segment_prefix(e) for e in endpoints)
 
 
 def pid_gone(pid: int) -> bool:
@@ -129,7 +141,7 @@ def leaves_no_trace() -> Iterator[None]:
             pass
         os.kill(pid, signal.SIGTERM)  # so one failure does not cascade into the next tests
     assert not stray, f"test left ndsharrayd processes running: {cmdlines}"
-    leaked = our_segments() - segs
+    leaked = {n for n in our_segments() - segs if n.startswith(session_prefixes())}
     assert not leaked, f"test left segments in {SHM}: {sorted(leaked)}"
 
 
