@@ -29,14 +29,17 @@ from .server import AlreadyRunning, Daemon
               help="Seconds a tag with no writer and no readers is kept before removal.")
 @click.option("--max-bytes", default=None, type=click.IntRange(min=1),
               help="Quota: total bytes of all segments (default: what /dev/shm holds).")
-@click.option("--max-tags", default=4096, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-tags", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Most tags the daemon holds at once.")
+@click.option("--max-clients", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Most open writer and reader handles over all tags.")
 @click.option("--group", default=None,
               help="Share segments (0660) and the socket with this group; the endpoint's folder "
                    "must be group-accessible too. Default: this user only (0600, folder 0700).")
 @click.option("--detach", is_flag=True, help="Run in the background; return once serving.")
 @click.version_option(__version__, prog_name="ndsharrayd")
 def main(endpoint: str | None, log_level: str, orphan_ttl: float, max_bytes: int | None,
-         max_tags: int, group: str | None, detach: bool) -> None:
+         max_tags: int, max_clients: int, group: str | None, detach: bool) -> None:
     """The ndsharray registry daemon: maps tags to shared-memory segments."""
     endpoint = config.resolve_endpoint(endpoint)
     gid = None
@@ -45,7 +48,8 @@ def main(endpoint: str | None, log_level: str, orphan_ttl: float, max_bytes: int
             gid = grp.getgrnam(group).gr_gid
         except KeyError:
             raise click.BadParameter(f"no group named {group!r}", param_hint="--group") from None
-    daemon = Daemon(endpoint, orphan_ttl=orphan_ttl, max_bytes=max_bytes, max_tags=max_tags, group=gid)
+    daemon = Daemon(endpoint, orphan_ttl=orphan_ttl, max_bytes=max_bytes, max_tags=max_tags,
+                    max_clients=max_clients, group=gid)
     if detach:
         _detach(daemon, log_level)
         return

@@ -132,6 +132,10 @@ class Registry:
 
     # ---- liveness and expiry -----------------------------------------------------------
 
+    def handle_count(self) -> int:
+        """Open writer and reader handles over all tags."""
+        return sum(len(r.readers) + (r.writer is not None) for r in self.tags.values())
+
     def pids(self) -> set[int]:
         out: set[int] = set()
         for rec in self.tags.values():

@@ -229,6 +229,7 @@ class Daemon:
         orphan_ttl: float = 60.0,
         max_bytes: int | None = None,
         max_tags: int = 4096,
+        max_clients: int = 4096,
         group: int | None = None,
     ) -> None:
         self.endpoint = endpoint
@@ -239,6 +240,7 @@ class Daemon:
         self.files = SegmentFiles(config.segment_prefix(endpoint), mode, -1 if group is None else group)
         self.max_bytes = max_bytes
         self.max_tags = max_tags
+        self.max_clients = max_clients
         self.requests = 0
         self.started = time.monotonic()
         self._stop = False
@@ -397,15 +399,22 @@ class Daemon:
 
     def op_claim(self, req: Request) -> dict[str, Any]:
         a = req.args
-        if a["tag"] not in self.registry.tags and len(self.registry.tags) >= self.max_tags:
-            raise RequestError(ErrorCode.LIMIT, f"the daemon holds {self.max_tags} tags, its limit "
-                               "(--max-tags); remove unused tags first", req.id)
+        self._check_limits(a["tag"], req.id)
         try:
             rec = self.registry.claim(a["tag"], a["pid"], a["token"], _alive)
         except RequestError as exc:
             exc.req_id = req.id
             raise
         return {"segment": rec.segment_info()}
+
+    def _check_limits(self, tag: str, req_id: int) -> None:
+        if tag not in self.registry.tags and len(self.registry.tags) >= self.max_tags:
+            raise RequestError(ErrorCode.LIMIT, f"the daemon holds {self.max_tags} tags, its limit "
+                               "(--max-tags); remove unused tags (ndsharray rm) or raise it", req_id)
+        handles = self.registry.handle_count()
+        if handles >= self.max_clients:
+            raise RequestError(ErrorCode.LIMIT, f"the daemon has {handles} open handles, its limit "
+                               "(--max-clients); close unused NdShArray handles or raise it", req_id)
 
     def op_generation(self, req: Request) -> dict[str, Any]:
         a = req.args
@@ -453,9 +462,7 @@ class Daemon:
 
     def op_attach(self, req: Request) -> dict[str, Any]:
         a = req.args
-        if a["tag"] not in self.registry.tags and len(self.registry.tags) >= self.max_tags:
-            raise RequestError(ErrorCode.LIMIT, f"the daemon holds {self.max_tags} tags, its limit "
-                               "(--max-tags)", req.id)
+        self._check_limits(a["tag"], req.id)
         rec = self.registry.attach(a["tag"], a["pid"], a["token"])
         return {"segment": rec.segment_info()}
 

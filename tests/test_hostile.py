@@ -181,3 +181,24 @@ def test_another_uid_cannot_list_or_read(daemon: Daemon) -> None:
                                capture_output=True, text=True, timeout=60, env=env)
         assert child.returncode == 0, child.stderr
         assert child.stdout.split() == ["DaemonUnavailableError", "PermissionError"]
+
+
+def test_tag_and_handle_limits_are_clear_errors(folder: str, monkeypatch: Any) -> None:
+    d = Daemon(folder, "--max-tags", "2", "--max-clients", "3").start()
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    try:
+        a = ndsharray.NdShArray("a", np.zeros(2), "w")
+        b = ndsharray.NdShArray("b", r_w="r")
+        with pytest.raises(ndsharray.ResourceLimitError, match="--max-tags"):
+            ndsharray.NdShArray("c", r_w="w")
+        c = ndsharray.NdShArray("a", r_w="r")
+        with pytest.raises(ndsharray.ResourceLimitError, match="--max-clients"):
+            ndsharray.NdShArray("a", r_w="r")
+        c.close()
+        ndsharray.NdShArray("a", r_w="r").close()  # room again
+        a.write(np.ones(2))  # what exists keeps working
+        a.close()
+        b.close()
+    finally:
+        assert d.stop() == 0

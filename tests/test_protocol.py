@@ -146,3 +146,45 @@ def test_any_single_corrupt_header_byte_is_caught_or_harmless(pos: int, byte: in
     # Accepted: then everything it promises must fit in the real bytes.
     assert h.layout.total_size <= len(buf)
     assert int(np.prod(h.shape)) * h.dtype.itemsize == h.layout.nbytes
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["claim", "release", "attach", "detach", "commit", "drop", "expire"]),
+                         st.sampled_from(["t1", "t2"]), st.integers(1, 4), st.sampled_from(["a", "b", "c"]),
+                         st.floats(0, 100)), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPS)
+def test_registry_invariants_hold_under_any_sequence(ops: list[tuple[str, str, int, str, float]]) -> None:
+    reg = Registry(orphan_ttl=5)
+    dead: set[int] = set()
+    now = 0.0
+    for op, tag, pid, tok, dt in ops:
+        now += dt
+        token = tok * 16
+        if pid in dead and op in ("claim", "attach"):
+            continue  # a dead process sends nothing
+        try:
+            if op == "claim":
+                reg.claim(tag, pid, token, alive=lambda p: p not in dead)
+            elif op == "release":
+                reg.release(tag, token, now)
+            elif op == "attach":
+                reg.attach(tag, pid, token + "r")
+            elif op == "detach":
+                reg.detach(tag, token + "r", now)
+            elif op == "commit":
+                reg.commit_generation(tag, token, segment=f"s{now}", dtype="'<f8'", shape=(1,),
+                                      nbytes=8, slots=3, size=4096)
+            elif op == "drop":
+                dead.add(pid)
+                reg.drop_pid(pid, now)
+            else:
+                reg.expire(now)
+        except RequestError as exc:
+            assert exc.code in (ErrorCode.TAG_BUSY, ErrorCode.NOT_WRITER)
+        for rec in reg.tags.values():
+            # An idle record has neither writer nor readers, and a busy one is never idle.
+            assert (rec.idle_since is not None) <= (rec.writer is None and not rec.readers)
+            assert rec.writer is None or rec.writer.pid not in dead
+        assert reg.pids() <= set(range(1, 5)) - dead
