@@ -159,7 +159,10 @@ def show(endpoint: str, tag: str, png: str | None, timeout: float) -> None:
     if a.dtype.kind in "biufc" and a.size:
         vals = a.astype(np.float64) if a.dtype.kind != "c" else np.abs(a)
         click.echo(f"min {np.nanmin(vals):.6g}  max {np.nanmax(vals):.6g}  mean {np.nanmean(vals):.6g}")
-    click.echo(np.array2string(a, threshold=60, edgeitems=3, max_line_width=100))
+    preview = a if a.ndim <= 2 else a[(slice(0, 4), slice(0, 4))]
+    if preview is not a:
+        click.echo(f"top-left corner {_shape(preview.shape)}:")
+    click.echo(np.array2string(preview, threshold=60, edgeitems=3, max_line_width=100))
     if png:
         from .imaging import save_png
 
