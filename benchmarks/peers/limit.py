@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Array, Spec, Writer as _Writer
+from .base import Array, Spec
+from .base import Writer as _Writer
 
 NA = {
     "read_none": "in-process: nothing to poll",

@@ -9,7 +9,9 @@ from __future__ import annotations
 import pickle
 from multiprocessing.connection import Connection
 
-from .base import Array, Reader as _Reader, Spec, Writer as _Writer
+from .base import Array, Spec
+from .base import Reader as _Reader
+from .base import Writer as _Writer
 
 NA = {"attach": "no attach by name: a Pipe is inherited from a common parent"}
 _conns: dict[int, Connection] = {}

@@ -6,10 +6,11 @@ removes the new ones whose names start with ``PREFIX``.
 
 from __future__ import annotations
 
-
 import ndsharray
 
-from .base import Array, Reader as _Reader, Spec, Writer as _Writer
+from .base import Array, Spec
+from .base import Reader as _Reader
+from .base import Writer as _Writer
 
 assert ndsharray.__version__ == "1.1.4", f"imported ndsharray {ndsharray.__version__} from {ndsharray.__file__}"
 PREFIX = "ndsb114-"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ndsharray
 
-from .base import Array, Reader as _Reader, Spec, Writer as _Writer
+from .base import Array, Spec
+from .base import Reader as _Reader
+from .base import Writer as _Writer
 
 
 def _tag(spec: Spec) -> str:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import _posixshmem
 import sys
 from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 
-import _posixshmem  # type: ignore[import-not-found]
-
 import numpy as np
 
-from .base import HEADER, Array, Reader as _Reader, SeqlockReader, SeqlockWriter, Spec, Writer as _Writer
+from .base import HEADER, Array, SeqlockReader, SeqlockWriter, Spec
+from .base import Reader as _Reader
+from .base import Writer as _Writer
 
 
 def _name(spec: Spec) -> str:
@@ -33,6 +34,7 @@ class Writer(_Writer):
     def setup(self, spec: Spec) -> None:
         super().setup(spec)
         self.shm = _open(_name(spec), True, HEADER + spec.nbytes)
+        assert self.shm.buf is not None
         self.lock = SeqlockWriter(np.frombuffer(self.shm.buf, np.uint8), spec)
         self.lock.write(self.src)
 
@@ -52,6 +54,7 @@ class Reader(_Reader):
     def setup(self, spec: Spec) -> None:
         super().setup(spec)
         self.shm = _open(_name(spec), False)
+        assert self.shm.buf is not None
         self.lock = SeqlockReader(np.frombuffer(self.shm.buf, np.uint8), spec)
 
     def read(self, copy: bool = False) -> Array | None:

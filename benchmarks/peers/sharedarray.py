@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-
 import numpy as np
-import SharedArray as sa  # type: ignore[import-not-found]
+import SharedArray as sa
 
-from .base import HEADER, Array, Reader as _Reader, SeqlockReader, SeqlockWriter, Spec, Writer as _Writer
+from .base import HEADER, Array, SeqlockReader, SeqlockWriter, Spec
+from .base import Reader as _Reader
+from .base import Writer as _Writer
 
 
 def _name(spec: Spec) -> str:

@@ -15,7 +15,9 @@ from collections.abc import Callable
 import numpy as np
 import zmq
 
-from .base import Array, Reader as _Reader, Spec, Writer as _Writer
+from .base import Array, Spec
+from .base import Reader as _Reader
+from .base import Writer as _Writer
 
 POOL = 3
 
@@ -57,7 +59,7 @@ class Writer(_Writer):
         return self.pool[i]
 
     def write(self, a: Array) -> None:
-        t = self.sock.send(a, copy=False, track=True)
+        t = self.sock.send(a, copy=False, track=True)  # type: ignore[call-overload]
         self.sends += 1
         self.last = a
         for i, b in enumerate(self.pool):
