@@ -29,17 +29,25 @@ Layout (little-endian; every field naturally aligned)::
     ...     tag, then dtype description
     header size + i * stride: slot i
 
-Write / read protocol. Slots are pinned with OFD byte-range locks on their 16-byte entry
-of the slot table: a reader holds a shared lock on a slot for as long as a view of it is
-alive; the writer only writes a slot it holds an exclusive lock on, so a pinned slot is
-never overwritten. The writer never writes the latest slot either.
+Write / read protocol. Slots are pinned with OFD byte-range locks in a range past the end
+of the file (locks need no bytes behind them): slot i has a *pin byte* at LOCKS + 2i and a
+*waiter byte* at LOCKS + 2i + 1. A reader holds a shared lock on a slot's pin byte for as
+long as a view of it is alive; the writer only writes a slot whose pin byte it holds
+exclusively, so a pinned slot is never overwritten. The writer never writes the latest
+slot either. A reader that may block holds shared locks on every waiter byte.
 
-- writer: try-lock (exclusive, non-blocking) a slot other than the latest; set its write
-  count to 0; copy the array; store count and time; unlock; store the publish word; bump the
-  notify word.
+- writer: try-lock (exclusive, non-blocking) pin *and* waiter byte of a slot other than the
+  latest; if that fails, try the pin byte alone: success means the slot is free but
+  someone waits, so this write must wake them. Set the slot's write count to 0; copy the
+  array; store count and time; store the publish word; bump the notify word; unlock;
+  FUTEX_WAKE if someone waits. No blocking reader costs the writer nothing extra.
 - reader: load the publish word; if its count is the one last seen, there is nothing new.
   Else try-lock (shared) the slot it names and check the slot's write count equals the
   published count; on any mismatch unlock and start over.
+- blocking reader: lock every waiter byte, load the notify word, check for a new write,
+  then FUTEX_WAIT on the notify word. A writer that locked a slot before the reader
+  registered still holds the waiter byte until after its notify bump, so the reader either
+  sees the bump or is seen by the writer: no wake-up is lost.
 
 Why this is enough without atomics: lock and unlock go through the kernel's lock table,
 which is serialised by a lock of its own, so everything the writer stored before its unlock
@@ -47,7 +55,9 @@ is visible to any process whose lock on that range succeeds afterwards, and a lo
 succeeds earlier makes the writer's try-lock fail. The count check catches a slot that was
 rewritten between the reader's load of the publish word and its lock (and the count set to
 0 before copying catches a writer that died mid-copy: the kernel dropped its lock, but the
-slot never got a valid count). The publish word is one aligned 8-byte load and store.
+slot never got a valid count). A reader that sees a publish word before the writer's
+unlock just fails to pin and tries again. The publish word is one aligned 8-byte load and
+store.
 """
 
 from __future__ import annotations
@@ -59,7 +69,6 @@ import os
 import struct
 import sys
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,12 +109,7 @@ _SEQ_STAMP = struct.Struct("@QQ")
 _FLOCK = struct.Struct("@hhqqi4x")
 assert _FLOCK.size == 32
 F_OFD_SETLK: int = getattr(fcntl, "F_OFD_SETLK", 37)
-F_OFD_GETLK: int = getattr(fcntl, "F_OFD_GETLK", 36)
-# Blocking readers hold a shared lock on the notify word's bytes while they may wait; the
-# writer asks the kernel (F_OFD_GETLK) whether anyone holds one and only then pays a wake-up.
-_WAITER_LOCK = _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, OFF_NOTIFY, 4, 0)
-_WAITER_PROBE = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, OFF_NOTIFY, 4, 0)
-_NO_LOCK = struct.pack("@h", fcntl.F_UNLCK)
+LOCKS = 1 << 40  # start of the lock range, far past any segment's end
 
 
 @dataclass(frozen=True)
@@ -277,8 +281,8 @@ def current_pid() -> int:
     return _Process.pid
 
 
-def _flock(kind: int, i: int) -> bytes:
-    return _FLOCK.pack(kind, os.SEEK_SET, SLOT_TABLE + SLOT_ENTRY * i, SLOT_ENTRY, 0)
+def _flock(kind: int, start: int, length: int = 1) -> bytes:
+    return _FLOCK.pack(kind, os.SEEK_SET, start, length, 0)
 
 
 class _Mapped:
@@ -311,10 +315,14 @@ class _Mapped:
         self.layout = h.layout
         self.mv = memoryview(self.mm)
         self.notify_addr = np.frombuffer(self.mm, np.uint32, 1, OFF_NOTIFY).ctypes.data
-        # Precomputed lock requests: the hot path packs nothing.
-        self._lock_rd = [_flock(fcntl.F_RDLCK, i) for i in range(self.nslots)]
-        self._lock_wr = [_flock(fcntl.F_WRLCK, i) for i in range(self.nslots)]
-        self._unlock = [_flock(fcntl.F_UNLCK, i) for i in range(self.nslots)]
+        # Precomputed lock requests (see the protocol above): the hot path packs nothing.
+        pins = [LOCKS + 2 * i for i in range(self.nslots)]
+        self._pin_rd = [_flock(fcntl.F_RDLCK, p) for p in pins]
+        self._pin_wr = [_flock(fcntl.F_WRLCK, p) for p in pins]
+        self._pin_and_waiter_wr = [_flock(fcntl.F_WRLCK, p, 2) for p in pins]
+        self._waiter_rd = [_flock(fcntl.F_RDLCK, p + 1) for p in pins]
+        self._pin_unlock = [_flock(fcntl.F_UNLCK, p) for p in pins]  # a reader's; not its waiter byte
+        self._unlock = [_flock(fcntl.F_UNLCK, p, 2) for p in pins]  # the writer's
 
     def publish_word(self) -> int:
         return int(_U64.unpack_from(self.mm, OFF_PUBLISH)[0])
@@ -345,13 +353,24 @@ class _Mapped:
 
 
 class _Pin:
-    """The base object of one read's view: its lifetime is the slot's pin."""
+    """The base object of one read's view: its lifetime is the slot's pin.
 
-    __slots__ = ("__array_interface__", "__weakref__", "mm")
+    It keeps its reader (and so the mapping and the locked fd) alive, and unpins the slot
+    when the last array built on it is collected.
+    """
 
-    def __init__(self, iface: dict[str, Any], mm: mmap.mmap) -> None:
+    __slots__ = ("__array_interface__", "reader", "slot")
+
+    def __init__(self, iface: dict[str, Any], reader: SegmentReader, slot: int) -> None:
         self.__array_interface__ = iface
-        self.mm = mm  # the mapping outlives every view of it
+        self.reader = reader
+        self.slot = slot
+
+    def __del__(self) -> None:
+        try:
+            self.reader.unpin(self.slot)
+        except Exception:  # at interpreter exit, or after fork: nothing left to release
+            pass
 
 
 class SegmentReader(_Mapped):
@@ -408,11 +427,12 @@ class SegmentReader(_Mapped):
     def wait(self, last_count: int, timeout: float) -> None:
         """Sleep until something is published after ``last_count`` (or ``timeout``).
 
-        Lost wake-ups are impossible: the waiter lock is taken before the notify word is
-        loaded, and the writer bumps that word before it looks for waiters.
+        Lost wake-ups are impossible: see the blocking reader in the module docstring.
         """
         if not self._waiting:
-            self._waiting = self._try_lock(_WAITER_LOCK)
+            # Shared locks only fail while the writer holds one slot mid-write: then poll
+            # this round and register on the next.
+            self._waiting = all([self._try_lock(req) for req in self._waiter_rd])
         seen = self.notify_word()
         if self.has_new(last_count) or self.retired():
             return
@@ -425,7 +445,7 @@ class SegmentReader(_Mapped):
         if self._pins[i]:
             self._pins[i] += 1
             return True
-        if self._try_lock(self._lock_rd[i]):
+        if self._try_lock(self._pin_rd[i]):
             self._pins[i] = 1
             return True
         return False
@@ -436,7 +456,7 @@ class SegmentReader(_Mapped):
         n = self._pins[i] - 1
         self._pins[i] = n
         if n == 0 and self.fd >= 0:
-            fcntl.fcntl(self.fd, F_OFD_SETLK, self._unlock[i])
+            fcntl.fcntl(self.fd, F_OFD_SETLK, self._pin_unlock[i])
             if self._closing and not any(self._pins):
                 self._close_fd()
 
@@ -448,11 +468,9 @@ class SegmentReader(_Mapped):
         points into the mapping: every array derived from it keeps the pin object alive,
         and the slot is unlocked when the pin object is collected.
         """
-        pin = _Pin(self._ifaces[i], self.mm)
-        arr: np.ndarray[Any, Any] = np.asarray(pin)
+        arr: np.ndarray[Any, Any] = np.asarray(_Pin(self._ifaces[i], self, i))
         if self._via_bytes:
             arr = arr.view(self.header.dtype).reshape(self.header.shape)
-        weakref.finalize(pin, self.unpin, i)
         return arr
 
     def copy(self, i: int) -> np.ndarray[Any, Any]:
@@ -490,6 +508,7 @@ class SegmentWriter(_Mapped):
         self.count = pub >> 8
         self.latest = pub & 0xFF if self.count else -1
         self._next = (self.latest + 1) % self.nslots
+        self._wake = False
 
     def try_acquire(self) -> int:
         """Exclusively lock a slot that is neither the latest nor pinned; -1 if none is free."""
@@ -497,11 +516,18 @@ class SegmentWriter(_Mapped):
         start = self._next
         for k in range(n):
             i = (start + k) % n
-            if i != self.latest and self._try_lock(self._lock_wr[i]):
-                # A reader holding an old publish word must not accept this slot mid-copy,
-                # nor after we die mid-copy: invalidate its count first.
-                _U64.pack_into(self.mm, SLOT_TABLE + SLOT_ENTRY * i, 0)
-                return i
+            if i == self.latest:
+                continue
+            if self._try_lock(self._pin_and_waiter_wr[i]):
+                self._wake = False
+            elif self._try_lock(self._pin_wr[i]):
+                self._wake = True  # free, but a blocking reader holds the waiter byte
+            else:
+                continue  # pinned
+            # A reader holding an old publish word must not accept this slot mid-copy,
+            # nor after we die mid-copy: invalidate its count first.
+            _U64.pack_into(self.mm, SLOT_TABLE + SLOT_ENTRY * i, 0)
+            return i
         return -1
 
     def release(self, i: int) -> None:
@@ -512,10 +538,10 @@ class SegmentWriter(_Mapped):
         """Publish acquired slot ``i`` as the latest write; returns the write count."""
         count = self.count + 1
         _SEQ_STAMP.pack_into(self.mm, SLOT_TABLE + SLOT_ENTRY * i, count, time.monotonic_ns())
-        fcntl.fcntl(self.fd, F_OFD_SETLK, self._unlock[i])
         _U64.pack_into(self.mm, OFF_PUBLISH, (count << 8) | i)
         _U32.pack_into(self.mm, OFF_NOTIFY, count & 0xFFFFFFFF)
-        if fcntl.fcntl(self.fd, F_OFD_GETLK, _WAITER_PROBE)[:2] != _NO_LOCK and futex.AVAILABLE:
+        fcntl.fcntl(self.fd, F_OFD_SETLK, self._unlock[i])
+        if self._wake and futex.AVAILABLE:
             futex.wake(self.notify_addr)
         self.count = count
         self.latest = i

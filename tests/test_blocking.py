@@ -159,3 +159,21 @@ def test_hot_path_never_calls_the_daemon(daemon: Any) -> None:
         assert r.read(timeout=1)[0]
         after = ndsharray.daemon_stats()["requests"]
         assert after - before == 1  # the second daemon_stats() call itself
+
+
+def test_a_registered_waiter_is_seen_by_every_later_write(daemon: Any) -> None:
+    # White-box check of the wake-up protocol: once a reader has waited, the writer must
+    # know about it on every write, however the reader pins and unpins slots meanwhile.
+    with ndsharray.NdShArray("seen", np.zeros(4), "w") as w, ndsharray.NdShArray("seen", r_w="r") as r:
+        assert r.read()[0]
+        assert r.read(timeout=0.01)[0] is False  # registers as a waiter
+        kept = None
+        segment = w.ndarray_mmap_name
+        for k in range(20):
+            w.write(np.full(4, float(k)))
+            assert w._wseg is not None and w._wseg._wake, f"write {k} would not wake the reader"
+            status, a = r.read()
+            assert status
+            if k % 3 == 0:
+                kept = a  # hold one view a while, drop others at once
+        assert kept is not None and w.ndarray_mmap_name == segment  # one generation throughout
