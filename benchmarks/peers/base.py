@@ -69,6 +69,10 @@ class Reader:
     def read_blocking(self) -> Array | None:
         raise NotImplementedError
 
+    def counters(self) -> dict[str, int]:
+        """Anything worth reporting that only the peer knows (e.g. seqlock retries)."""
+        return {}
+
     def close(self) -> None:
         pass
 

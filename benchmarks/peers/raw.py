@@ -60,6 +60,9 @@ class Reader(_Reader):
     def read(self, copy: bool = False) -> Array | None:
         return self.lock.read()
 
+    def counters(self) -> dict[str, int]:
+        return {"retries": self.lock.retries}
+
     def close(self) -> None:
         self.lock.close()
         self.shm.close()

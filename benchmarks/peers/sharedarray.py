@@ -39,6 +39,9 @@ class Reader(_Reader):
     def read(self, copy: bool = False) -> Array | None:
         return self.lock.read()
 
+    def counters(self) -> dict[str, int]:
+        return {"retries": self.lock.retries}
+
     def close(self) -> None:
         self.lock.close()
         del self.mem
