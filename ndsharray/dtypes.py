@@ -9,6 +9,7 @@ Its text form is ``repr`` of ``numpy.lib.format.dtype_to_descr``, the same descr
 from __future__ import annotations
 
 import ast
+import functools
 from typing import Any
 
 import numpy as np
@@ -70,8 +71,10 @@ def dtype_to_text(dtype: np.dtype[Any]) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=256)
 def text_to_dtype(text: str) -> np.dtype[Any]:
-    """Inverse of :func:`dtype_to_text`; raises ``ValueError`` on anything else."""
+    """Inverse of :func:`dtype_to_text`; raises ``ValueError`` on anything else (cached:
+    every generation of a tag parses the same text)."""
     if not isinstance(text, str) or not 0 < len(text) <= MAX_DESCR_LEN:
         raise ValueError(f"dtype description must be 1..{MAX_DESCR_LEN} characters")
     try:

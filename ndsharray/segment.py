@@ -314,7 +314,8 @@ class _Mapped:
         self.nslots = h.layout.nslots
         self.layout = h.layout
         self.mv = memoryview(self.mm)
-        self.notify_addr = np.frombuffer(self.mm, np.uint32, 1, OFF_NOTIFY).ctypes.data
+        self.base_addr: int = np.frombuffer(self.mm, np.uint8, 1).__array_interface__["data"][0]
+        self.notify_addr = self.base_addr + OFF_NOTIFY
         # Precomputed lock requests (see the protocol above): the hot path packs nothing.
         pins = [LOCKS + 2 * i for i in range(self.nslots)]
         self._pin_rd = [_flock(fcntl.F_RDLCK, p) for p in pins]
@@ -383,7 +384,7 @@ class SegmentReader(_Mapped):
         self._waiting = False
         self._owner = _Process.pid
         h = self.header
-        addr = np.frombuffer(self.mm, np.uint8, 1).ctypes.data if len(self.mm) else 0
+        addr = self.base_addr
         self._via_bytes = h.dtype.names is not None or h.dtype.subdtype is not None
         self._ifaces = [
             {
@@ -507,17 +508,25 @@ class SegmentWriter(_Mapped):
         # A writer taking over a tag continues its count, so readers see new frames.
         self.count = pub >> 8
         self.latest = pub & 0xFF if self.count else -1
-        self._next = (self.latest + 1) % self.nslots
+        self._prev = -1  # the slot written before the latest: the warmest one we may reuse
+        self._orders: dict[tuple[int, int], tuple[int, ...]] = {}
         self._wake = False
+
+    def _candidates(self) -> tuple[int, ...]:
+        """Slots to try, warmest first: the one written before the latest (so a writer whose
+        readers keep up ping-pongs between two cache-warm slots), then the others."""
+        key = (self.latest, self._prev)
+        order = self._orders.get(key)
+        if order is None:
+            n = self.nslots
+            rest = [(self.latest + k) % n for k in range(1, n)] if self.latest >= 0 else list(range(n))
+            order = self._orders[key] = tuple(
+                ([self._prev] if self._prev in rest else []) + [i for i in rest if i != self._prev])
+        return order
 
     def try_acquire(self) -> int:
         """Exclusively lock a slot that is neither the latest nor pinned; -1 if none is free."""
-        n = self.nslots
-        start = self._next
-        for k in range(n):
-            i = (start + k) % n
-            if i == self.latest:
-                continue
+        for i in self._candidates():
             if self._try_lock(self._pin_and_waiter_wr[i]):
                 self._wake = False
             elif self._try_lock(self._pin_wr[i]):
@@ -544,8 +553,9 @@ class SegmentWriter(_Mapped):
         if self._wake and futex.AVAILABLE:
             futex.wake(self.notify_addr)
         self.count = count
+        if i != self.latest:
+            self._prev = self.latest
         self.latest = i
-        self._next = (i + 1) % self.nslots
         return count
 
     def retire(self) -> None:
