@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from . import config, transport
 from .errors import NdShArrayError
-from .segment import SHM_DIR, parse_header
+from .segment import parse_header, shm_dir
 
 MIN_FREE = 256 * 1024 * 1024
 
@@ -39,15 +39,15 @@ def check_daemon(endpoint: str) -> Check:
 
 def check_shm() -> Check:
     try:
-        st = os.statvfs(SHM_DIR)
+        st = os.statvfs(shm_dir())
     except OSError as exc:
-        return Check("FAIL", "/dev/shm", f"cannot stat {SHM_DIR}: {exc}; ndsharray needs a tmpfs there")
+        return Check("FAIL", "/dev/shm", f"cannot stat {shm_dir()}: {exc}; ndsharray needs a tmpfs there")
     size, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
     msg = f"{size / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free"
     if free < MIN_FREE:
         return Check("WARN", "/dev/shm", f"{msg}: little room for frames. In Docker run with "
                      "--shm-size=1g (compose: shm_size: 1gb); on a host: "
-                     f"sudo mount -o remount,size=4G {SHM_DIR}")
+                     f"sudo mount -o remount,size=4G {shm_dir()}")
     return Check("OK", "/dev/shm", msg)
 
 
@@ -76,15 +76,15 @@ def check_remove_ipc() -> Check:
 
 def check_stale_segments(endpoint: str) -> Check:
     prefix = config.segment_prefix(endpoint)
-    mine = [n for n in os.listdir(SHM_DIR) if n.startswith(prefix)]
+    mine = [n for n in os.listdir(shm_dir()) if n.startswith(prefix)]
     if not mine or transport.daemon_running(endpoint):
-        return Check("OK", "segments", f"{len(mine)} segment(s) of this endpoint in {SHM_DIR}")
+        return Check("OK", "segments", f"{len(mine)} segment(s) of this endpoint in {shm_dir()}")
     stale = 0
     for name in mine:
         try:
-            with open(os.path.join(SHM_DIR, name), "rb") as f:
+            with open(os.path.join(shm_dir(), name), "rb") as f:
                 head = f.read(64 * 1024)
-            h = parse_header(head, os.path.getsize(os.path.join(SHM_DIR, name)), name)
+            h = parse_header(head, os.path.getsize(os.path.join(shm_dir(), name)), name)
             os.kill(h.writer_pid, 0)
         except (OSError, NdShArrayError, ValueError):
             stale += 1

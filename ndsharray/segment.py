@@ -81,7 +81,13 @@ from .errors import CorruptSegmentError, SegmentGoneError
 if sys.byteorder != "little":  # pragma: no cover - every target platform is little-endian
     raise ImportError("ndsharray's segment layout assumes a little-endian machine")
 
-SHM_DIR = "/dev/shm"
+ENV_SHM_DIR = "NDSHARRAY_SHM_DIR"
+
+
+def shm_dir() -> str:
+    """Folder of the segments: ``$NDSHARRAY_SHM_DIR`` (a tmpfs; daemon and clients must
+    agree) or ``/dev/shm``."""
+    return os.environ.get(ENV_SHM_DIR) or "/dev/shm"
 MAGIC = b"NDSHARR\0"
 VERSION = 1
 PAGE = mmap.PAGESIZE
@@ -153,7 +159,7 @@ class Layout:
 
 
 def segment_path(name: str) -> str:
-    return os.path.join(SHM_DIR, name)
+    return os.path.join(shm_dir(), name)
 
 
 def create_segment(

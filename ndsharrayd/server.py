@@ -46,7 +46,6 @@ from ndsharray.segment import (
     OFF_RETIRED,
     RETIRED_REMOVED,
     RETIRED_SUPERSEDED,
-    SHM_DIR,
     SLOT_ENTRY,
     SLOT_TABLE,
     Header,
@@ -54,6 +53,7 @@ from ndsharray.segment import (
     create_segment,
     parse_header,
     segment_path,
+    shm_dir,
 )
 
 from .registry import Registry, TagRecord
@@ -171,7 +171,7 @@ class SegmentFiles:
         """
         newest: dict[str, tuple[int, str, Header, int]] = {}
         removed = 0
-        for name in sorted(os.listdir(SHM_DIR)):
+        for name in sorted(os.listdir(shm_dir())):
             if not name.startswith(self.prefix):
                 continue
             try:
@@ -217,7 +217,7 @@ def _read_header(name: str) -> tuple[Header, int]:
 
 
 def _shm_free() -> int:
-    st = os.statvfs(SHM_DIR)
+    st = os.statvfs(shm_dir())
     return st.f_bavail * st.f_frsize
 
 
@@ -442,9 +442,9 @@ class Daemon:
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
                 raise RequestError(ErrorCode.NO_SPACE, (
-                    f"a segment for {a['tag']!r} needs {need} bytes but {SHM_DIR} has "
+                    f"a segment for {a['tag']!r} needs {need} bytes but {shm_dir()} has "
                     f"{_shm_free()} free; enlarge it (Docker: --shm-size=1g; host: mount -o "
-                    f"remount,size=4G {SHM_DIR}) or remove tags"), req.id) from None
+                    f"remount,size=4G {shm_dir()}) or remove tags"), req.id) from None
             raise
         old = self.registry.commit_generation(
             a["tag"], a["token"], segment=name, dtype=a["dtype"], shape=shape,

@@ -202,3 +202,37 @@ def test_tag_and_handle_limits_are_clear_errors(folder: str, monkeypatch: Any) -
         b.close()
     finally:
         assert d.stop() == 0
+
+
+@pytest.fixture
+def small_tmpfs(folder: str) -> Any:
+    """A 4 MiB tmpfs, like Docker's small /dev/shm (needs root, as in CI)."""
+    mnt = os.path.join(folder, "shm")
+    os.mkdir(mnt)
+    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=1777", "tmpfs", mnt],
+                        capture_output=True, text=True)
+    if rc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({rc.stderr.strip()}); the quota test covers this")
+    yield mnt
+    subprocess.run(["umount", mnt], check=True)
+
+
+def test_small_tmpfs_full_is_a_clear_error_not_a_sigbus(small_tmpfs: str, folder: str,
+                                                        monkeypatch: Any) -> None:
+    monkeypatch.setenv("NDSHARRAY_SHM_DIR", small_tmpfs)
+    d = Daemon(folder).start()
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    try:
+        with ndsharray.NdShArray("fits", np.ones(32 * 1024), "w") as fits, \
+                ndsharray.NdShArray("fits", r_w="r") as r, \
+                ndsharray.NdShArray("big", r_w="w") as big:
+            assert os.listdir(small_tmpfs)  # the segment lives on the small tmpfs
+            with pytest.raises(ndsharray.ResourceLimitError, match=r"needs \d+ bytes but .* has \d+ free") as e:
+                big.write(np.zeros(1 << 20))  # 8 MiB per slot on a 4 MiB tmpfs
+            assert "--shm-size" in str(e.value)
+            fits.write(np.full(32 * 1024, 2.0))  # the tag that fits keeps working
+            assert r.read()[1][0] == 2.0
+    finally:
+        assert d.stop() == 0
+    assert os.listdir(small_tmpfs) == []

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ndsharray import protocol
 from ndsharray.errors import CorruptSegmentError
 from ndsharray.protocol import ErrorCode, RequestError, decode_request, encode_request
-from ndsharray.segment import SHM_DIR, create_segment, parse_header
+from ndsharray.segment import create_segment, parse_header, shm_dir
 from ndsharrayd.registry import Registry
 
 TOKEN = "0123456789abcdef"
@@ -91,7 +91,7 @@ def test_registry_idle_expiry_and_dead_pids() -> None:
 def _fresh_segment(tmp_name: str) -> str:
     create_segment(tmp_name, tag="cam", dtype_text="'<u2'", shape=(4, 5), nslots=3,
                    generation=1, writer_pid=os.getpid())
-    return os.path.join(SHM_DIR, tmp_name)
+    return os.path.join(shm_dir(), tmp_name)
 
 
 @pytest.fixture
