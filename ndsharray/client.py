@@ -474,11 +474,25 @@ class NdShArray:
         except Exception:
             pass
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A reader pickles as its tag and endpoint: the receiving process (a spawned pool
+        worker, say) opens a reader of its own. A writer cannot be pickled: a tag has one."""
+        if self._access != "r":
+            raise TypeError(
+                f"the writer of {self._tag!r} cannot be pickled: a tag has one writer; pass the "
+                "tag and open a reader (or a writer of another tag) in the other process"
+            )
+        return (_reader_from_pickle, (self._tag, self._endpoint))
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("writer" if getattr(self, "_access", "") == "w" else "reader")
         seg = self._wseg or self._rseg
         what = "no data yet" if seg is None else f"{seg.header.dtype} {seg.header.shape}"
         return f"<NdShArray {getattr(self, '_tag', '?')!r} {state}, {what}>"
+
+
+def _reader_from_pickle(tag: str, endpoint: str) -> NdShArray:
+    return NdShArray(tag, r_w="r", endpoint=endpoint)
 
 
 @atexit.register

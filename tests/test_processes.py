@@ -125,3 +125,20 @@ def test_no_torn_frames_under_a_flat_out_writer(daemon: Any, size: int) -> None:
     assert proc.wait() == 0
     assert torn == 0, f"{torn} torn frames of {checked}"
     assert checked > 10 and written >= checked
+
+
+def _sum_of(reader: ndsharray.NdShArray) -> float:
+    status, a = reader.read()
+    assert status
+    return float(a.sum())
+
+
+def test_a_reader_handle_travels_to_spawned_workers(daemon: Any) -> None:
+    import pickle
+
+    with ndsharray.NdShArray("pickled", np.arange(10.0), "w") as w, \
+            ndsharray.NdShArray("pickled", r_w="r") as r:
+        with mp.get_context("spawn").Pool(2) as pool:
+            assert pool.map(_sum_of, [r, r]) == [45.0, 45.0]
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(w)
