@@ -23,9 +23,12 @@ from . import config, futex, transport
 from . import keeper as _keeper
 from .dtypes import dtype_to_text
 from .errors import (
+    DaemonUnavailableError,
     HandleClosedError,
     NdShArrayError,
+    ResourceLimitError,
     SegmentGoneError,
+    TagBusyError,
     TagRemovedError,
     WriterStalledError,
 )
@@ -90,6 +93,8 @@ class NdShArray:
         self._valid = False
         self._offered: dict[str, Any] | None = None
         self._stale = False  # set when a restarted daemon no longer knows our segment
+        self._misses = 0  # reader: lookups in a row that found no segment
+        self._last_lookup = 0.0
         self._open()
         _live.add(self)
         if array is not None:
@@ -120,14 +125,19 @@ class NdShArray:
         if self._closed or self._pid != current_pid():
             return
         op = "claim" if self._access == "w" else "attach"
-        res = self._conn.request(op, tag=self._tag, pid=self._pid, token=self._token)
-        seg = self._wseg
-        if self._access == "w" and seg is not None:
-            info = res["segment"]
-            if info is None or info["name"] != seg.name:
-                # Our segment was unlinked (clean daemon stop): the next write makes a new
-                # generation, so readers attaching now can find the tag again.
-                self._stale = True
+        try:
+            info = self._conn.request(op, tag=self._tag, pid=self._pid, token=self._token)["segment"]
+        except TagBusyError:
+            # Another writer claimed the tag while the daemon was away: our next write asks
+            # for a generation and gets TagRemovedError saying it was taken over.
+            self._stale = True
+            return
+        seg = self._wseg or self._rseg
+        if seg is not None and (info is None or info["name"] != seg.name):
+            # The new daemon does not know our segment. A writer makes a new generation on
+            # its next write (readers attaching now find the tag again); a reader asks the
+            # daemon on its next read instead of waiting on a segment nobody writes.
+            self._stale = True
 
     # ---- properties of the original API ---------------------------------------------
 
@@ -241,18 +251,20 @@ class NdShArray:
         if i < 0:
             seg, i = self._acquire_slow(seg)
         buf = seg.slots[i][...]
+        seg.loaned = i
         try:
             yield buf
         except BaseException:
             seg.release(i)
             raise
         finally:
+            seg.loaned = -1
             buf.flags.writeable = False
         seg.publish(i)
         self._valid = True
 
     def _removed(self) -> None:
-        raise TagRemovedError(
+        raise TagRemovedError("NOT_WRITER",
             f"tag {self._tag!r} was removed (ndsharray rm) while this process wrote it; "
             "close this writer and open a new NdShArray to publish again"
         )
@@ -287,11 +299,15 @@ class NdShArray:
         if seg.nslots < self._max_slots:
             # Pins that persist are views readers keep: give them more room.
             h = seg.header
-            seg = self._new_generation(h.dtype, h.shape, min(self._max_slots, seg.nslots * 2))
-            self._slots = seg.nslots
-            i = seg.try_acquire()
-            if i >= 0:
-                return seg, i
+            try:
+                seg = self._new_generation(h.dtype, h.shape, min(self._max_slots, seg.nslots * 2))
+            except (DaemonUnavailableError, ResourceLimitError) as exc:
+                log.debug("could not grow the ring of %r (%s); waiting for a free slot", self._tag, exc)
+            else:
+                self._slots = seg.nslots
+                i = seg.try_acquire()
+                if i >= 0:
+                    return seg, i
         deadline = time.monotonic() + self._write_timeout
         while time.monotonic() < deadline:
             time.sleep(0.0005)
@@ -317,6 +333,8 @@ class NdShArray:
         seconds waits up to that long for the next write; None waits for as long as it takes.
         A waiting reader sleeps on a futex and uses no CPU.
         """
+        if timeout == 0 and self._rseg is not None and self._rseg._waiting:
+            self._rseg.stop_waiting()  # back to polling: writes need not wake us any more
         got = self._read_now(copy)
         if got is not None or timeout == 0:
             return (True, got) if got is not None else (False, self._last)
@@ -341,7 +359,7 @@ class NdShArray:
                 return False
             self._check("r")
             seg = self._rseg
-            if seg is None or seg.retired():
+            if seg is None or self._stale or seg.retired():
                 seg = self._resolve()
             left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             if seg is not None and seg.has_new(self._count):
@@ -368,7 +386,7 @@ class NdShArray:
     def _read_now(self, copy: bool) -> np.ndarray[Any, Any] | None:
         self._check("r")
         seg = self._rseg
-        if seg is None or seg.retired():  # a newer generation exists: its frames are newer
+        if seg is None or self._stale or seg.retired():  # newer generation: newer frames
             seg = self._resolve()
             if seg is None:
                 return None
@@ -389,12 +407,23 @@ class NdShArray:
         return arr
 
     def _resolve(self) -> SegmentReader | None:
-        """Ask the daemon for the tag's current segment and switch to it if it changed."""
+        """Ask the daemon for the tag's current segment and switch to it if it changed.
+
+        After a few lookups that found nothing, ask at most every 20 ms: a polling loop on
+        a tag nobody writes must not hammer the daemon.
+        """
+        now = time.monotonic()
+        if self._misses >= 3 and now - self._last_lookup < 0.02:
+            return None
+        self._last_lookup = now
         _keeper.keeper.check(self._endpoint)
         for _ in range(5):
             info = self._conn.request("lookup", tag=self._tag)["segment"]
-            if info is None:
+            if info is None or (self._rseg is not None and self._rseg.retired() and info["name"] == self._rseg.name):
+                self._misses += 1
                 return None
+            self._misses = 0
+            self._stale = False
             if self._rseg is not None and info["name"] == self._rseg.name:
                 return self._rseg
             try:
@@ -441,12 +470,16 @@ class NdShArray:
 
         Arrays already returned by ``read()`` stay valid until they are dropped.
         """
+        self._close(in_gc=False)
+
+    def _close(self, in_gc: bool) -> None:
         if self._closed:
             return
         self._closed = True
         if self._pid != current_pid():
             return  # the parent's registration and locks are not ours to release
-        _keeper.keeper.untrack(self)
+        if not in_gc:
+            _keeper.keeper.untrack(self)  # (the keeper's weak set forgets collected handles)
         wseg, rseg, self._wseg, self._rseg = self._wseg, self._rseg, None, None
         if wseg is not None:
             wseg.close()
@@ -456,8 +489,14 @@ class NdShArray:
             rseg.close()
         self._last = _EMPTY
         op = "release" if self._access == "w" else "detach"
+        if in_gc:
+            # The collector may run inside a daemon request of this very thread: never do
+            # blocking IPC here; the keeper thread sends it.
+            _keeper.keeper.defer(self._conn, op, self._tag, self._token)
+            return
         try:
-            self._conn.request(op, tag=self._tag, token=self._token)
+            # No auto-start and no retries: a stopped daemon has nothing to release.
+            self._conn.request(op, tag=self._tag, token=self._token, autostart=False, retries=0)
         except NdShArrayError as exc:
             # The daemon notices our death anyway; closing must not fail because of it.
             log.debug("could not %s %r: %s", op, self._tag, exc)
@@ -470,7 +509,7 @@ class NdShArray:
 
     def __del__(self) -> None:
         try:
-            self.close()
+            self._close(in_gc=True)
         except Exception:
             pass
 

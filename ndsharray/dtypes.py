@@ -62,7 +62,7 @@ def check_shareable(dtype: np.dtype[Any]) -> None:
 def dtype_to_text(dtype: np.dtype[Any]) -> str:
     """The dtype's ``.npy`` description as text; raises ``TypeError`` if not shareable."""
     check_shareable(dtype)
-    text = repr(np.lib.format.dtype_to_descr(dtype))
+    text = ascii(np.lib.format.dtype_to_descr(dtype))  # non-ASCII field names escaped
     if len(text) > MAX_DESCR_LEN:
         raise TypeError(
             f"dtype description is {len(text)} characters, more than {MAX_DESCR_LEN}; "

@@ -8,9 +8,9 @@
     ├── DaemonError                 the daemon refused a request (carries the error code)
     │   ├── TagBusyError            someone else is the live writer of this tag
     │   ├── TagNotFoundError        no such tag
-    │   └── ResourceLimitError      /dev/shm is full or a daemon limit was reached
+    │   ├── ResourceLimitError      /dev/shm is full or a daemon limit was reached
+    │   └── TagRemovedError         this writer's tag was removed (ndsharray rm) or taken over
     ├── SegmentGoneError            the segment was removed under us (the tag was re-created)
-    ├── TagRemovedError             someone removed this writer's tag (ndsharray rm)
     ├── CorruptSegmentError         a segment header fails validation; nothing was mapped as data
     ├── WriterStalledError          readers pinned every slot for longer than the write timeout
     └── HandleClosedError           you closed this handle and then used it
@@ -61,8 +61,12 @@ class SegmentGoneError(NdShArrayError):
     """The shared-memory segment a handle expected has been removed."""
 
 
-class TagRemovedError(NdShArrayError):
-    """The tag this writer wrote was removed (``ndsharray rm``); open a new writer."""
+class TagRemovedError(DaemonError):
+    """The tag this writer wrote was removed (``ndsharray rm``) or taken over; open a new
+    writer."""
+
+    def __init__(self, code: str = "NOT_WRITER", message: str = "") -> None:
+        super().__init__(code, message)
 
 
 class CorruptSegmentError(NdShArrayError):

@@ -9,6 +9,7 @@ process. Metadata calls run the same check first, so they never act on a stale d
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -47,6 +48,7 @@ class Keeper:
         self._seen: dict[str, str | None] = {}
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._deferred: collections.deque[tuple[transport.Connection, str, str, str]] = collections.deque()
 
     def track(self, handle: Registrant) -> None:
         with self._lock:
@@ -57,6 +59,18 @@ class Keeper:
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="ndsharray-keeper", daemon=True)
                 self._thread.start()
+
+    def defer(self, conn: transport.Connection, op: str, tag: str, token: str) -> None:
+        """Queue a release/detach from a garbage-collected handle; the thread sends it."""
+        self._deferred.append((conn, op, tag, token))  # deque.append is atomic: no lock
+
+    def _send_deferred(self) -> None:
+        while self._deferred:
+            conn, op, tag, token = self._deferred.popleft()
+            try:
+                conn.request(op, tag=tag, token=token, autostart=False, retries=0)
+            except NdShArrayError as exc:
+                log.debug("could not %s %r: %s", op, tag, exc)
 
     def untrack(self, handle: Registrant) -> None:
         with self._lock:
@@ -87,6 +101,7 @@ class Keeper:
         while not ev.wait(INTERVAL):
             if self._pid != os.getpid():
                 return
+            self._send_deferred()
             with self._lock:
                 endpoints = {h._endpoint for h in self._handles if not h._closed}
                 for ep in list(self._seen):
@@ -95,7 +110,7 @@ class Keeper:
             for ep in endpoints:
                 try:
                     self.check(ep)
-                except (NdShArrayError, OSError) as exc:
+                except Exception as exc:  # the keeper must outlive any one failure
                     log.warning("could not re-register with the daemon at %s: %s", ep, exc)
 
 

@@ -50,6 +50,17 @@ def record(
     if frames is not None and frames < 1:
         raise ValueError("frames must be at least 1")
     part = path + ".part"
+    try:
+        return _record(tag, path, part, frames, seconds, endpoint, progress, first_frame_timeout)
+    finally:
+        if os.path.exists(part):
+            os.unlink(part)  # an error or interrupt leaves no half-written file behind
+
+
+def _record(
+    tag: str, path: str, part: str, frames: int | None, seconds: float | None,
+    endpoint: str | None, progress: Callable[[int], None] | None, first_frame_timeout: float,
+) -> Recording:
     stamps: list[int] = []
     counts: list[int] = []
     dropped = 0
@@ -57,8 +68,6 @@ def record(
     with NdShArray(tag, r_w="r", endpoint=endpoint) as r, open(part, "wb") as out:
         status, a = r.read(copy=False, timeout=first_frame_timeout)
         if not status:
-            out.close()
-            os.unlink(part)
             raise TimeoutError(f"no frame was published under {tag!r} within {first_frame_timeout:g} s")
         shape, dtype, segment = a.shape, a.dtype, r.ndarray_mmap_name
         t_end = None if seconds is None else time.monotonic() + seconds
@@ -99,7 +108,6 @@ def record(
         ts = np.asarray(stamps, np.int64)
         np.savez(path, frames=raw, timestamps_ns=ts - ts[0], write_counts=np.asarray(counts, np.int64))
     del raw
-    os.unlink(part)
     return Recording(path, n, dropped, tuple(shape), str(dtype), elapsed, why)
 
 

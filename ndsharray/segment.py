@@ -62,6 +62,7 @@ store.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import math
 import mmap
@@ -69,6 +70,7 @@ import os
 import struct
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,8 +278,22 @@ class _Process:
     pid = os.getpid()
 
 
+_open_segments: weakref.WeakSet[_Mapped] = weakref.WeakSet()
+
+
 def _after_fork() -> None:
     _Process.pid = os.getpid()
+    # The child shares the parent's open file descriptions, and so its OFD locks: keep
+    # them and a dead parent's pins would outlive it. Closing our copy of each fd releases
+    # nothing the parent holds. (Views inherited by the child are no longer pinned.)
+    for m in list(_open_segments):
+        if m.fd >= 0:
+            try:
+                os.close(m.fd)
+            except OSError:
+                pass
+            m.fd = -1
+            m.closed = True
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -306,6 +322,7 @@ class _Mapped:
         except FileNotFoundError:
             raise SegmentGoneError(f"segment {name} no longer exists") from None
         self.closed = False
+        _open_segments.add(self)
         try:
             size = os.fstat(self.fd).st_size
             if size < 128:
@@ -328,6 +345,7 @@ class _Mapped:
         self._pin_wr = [_flock(fcntl.F_WRLCK, p) for p in pins]
         self._pin_and_waiter_wr = [_flock(fcntl.F_WRLCK, p, 2) for p in pins]
         self._waiter_rd = [_flock(fcntl.F_RDLCK, p + 1) for p in pins]
+        self._waiter_unlock = [_flock(fcntl.F_UNLCK, p + 1) for p in pins]
         self._pin_unlock = [_flock(fcntl.F_UNLCK, p) for p in pins]  # a reader's; not its waiter byte
         self._unlock = [_flock(fcntl.F_UNLCK, p, 2) for p in pins]  # the writer's
 
@@ -351,6 +369,10 @@ class _Mapped:
             return True
         except (BlockingIOError, PermissionError):
             return False
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                return False  # closed by another thread (close() ends a wait)
+            raise
 
     def _close_fd(self) -> None:
         if self.fd >= 0:
@@ -422,7 +444,15 @@ class SegmentReader(_Mapped):
                 seq, stamp = _SEQ_STAMP.unpack_from(self.mm, SLOT_TABLE + SLOT_ENTRY * i)
                 if seq == count:
                     return count, i, int(stamp)
+                same = int(_U64.unpack_from(self.mm, OFF_PUBLISH)[0]) == pub
                 self.unpin(i)
+                if same:
+                    # The writer never rewrites the latest slot, and we held the pin: a
+                    # count that disagrees with an unchanged publish word is corruption.
+                    raise CorruptSegmentError(
+                        f"segment {self.name}: publish word names write {count} in slot {i}, "
+                        f"but that slot holds write {seq}"
+                    )
             spins += 1
             if spins > 16:  # the writer lapped us repeatedly; let it finish its copy
                 os.sched_yield()
@@ -447,6 +477,14 @@ class SegmentReader(_Mapped):
             futex.wait(self.notify_addr, seen, timeout)
         else:  # no futex: poll, gently
             time.sleep(min(timeout, 0.001))
+
+    def stop_waiting(self) -> None:
+        """Give up the waiter locks (a reader that went back to polling): writes stop
+        paying for wake-ups nobody needs."""
+        if self._waiting:
+            self._waiting = False
+            for req in self._waiter_unlock:
+                fcntl.fcntl(self.fd, F_OFD_SETLK, req)
 
     def _pin(self, i: int) -> bool:
         if self._pins[i]:
@@ -515,6 +553,7 @@ class SegmentWriter(_Mapped):
         self.count = pub >> 8
         self.latest = pub & 0xFF if self.count else -1
         self._prev = -1  # the slot written before the latest: the warmest one we may reuse
+        self.loaned = -1  # the slot lent out by loan(), until it is published or released
         self._orders: dict[tuple[int, int], tuple[int, ...]] = {}
         self._wake = False
 
@@ -533,6 +572,8 @@ class SegmentWriter(_Mapped):
     def try_acquire(self) -> int:
         """Exclusively lock a slot that is neither the latest nor pinned; -1 if none is free."""
         for i in self._candidates():
+            if i == self.loaned:
+                continue  # our own OFD locks never conflict: skip the slot we lent out
             if self._try_lock(self._pin_and_waiter_wr[i]):
                 self._wake = False
             elif self._try_lock(self._pin_wr[i]):
@@ -575,6 +616,9 @@ class SegmentWriter(_Mapped):
     def close(self) -> None:
         if self.closed:
             return
+        # A restarted daemon must not adopt this segment for a writer that has gone.
+        if _U32.unpack_from(self.mm, OFF_WRITER_PID)[0] == _Process.pid:
+            _U32.pack_into(self.mm, OFF_WRITER_PID, 0)
         self.slots = []
         self._close_fd()
         try:

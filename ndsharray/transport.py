@@ -32,6 +32,7 @@ from .errors import (
     ResourceLimitError,
     TagBusyError,
     TagNotFoundError,
+    TagRemovedError,
 )
 from .protocol import ErrorCode, decode_reply, encode_request
 
@@ -39,6 +40,7 @@ _ERRORS: dict[str, type[DaemonError]] = {
     ErrorCode.TAG_BUSY.value: TagBusyError,
     ErrorCode.NOT_FOUND.value: TagNotFoundError,
     ErrorCode.NO_SPACE.value: ResourceLimitError,
+    ErrorCode.NOT_WRITER.value: TagRemovedError,
     ErrorCode.LIMIT.value: ResourceLimitError,
 }
 
@@ -111,9 +113,11 @@ class Connection:
             self._sock.close(0)
             self._sock = None
 
-    def _ensure_daemon(self) -> None:
+    def _ensure_daemon(self, autostart: bool = True) -> None:
         if daemon_running(self.endpoint):
             return
+        if not autostart:
+            raise DaemonUnavailableError(f"no ndsharrayd serves {self.endpoint}")
         if not config.autostart_enabled():
             raise DaemonUnavailableError(
                 f"no ndsharrayd serves {self.endpoint} and {config.ENV_AUTOSTART}=0 forbids "
@@ -121,11 +125,16 @@ class Connection:
             )
         start_daemon(self.endpoint)
 
-    def request(self, op: str, **args: Any) -> dict[str, Any]:
-        """Send one request and return its result; raise the mapped exception on error."""
+    def request(self, op: str, *, autostart: bool = True, retries: int | None = None,
+                **args: Any) -> dict[str, Any]:
+        """Send one request and return its result; raise the mapped exception on error.
+
+        ``autostart=False``: fail at once when no daemon runs instead of starting one.
+        """
+        retries = self.retries if retries is None else retries
         with self._lock:
-            self._ensure_daemon()  # a local lock-file check: restarts a dead daemon at once
-            for attempt in range(self.retries + 1):
+            self._ensure_daemon(autostart)  # a local lock-file check: restarts a dead daemon at once
+            for attempt in range(retries + 1):
                 req_id = next(self._ids)
                 sock = self._socket()
                 sock.send(encode_request(req_id, op, **args))
@@ -146,11 +155,11 @@ class Connection:
                     raise _ERRORS.get(reply.code, DaemonError)(reply.code, reply.message)
                 # No answer in time: the daemon may have died or restarted.
                 self._drop_socket()
-                if attempt < self.retries:
-                    self._ensure_daemon()
+                if attempt < retries:
+                    self._ensure_daemon(autostart)
             raise DaemonUnavailableError(
                 f"ndsharrayd at {self.endpoint} did not answer {op!r} within "
-                f"{self.timeout:g} s, {self.retries + 1} times; is it overloaded or stuck? "
+                f"{self.timeout:g} s, {retries + 1} times; is it overloaded or stuck? "
                 f"(its log: {config.log_path(self.endpoint)})"
             )
 

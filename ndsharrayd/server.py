@@ -61,6 +61,7 @@ from .registry import Registry, TagRecord
 log = logging.getLogger("ndsharrayd")
 
 Handler = Callable[[Request], dict[str, Any]]
+MAX_SEGMENT_BYTES = 1 << 44  # 16 TiB: beyond it a request is a mistake, not a frame
 
 
 class AlreadyRunning(Exception):
@@ -74,12 +75,20 @@ class DaemonLock:
         self.path = path
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = (os.pread(fd, 64, 0).decode(errors="replace").split() or ["?"])[0]
-                os.close(fd)
-                raise AlreadyRunning(f"a daemon (pid {holder}) already serves this endpoint") from None
+            # Clients probe liveness with a brief shared lock: only a lock held for half a
+            # second means another daemon.
+            deadline = time.monotonic() + 0.5
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() < deadline:
+                        time.sleep(0.01)
+                        continue
+                    holder = (os.pread(fd, 64, 0).decode(errors="replace").split() or ["?"])[0]
+                    os.close(fd)
+                    raise AlreadyRunning(f"a daemon (pid {holder}) already serves this endpoint") from None
             # The previous holder may have unlinked the file between our open and our lock.
             try:
                 same = os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -350,13 +359,16 @@ class Daemon:
         ident, body = frames
         try:
             req = decode_request(body)
-            result = self.handlers[req.op](req)
-            reply = encode_result(req.id, result)
         except RequestError as exc:
             reply = encode_error(exc.req_id, exc.code, exc.message)
-        except Exception as exc:  # a bug must not take the registry down with it
-            log.exception("internal error on a request")
-            reply = encode_error(0, ErrorCode.INTERNAL, f"internal daemon error: {exc!r}")
+        else:
+            try:
+                reply = encode_result(req.id, self.handlers[req.op](req))
+            except RequestError as exc:
+                reply = encode_error(req.id, exc.code, exc.message)
+            except Exception as exc:  # a bug must not take the registry down with it
+                log.exception("internal error on a %r request", req.op)
+                reply = encode_error(req.id, ErrorCode.INTERNAL, f"internal daemon error: {exc!r}")
         try:
             sock.send_multipart([ident, reply], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
@@ -400,11 +412,7 @@ class Daemon:
     def op_claim(self, req: Request) -> dict[str, Any]:
         a = req.args
         self._check_limits(a["tag"], req.id)
-        try:
-            rec = self.registry.claim(a["tag"], a["pid"], a["token"], _alive)
-        except RequestError as exc:
-            exc.req_id = req.id
-            raise
+        rec = self.registry.claim(a["tag"], a["pid"], a["token"], _alive)
         return {"segment": rec.segment_info()}
 
     def _check_limits(self, tag: str, req_id: int) -> None:
@@ -418,18 +426,19 @@ class Daemon:
 
     def op_generation(self, req: Request) -> dict[str, Any]:
         a = req.args
+        rec = self.registry.check_writer(a["tag"], a["token"])
         try:
-            rec = self.registry.check_writer(a["tag"], a["token"])
             dtype = text_to_dtype(a["dtype"])
-        except RequestError as exc:
-            exc.req_id = req.id
-            raise
         except ValueError as exc:
             raise RequestError(ErrorCode.BAD_REQUEST, f"field 'dtype': {exc}", req.id) from None
         shape = a["shape"]
         nbytes = math.prod(shape) * dtype.itemsize
         layout = Layout(nbytes, a["slots"], len(shape), len(a["tag"].encode()), len(a["dtype"]))
         need = layout.total_size
+        if need > MAX_SEGMENT_BYTES:
+            raise RequestError(ErrorCode.NO_SPACE, (
+                f"a segment for {a['tag']!r} would need {need} bytes, more than any machine's "
+                f"shared memory (limit {MAX_SEGMENT_BYTES}); check the shape {list(shape)}"), req.id)
         if self.max_bytes is not None:
             used = self._bytes_in_use() - rec.size
             if used + need > self.max_bytes:
@@ -475,11 +484,7 @@ class Daemon:
         return {"segment": None if rec is None else rec.segment_info()}
 
     def op_remove(self, req: Request) -> dict[str, Any]:
-        try:
-            rec = self.registry.remove(req.args["tag"])
-        except RequestError as exc:
-            exc.req_id = req.id
-            raise
+        rec = self.registry.remove(req.args["tag"])
         if rec.segment is not None:
             self.files.retire_and_unlink(rec.segment, RETIRED_REMOVED)
         log.info("tag %r removed on request", rec.tag)
@@ -545,6 +550,8 @@ class Daemon:
 
 def _alive(pid: int) -> bool:
     """True while ``pid`` runs; a zombie (exited, not yet reaped by its parent) is dead."""
+    if pid <= 0:
+        return False  # 0: the segment's writer closed it (kill(0) would mean our group)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

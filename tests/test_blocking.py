@@ -172,8 +172,11 @@ def test_a_registered_waiter_is_seen_by_every_later_write(daemon: Any) -> None:
         for k in range(20):
             w.write(np.full(4, float(k)))
             assert w._wseg is not None and w._wseg._wake, f"write {k} would not wake the reader"
-            status, a = r.read()
+            status, a = r.read(timeout=5)  # a blocking reader that happens not to block
             assert status
             if k % 3 == 0:
                 kept = a  # hold one view a while, drop others at once
         assert kept is not None and w.ndarray_mmap_name == segment  # one generation throughout
+        r.read()  # back to polling: the reader gives up its waiter locks
+        w.write(np.zeros(4))
+        assert not w._wseg._wake

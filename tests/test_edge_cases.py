@@ -1,0 +1,123 @@
+"""Edge cases found in review: each test names the behaviour it protects."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import numpy as np
+import pytest
+from arrays import digest, make_array
+from conftest import Daemon, our_segments
+
+import ndsharray
+from ndsharray import admin, config, segment
+
+
+def test_reader_follows_a_new_writer_after_a_clean_daemon_stop(daemon: Daemon, puppets: Any) -> None:
+    first = puppets()
+    first(op="open", name="w", tag="cam", rw="w")
+    first(op="write", name="w", dtype="u1", shape=[4], seed=1)
+    with ndsharray.NdShArray("cam", r_w="r") as r:
+        assert r.read()[0]
+        assert daemon.stop() == 0
+        first.stop()  # the old writer goes away while no daemon runs
+        again = Daemon(daemon.folder).start()
+        daemon.proc = again.proc
+        second = puppets()  # a new writer process, on the new daemon
+        second(op="open", name="w", tag="cam", rw="w")
+        second(op="write", name="w", dtype="u1", shape=[4], seed=2)
+        status, a = r.read(timeout=20)
+        assert status and digest(a) == digest(make_array("u1", (4,), 2))
+
+
+def test_closing_after_a_stop_does_not_restart_the_daemon(daemon: Daemon, monkeypatch: Any) -> None:
+    h = ndsharray.NdShArray("t", np.zeros(2), "w")
+    assert daemon.stop() == 0
+    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
+    h.close()
+    assert admin.daemon_pid(daemon.endpoint) is None
+
+
+def test_a_closed_writer_is_not_adopted_after_a_daemon_crash(folder: str, monkeypatch: Any) -> None:
+    d = Daemon(folder).start()
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
+    try:
+        w = ndsharray.NdShArray("t", np.zeros(2), "w")
+        seg = w.ndarray_mmap_name
+        w.close()
+        d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+        d.proc.wait()  # type: ignore[union-attr]
+        ndsharray.daemon_stats()  # this client starts a successor, which recovers
+        assert seg not in our_segments(d.prefix)  # not adopted: its writer had closed
+        with ndsharray.NdShArray("t", np.ones(2), "w") as again:  # the tag is free
+            assert again.is_valid
+    finally:
+        admin.stop_daemon(d.endpoint)
+
+
+def test_write_during_a_loan_never_reuses_the_loaned_slot(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("loan2", np.zeros(4), "w") as w, ndsharray.NdShArray("loan2", r_w="r") as r:
+        with w.loan() as buf:
+            w.write(np.ones(4))
+            status, view = r.read()
+            assert status and view.tolist() == [1.0] * 4
+            buf[...] = 99  # must not land in the slot the reader is looking at
+            assert view.tolist() == [1.0] * 4
+        assert r.read()[1].tolist() == [99.0] * 4
+
+
+def test_non_ascii_structured_field_names_work(daemon: Daemon) -> None:
+    dt = np.dtype([("température", "f4"), ("größe", "i2")])
+    a = np.zeros(3, dt)
+    a["température"] = [1.5, 2.5, 3.5]
+    with ndsharray.NdShArray("unicode", a, "w"), ndsharray.NdShArray("unicode", r_w="r") as r:
+        status, got = r.read()
+        assert status and got.dtype == dt and got["température"].tolist() == [1.5, 2.5, 3.5]
+
+
+def test_absurd_shapes_get_a_clear_error(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("huge2", r_w="w") as w:
+        with pytest.raises(ndsharray.ResourceLimitError, match="check the shape"):
+            with w.loan(shape=(2**40, 2**20), dtype=np.float64):
+                pass
+
+
+def test_corrupt_publish_word_raises_instead_of_spinning(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("bad", np.zeros(4), "w") as w, ndsharray.NdShArray("bad", r_w="r") as r:
+        assert r.read()[0]
+        w.write(np.ones(4))
+        path = segment.segment_path(w.ndarray_mmap_name)  # type: ignore[arg-type]
+        pub = int.from_bytes(os.pread(os.open(path, os.O_RDONLY), 8, segment.OFF_PUBLISH), "little")
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.pwrite(fd, (((pub >> 8) + 1000) << 8 | (pub & 0xFF)).to_bytes(8, "little"), segment.OFF_PUBLISH)
+        finally:
+            os.close(fd)
+        with pytest.raises(ndsharray.CorruptSegmentError, match="publish word"):
+            r.read()
+
+
+def test_writer_of_a_removed_tag_gets_tag_removed_even_on_a_shape_change(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("gone2", np.zeros(3), "w") as w:
+        admin.remove_tag("gone2")
+        with pytest.raises(ndsharray.TagRemovedError):
+            w.write(np.zeros((5, 5)))
+
+
+def test_without_a_daemon_a_full_ring_waits_instead_of_failing(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("nogrow", np.zeros(4), "w", slots=2, write_timeout=0.2) as w, \
+            ndsharray.NdShArray("nogrow", r_w="r") as r:
+        held = r.read()[1]  # pins slot 0
+        w.write(np.ones(4))  # slot 1, now the latest
+        assert r.read()[0]  # the reader's own last view moves to slot 1
+        assert daemon.stop() == 0
+        # The ring cannot grow without the daemon: the bounded wait, not DaemonUnavailableError.
+        with pytest.raises(ndsharray.WriterStalledError):
+            w.write(np.full(4, 2.0))
+        del held  # the reader lets go: slot 0 is free again, no daemon needed
+        w.write(np.full(4, 3.0))
+        assert r.read()[1].tolist() == [3.0] * 4
+        w._closed = r._closed = True  # nothing to release: the daemon is gone
