@@ -80,6 +80,8 @@ class NdShArray:
             raise ValueError(f"r_w must be 'r' (reader) or 'w' (writer), got {r_w!r}")
         if not 2 <= slots <= MAX_SLOTS or not slots <= max_slots <= MAX_SLOTS:
             raise ValueError(f"need 2 <= slots <= max_slots <= {MAX_SLOTS}, got {slots}, {max_slots}")
+        if array is not None and r_w.lower() != "w":
+            raise ValueError("array= is only for writers (r_w='w'); a reader gets arrays from read()")
         self._tag = check_tag(tag)
         self._access = r_w.lower()
         self._endpoint = config.resolve_endpoint(endpoint)
@@ -98,8 +100,6 @@ class NdShArray:
         self._open()
         _live.add(self)
         if array is not None:
-            if self._access != "w":
-                raise ValueError("array= is only for writers (r_w='w'); a reader gets arrays from read()")
             arr = np.asarray(array)
             if arr.size:
                 self.write(arr)
@@ -209,11 +209,7 @@ class NdShArray:
         seg = self._wseg
         if seg is None or self._stale or arr.dtype != seg.header.dtype or arr.shape != seg.header.shape:
             seg = self._new_generation(arr.dtype, arr.shape, self._slots)
-        if seg.retired() == RETIRED_REMOVED:
-            self._removed()
-        i = seg.try_acquire()
-        if i < 0:
-            seg, i = self._acquire_slow(seg)
+        seg, i = self._acquire(seg)
         try:
             np.copyto(seg.slots[i], arr, casting="no")
         except BaseException:
@@ -245,11 +241,7 @@ class NdShArray:
                 seg = self._new_generation(want_dtype, want_shape, self._slots)
         elif seg is None:
             raise ValueError("the first loan() of a writer needs shape= and dtype=")
-        if seg.retired() == RETIRED_REMOVED:
-            self._removed()
-        i = seg.try_acquire()
-        if i < 0:
-            seg, i = self._acquire_slow(seg)
+        seg, i = self._acquire(seg)
         buf = seg.slots[i][...]
         seg.loaned = i
         try:
@@ -263,6 +255,15 @@ class NdShArray:
         seg.publish(i)
         self._valid = True
 
+    def _acquire(self, seg: SegmentWriter) -> tuple[SegmentWriter, int]:
+        """Lock a free slot of ``seg`` (or of a grown ring) for the next write."""
+        if seg.retired() == RETIRED_REMOVED:
+            self._removed()
+        i = seg.try_acquire()
+        if i < 0:
+            return self._acquire_slow(seg)
+        return seg, i
+
     def _removed(self) -> None:
         raise TagRemovedError("NOT_WRITER",
             f"tag {self._tag!r} was removed (ndsharray rm) while this process wrote it; "
@@ -272,7 +273,6 @@ class NdShArray:
     def _new_generation(self, dtype: np.dtype[Any], shape: tuple[int, ...], slots: int) -> SegmentWriter:
         text = dtype_to_text(dtype)
         _keeper.keeper.check(self._endpoint)
-        self._stale = False
         offer, self._offered = self._offered, None
         if offer and offer["dtype"] == text and tuple(offer["shape"]) == shape:
             name = offer["name"]  # take over a previous writer's segment: readers keep going
@@ -281,6 +281,7 @@ class NdShArray:
                                      token=self._token, dtype=text, shape=list(shape), slots=slots)
             name = res["segment"]["name"]
         seg = SegmentWriter(name)
+        self._stale = False
         old, self._wseg = self._wseg, seg
         if old is not None:
             old.retire()  # the daemon does too, unless it lost track of it in a restart
