@@ -359,10 +359,6 @@ class _Mapped:
         """0, RETIRED_SUPERSEDED or RETIRED_REMOVED."""
         return int(_U32.unpack_from(self.mm, OFF_RETIRED)[0])
 
-    def slot_stamp(self, i: int) -> tuple[int, int]:
-        seq, stamp = _SEQ_STAMP.unpack_from(self.mm, SLOT_TABLE + SLOT_ENTRY * i)
-        return int(seq), int(stamp)
-
     def _try_lock(self, req: bytes) -> bool:
         try:
             fcntl.fcntl(self.fd, F_OFD_SETLK, req)
@@ -523,9 +519,6 @@ class SegmentReader(_Mapped):
         start = lay.header_size + i * lay.stride
         src = np.ndarray(self.header.shape, self.header.dtype, buffer=self.mm, offset=start)
         return src.copy()
-
-    def pinned_slots(self) -> int:
-        return sum(1 for n in self._pins if n)
 
     def close(self) -> None:
         """Stop using the segment; the fd (and its locks) goes when the last view does."""

@@ -105,7 +105,7 @@ class Registry:
 
     def adopt(
         self, tag: str, *, segment: str, generation: int, dtype: str, shape: tuple[int, ...],
-        nbytes: int, slots: int, size: int, writer_pid: int, now: float,
+        nbytes: int, slots: int, size: int, writer_pid: int,
     ) -> TagRecord:
         """Rebuild a record from a segment found after a restart; its writer is still alive."""
         rec = self.tags[tag] = TagRecord(

@@ -172,7 +172,7 @@ class SegmentFiles:
         stamp = struct.unpack_from("@Q", mm, SLOT_TABLE + SLOT_ENTRY * i + 8)[0]
         return count, stamp
 
-    def recover(self, registry: Registry, now: float) -> tuple[int, int]:
+    def recover(self, registry: Registry) -> tuple[int, int]:
         """Rebuild the registry from segments a previous daemon of this endpoint left.
 
         Segments whose writer still lives are adopted (the newest generation of each tag);
@@ -206,7 +206,7 @@ class SegmentFiles:
         for gen, name, h, size in newest.values():
             registry.adopt(h.tag, segment=name, generation=gen, dtype=h.dtype_text, shape=h.shape,
                            nbytes=h.layout.nbytes, slots=h.layout.nslots, size=size,
-                           writer_pid=h.writer_pid, now=now)
+                           writer_pid=h.writer_pid)
             fd = os.open(segment_path(name), os.O_RDWR)
             try:
                 self.headers[name] = (mmap.mmap(fd, h.layout.header_size), h.layout)
@@ -282,7 +282,7 @@ class Daemon:
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         try:
-            kept, removed = self.files.recover(self.registry, time.monotonic())
+            kept, removed = self.files.recover(self.registry)
             if kept or removed:
                 log.warning("found segments of a daemon that did not stop cleanly: adopted %d "
                             "(live writers), removed %d", kept, removed)
