@@ -33,7 +33,7 @@ from .errors import (
     WriterStalledError,
 )
 from .protocol import check_tag
-from .segment import MAX_SLOTS, RETIRED_REMOVED, SegmentReader, SegmentWriter, current_pid
+from .segment import MAX_SLOTS, RETIRED_REMOVED, SegmentReader, SegmentWriter, current_pid, process_pid_holder
 
 log = logging.getLogger("ndsharray")
 
@@ -204,10 +204,11 @@ class NdShArray:
         Any layout works (non-contiguous, Fortran order); a new shape or dtype makes a new
         segment generation. Raises ``TypeError`` for dtypes holding Python objects.
         """
-        self._check("w")
+        if self._closed or self._access != "w" or self._pid != process_pid_holder.pid:
+            self._check("w")  # raises, or reopens after a fork
         arr = array if type(array) is np.ndarray else np.asarray(array)
         seg = self._wseg
-        if seg is None or self._stale or arr.dtype != seg.header.dtype or arr.shape != seg.header.shape:
+        if seg is None or self._stale or arr.dtype != seg.dtype or arr.shape != seg.shape:
             seg = self._new_generation(arr.dtype, arr.shape, self._slots)
         seg, i = self._acquire(seg)
         try:

@@ -299,6 +299,9 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
+process_pid_holder = _Process  # for hot paths: ``process_pid_holder.pid`` without a call
+
+
 def current_pid() -> int:
     return _Process.pid
 
@@ -535,6 +538,7 @@ class SegmentWriter(_Mapped):
     def __init__(self, name: str) -> None:
         super().__init__(name, writable=True)
         h = self.header
+        self.dtype, self.shape = h.dtype, h.shape  # read on every write
         self.slots = [
             np.ndarray(h.shape, h.dtype, buffer=self.mm, offset=h.layout.slot_offset(i))
             for i in range(self.nslots)
