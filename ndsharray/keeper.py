@@ -1,7 +1,7 @@
 """Re-registration after a daemon restart, off the hot path.
 
 The hot path never talks to the daemon, so nothing on it notices that the daemon died and
-came back. A background thread per process looks at the daemon's lock file twice a second
+came back. A background thread per process looks at the daemon's lock file five times a second
 (a local file read, no request): when the daemon's identity changed, or no daemon runs and
 auto-start is allowed, it (re)starts one and re-registers every live handle of this
 process. Metadata calls run the same check first, so they never act on a stale daemon.
@@ -21,7 +21,7 @@ from . import config, transport
 from .errors import NdShArrayError
 
 log = logging.getLogger("ndsharray")
-INTERVAL = 0.5
+INTERVAL = 0.2  # seconds between looks at the lock file (a local read, no request)
 
 
 class Registrant(Protocol):
