@@ -15,7 +15,7 @@ Layout (little-endian; every field naturally aligned)::
     32      4     slot count N (1..255)
     36      4     ndim (0..64)
     40      8     generation of this tag (1, 2, ... as the shape, dtype or N changes)
-    48      4     pid of the writer that asked for this segment
+    48      4     pid of the writer using this segment (0 once it closed it)
     52      4     retired: 1 once a newer generation replaced this one, 2 if the tag was removed
     56      4     notify word: the writer adds 1 after each publish (futex word)
     60      4     reserved
@@ -40,7 +40,7 @@ slot either. A reader that may block holds shared locks on every waiter byte.
   latest; if that fails, try the pin byte alone: success means the slot is free but
   someone waits, so this write must wake them. Set the slot's write count to 0; copy the
   array; store count and time; store the publish word; bump the notify word; unlock;
-  FUTEX_WAKE if someone waits. No blocking reader costs the writer nothing extra.
+  FUTEX_WAKE if someone waits. Without blocking readers a write makes two syscalls.
 - reader: load the publish word; if its count is the one last seen, there is nothing new.
   Else try-lock (shared) the slot it names and check the slot's write count equals the
   published count; on any mismatch unlock and start over.
