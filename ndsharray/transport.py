@@ -71,6 +71,9 @@ def start_daemon(endpoint: str, timeout: float = 20.0) -> None:
 
     Concurrent starters serialise on a start lock, so exactly one daemon is spawned.
     """
+    ipc = config.ipc_path(endpoint)
+    if ipc is not None:
+        config.ensure_private_dir(os.path.dirname(ipc) or ".")  # a fresh endpoint's folder
     start_lock = config.lock_path(endpoint) + ".start"
     fd = os.open(start_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:

@@ -331,20 +331,23 @@ class Daemon:
                 poller.register(fd, zmq.POLLIN)
             watched = set(self._fd_pids)
             events = dict(poller.poll(500))
-            # Deaths first, so a successor's claim in the same batch finds the tag free.
-            for fd in events.keys() & watched:
-                self._process_died(self._fd_pids[fd])
-            if sock in events:
-                for _ in range(1000):  # drain, but let pidfds and signals in now and then
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._handle_frames(sock, frames)
-            now = time.monotonic()
-            if now - last_sweep >= 1.0:
-                last_sweep = now
-                self._sweep(now)
+            try:
+                # Deaths first, so a successor's claim in the same batch finds the tag free.
+                for fd in events.keys() & watched:
+                    self._process_died(self._fd_pids[fd])
+                if sock in events:
+                    for _ in range(1000):  # drain, but let pidfds and signals in now and then
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._handle_frames(sock, frames)
+                now = time.monotonic()
+                if now - last_sweep >= 1.0:
+                    last_sweep = now
+                    self._sweep(now)
+            except Exception:  # the registry must outlive any one bug; log it and go on
+                log.exception("internal error in the daemon loop")
 
     # ---- requests ---------------------------------------------------------------------
 
