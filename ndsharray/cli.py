@@ -177,9 +177,11 @@ def show(endpoint: str, tag: str, png: str | None, timeout: float) -> None:
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after S seconds.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the first frame.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this many seconds without a new frame (the writer stopped).")
 @click.pass_obj
 def record_cmd(endpoint: str, tag: str, file: str, frames: int | None, seconds: float | None,
-               timeout: float) -> None:
+               timeout: float, idle_timeout: float | None) -> None:
     """Capture every frame of TAG into FILE (.npy stacked, or .npz with timestamps)."""
     if frames is not None:
         with click.progressbar(length=frames, label=f"recording {tag}", file=click.get_text_stream("stderr")) as bar:
@@ -190,12 +192,12 @@ def record_cmd(endpoint: str, tag: str, file: str, frames: int | None, seconds: 
                 last[0] = n
 
             rec = recording.record(tag, file, frames=frames, seconds=seconds, endpoint=endpoint,
-                                   progress=step, first_frame_timeout=timeout)
+                                   progress=step, first_frame_timeout=timeout, idle_timeout=idle_timeout)
     else:
         click.echo(f"recording {tag} into {file}" + (f" for {seconds:g} s" if seconds else " until Ctrl-C"),
                    err=True)
         rec = recording.record(tag, file, frames=frames, seconds=seconds, endpoint=endpoint,
-                               first_frame_timeout=timeout)
+                               first_frame_timeout=timeout, idle_timeout=idle_timeout)
     click.echo(f"recorded {rec.frames} frames of {rec.dtype} {_shape(rec.shape)} in {rec.seconds:.1f} s "
                f"to {rec.path}; {rec.dropped} dropped ({rec.stopped_because})")
 

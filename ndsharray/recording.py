@@ -38,12 +38,14 @@ def record(
     endpoint: str | None = None,
     progress: Callable[[int], None] | None = None,
     first_frame_timeout: float = 10.0,
+    idle_timeout: float | None = None,
 ) -> Recording:
     """Capture every frame published under ``tag`` into ``path`` (.npy or .npz).
 
     Blocks on each next frame (no busy loop). Stops after ``frames`` frames, after
-    ``seconds`` seconds, on KeyboardInterrupt, or when the shape or dtype changes (a file
-    holds one shape). Raises ``TimeoutError`` if no frame arrives in ``first_frame_timeout``.
+    ``seconds`` seconds, after ``idle_timeout`` seconds without a new frame, on
+    KeyboardInterrupt, or when the shape or dtype changes (a file holds one shape). Raises
+    ``TimeoutError`` if no frame arrives in ``first_frame_timeout``.
     """
     if not path.endswith((".npy", ".npz")):
         raise ValueError(f"record to a .npy or .npz file, not {path!r}")
@@ -51,7 +53,8 @@ def record(
         raise ValueError("frames must be at least 1")
     part = path + ".part"
     try:
-        return _record(tag, path, part, frames, seconds, endpoint, progress, first_frame_timeout)
+        return _record(tag, path, part, frames, seconds, endpoint, progress, first_frame_timeout,
+                       idle_timeout)
     finally:
         if os.path.exists(part):
             os.unlink(part)  # an error or interrupt leaves no half-written file behind
@@ -60,6 +63,7 @@ def record(
 def _record(
     tag: str, path: str, part: str, frames: int | None, seconds: float | None,
     endpoint: str | None, progress: Callable[[int], None] | None, first_frame_timeout: float,
+    idle_timeout: float | None,
 ) -> Recording:
     stamps: list[int] = []
     counts: list[int] = []
@@ -91,10 +95,15 @@ def _record(
                 left = None if t_end is None else t_end - time.monotonic()
                 if left is not None and left <= 0:
                     break
-                status, a = r.read(timeout=left)
+                wait = left
+                if idle_timeout is not None:
+                    wait = idle_timeout if left is None else min(left, idle_timeout)
+                status, a = r.read(timeout=wait)
                 if not status:
                     if r.closed:
                         why = "the reader was closed"
+                    elif idle_timeout is not None and wait == idle_timeout:
+                        why = f"no new frame for {idle_timeout:g} s"
                     break
         except KeyboardInterrupt:
             why = "interrupted"

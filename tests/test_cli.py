@@ -179,3 +179,12 @@ def test_doctor_and_daemon_control(folder: str, monkeypatch: Any) -> None:
         stopped = run("daemon", "stop")
     assert stopped.returncode == 0 and "stopped ndsharrayd pid" in stopped.stdout
     assert run("daemon", "status").returncode == 1
+
+
+def test_record_stops_when_the_writer_goes_quiet(daemon: Daemon, folder: str) -> None:
+    path = os.path.join(folder, "quiet.npy")
+    with ndsharray.NdShArray("quiet", np.arange(3), "w"):
+        rec = recording.record("quiet", path, frames=100, idle_timeout=0.3)
+    assert rec.frames == 1 and rec.stopped_because == "no new frame for 0.3 s"
+    assert np.load(path).tolist() == [[0, 1, 2]]
+    assert not os.path.exists(path + ".part")
