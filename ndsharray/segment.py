@@ -332,13 +332,6 @@ class _Mapped:
                 raise CorruptSegmentError(f"segment {name}: {size} bytes, too small for a header")
             access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
             self.mm = mmap.mmap(self.fd, size, access=access)
-            if size >= 4 << 20 and hasattr(mmap, "MADV_HUGEPAGE"):
-                # Fewer TLB misses for big frames where the host lets tmpfs use huge pages
-                # (shmem_enabled=advise); a no-op elsewhere.
-                try:
-                    self.mm.madvise(mmap.MADV_HUGEPAGE)
-                except OSError:
-                    pass
             self.header = parse_header(self.mm, size, name)
         except BaseException:
             self._close_fd()
