@@ -146,28 +146,24 @@ def floors(data: dict[str, Any]) -> list[dict[str, Any]]:
     def fx(v: float | None, unit: str = "us") -> str:
         return "n/a" if v is None else (f"{v:.3g} {unit}" if unit else f"{v:.3g}")
 
-    for s in data["sizes"]:
-        lab, big = s["label"], s["nbytes"] >= BIG
-        o, r = _med(data, OURS, lab, "write"), _med(data, RAW, lab, "write")
-        if o is None or r is None:
-            add(f"write {lab}", None, "n/a")
-        elif big:
-            add(f"write {lab} <= 1.2x raw", o <= 1.2 * r, f"{fx(o)} vs raw {fx(r)} = {o / r:.2f}x")
-        else:
-            add(f"write {lab} <= raw + 5 us", o <= r + 5, f"{fx(o)} vs raw {fx(r)}")
+    def against_raw(name: str, figure: str, ratio: float, margin: float) -> None:
+        """Big frames: at most ``ratio`` x raw; small ones: at most raw + ``margin`` us."""
+        for s in data["sizes"]:
+            lab, big = s["label"], s["nbytes"] >= BIG
+            o, r = _med(data, OURS, lab, figure), _med(data, RAW, lab, figure)
+            if o is None or r is None:
+                add(f"{name} {lab}", None, "n/a")
+            elif big:
+                add(f"{name} {lab} <= {ratio:g}x raw", o <= ratio * r, f"{fx(o)} vs raw {fx(r)} = {o / r:.2f}x")
+            else:
+                add(f"{name} {lab} <= raw + {margin:g} us", o <= r + margin, f"{fx(o)} vs raw {fx(r)}")
+
+    against_raw("write", "write", 1.2, 5)
     for s in data["sizes"]:
         lab = s["label"]
         o = _med(data, OURS, lab, "read_new")
         add(f"zero-copy read of a new frame {lab} <= 15 us", None if o is None else o <= 15, fx(o))
-    for s in data["sizes"]:
-        lab, big = s["label"], s["nbytes"] >= BIG
-        o, r = _med(data, OURS, lab, "lat_busy"), _med(data, RAW, lab, "lat_busy")
-        if o is None or r is None:
-            add(f"e2e busy-poll {lab}", None, "n/a")
-        elif big:
-            add(f"e2e busy-poll {lab} <= 0.75x raw", o <= 0.75 * r, f"{fx(o)} vs raw {fx(r)} = {o / r:.2f}x")
-        else:
-            add(f"e2e busy-poll {lab} <= raw + 10 us", o <= r + 10, f"{fx(o)} vs raw {fx(r)}")
+    against_raw("e2e busy-poll", "lat_busy", 0.75, 10)
     for s in data["sizes"]:
         lab = s["label"]
         b, p = _med(data, OURS, lab, "lat_block"), _med(data, OURS, lab, "lat_busy")

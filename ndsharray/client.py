@@ -360,9 +360,7 @@ class NdShArray:
             if self._closed:
                 return False
             self._check("r")
-            seg = self._rseg
-            if seg is None or self._stale or seg.retired():
-                seg = self._resolve()
+            seg = self._reader_segment()
             left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             if seg is not None and seg.has_new(self._count):
                 return True
@@ -385,13 +383,19 @@ class NdShArray:
                 return
             yield arr
 
+    def _reader_segment(self) -> SegmentReader | None:
+        """The segment to read, after asking the daemon if ours was replaced (a newer
+        generation has the newer frames) or a restarted daemon does not know it."""
+        seg = self._rseg
+        if seg is None or self._stale or seg.retired():
+            return self._resolve()
+        return seg
+
     def _read_now(self, copy: bool) -> np.ndarray[Any, Any] | None:
         self._check("r")
-        seg = self._rseg
-        if seg is None or self._stale or seg.retired():  # newer generation: newer frames
-            seg = self._resolve()
-            if seg is None:
-                return None
+        seg = self._reader_segment()
+        if seg is None:
+            return None
         got = seg.latest(self._count)
         if got is None:
             return None

@@ -272,6 +272,31 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
                   tuple(int(n) for n in shape))
 
 
+def mapping_address(mm: mmap.mmap) -> int:
+    """Address of the first byte of a mapping (futex words are addressed, not indexed)."""
+    return int(np.frombuffer(mm, np.uint8, 1).__array_interface__["data"][0])
+
+
+def latest_write(buf: Any, nslots: int) -> tuple[int, int | None]:
+    """(write count, monotonic ns of the latest write or None) from a segment header."""
+    pub = int(_U64.unpack_from(buf, OFF_PUBLISH)[0])
+    count, i = pub >> 8, pub & 0xFF
+    if count == 0 or i >= nslots:
+        return count, None
+    return count, int(_SEQ_STAMP.unpack_from(buf, SLOT_TABLE + SLOT_ENTRY * i)[1])
+
+
+def retire(mm: mmap.mmap, why: int) -> None:
+    """Flag a segment as replaced (1) or its tag removed (2), and wake blocked readers so
+    they look for what replaced it. The writer and the daemon both do this; "removed" wins
+    over "replaced", so a removed tag's writer stops whoever flagged the segment first."""
+    if _U32.unpack_from(mm, OFF_RETIRED)[0] < why:
+        _U32.pack_into(mm, OFF_RETIRED, why)
+    _U32.pack_into(mm, OFF_NOTIFY, (_U32.unpack_from(mm, OFF_NOTIFY)[0] + 1) & 0xFFFFFFFF)
+    if futex.AVAILABLE:
+        futex.wake(mapping_address(mm) + OFF_NOTIFY)
+
+
 class _Process:
     """This process's pid, kept current across fork without a syscall per use."""
 
@@ -340,7 +365,7 @@ class _Mapped:
         self.nslots = h.layout.nslots
         self.layout = h.layout
         self.mv = memoryview(self.mm)
-        self.base_addr: int = np.frombuffer(self.mm, np.uint8, 1).__array_interface__["data"][0]
+        self.base_addr = mapping_address(self.mm)
         self.notify_addr = self.base_addr + OFF_NOTIFY
         # Precomputed lock requests (see the protocol above): the hot path packs nothing.
         pins = [LOCKS + 2 * i for i in range(self.nslots)]
@@ -604,11 +629,7 @@ class SegmentWriter(_Mapped):
 
     def retire(self) -> None:
         """Tell readers a newer generation replaced this segment, and wake blocked ones."""
-        if not self.retired():
-            _U32.pack_into(self.mm, OFF_RETIRED, RETIRED_SUPERSEDED)
-        _U32.pack_into(self.mm, OFF_NOTIFY, (self.notify_word() + 1) & 0xFFFFFFFF)
-        if futex.AVAILABLE:
-            futex.wake(self.notify_addr)
+        retire(self.mm, RETIRED_SUPERSEDED)
 
     def close(self) -> None:
         if self.closed:

@@ -18,15 +18,13 @@ import os
 import secrets
 import signal
 import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import zmq
 
-from ndsharray import config, futex
+from ndsharray import config
 from ndsharray._version import __version__
 from ndsharray.dtypes import text_to_dtype
 from ndsharray.errors import CorruptSegmentError
@@ -41,17 +39,14 @@ from ndsharray.protocol import (
     encode_result,
 )
 from ndsharray.segment import (
-    OFF_NOTIFY,
-    OFF_PUBLISH,
-    OFF_RETIRED,
     RETIRED_REMOVED,
     RETIRED_SUPERSEDED,
-    SLOT_ENTRY,
-    SLOT_TABLE,
     Header,
     Layout,
     create_segment,
+    latest_write,
     parse_header,
+    retire,
     segment_path,
     shm_dir,
 )
@@ -137,17 +132,9 @@ class SegmentFiles:
     def retire_and_unlink(self, name: str, why: int = RETIRED_SUPERSEDED) -> None:
         """Flag a segment so readers re-resolve (and a writer of a removed tag stops), then
         unlink it; mapped views survive."""
-        entry = self.headers.pop(name, None)
+        entry = self.headers.get(name)
         if entry is not None:
-            mm = entry[0]
-            struct.pack_into("@I", mm, OFF_RETIRED, why)
-            # Wake blocked readers so they move on to the new generation.
-            notify = np.frombuffer(mm, np.uint32, 1, OFF_NOTIFY)
-            notify[0] += 1
-            if futex.AVAILABLE:
-                futex.wake(notify.ctypes.data)
-            del notify
-            mm.close()
+            retire(entry[0], why)
         self.unlink(name)
 
     def unlink(self, name: str) -> None:
@@ -164,13 +151,7 @@ class SegmentFiles:
         entry = self.headers.get(name)
         if entry is None:
             return 0, None
-        mm, layout = entry
-        pub = struct.unpack_from("@Q", mm, OFF_PUBLISH)[0]
-        count, i = pub >> 8, pub & 0xFF
-        if count == 0 or i >= layout.nslots:
-            return count, None
-        stamp = struct.unpack_from("@Q", mm, SLOT_TABLE + SLOT_ENTRY * i + 8)[0]
-        return count, stamp
+        return latest_write(entry[0], entry[1].nslots)
 
     def recover(self, registry: Registry) -> tuple[int, int]:
         """Rebuild the registry from segments a previous daemon of this endpoint left.

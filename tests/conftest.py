@@ -194,6 +194,11 @@ class Puppet:
             raise AssertionError(f"puppet {cmd['op']} failed: {out['error']}: {out['message']}")
         return out["ok"]
 
+    def start_writer(self, tag: str, dtype: str, shape: list[int], seed: int) -> str:
+        """Open a writer (handle "w") of ``tag`` and publish one frame; returns its segment."""
+        self(op="open", name="w", tag=tag, rw="w")
+        return str(self(op="write", name="w", dtype=dtype, shape=shape, seed=seed))
+
     def kill(self) -> None:
         """SIGKILL: a crash that runs no cleanup at all."""
         self.proc.kill()

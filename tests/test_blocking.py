@@ -32,8 +32,7 @@ class Waiter(threading.Thread):
 
 def test_blocking_read_is_woken_by_a_write_from_another_process(daemon: Any, puppets: Any) -> None:
     writer = puppets()
-    writer(op="open", name="w", tag="blk", rw="w")
-    writer(op="write", name="w", dtype="f4", shape=[100], seed=1)
+    writer.start_writer("blk", "f4", [100], 1)
     with ndsharray.NdShArray("blk", r_w="r") as r:
         assert r.read()[0]
         waiter = Waiter(lambda: r.read(timeout=60))
@@ -74,8 +73,7 @@ def test_blocking_reader_before_any_writer(daemon: Any, puppets: Any) -> None:
         waiter.start()
         waiter.started_wait.wait()
         writer = puppets()
-        writer(op="open", name="w", tag="late", rw="w")
-        writer(op="write", name="w", dtype="u2", shape=[2, 2], seed=5)
+        writer.start_writer("late", "u2", [2, 2], 5)
         waiter.join(60)
         status, arr = waiter.result
         assert status and digest(arr) == digest(make_array("u2", (2, 2), 5))

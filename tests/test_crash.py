@@ -33,18 +33,19 @@ def tag_row(tag: str) -> Any:
 
 def test_writer_sigkill_is_noticed_and_the_tag_taken_over(daemon: Any, puppets: Any) -> None:
     writer = puppets()
-    writer(op="open", name="w", tag="cam", rw="w")
-    writer(op="write", name="w", dtype="u1", shape=[8], seed=1)
+    writer.start_writer("cam", "u1", [8], 1)
     with ndsharray.NdShArray("cam", r_w="r") as r:
         assert r.read()[0]
         t0 = time.monotonic()
         writer.kill()
-        wait_until(lambda: tag_row("cam").writer_pid is None, what="ls to show the writer gone")
+        info = wait_until(lambda: (row := tag_row("cam")).writer_pid is None and row,
+                          what="ls to show the writer gone")
         print(f"writer SIGKILL -> ls shows it gone: {(time.monotonic() - t0) * 1000:.1f} ms")
+        assert info.last_writer_pid == writer.pid and info.readers == 1
         status, last = r.read()
         assert status is False and last.shape == (8,)  # readers keep the last frame
         with ndsharray.NdShArray("cam", np.arange(8, dtype=np.uint8), "w") as w:
-            assert w.ndarray_mmap_name == r.ndarray_mmap_name  # continues in the same segment
+            assert w.ndarray_mmap_name == r.ndarray_mmap_name == info.segment  # same segment
             status, a = r.read()
             assert status and a.tolist() == list(range(8))
 
@@ -55,8 +56,7 @@ def test_orphaned_tag_is_removed_after_the_retention_time(folder: str, monkeypat
     monkeypatch.setenv(config.ENV_AUTOSTART, "0")
     try:
         writer = puppets()
-        writer(op="open", name="w", tag="orphan", rw="w")
-        seg = writer(op="write", name="w", dtype="f8", shape=[4], seed=0)
+        seg = writer.start_writer("orphan", "f8", [4], 0)
         assert seg in our_segments(d.prefix)
         writer.kill()
         wait_until(lambda: tag_row("orphan") is None, what="orphaned tag to expire")
@@ -81,8 +81,7 @@ def test_reader_sigkill_frees_its_pins_and_its_registration(daemon: Any, puppets
 
 def test_daemon_sigkill_data_keeps_flowing_and_registry_is_rebuilt(crashable: Daemon, puppets: Any) -> None:
     writer, reader = puppets(), puppets()
-    writer(op="open", name="w", tag="cam", rw="w")
-    seg = writer(op="write", name="w", dtype="u2", shape=[16, 16], seed=1)
+    seg = writer.start_writer("cam", "u2", [16, 16], 1)
     reader(op="open", name="r", tag="cam", rw="r")
     assert reader(op="read", name="r")["status"]
     before = tag_row("cam")
@@ -149,8 +148,7 @@ def test_superseded_generation_memory_returns_when_the_last_view_goes(daemon: An
 
 def test_writer_close_and_exit_release_the_tag(daemon: Any, puppets: Any) -> None:
     writer = puppets()
-    writer(op="open", name="w", tag="bye", rw="w")
-    writer(op="write", name="w", dtype="u1", shape=[3], seed=0)
+    writer.start_writer("bye", "u1", [3], 0)
     writer.stop()  # stdin closed: the interpreter exits normally, atexit closes handles
     assert pid_gone(writer.proc.pid)
     row = tag_row("bye")

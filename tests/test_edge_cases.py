@@ -17,8 +17,7 @@ from ndsharray import admin, config, segment
 
 def test_reader_follows_a_new_writer_after_a_clean_daemon_stop(daemon: Daemon, puppets: Any) -> None:
     first = puppets()
-    first(op="open", name="w", tag="cam", rw="w")
-    first(op="write", name="w", dtype="u1", shape=[4], seed=1)
+    first.start_writer("cam", "u1", [4], 1)
     with ndsharray.NdShArray("cam", r_w="r") as r:
         assert r.read()[0]
         assert daemon.stop() == 0
@@ -26,8 +25,7 @@ def test_reader_follows_a_new_writer_after_a_clean_daemon_stop(daemon: Daemon, p
         again = Daemon(daemon.folder).start()
         daemon.proc = again.proc
         second = puppets()  # a new writer process, on the new daemon
-        second(op="open", name="w", tag="cam", rw="w")
-        second(op="write", name="w", dtype="u1", shape=[4], seed=2)
+        second.start_writer("cam", "u1", [4], 2)
         status, a = r.read(timeout=20)
         assert status and digest(a) == digest(make_array("u1", (4,), 2))
 

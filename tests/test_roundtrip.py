@@ -93,8 +93,7 @@ def test_reader_before_writer(daemon: Any, puppets: Any) -> None:
         status, a = r.read()
         assert status is False and a.size == 0 and not r.is_valid
         writer = puppets()
-        writer(op="open", name="w", tag="later", rw="w")
-        writer(op="write", name="w", dtype="i4", shape=[5], seed=3)
+        writer.start_writer("later", "i4", [5], 3)
         status, a = r.read()
         assert status is True and r.is_valid
         assert digest(a) == digest(make_array("i4", (5,), 3))
@@ -122,8 +121,7 @@ def test_copy_read_is_owned_and_writeable(daemon: Any) -> None:
 
 def test_view_never_changes_while_held(daemon: Any, puppets: Any) -> None:
     writer = puppets()
-    writer(op="open", name="w", tag="held", rw="w")
-    writer(op="write", name="w", dtype="u1", shape=[1000], seed=0)
+    writer.start_writer("held", "u1", [1000], 0)
     with ndsharray.NdShArray("held", r_w="r") as r:
         status, held = r.read()
         assert status
