@@ -129,3 +129,16 @@ class SeqlockReader:
 
     def close(self) -> None:
         del self.seq, self.payload
+
+
+class SeqlockPeerReader(Reader):
+    """A reader of a seqlock-guarded buffer (raw, SharedArray): subclasses map the memory
+    in ``setup`` and set ``self.lock``; reading and counting retries are the same."""
+
+    lock: SeqlockReader
+
+    def read(self, copy: bool = False) -> Array | None:
+        return self.lock.read()
+
+    def counters(self) -> dict[str, int]:
+        return {"retries": self.lock.retries}

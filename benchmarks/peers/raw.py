@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import HEADER, Array, SeqlockReader, SeqlockWriter, Spec
-from .base import Reader as _Reader
+from .base import HEADER, Array, SeqlockPeerReader, SeqlockReader, SeqlockWriter, Spec
 from .base import Writer as _Writer
 
 
@@ -50,18 +49,12 @@ class Writer(_Writer):
             _posixshmem.shm_unlink(self.shm._name)  # type: ignore[attr-defined]
 
 
-class Reader(_Reader):
+class Reader(SeqlockPeerReader):
     def setup(self, spec: Spec) -> None:
         super().setup(spec)
         self.shm = _open(_name(spec), False)
         assert self.shm.buf is not None
         self.lock = SeqlockReader(np.frombuffer(self.shm.buf, np.uint8), spec)
-
-    def read(self, copy: bool = False) -> Array | None:
-        return self.lock.read()
-
-    def counters(self) -> dict[str, int]:
-        return {"retries": self.lock.retries}
 
     def close(self) -> None:
         self.lock.close()

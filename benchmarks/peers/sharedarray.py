@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SharedArray as sa
 
-from .base import HEADER, Array, SeqlockReader, SeqlockWriter, Spec
-from .base import Reader as _Reader
+from .base import HEADER, Array, SeqlockPeerReader, SeqlockReader, SeqlockWriter, Spec
 from .base import Writer as _Writer
 
 
@@ -30,17 +29,11 @@ class Writer(_Writer):
         sa.delete(_name(self.spec))
 
 
-class Reader(_Reader):
+class Reader(SeqlockPeerReader):
     def setup(self, spec: Spec) -> None:
         super().setup(spec)
         self.mem = sa.attach(_name(spec), ro=True)
         self.lock = SeqlockReader(self.mem, spec)
-
-    def read(self, copy: bool = False) -> Array | None:
-        return self.lock.read()
-
-    def counters(self) -> dict[str, int]:
-        return {"retries": self.lock.retries}
 
     def close(self) -> None:
         self.lock.close()
