@@ -2,9 +2,9 @@
 
     python benchmarks/measure.py ROLE IMPL CTRL_FILE
 
-ROLE is ``writer``, ``reader``, ``limit`` (the in-process copy, no reader) or ``zygote``
-(forks a fresh reader per attach measurement, so interpreter start and imports are not
-timed). Commands arrive as JSON lines on stdin; each gets one JSON line back on the
+ROLE is ``writer``, ``reader``, ``limit`` (the in-process copy, no reader), ``zygote``
+(starts a fresh reader process per attach measurement and waits until its imports are
+done, so neither interpreter start nor imports are timed) or ``fresh`` (that process). Commands arrive as JSON lines on stdin; each gets one JSON line back on the
 original stdout (the library's own prints go to stderr).
 
 A writer and its reader meet in CTRL_FILE, a small shared file of int64 words: the reader
@@ -24,12 +24,14 @@ import json
 import mmap
 import os
 import random
+import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict
 from types import ModuleType
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from peers import load
@@ -294,25 +296,41 @@ def attach_child(mod: ModuleType, spec: Spec, timeout: float) -> dict[str, Any]:
     return {"attach_ns": t1 - t0}
 
 
-def attach(mod: ModuleType, spec: Spec, timeout: float) -> dict[str, Any]:
-    """Fork a fresh process (imports done, nothing opened) that attaches and reads once."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(rfd)
-        try:
-            res = attach_child(mod, spec, timeout)
-        except BaseException as exc:  # noqa: BLE001 - report it, whatever it is
-            res = {"error": f"{type(exc).__name__}: {exc}"}
-        os.write(wfd, json.dumps(res).encode())
-        os._exit(0)
-    os.close(wfd)
-    chunks = []
-    while chunk := os.read(rfd, 65536):
-        chunks.append(chunk)
-    os.close(rfd)
-    os.waitpid(pid, 0)
-    return json.loads(b"".join(chunks) or b'{"error": "attach child died"}')  # type: ignore[no-any-return]
+def attach(impl: str, spec: Spec, timeout: float) -> dict[str, Any]:
+    """Start a fresh interpreter that imports the implementation, then (timed) attaches and
+    reads once, like a user's program starting up.
+
+    Not a fork of this process: a forked child pays a copy-on-write page fault for every
+    page of the parent's heap it touches (about 300 faults, 2-3 ms, on a 2-vCPU VM, for any
+    implementation), which says more about fork than about attaching.
+    """
+    cmd = [sys.executable, os.path.abspath(__file__), "fresh", impl, "-"]
+    child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        if child.stdout.readline().strip() != "ready":
+            return {"error": "attach child died while importing"}
+        child.stdin.write(json.dumps({"spec": asdict(spec), "timeout": timeout}) + "\n")
+        child.stdin.flush()
+        line = child.stdout.readline()
+        return json.loads(line or '{"error": "attach child died"}')  # type: ignore[no-any-return]
+    finally:
+        child.stdin.close()
+        child.stdout.close()
+        if child.wait(timeout + 30) != 0:
+            raise RuntimeError(f"attach child exited with {child.returncode}")
+
+
+def fresh(mod: ModuleType, out: IO[str]) -> None:
+    """The attaching process: say when imports are done, then attach once when told."""
+    print("ready", file=out, flush=True)
+    cmd = json.loads(sys.stdin.readline())
+    spec = Spec(**{**cmd["spec"], "shape": tuple(cmd["spec"]["shape"])})
+    try:
+        res = attach_child(mod, spec, cmd["timeout"])
+    except Exception as exc:  # noqa: BLE001 - report it, whatever it is
+        res = {"error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(res), file=out, flush=True)
 
 
 # ---- command loop ---------------------------------------------------------------------
@@ -336,7 +354,7 @@ def handle(role: str, mod: ModuleType, ctrl: Ctrl | None, state: dict[str, Any],
     if op in ("attach", "setup"):
         spec = Spec(**{**cmd["spec"], "shape": tuple(cmd["spec"]["shape"])})
         if op == "attach":
-            return attach(mod, spec, cmd["timeout"])
+            return attach(state["impl"], spec, cmd["timeout"])
         state["obj"] = mod.Reader() if role == "reader" else mod.Writer()
         state["obj"].setup(spec)
         return {}
@@ -395,8 +413,11 @@ def main() -> None:
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything else printed goes to the log, not into the replies
     mod = load(impl)
+    if role == "fresh":
+        fresh(mod, out)
+        return
     ctrl = open_ctrl(ctrl_path) if ctrl_path != "-" else None
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"impl": impl}
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["op"] == "quit":

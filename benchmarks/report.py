@@ -277,7 +277,7 @@ def markdown(data: dict[str, Any]) -> str:
                  "nothing new. e2e: `time.monotonic_ns()` just before `write()` to just after `read()` returns. "
                  "frames/s, GB/s: frames received and verified word by word while the writer fills and writes "
                  "flat out. torn: frames received whose words disagree. attach: constructor + first successful "
-                 "read in a freshly forked process. mem/read: RSS growth from /proc/self/statm over the "
+                 "read in a fresh process, imports done. mem/read: RSS growth from /proc/self/statm over the "
                  "flat-out reads, divided by their number.")
     lines.append("- lost: latency frames the reader never received (the writer waits for each one's "
                  "acknowledgement, gives up after a timeout and sends the next); they are not in the latency figures.")

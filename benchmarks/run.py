@@ -2,8 +2,8 @@
 
     python benchmarks/run.py [--quick] [--out DIR] [--impls a,b] [--sizes 0,2]
 
-Every implementation gets a writer process and a reader process (plus a zygote that forks
-fresh readers for the attach time); this orchestrator only sends them commands and
+Every implementation gets a writer process and a reader process (plus a zygote that starts
+a fresh reader process per attach time); this orchestrator only sends them commands and
 collects their samples. Measurements are interleaved: for each size and repetition, each
 figure is measured for every implementation in turn, in an order that rotates with the
 repetition, so drift on this shared machine hits everyone alike. See benchmarks/README.md.

@@ -11,7 +11,7 @@ Reader (any other process)::
 """
 
 from ._version import __version__
-from .admin import TagInfo, daemon_stats, list_tags
+from .admin import TagInfo, daemon_stats, list_tags, remove_tag, tag_info
 from .client import NdShArray
 from .dtypes import supported_types
 from .errors import (
@@ -33,5 +33,5 @@ __all__ = [
     "CorruptSegmentError", "DaemonError", "DaemonUnavailableError", "HandleClosedError",
     "NdShArray", "NdShArrayError", "ProtocolError", "ResourceLimitError", "SegmentGoneError",
     "TagBusyError", "TagInfo", "TagNotFoundError", "TagRemovedError", "WriterStalledError", "__version__",
-    "daemon_stats", "list_tags", "supported_types",
+    "daemon_stats", "list_tags", "remove_tag", "supported_types", "tag_info",
 ]

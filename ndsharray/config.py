@@ -79,5 +79,19 @@ def segment_prefix(endpoint: str) -> str:
     return f"nds-{os.getuid()}-{_key(endpoint)}-"
 
 
+def pointer_dir(endpoint: str) -> str:
+    """The daemon's folder of tag pointers: one symlink per tag whose target is the name of
+    the tag's current segment, so a reader finds it with one ``readlink`` and no request."""
+    path = ipc_path(endpoint)
+    if path is not None:
+        return path + ".tags"
+    return os.path.join(runtime_dir(), f"ndsharrayd-{_key(endpoint)}.tags")
+
+
+def pointer_name(tag: str) -> str:
+    """File name of ``tag``'s pointer (tags may hold '/' and run to 200 characters)."""
+    return hashlib.sha256(tag.encode()).hexdigest()[:32]
+
+
 def autostart_enabled() -> bool:
     return os.environ.get(ENV_AUTOSTART, "1").strip().lower() not in ("0", "false", "no", "off")

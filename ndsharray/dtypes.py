@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,9 @@ def dtype_to_text(dtype: np.dtype[Any]) -> str:
     return text
 
 
+_PLAIN = re.compile(r"'[<>|=][A-Za-z][A-Za-z0-9\[\]]*'")
+
+
 @functools.lru_cache(maxsize=256)
 def text_to_dtype(text: str) -> np.dtype[Any]:
     """Inverse of :func:`dtype_to_text`; raises ``ValueError`` on anything else (cached:
@@ -78,7 +82,9 @@ def text_to_dtype(text: str) -> np.dtype[Any]:
     if not isinstance(text, str) or not 0 < len(text) <= MAX_DESCR_LEN:
         raise ValueError(f"dtype description must be 1..{MAX_DESCR_LEN} characters")
     try:
-        descr = ast.literal_eval(text)
+        # A plain dtype is a quoted type string ('<u2'): skip the parser (a reader's attach
+        # parses one, and literal_eval compiles it first).
+        descr: Any = text[1:-1] if _PLAIN.fullmatch(text) else ast.literal_eval(text)
         dtype = np.lib.format.descr_to_dtype(descr)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
         raise ValueError(f"not a dtype description: {text[:80]!r} ({exc})") from None

@@ -5,12 +5,15 @@ came back. A background thread per process looks at the daemon's lock file five 
 (a local file read, no request): when the daemon's identity changed, or no daemon runs and
 auto-start is allowed, it (re)starts one and re-registers every live handle of this
 process. Metadata calls run the same check first, so they never act on a stale daemon.
+
+The same thread sends requests nobody waits for (``Connection.post``): the registration of
+a reader that found its segment through the tag's pointer, and the release of a handle the
+garbage collector closed.
 """
 
 from __future__ import annotations
 
 import _thread
-import collections
 import logging
 import os
 import threading
@@ -18,7 +21,6 @@ import weakref
 from typing import Protocol
 
 from . import config, transport
-from .errors import NdShArrayError
 
 log = logging.getLogger("ndsharray")
 INTERVAL = 0.2  # seconds between looks at the lock file (a local read, no request)
@@ -49,12 +51,13 @@ class Keeper:
         self._seen: dict[str, str | None] = {}
         self._started = False
         self._pid = 0
-        self._deferred: collections.deque[tuple[transport.Connection, str, str, str]] = collections.deque()
 
-    def track(self, handle: Registrant) -> None:
+    def track(self, handle: Registrant, registered: bool = True) -> None:
+        """Watch ``handle``'s daemon from now on. ``registered=False``: its registration is
+        posted, not yet sent; the thread notes the daemon's identity before sending it."""
         with self._lock:
             self._handles.add(handle)
-            if handle._endpoint not in self._seen:
+            if registered and handle._endpoint not in self._seen:
                 self._seen[handle._endpoint] = daemon_identity(handle._endpoint)
             if not self._started or self._pid != os.getpid():
                 self._pid = os.getpid()
@@ -64,16 +67,16 @@ class Keeper:
                 _thread.start_new_thread(self._run, ())
 
     def defer(self, conn: transport.Connection, op: str, tag: str, token: str) -> None:
-        """Queue a release/detach from a garbage-collected handle; the thread sends it."""
-        self._deferred.append((conn, op, tag, token))  # deque.append is atomic: no lock
+        """Queue a release/detach from a garbage-collected handle; the thread sends it within
+        ``INTERVAL`` (no wake-up: the collector may run inside ``Event.set`` itself)."""
+        conn.post(op, tag=tag, token=token)
 
-    def _send_deferred(self) -> None:
-        while self._deferred:
-            conn, op, tag, token = self._deferred.popleft()
-            try:
-                conn.request(op, tag=tag, token=token, autostart=False, retries=0)
-            except NdShArrayError as exc:
-                log.debug("could not %s %r: %s", op, tag, exc)
+    def post(self, conn: transport.Connection, op: str, **args: object) -> None:
+        """Have the thread send a request within ``INTERVAL``, or this process's next request
+        send it first. Not at once: a fresh process's first request builds the zmq context
+        and socket while holding the GIL for milliseconds, which would stall the caller's
+        next steps (a reader's first read)."""
+        conn.post(op, autostart=True, **args)
 
     def untrack(self, handle: Registrant) -> None:
         with self._lock:
@@ -100,21 +103,29 @@ class Keeper:
             log.info("re-registered with the new daemon at %s", endpoint)
 
     def _run(self) -> None:
-        ev = threading.Event()
-        while not ev.wait(INTERVAL):
+        sleep = threading.Event()
+        while True:
+            sleep.wait(INTERVAL)
             if self._pid != os.getpid():
                 return
-            self._send_deferred()
-            with self._lock:
-                endpoints = {h._endpoint for h in self._handles if not h._closed}
-                for ep in list(self._seen):
-                    if ep not in endpoints:
-                        del self._seen[ep]
-            for ep in endpoints:
-                try:
-                    self.check(ep)
-                except Exception as exc:  # the keeper must outlive any one failure
-                    log.warning("could not re-register with the daemon at %s: %s", ep, exc)
+            try:
+                self._round()
+            except Exception as exc:  # the keeper must outlive any one failure
+                log.warning("ndsharray keeper: %s", exc)
+
+    def _round(self) -> None:
+        with self._lock:
+            endpoints = {h._endpoint for h in self._handles if not h._closed}
+            for ep in endpoints - self._seen.keys():
+                self._seen[ep] = daemon_identity(ep)  # before its posted registrations go
+            for ep in self._seen.keys() - endpoints:
+                del self._seen[ep]
+        transport.flush_all()
+        for ep in endpoints:
+            try:
+                self.check(ep)
+            except Exception as exc:  # one endpoint's trouble must not starve the others
+                log.warning("could not re-register with the daemon at %s: %s", ep, exc)
 
 
 keeper = Keeper()

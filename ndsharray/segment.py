@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import math
 import mmap
 import os
@@ -335,6 +336,21 @@ def _flock(kind: int, start: int, length: int = 1) -> bytes:
     return _FLOCK.pack(kind, os.SEEK_SET, start, length, 0)
 
 
+@functools.cache
+def _lock_requests(nslots: int) -> tuple[tuple[bytes, ...], ...]:
+    """Packed lock requests per slot (see the protocol above): the hot path packs nothing."""
+    pins = [LOCKS + 2 * i for i in range(nslots)]
+    return (
+        tuple(_flock(fcntl.F_RDLCK, p) for p in pins),  # a reader's pin
+        tuple(_flock(fcntl.F_WRLCK, p) for p in pins),  # the writer's, when a reader waits
+        tuple(_flock(fcntl.F_WRLCK, p, 2) for p in pins),  # the writer's: pin and waiter bytes
+        tuple(_flock(fcntl.F_RDLCK, p + 1) for p in pins),  # a blocking reader's waiter byte
+        tuple(_flock(fcntl.F_UNLCK, p + 1) for p in pins),
+        tuple(_flock(fcntl.F_UNLCK, p) for p in pins),  # a reader's unpin; not its waiter byte
+        tuple(_flock(fcntl.F_UNLCK, p, 2) for p in pins),  # the writer's
+    )
+
+
 class _Mapped:
     """An open segment file and its mapping; what readers and writers share."""
 
@@ -367,15 +383,8 @@ class _Mapped:
         self.mv = memoryview(self.mm)
         self.base_addr = mapping_address(self.mm)
         self.notify_addr = self.base_addr + OFF_NOTIFY
-        # Precomputed lock requests (see the protocol above): the hot path packs nothing.
-        pins = [LOCKS + 2 * i for i in range(self.nslots)]
-        self._pin_rd = [_flock(fcntl.F_RDLCK, p) for p in pins]
-        self._pin_wr = [_flock(fcntl.F_WRLCK, p) for p in pins]
-        self._pin_and_waiter_wr = [_flock(fcntl.F_WRLCK, p, 2) for p in pins]
-        self._waiter_rd = [_flock(fcntl.F_RDLCK, p + 1) for p in pins]
-        self._waiter_unlock = [_flock(fcntl.F_UNLCK, p + 1) for p in pins]
-        self._pin_unlock = [_flock(fcntl.F_UNLCK, p) for p in pins]  # a reader's; not its waiter byte
-        self._unlock = [_flock(fcntl.F_UNLCK, p, 2) for p in pins]  # the writer's
+        (self._pin_rd, self._pin_wr, self._pin_and_waiter_wr, self._waiter_rd,
+         self._waiter_unlock, self._pin_unlock, self._unlock) = _lock_requests(self.nslots)
 
     def publish_word(self) -> int:
         return int(_U64.unpack_from(self.mm, OFF_PUBLISH)[0])

@@ -13,8 +13,10 @@ and builds its own on first use.
 from __future__ import annotations
 
 import atexit
+import collections
 import fcntl
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -28,6 +30,7 @@ from . import config
 from .errors import (
     DaemonError,
     DaemonUnavailableError,
+    NdShArrayError,
     ProtocolError,
     ResourceLimitError,
     TagBusyError,
@@ -35,6 +38,8 @@ from .errors import (
     TagRemovedError,
 )
 from .protocol import ErrorCode, decode_reply, encode_request
+
+log = logging.getLogger("ndsharray")
 
 _ERRORS: dict[str, type[DaemonError]] = {
     ErrorCode.TAG_BUSY.value: TagBusyError,
@@ -102,6 +107,35 @@ class Connection:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._sock: zmq.Socket[bytes] | None = None
+        # Requests whose answer nobody waits for (a reader's registration, a collected
+        # handle's release): sent by the keeper thread, or before this connection's next
+        # request, so the daemon sees them in order and before anything this process asks.
+        self._posted: collections.deque[tuple[str, bool, dict[str, Any]]] = collections.deque()
+
+    def post(self, op: str, *, autostart: bool = False, **args: Any) -> None:
+        """Queue a request to send soon without waiting; safe from a garbage collector
+        (``deque.append`` takes no lock). Failures are logged, not raised."""
+        self._posted.append((op, autostart, args))
+
+    @property
+    def has_posted(self) -> bool:
+        return bool(self._posted)
+
+    def flush(self) -> None:
+        """Send the posted requests now."""
+        with self._lock:
+            self._send_posted()
+
+    def _send_posted(self) -> None:
+        while self._posted:
+            op, autostart, args = self._posted.popleft()
+            try:
+                self._request(op, autostart, self.retries if autostart else 0, args)
+            except NdShArrayError as exc:
+                # A reader works unregistered (the daemon counts it after its next restart);
+                # a release the daemon missed is noticed when the process dies.
+                log.log(logging.WARNING if op == "attach" else logging.DEBUG,
+                        "could not %s %r: %s", op, args.get("tag"), exc)
 
     def _socket(self) -> zmq.Socket[bytes]:
         if self._sock is None:
@@ -136,35 +170,39 @@ class Connection:
         """
         retries = self.retries if retries is None else retries
         with self._lock:
-            self._ensure_daemon(autostart)  # a local lock-file check: restarts a dead daemon at once
-            for attempt in range(retries + 1):
-                req_id = next(self._ids)
-                sock = self._socket()
-                sock.send(encode_request(req_id, op, **args))
-                deadline = time.monotonic() + self.timeout
-                while True:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
-                        break
-                    data = sock.recv()
-                    try:
-                        reply = decode_reply(data)
-                    except ValueError as exc:
-                        raise ProtocolError(f"bad reply from {self.endpoint}: {exc}") from None
-                    if reply.id != req_id:
-                        continue  # a late answer to an abandoned request
-                    if reply.ok:
-                        return reply.result
-                    raise _ERRORS.get(reply.code, DaemonError)(reply.code, reply.message)
-                # No answer in time: the daemon may have died or restarted.
-                self._drop_socket()
-                if attempt < retries:
-                    self._ensure_daemon(autostart)
-            raise DaemonUnavailableError(
-                f"ndsharrayd at {self.endpoint} did not answer {op!r} within "
-                f"{self.timeout:g} s, {retries + 1} times; is it overloaded or stuck? "
-                f"(its log: {config.log_path(self.endpoint)})"
-            )
+            self._send_posted()
+            return self._request(op, autostart, retries, args)
+
+    def _request(self, op: str, autostart: bool, retries: int, args: dict[str, Any]) -> dict[str, Any]:
+        self._ensure_daemon(autostart)  # a local lock-file check: restarts a dead daemon at once
+        for attempt in range(retries + 1):
+            req_id = next(self._ids)
+            sock = self._socket()
+            sock.send(encode_request(req_id, op, **args))
+            deadline = time.monotonic() + self.timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                    break
+                data = sock.recv()
+                try:
+                    reply = decode_reply(data)
+                except ValueError as exc:
+                    raise ProtocolError(f"bad reply from {self.endpoint}: {exc}") from None
+                if reply.id != req_id:
+                    continue  # a late answer to an abandoned request
+                if reply.ok:
+                    return reply.result
+                raise _ERRORS.get(reply.code, DaemonError)(reply.code, reply.message)
+            # No answer in time: the daemon may have died or restarted.
+            self._drop_socket()
+            if attempt < retries:
+                self._ensure_daemon(autostart)
+        raise DaemonUnavailableError(
+            f"ndsharrayd at {self.endpoint} did not answer {op!r} within "
+            f"{self.timeout:g} s, {retries + 1} times; is it overloaded or stuck? "
+            f"(its log: {config.log_path(self.endpoint)})"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -193,6 +231,14 @@ def connection(endpoint: str | None = None) -> Connection:
         if conn is None:
             conn = _connections[ep] = Connection(ep)
         return conn
+
+
+def flush_all() -> None:
+    """Send every connection's posted requests (the keeper thread calls this)."""
+    with _state_lock:
+        conns = [c for c in _connections.values() if c.has_posted]
+    for conn in conns:
+        conn.flush()
 
 
 def close_all() -> None:

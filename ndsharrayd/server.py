@@ -51,6 +51,7 @@ from ndsharray.segment import (
     shm_dir,
 )
 
+from .pointers import Pointers
 from .registry import Registry, TagRecord
 
 log = logging.getLogger("ndsharrayd")
@@ -106,13 +107,16 @@ class DaemonLock:
 
 
 class SegmentFiles:
-    """The daemon's side of the segments: create, map the header, retire, unlink."""
+    """The daemon's side of the segments: create, map the header, point the tag at it,
+    retire, unlink."""
 
-    def __init__(self, prefix: str, mode: int, gid: int = -1) -> None:
+    def __init__(self, prefix: str, mode: int, pointers: Pointers, gid: int = -1) -> None:
         self.prefix = prefix
         self.mode = mode
         self.gid = gid
+        self.pointers = pointers
         self.headers: dict[str, tuple[mmap.mmap, Layout]] = {}
+        self.tags: dict[str, str] = {}  # segment name -> tag
 
     def create(self, rec: TagRecord, pid: int, dtype: str, shape: tuple[int, ...], slots: int) -> str:
         name = self.prefix + secrets.token_hex(8)
@@ -127,7 +131,12 @@ class SegmentFiles:
             self.headers[name] = (mmap.mmap(fd, layout.header_size), layout)
         finally:
             os.close(fd)
+        self.tags[name] = rec.tag
         return name
+
+    def point(self, tag: str, name: str) -> None:
+        """Make ``name`` the segment readers of ``tag`` find (before the old one retires)."""
+        self.pointers.set(tag, name)
 
     def retire_and_unlink(self, name: str, why: int = RETIRED_SUPERSEDED) -> None:
         """Flag a segment so readers re-resolve (and a writer of a removed tag stops), then
@@ -138,6 +147,9 @@ class SegmentFiles:
         self.unlink(name)
 
     def unlink(self, name: str) -> None:
+        tag = self.tags.pop(name, None)
+        if tag is not None:
+            self.pointers.drop(tag, name)
         entry = self.headers.pop(name, None)
         if entry is not None:
             entry[0].close()
@@ -193,6 +205,8 @@ class SegmentFiles:
                 self.headers[name] = (mmap.mmap(fd, h.layout.header_size), h.layout)
             finally:
                 os.close(fd)
+            self.tags[name] = h.tag
+            self.point(h.tag, name)
         return len(newest), removed
 
 
@@ -227,7 +241,9 @@ class Daemon:
         # Per-user by default; --group shares segments and socket with one group explicitly.
         self.group = group
         mode = 0o600 if group is None else 0o660
-        self.files = SegmentFiles(config.segment_prefix(endpoint), mode, -1 if group is None else group)
+        gid = -1 if group is None else group
+        pointers = Pointers(config.pointer_dir(endpoint), 0o700 if group is None else 0o750, gid)
+        self.files = SegmentFiles(config.segment_prefix(endpoint), mode, pointers, gid)
         self.max_bytes = max_bytes
         self.max_tags = max_tags
         self.max_clients = max_clients
@@ -263,6 +279,7 @@ class Daemon:
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         try:
+            self.files.pointers.reset()
             kept, removed = self.files.recover(self.registry)
             if kept or removed:
                 log.warning("found segments of a daemon that did not stop cleanly: adopted %d "
@@ -282,6 +299,7 @@ class Daemon:
             segs = self.registry.remove_all()
             for name in segs:
                 self.files.unlink(name)
+            self.files.pointers.remove_folder()
             for fd in self._fd_pids:
                 os.close(fd)
             sock.close(0)
@@ -443,6 +461,7 @@ class Daemon:
             a["tag"], a["token"], segment=name, dtype=a["dtype"], shape=shape,
             nbytes=nbytes, slots=a["slots"], size=need,
         )
+        self.files.point(rec.tag, name)
         if old is not None:
             self.files.retire_and_unlink(old)
         log.info("tag %r generation %d: %s %s x%d slots in %s", rec.tag, rec.generation,

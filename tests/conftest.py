@@ -157,6 +157,7 @@ def daemon(folder: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
     assert rc == 0, f"daemon exited with {rc}:\n{log}"
     assert not our_segments(d.prefix), f"daemon left segments: {our_segments(d.prefix)}"
     assert not os.path.exists(d.endpoint[6:]), "daemon left its socket file"
+    assert not os.path.exists(config.pointer_dir(d.endpoint)), "daemon left its tag pointers"
     assert "Traceback" not in log, log
 
 

@@ -73,7 +73,8 @@ def test_reader_sigkill_frees_its_pins_and_its_registration(daemon: Any, puppets
         w.write(np.ones(4))  # slot 1
         with pytest.raises(ndsharray.WriterStalledError):
             w.write(np.ones(4))  # slot 0 is pinned, slot 1 is the latest
-        assert tag_row("pin").readers == 1
+        # (a reader that found the segment by its pointer registers in the background)
+        wait_until(lambda: tag_row("pin").readers == 1, what="the reader's registration")
         reader.kill()
         w.write(np.full(4, 2.0))  # the kernel dropped the dead reader's lock
         wait_until(lambda: tag_row("pin").readers == 0, what="dead reader to be dropped")

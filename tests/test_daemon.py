@@ -42,6 +42,7 @@ def test_ls_table_and_json(daemon: Any, puppets: Any) -> None:
     with ndsharray.NdShArray("camera/left", frame, "w"), \
             ndsharray.NdShArray("camera/left", r_w="r") as r:
         r.read()
+        ndsharray.list_tags()  # sends the reader's background registration first
         table = run_cli("ls")
         assert table.returncode == 0, table.stderr
         header, row = table.stdout.splitlines()

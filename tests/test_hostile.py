@@ -183,7 +183,7 @@ def test_another_uid_cannot_list_or_read(daemon: Daemon) -> None:
         assert child.stdout.split() == ["DaemonUnavailableError", "PermissionError"]
 
 
-def test_tag_and_handle_limits_are_clear_errors(folder: str, monkeypatch: Any) -> None:
+def test_tag_and_handle_limits_are_clear_errors(folder: str, monkeypatch: Any, caplog: Any) -> None:
     d = Daemon(folder, "--max-tags", "2", "--max-clients", "3").start()
     monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
     monkeypatch.setenv(config.ENV_AUTOSTART, "0")
@@ -193,10 +193,18 @@ def test_tag_and_handle_limits_are_clear_errors(folder: str, monkeypatch: Any) -
         with pytest.raises(ndsharray.ResourceLimitError, match="--max-tags"):
             ndsharray.NdShArray("c", r_w="w")
         c = ndsharray.NdShArray("a", r_w="r")
+        # A reader of a tag with no segment yet must register first: it is refused.
         with pytest.raises(ndsharray.ResourceLimitError, match="--max-clients"):
-            ndsharray.NdShArray("a", r_w="r")
+            ndsharray.NdShArray("b", r_w="r")
+        # One that finds its segment through the tag's pointer needs nothing of the daemon:
+        # it reads, uncounted, and its refused registration is logged.
+        over = ndsharray.NdShArray("a", r_w="r")
+        assert over.read()[0]
+        assert ndsharray.tag_info("a").readers == 1  # (the request sends the posted one first)
+        assert "--max-clients" in caplog.text
+        over.close()
         c.close()
-        ndsharray.NdShArray("a", r_w="r").close()  # room again
+        ndsharray.NdShArray("b", r_w="r").close()  # room again
         a.write(np.ones(2))  # what exists keeps working
         a.close()
         b.close()

@@ -1,0 +1,65 @@
+"""Tag pointers: how a reader finds a tag's segment without asking the daemon.
+
+A folder beside the daemon's socket (private like it) holds one symlink per tag, named by
+``config.pointer_name(tag)``, whose target is the name of the tag's current segment. The
+daemon replaces a pointer atomically (symlink, then rename over the old one) after it
+commits a new generation and before it retires the old segment, and removes it before it
+unlinks the segment. A reader's ``readlink`` therefore names either the current segment or
+one that is retired or gone, which the reader detects and then asks the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+from ndsharray import config
+
+log = logging.getLogger("ndsharrayd")
+
+
+class Pointers:
+    def __init__(self, folder: str, mode: int = 0o700, gid: int = -1) -> None:
+        self.folder = folder
+        self._mode = mode
+        self._gid = gid
+        self._targets: dict[str, str] = {}  # tag -> segment name
+
+    def reset(self) -> None:
+        """Start from an empty folder: a crashed daemon's pointers may name dead segments."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        os.mkdir(self.folder, self._mode)
+        if self._gid >= 0:
+            os.chown(self.folder, -1, self._gid)
+        self._targets.clear()
+
+    def set(self, tag: str, segment: str) -> None:
+        path = os.path.join(self.folder, config.pointer_name(tag))
+        tmp = path + ".new"
+        try:
+            try:
+                os.unlink(tmp)  # left by a crash between our two calls
+            except FileNotFoundError:
+                pass
+            os.symlink(segment, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            # Readers fall back to asking the daemon: slower to attach, still correct.
+            log.warning("could not point tag %r at %s: %s", tag, segment, exc)
+            return
+        self._targets[tag] = segment
+
+    def drop(self, tag: str, segment: str) -> None:
+        """Remove ``tag``'s pointer if it still names ``segment``."""
+        if self._targets.get(tag) != segment:
+            return
+        del self._targets[tag]
+        try:
+            os.unlink(os.path.join(self.folder, config.pointer_name(tag)))
+        except FileNotFoundError:
+            pass
+
+    def remove_folder(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self._targets.clear()

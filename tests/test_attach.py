@@ -1,0 +1,88 @@
+"""Readers find a written tag through its pointer: no daemon round trip to attach."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import numpy as np
+from arrays import make_array
+from conftest import Daemon
+
+import ndsharray
+from ndsharray import config
+
+
+def pointer(daemon: Daemon, tag: str) -> str:
+    return os.path.join(config.pointer_dir(daemon.endpoint), config.pointer_name(tag))
+
+
+def test_reader_attaches_while_the_daemon_is_frozen(daemon: Daemon, puppets: Any) -> None:
+    writer = puppets()
+    seg = writer.start_writer("cam", "u2", [6, 5], 7)
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGSTOP)  # any request would now wait for its timeout
+    try:
+        r = ndsharray.NdShArray("cam", r_w="r")
+        status, arr = r.read()
+        assert status and r.ndarray_mmap_name == seg
+        np.testing.assert_array_equal(arr, make_array("u2", (6, 5), 7))
+    finally:
+        daemon.proc.send_signal(signal.SIGCONT)
+    # The registration was posted; this process's next request goes after it.
+    assert ndsharray.tag_info("cam").readers == 1
+    r.close()
+    assert ndsharray.tag_info("cam").readers == 0
+
+
+def test_pointer_follows_generations_and_goes_with_the_tag(daemon: Daemon) -> None:
+    link = pointer(daemon, "cam/left")
+    with ndsharray.NdShArray("cam/left", np.zeros(3), "w") as w:
+        assert os.readlink(link) == w.ndarray_mmap_name
+        first = w.ndarray_mmap_name
+        r = ndsharray.NdShArray("cam/left", r_w="r")
+        assert r.read()[1].shape == (3,)
+        w.write(np.ones((2, 2)))  # a new generation: the pointer moves before the old retires
+        assert os.readlink(link) == w.ndarray_mmap_name != first
+        status, arr = r.read()
+        assert status and arr.shape == (2, 2) and r.ndarray_mmap_name == w.ndarray_mmap_name
+        assert ndsharray.NdShArray("cam/left", r_w="r").read()[1].shape == (2, 2)
+        ndsharray.remove_tag("cam/left")
+        assert not os.path.lexists(link)
+        r.close()
+    # The daemon fixture checks that a stopped daemon leaves no pointer folder.
+
+
+def test_a_pointer_to_another_tags_segment_is_not_followed(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("a", np.full(3, 1.0), "w"), \
+            ndsharray.NdShArray("b", np.full(3, 2.0), "w") as b:
+        link = pointer(daemon, "a")
+        os.symlink(b.ndarray_mmap_name, link + ".evil")
+        os.replace(link + ".evil", link)
+        with ndsharray.NdShArray("a", r_w="r") as r:
+            status, arr = r.read()
+            assert status and arr.tolist() == [1.0, 1.0, 1.0]  # asked the daemon instead
+
+
+def test_daemon_restart_rebuilds_the_pointers(folder: str, monkeypatch: Any, puppets: Any) -> None:
+    d = Daemon(folder).start()
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    writer = puppets()
+    seg = writer.start_writer("cam", "u1", [4], 3)
+    assert d.proc is not None
+    d.proc.kill()
+    d.proc.wait()
+    os.unlink(pointer(d, "cam"))  # as if lost: the next daemon must not rely on old ones
+    os.symlink("nds-stale", os.path.join(config.pointer_dir(d.endpoint), "0" * 32))
+    d2 = Daemon(folder).start()  # adopts the live writer's segment
+    try:
+        assert os.listdir(config.pointer_dir(d.endpoint)) == [config.pointer_name("cam")]
+        assert os.readlink(pointer(d, "cam")) == seg
+        with ndsharray.NdShArray("cam", r_w="r") as r:
+            np.testing.assert_array_equal(r.read()[1], make_array("u1", (4,), 3))
+        writer(op="close", name="w")
+    finally:
+        assert d2.stop() == 0
+    assert not os.path.exists(config.pointer_dir(d.endpoint))
