@@ -4,8 +4,9 @@
 
 ROLE is ``writer``, ``reader``, ``limit`` (the in-process copy, no reader), ``zygote``
 (starts a fresh reader process per attach measurement and waits until its imports are
-done, so neither interpreter start nor imports are timed) or ``fresh`` (that process). Commands arrive as JSON lines on stdin; each gets one JSON line back on the
-original stdout (the library's own prints go to stderr).
+done, so neither interpreter start nor imports are timed) or ``fresh`` (that process).
+Commands arrive as JSON lines on stdin; each gets one JSON line back on the original
+stdout (the library's own prints go to stderr).
 
 A writer and its reader meet in CTRL_FILE, a small shared file of int64 words: the reader
 says it is ready for phase ``ph`` (READY), acknowledges latency frames (ACK), says it is

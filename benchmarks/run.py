@@ -58,8 +58,11 @@ class Plan:
     sustain_s: tuple[float, ...]  # seconds flat out per repetition, per size
     idle_s: float
     warm: tuple[int, ...] = (4, 4, 4, 4, 2)  # unmeasured frames after setup: pages mapped, caches warm
-    gap_busy: float = 0.0003  # pause between latency frames (busy-polling reader)
-    gap_block: float = 0.001  # ... with a blocking reader: long enough for it to fall asleep
+    # Pause between latency frames (x0.5..1.5), the same for busy-polling and blocking
+    # readers so their latencies differ by the reader only (a longer pause alone makes the
+    # next write slower: caches cool). 0.15 ms is plenty to fall asleep: our blocking
+    # reader sleeps in FUTEX_WAIT before each of these frames (counted by hand: 400 of 400).
+    gap: float = 0.0003
 
 
 FULL = Plan(reps=(3, 3, 3, 3, 2), n_lat=(400, 300, 150, 100, 3), sustain_s=(0.5, 0.5, 0.6, 0.6, 2.0),
@@ -312,7 +315,7 @@ class Bench:
             S["attach"].append(res["attach_ns"])
             return
         if kind in ("lat_busy", "lat_copy", "lat_block"):
-            gap = p.gap_block if kind == "lat_block" else p.gap_busy
+            gap = p.gap
             params: dict[str, Any] = dict(n=n, gap=gap, ack_timeout=0.2 + nbytes / 30e6)
             timeout = 60 + n * (gap + 10 * per_frame)
         else:  # sustained

@@ -41,6 +41,9 @@ slot either. A reader that may block holds shared locks on every waiter byte.
   someone waits, so this write must wake them. Set the slot's write count to 0; copy the
   array; store count and time; store the publish word; bump the notify word; unlock;
   FUTEX_WAKE if someone waits. Without blocking readers a write makes two syscalls.
+  While FUTEX_WAKE keeps finding sleepers, the writer skips the first try-lock (it would
+  fail on the waiter byte) and wakes after every write; once a wake finds nobody, it goes
+  back to asking the waiter bytes. Either way a waiter is never missed.
 - reader: load the publish word; if its count is the one last seen, there is nothing new.
   Else try-lock (shared) the slot it names and check the slot's write count equals the
   published count; on any mismatch unlock and start over.
@@ -605,12 +608,15 @@ class SegmentWriter(_Mapped):
         for i in self._candidates():
             if i == self.loaned:
                 continue  # our own OFD locks never conflict: skip the slot we lent out
-            if self._try_lock(self._pin_and_waiter_wr[i]):
-                self._wake = False
-            elif self._try_lock(self._pin_wr[i]):
+            if self._wake:
+                # The last write woke someone: expect a waiter again and skip the lock
+                # attempt that would fail on its waiter byte (publish() wakes anyway).
+                if not self._try_lock(self._pin_wr[i]):
+                    continue  # pinned
+            elif not self._try_lock(self._pin_and_waiter_wr[i]):
+                if not self._try_lock(self._pin_wr[i]):
+                    continue  # pinned
                 self._wake = True  # free, but a blocking reader holds the waiter byte
-            else:
-                continue  # pinned
             # A reader holding an old publish word must not accept this slot mid-copy,
             # nor after we die mid-copy: invalidate its count first.
             _U64.pack_into(self.mm, SLOT_TABLE + SLOT_ENTRY * i, 0)
@@ -628,8 +634,8 @@ class SegmentWriter(_Mapped):
         _U64.pack_into(self.mm, OFF_PUBLISH, (count << 8) | i)
         _U32.pack_into(self.mm, OFF_NOTIFY, count & 0xFFFFFFFF)
         fcntl.fcntl(self.fd, F_OFD_SETLK, self._unlock[i])
-        if self._wake and futex.AVAILABLE:
-            futex.wake(self.notify_addr)
+        if self._wake and futex.AVAILABLE and futex.wake(self.notify_addr) == 0:
+            self._wake = False  # nobody slept: the next write asks the waiter bytes again
         self.count = count
         if i != self.latest:
             self._prev = self.latest

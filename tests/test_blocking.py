@@ -11,6 +11,7 @@ import pytest
 from arrays import digest, make_array
 
 import ndsharray
+from ndsharray import futex
 
 
 class Waiter(threading.Thread):
@@ -159,22 +160,38 @@ def test_hot_path_never_calls_the_daemon(daemon: Any) -> None:
         assert after - before == 1  # the second daemon_stats() call itself
 
 
-def test_a_registered_waiter_is_seen_by_every_later_write(daemon: Any) -> None:
-    # White-box check of the wake-up protocol: once a reader has waited, the writer must
-    # know about it on every write, however the reader pins and unpins slots meanwhile.
+def test_a_registered_waiter_is_woken_by_every_later_write(daemon: Any, monkeypatch: Any) -> None:
+    # White-box check of the wake-up protocol: once a reader has waited, every write must
+    # call FUTEX_WAKE, however the reader pins and unpins slots meanwhile, and whether or
+    # not the reader happened to be asleep (the writer stops probing while wakes find
+    # sleepers, and probes again after one finds none).
+    wakes: list[int] = []
+    real_wake = futex.wake
+
+    def counting_wake(addr: int, n: int = 1 << 30) -> int:
+        wakes.append(addr)
+        return real_wake(addr, n)
+
+    monkeypatch.setattr(futex, "wake", counting_wake)
     with ndsharray.NdShArray("seen", np.zeros(4), "w") as w, ndsharray.NdShArray("seen", r_w="r") as r:
         assert r.read()[0]
         assert r.read(timeout=0.01)[0] is False  # registers as a waiter
         kept = None
         segment = w.ndarray_mmap_name
         for k in range(20):
+            before = len(wakes)
             w.write(np.full(4, float(k)))
-            assert w._wseg is not None and w._wseg._wake, f"write {k} would not wake the reader"
+            assert len(wakes) == before + 1, f"write {k} did not wake the reader"
             status, a = r.read(timeout=5)  # a blocking reader that happens not to block
             assert status
             if k % 3 == 0:
                 kept = a  # hold one view a while, drop others at once
         assert kept is not None and w.ndarray_mmap_name == segment  # one generation throughout
+        kept = a = None  # free the slots: a full ring would grow (a new generation wakes too)
         r.read()  # back to polling: the reader gives up its waiter locks
+        w.write(np.zeros(4))  # may still wake (and find nobody)
+        before = len(wakes)
+        w.write(np.ones(4))
         w.write(np.zeros(4))
-        assert not w._wseg._wake
+        assert len(wakes) == before, "writes kept waking with no reader waiting"
+        assert w.ndarray_mmap_name == segment
