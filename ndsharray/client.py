@@ -302,7 +302,12 @@ class NdShArray:
         return seg
 
     def _acquire_slow(self, seg: SegmentWriter) -> tuple[SegmentWriter, int]:
-        """Every slot but the latest is pinned: wait a moment, then grow the ring."""
+        """Every slot but the latest is pinned: free dead readers' pins, wait a moment, then
+        grow the ring."""
+        if seg.reclaim_rows():
+            i = seg.try_acquire()
+            if i >= 0:
+                return seg, i
         # A reader holds two pins for a moment while it swaps views; that passes quickly.
         spin_until = time.monotonic() + 0.002
         while time.monotonic() < spin_until:
@@ -347,8 +352,6 @@ class NdShArray:
         seconds waits up to that long for the next write; None waits for as long as it takes.
         A waiting reader sleeps on a futex and uses no CPU.
         """
-        if timeout == 0 and self._rseg is not None and self._rseg._waiting:
-            self._rseg.stop_waiting()  # back to polling: writes need not wake us any more
         got = self._read_now(copy)
         if got is not None or timeout == 0:
             return (True, got) if got is not None else (False, self._last)

@@ -8,7 +8,7 @@ Layout (little-endian; every field naturally aligned)::
 
     offset  size  field
     0       8     magic b"NDSHARR\\0"
-    8       4     layout version (1)
+    8       4     layout version (2)
     12      4     header size = offset of slot 0 (a multiple of the page size)
     16      8     payload bytes of one array
     24      8     slot stride (>= payload, multiple of 64; of the page size from 64 KiB)
@@ -17,8 +17,8 @@ Layout (little-endian; every field naturally aligned)::
     40      8     generation of this tag (1, 2, ... as the shape, dtype or N changes)
     48      4     pid of the writer using this segment (0 once it closed it)
     52      4     retired: 1 once a newer generation replaced this one, 2 if the tag was removed
-    56      4     notify word: the writer adds 1 after each publish (futex word)
-    60      4     reserved
+    56      4     notify word: the writer stores the low bits of its count after each publish (futex word)
+    60      4     reader rows in use (a high-water mark: rows 0..n-1 may hold pins)
     64      8     publish word: (write count << 8) | index of the latest slot
     72      8     creation time, CLOCK_MONOTONIC ns
     80      2     tag length in bytes (UTF-8)
@@ -27,40 +27,34 @@ Layout (little-endian; every field naturally aligned)::
     128     16*N  slot table: per slot its write count (u64) and publish time (u64, monotonic ns)
     ...     8*ndim  shape (u64 each)
     ...     tag, then dtype description
+    ...     256 reader rows of 64 bytes (64-aligned): u32 may-sleep flag, u32 pid, then from
+            byte 32 a 256-bit pin mask (bit i: this reader holds a view of slot i)
     header size + i * stride: slot i
 
-Write / read protocol. Slots are pinned with OFD byte-range locks in a range past the end
-of the file (locks need no bytes behind them): slot i has a *pin byte* at LOCKS + 2i and a
-*waiter byte* at LOCKS + 2i + 1. A reader holds a shared lock on a slot's pin byte for as
-long as a view of it is alive; the writer only writes a slot whose pin byte it holds
-exclusively, so a pinned slot is never overwritten. The writer never writes the latest
-slot either. A reader that may block holds shared locks on every waiter byte.
+Write / read protocol. Pins live in shared memory, one row per reader, and are set and
+cleared with atomic instructions (``_hot.c``): a write or a read makes no syscall. A
+reader claims its row at open by taking an OFD lock on byte LOCKS + row (past the end of
+the file; locks need no bytes behind them) and keeps it while its fd is open, so a row
+whose lock is free belongs to nobody, even if a dead reader left pins in it.
 
-- writer: try-lock (exclusive, non-blocking) pin *and* waiter byte of a slot other than the
-  latest; if that fails, try the pin byte alone: success means the slot is free but
-  someone waits, so this write must wake them. Set the slot's write count to 0; copy the
-  array; store count and time; store the publish word; bump the notify word; unlock;
-  FUTEX_WAKE if someone waits. Without blocking readers a write makes two syscalls.
-  While FUTEX_WAKE keeps finding sleepers, the writer skips the first try-lock (it would
-  fail on the waiter byte) and wakes after every write; once a wake finds nobody, it goes
-  back to asking the waiter bytes. Either way a waiter is never missed.
+- writer: for a slot other than the latest (warmest first): store its write count 0,
+  full fence, look at that slot's bit in every row in use; if none is set the slot is
+  ours. Copy the array; store count and time (release), the publish word, the notify
+  word; full fence; if any row says it may sleep, FUTEX_WAKE. If every slot is pinned, the
+  writer probes the lock of each row that holds pins and clears the rows of dead readers.
 - reader: load the publish word; if its count is the one last seen, there is nothing new.
-  Else try-lock (shared) the slot it names and check the slot's write count equals the
-  published count; on any mismatch unlock and start over.
-- blocking reader: lock every waiter byte, load the notify word, check for a new write,
-  then FUTEX_WAIT on the notify word. A writer that locked a slot before the reader
-  registered still holds the waiter byte until after its notify bump, so the reader either
-  sees the bump or is seen by the writer: no wake-up is lost.
+  Else set the slot's bit in our row (atomic or), full fence, load the slot's write count:
+  if it equals the published count the slot is ours until we clear the bit, otherwise
+  clear it (unless an older view of ours holds it) and start over.
+- blocking reader: store our may-sleep flag, full fence, load the notify word, check for a
+  new write, FUTEX_WAIT on the notify word; clear the flag when it returns.
 
-Why this is enough without atomics: lock and unlock go through the kernel's lock table,
-which is serialised by a lock of its own, so everything the writer stored before its unlock
-is visible to any process whose lock on that range succeeds afterwards, and a lock that
-succeeds earlier makes the writer's try-lock fail. The count check catches a slot that was
-rewritten between the reader's load of the publish word and its lock (and the count set to
-0 before copying catches a writer that died mid-copy: the kernel dropped its lock, but the
-slot never got a valid count). A reader that sees a publish word before the writer's
-unlock just fails to pin and tries again. The publish word is one aligned 8-byte load and
-store.
+Why this is enough: both the pin/count pair and the flag/notify pair are Dekker-style:
+each side stores, fences (sequentially consistent), then loads what the other stores, so
+at least one sees the other. A writer that sees no pin has zeroed the count first, so a
+reader that pins later rejects the slot; a reader that pinned first makes the writer skip
+it. A count set to 0 before copying also catches a writer that died mid-copy: the slot
+never got a valid count. The publish word is one aligned 8-byte atomic load and store.
 """
 
 from __future__ import annotations
@@ -80,9 +74,9 @@ from typing import Any
 
 import numpy as np
 
-from . import futex
+from . import _hot, futex
 from .dtypes import MAX_DESCR_LEN, text_to_dtype
-from .errors import CorruptSegmentError, SegmentGoneError
+from .errors import CorruptSegmentError, ResourceLimitError, SegmentGoneError
 
 if sys.byteorder != "little":  # pragma: no cover - every target platform is little-endian
     raise ImportError("ndsharray's segment layout assumes a little-endian machine")
@@ -95,7 +89,7 @@ def shm_dir() -> str:
     agree) or ``/dev/shm``."""
     return os.environ.get(ENV_SHM_DIR) or "/dev/shm"
 MAGIC = b"NDSHARR\0"
-VERSION = 1
+VERSION = 2
 PAGE = mmap.PAGESIZE
 MAX_SLOTS = 255
 MAX_NDIM = 64
@@ -110,7 +104,12 @@ OFF_RETIRED = 52
 RETIRED_SUPERSEDED = 1  # a newer generation replaced this segment: readers re-resolve
 RETIRED_REMOVED = 2  # the tag was removed (ndsharray rm): its writer must stop
 OFF_NOTIFY = 56
+OFF_ROWS_USED = 60
 OFF_PUBLISH = 64
+READER_ROWS = 256  # readers per segment (one row each): 16 KiB of header
+ROW_SIZE = 64  # a cache line, so readers never share one
+if _hot.READER_ROWS != READER_ROWS:  # pragma: no cover - a stale build of _hot.c
+    raise ImportError("ndsharray._hot was built for another segment layout: reinstall ndsharray")
 # Native formats for the fields that change while others read them: one aligned load/store.
 _U64 = struct.Struct("@Q")
 _U32 = struct.Struct("@I")
@@ -152,8 +151,12 @@ class Layout:
         return self.tag_offset + self.tag_len
 
     @property
+    def rows_offset(self) -> int:
+        return -(-(self.descr_offset + self.descr_len) // ROW_SIZE) * ROW_SIZE
+
+    @property
     def header_size(self) -> int:
-        end = self.descr_offset + self.descr_len
+        end = self.rows_offset + ROW_SIZE * READER_ROWS
         return -(-end // PAGE) * PAGE
 
     @property
@@ -340,18 +343,8 @@ def _flock(kind: int, start: int, length: int = 1) -> bytes:
 
 
 @functools.cache
-def _lock_requests(nslots: int) -> tuple[tuple[bytes, ...], ...]:
-    """Packed lock requests per slot (see the protocol above): the hot path packs nothing."""
-    pins = [LOCKS + 2 * i for i in range(nslots)]
-    return (
-        tuple(_flock(fcntl.F_RDLCK, p) for p in pins),  # a reader's pin
-        tuple(_flock(fcntl.F_WRLCK, p) for p in pins),  # the writer's, when a reader waits
-        tuple(_flock(fcntl.F_WRLCK, p, 2) for p in pins),  # the writer's: pin and waiter bytes
-        tuple(_flock(fcntl.F_RDLCK, p + 1) for p in pins),  # a blocking reader's waiter byte
-        tuple(_flock(fcntl.F_UNLCK, p + 1) for p in pins),
-        tuple(_flock(fcntl.F_UNLCK, p) for p in pins),  # a reader's unpin; not its waiter byte
-        tuple(_flock(fcntl.F_UNLCK, p, 2) for p in pins),  # the writer's
-    )
+def _row_lock(row: int, kind: int) -> bytes:
+    return _flock(kind, LOCKS + row)
 
 
 class _Mapped:
@@ -363,9 +356,8 @@ class _Mapped:
     def __init__(self, name: str, writable: bool) -> None:
         self.name = name
         try:
-            self.fd = os.open(
-                segment_path(name), (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW
-            )
+            # Readers open read-write too: they keep their pins in their row of the header.
+            self.fd = os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise SegmentGoneError(f"segment {name} no longer exists") from None
         self.closed = False
@@ -374,6 +366,8 @@ class _Mapped:
             size = os.fstat(self.fd).st_size
             if size < 128:
                 raise CorruptSegmentError(f"segment {name}: {size} bytes, too small for a header")
+            # A reader's arrays come from a read-only mapping: a stray write through one
+            # faults in that reader instead of changing what every other process sees.
             access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
             self.mm = mmap.mmap(self.fd, size, access=access)
             self.header = parse_header(self.mm, size, name)
@@ -386,8 +380,6 @@ class _Mapped:
         self.mv = memoryview(self.mm)
         self.base_addr = mapping_address(self.mm)
         self.notify_addr = self.base_addr + OFF_NOTIFY
-        (self._pin_rd, self._pin_wr, self._pin_and_waiter_wr, self._waiter_rd,
-         self._waiter_unlock, self._pin_unlock, self._unlock) = _lock_requests(self.nslots)
 
     def publish_word(self) -> int:
         return int(_U64.unpack_from(self.mm, OFF_PUBLISH)[0])
@@ -412,7 +404,7 @@ class _Mapped:
 
     def _close_fd(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)  # drops every OFD lock this handle held
+            os.close(self.fd)  # drops every OFD lock this handle held: a reader's row
             self.fd = -1
         self.closed = True
 
@@ -420,8 +412,8 @@ class _Mapped:
 class _Pin:
     """The base object of one read's view: its lifetime is the slot's pin.
 
-    It keeps its reader (and so the mapping and the locked fd) alive, and unpins the slot
-    when the last array built on it is collected.
+    It keeps its reader (and so the mapping and its row) alive, and unpins the slot when
+    the last array built on it is collected.
     """
 
     __slots__ = ("__array_interface__", "reader", "slot")
@@ -445,9 +437,14 @@ class SegmentReader(_Mapped):
         super().__init__(name, writable=False)
         self._pins = [0] * self.nslots
         self._closing = False
-        self._waiting = False
         self._owner = _Process.pid
         h = self.header
+        try:
+            self._rw = mmap.mmap(self.fd, h.layout.header_size)  # our row lives here
+            self.row = self._claim_row(mapping_address(self._rw))
+        except BaseException:
+            self._close_fd()
+            raise
         addr = self.base_addr
         self._via_bytes = h.dtype.names is not None or h.dtype.subdtype is not None
         self._ifaces = [
@@ -459,39 +456,38 @@ class SegmentReader(_Mapped):
             for i in range(self.nslots)
         ]
 
+    def _claim_row(self, rw_addr: int) -> int:
+        """Lock the first free reader row and return its address: the lock lasts as long as
+        our fd, so the writer can tell a dead reader's row (lock free) from a live one."""
+        for r in range(READER_ROWS):
+            if self._try_lock(_row_lock(r, fcntl.F_WRLCK)):
+                row = rw_addr + self.layout.rows_offset + ROW_SIZE * r
+                _hot.claim_row(rw_addr, row, r, _Process.pid)
+                return row
+        raise ResourceLimitError(
+            "LIMIT", f"segment {self.name} has {READER_ROWS} readers already, its limit; "
+            "close readers of this tag that you do not use"
+        )
+
     def latest(self, last_count: int) -> tuple[int, int, int] | None:
         """Pin the latest slot if its count differs from ``last_count``.
 
         Returns ``(count, slot, stamp_ns)`` with the slot pinned once, or None when nothing
         newer was published. The caller must :meth:`unpin` or hand the pin to a view.
         """
-        spins = 0
-        while True:
-            pub = int(_U64.unpack_from(self.mm, OFF_PUBLISH)[0])
-            count = pub >> 8
-            if count == last_count or count == 0:
-                return None
-            i = pub & 0xFF
-            if i >= self.nslots:
-                raise CorruptSegmentError(
-                    f"segment {self.name}: publish word names slot {i} of {self.nslots}"
-                )
-            if self._pin(i):
-                seq, stamp = _SEQ_STAMP.unpack_from(self.mm, SLOT_TABLE + SLOT_ENTRY * i)
-                if seq == count:
-                    return count, i, int(stamp)
-                same = int(_U64.unpack_from(self.mm, OFF_PUBLISH)[0]) == pub
-                self.unpin(i)
-                if same:
-                    # The writer never rewrites the latest slot, and we held the pin: a
-                    # count that disagrees with an unchanged publish word is corruption.
-                    raise CorruptSegmentError(
-                        f"segment {self.name}: publish word names write {count} in slot {i}, "
-                        f"but that slot holds write {seq}"
-                    )
-            spins += 1
-            if spins > 16:  # the writer lapped us repeatedly; let it finish its copy
-                os.sched_yield()
+        got = _hot.latest(self.base_addr, self.row, last_count, self.nslots)
+        if type(got) is tuple:
+            self._pins[got[1]] += 1
+            return got
+        if got is None:
+            return None
+        pub = self.publish_word()
+        if got == -1:
+            raise CorruptSegmentError(
+                f"segment {self.name}: publish word names slot {pub & 0xFF} of {self.nslots}")
+        raise CorruptSegmentError(
+            f"segment {self.name}: publish word names write {pub >> 8} in slot {pub & 0xFF}, "
+            "but that slot holds another write")
 
     def has_new(self, last_count: int) -> bool:
         count = int(_U64.unpack_from(self.mm, OFF_PUBLISH)[0]) >> 8
@@ -502,42 +498,26 @@ class SegmentReader(_Mapped):
 
         Lost wake-ups are impossible: see the blocking reader in the module docstring.
         """
-        if not self._waiting:
-            # Shared locks only fail while the writer holds one slot mid-write: then poll
-            # this round and register on the next.
-            self._waiting = all([self._try_lock(req) for req in self._waiter_rd])
-        seen = self.notify_word()
-        if self.has_new(last_count) or self.retired():
+        if not futex.AVAILABLE:
+            time.sleep(min(timeout, 0.001))  # no futex: poll, gently
             return
-        if futex.AVAILABLE and self._waiting:
+        _hot.set_waiting(self.row, 1)
+        try:
+            seen = self.notify_word()
+            if self.has_new(last_count) or self.retired():
+                return
             futex.wait(self.notify_addr, seen, timeout)
-        else:  # no futex: poll, gently
-            time.sleep(min(timeout, 0.001))
-
-    def stop_waiting(self) -> None:
-        """Give up the waiter locks (a reader that went back to polling): writes stop
-        paying for wake-ups nobody needs."""
-        if self._waiting:
-            self._waiting = False
-            for req in self._waiter_unlock:
-                fcntl.fcntl(self.fd, F_OFD_SETLK, req)
-
-    def _pin(self, i: int) -> bool:
-        if self._pins[i]:
-            self._pins[i] += 1
-            return True
-        if self._try_lock(self._pin_rd[i]):
-            self._pins[i] = 1
-            return True
-        return False
+        finally:
+            if self.fd >= 0:
+                _hot.set_waiting(self.row, 0)
 
     def unpin(self, i: int) -> None:
         if _Process.pid != self._owner:
-            return  # inherited by a forked child: these locks are the parent's
+            return  # inherited by a forked child: these pins are the parent's
         n = self._pins[i] - 1
         self._pins[i] = n
         if n == 0 and self.fd >= 0:
-            fcntl.fcntl(self.fd, F_OFD_SETLK, self._pin_unlock[i])
+            _hot.unpin(self.row, i)
             if self._closing and not any(self._pins):
                 self._close_fd()
 
@@ -547,7 +527,7 @@ class SegmentReader(_Mapped):
         numpy collapses a view's base to the buffer's exporter (here the mmap, shared by all
         slots), so each view is built on a fresh :class:`_Pin` whose ``__array_interface__``
         points into the mapping: every array derived from it keeps the pin object alive,
-        and the slot is unlocked when the pin object is collected.
+        and the slot is unpinned when the pin object is collected.
         """
         arr: np.ndarray[Any, Any] = np.asarray(_Pin(self._ifaces[i], self, i))
         if self._via_bytes:
@@ -561,12 +541,22 @@ class SegmentReader(_Mapped):
         return src.copy()
 
     def close(self) -> None:
-        """Stop using the segment; the fd (and its locks) goes when the last view does."""
+        """Stop using the segment; the fd (and its row) goes when the last view does."""
         if self._closing:
             return
         self._closing = True
         if not any(self._pins):
             self._close_fd()
+
+    def _close_fd(self) -> None:
+        rw = getattr(self, "_rw", None)
+        if rw is not None and self.fd >= 0 and _Process.pid == self._owner:
+            # A closing reader leaves its row clean (a crashed one leaves it for the
+            # writer's reclaim); the row's lock goes with the fd.
+            if getattr(self, "row", None) is not None:
+                _hot.clear_row(self.row)
+            rw.close()
+        super()._close_fd()
 
 
 class SegmentWriter(_Mapped):
@@ -580,6 +570,7 @@ class SegmentWriter(_Mapped):
             np.ndarray(h.shape, h.dtype, buffer=self.mm, offset=h.layout.slot_offset(i))
             for i in range(self.nslots)
         ]
+        self.rows_addr = self.base_addr + h.layout.rows_offset
         # A restarted daemon reads the live writer's pid here to decide what to keep.
         _U32.pack_into(self.mm, OFF_WRITER_PID, _Process.pid)
         pub = self.publish_word()
@@ -588,10 +579,9 @@ class SegmentWriter(_Mapped):
         self.latest = pub & 0xFF if self.count else -1
         self._prev = -1  # the slot written before the latest: the warmest one we may reuse
         self.loaned = -1  # the slot lent out by loan(), until it is published or released
-        self._orders: dict[tuple[int, int], tuple[int, ...]] = {}
-        self._wake = False
+        self._orders: dict[tuple[int, int], bytes] = {}
 
-    def _candidates(self) -> tuple[int, ...]:
+    def _candidates(self) -> bytes:
         """Slots to try, warmest first: the one written before the latest (so a writer whose
         readers keep up ping-pongs between two cache-warm slots), then the others."""
         key = (self.latest, self._prev)
@@ -599,43 +589,35 @@ class SegmentWriter(_Mapped):
         if order is None:
             n = self.nslots
             rest = [(self.latest + k) % n for k in range(1, n)] if self.latest >= 0 else list(range(n))
-            order = self._orders[key] = tuple(
+            order = self._orders[key] = bytes(
                 ([self._prev] if self._prev in rest else []) + [i for i in rest if i != self._prev])
         return order
 
     def try_acquire(self) -> int:
-        """Exclusively lock a slot that is neither the latest nor pinned; -1 if none is free."""
-        for i in self._candidates():
-            if i == self.loaned:
-                continue  # our own OFD locks never conflict: skip the slot we lent out
-            if self._wake:
-                # The last write woke someone: expect a waiter again and skip the lock
-                # attempt that would fail on its waiter byte (publish() wakes anyway).
-                if not self._try_lock(self._pin_wr[i]):
-                    continue  # pinned
-            elif not self._try_lock(self._pin_and_waiter_wr[i]):
-                if not self._try_lock(self._pin_wr[i]):
-                    continue  # pinned
-                self._wake = True  # free, but a blocking reader holds the waiter byte
-            # A reader holding an old publish word must not accept this slot mid-copy,
-            # nor after we die mid-copy: invalidate its count first.
-            _U64.pack_into(self.mm, SLOT_TABLE + SLOT_ENTRY * i, 0)
-            return i
-        return -1
+        """A slot that is neither the latest nor pinned, its count zeroed; -1 if none is free."""
+        return int(_hot.acquire(self.base_addr, self.rows_addr, self._candidates(), self.loaned))
+
+    def reclaim_rows(self) -> int:
+        """Clear the rows of readers that died holding pins; returns how many."""
+        freed = 0
+        used = min(READER_ROWS, int(_U32.unpack_from(self.mm, OFF_ROWS_USED)[0]))
+        for r in range(used):
+            row = ROW_SIZE * r + self.layout.rows_offset
+            if not any(self.mm[row : row + ROW_SIZE]):
+                continue
+            if self._try_lock(_row_lock(r, fcntl.F_WRLCK)):  # nobody holds it: its reader is gone
+                _hot.clear_row(self.rows_addr + ROW_SIZE * r)
+                fcntl.fcntl(self.fd, F_OFD_SETLK, _row_lock(r, fcntl.F_UNLCK))
+                freed += 1
+        return freed
 
     def release(self, i: int) -> None:
         """Give back an acquired slot without publishing it (its count stays 0)."""
-        fcntl.fcntl(self.fd, F_OFD_SETLK, self._unlock[i])
 
     def publish(self, i: int) -> int:
         """Publish acquired slot ``i`` as the latest write; returns the write count."""
         count = self.count + 1
-        _SEQ_STAMP.pack_into(self.mm, SLOT_TABLE + SLOT_ENTRY * i, count, time.monotonic_ns())
-        _U64.pack_into(self.mm, OFF_PUBLISH, (count << 8) | i)
-        _U32.pack_into(self.mm, OFF_NOTIFY, count & 0xFFFFFFFF)
-        fcntl.fcntl(self.fd, F_OFD_SETLK, self._unlock[i])
-        if self._wake and futex.AVAILABLE and futex.wake(self.notify_addr) == 0:
-            self._wake = False  # nobody slept: the next write asks the waiter bytes again
+        _hot.publish(self.base_addr, self.rows_addr, i, count, time.monotonic_ns())
         self.count = count
         if i != self.latest:
             self._prev = self.latest
