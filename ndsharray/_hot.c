@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 #ifdef __linux__
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -28,6 +29,8 @@
 #define OFF_PUBLISH 64
 #define SLOT_TABLE 128
 #define SLOT_ENTRY 16
+#define OFF_RETIRED 52
+#define RETIRED_REMOVED 2
 #define ROW_WAITING 0
 #define ROW_PINS 32
 #define READER_ROWS 256 /* rows in a segment: segment.READER_ROWS */
@@ -114,68 +117,6 @@ static PyObject *hot_unpin(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* acquire(base, rows, candidates, skip) -> slot or -1
- * The first candidate slot (bytes of slot indexes, warmest first) that no reader row pins,
- * its count set to 0 so that no reader accepts it from now on; skip is a slot lent out. */
-static PyObject *hot_acquire(PyObject *self, PyObject *args) {
-    PyObject *obase, *orows;
-    Py_buffer cand;
-    int skip;
-    uintptr_t base, rows;
-    if (!PyArg_ParseTuple(args, "OOy*i", &obase, &orows, &cand, &skip)) return NULL;
-    if (get_addr(obase, &base) || get_addr(orows, &rows)) {
-        PyBuffer_Release(&cand);
-        return NULL;
-    }
-    const unsigned char *c = cand.buf;
-    long found = -1;
-    for (Py_ssize_t k = 0; k < cand.len && found < 0; k++) {
-        unsigned slot = c[k];
-        if ((int)slot == skip) continue;
-        a64 *entry = u64_at(base, SLOT_TABLE + SLOT_ENTRY * slot);
-        atomic_store_explicit(entry, 0, memory_order_relaxed);
-        atomic_thread_fence(memory_order_seq_cst);
-        uint32_t used = rows_used(base);
-        uint64_t bit = 1ull << (slot & 63);
-        int pinned = 0;
-        for (uint32_t r = 0; r < used && !pinned; r++)
-            pinned = (atomic_load_explicit(pin_word(rows + 64 * (uintptr_t)r, slot),
-                                           memory_order_relaxed) & bit) != 0;
-        if (!pinned) found = slot;
-    }
-    /* The copy that follows must not be seen before the count's 0 by a reader that pins
-     * later; the acquire fence orders our later stores after the loads above, and the
-     * stores of the copy come after the seq_cst fence. */
-    atomic_thread_fence(memory_order_seq_cst);
-    PyBuffer_Release(&cand);
-    return PyLong_FromLong(found);
-}
-
-/* publish(base, rows, slot, count, stamp) -> number of reader rows that wait (0: no wake)
- * Store the slot's count and time, the publish word and the notify word, then wake the
- * futex if a reader says it may sleep on it. */
-static PyObject *hot_publish(PyObject *self, PyObject *args) {
-    PyObject *obase, *orows;
-    unsigned int slot;
-    unsigned long long count, stamp;
-    uintptr_t base, rows;
-    if (!PyArg_ParseTuple(args, "OOIKK", &obase, &orows, &slot, &count, &stamp)) return NULL;
-    if (get_addr(obase, &base) || get_addr(orows, &rows)) return NULL;
-    a64 *entry = u64_at(base, SLOT_TABLE + SLOT_ENTRY * slot);
-    atomic_store_explicit(entry + 1, stamp, memory_order_relaxed);
-    atomic_store_explicit(entry, count, memory_order_release);
-    atomic_store_explicit(u64_at(base, OFF_PUBLISH), (count << 8) | slot, memory_order_release);
-    atomic_store_explicit(u32_at(base, OFF_NOTIFY), (uint32_t)count, memory_order_release);
-    atomic_thread_fence(memory_order_seq_cst);
-    uint32_t used = rows_used(base);
-    long waiting = 0;
-    for (uint32_t r = 0; r < used; r++)
-        waiting += atomic_load_explicit(u32_at(rows + 64 * (uintptr_t)r, ROW_WAITING),
-                                        memory_order_relaxed) != 0;
-    if (waiting) futex_wake(base + OFF_NOTIFY);
-    return PyLong_FromLong(waiting);
-}
-
 /* set_waiting(row, flag): a reader says it may sleep on the notify word (1) or not (0).
  * After the store, a full fence: the reader then reads the notify word, the writer stores
  * it before reading the flags, so one of them sees the other. */
@@ -222,11 +163,209 @@ static PyObject *hot_clear_row(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- the writer's whole same-shape write in one call --------------------------------- */
+
+#define MAX_DIMS 64
+#define GIL_FREE_COPY (256 * 1024) /* copies this large let other threads run meanwhile */
+
+typedef struct {
+    PyObject_HEAD
+    uintptr_t base, rows;
+    Py_ssize_t nbytes, header_size, stride;
+    unsigned nslots;
+    int ndim;
+    Py_ssize_t shape[MAX_DIMS];
+    char format[64]; /* the buffer format of the segment's dtype; "" = never take the fast path */
+    unsigned long long count;
+    int latest, prev, loaned;
+    unsigned char order[256]; /* slots to try, warmest first, for (latest, prev) */
+    int order_len, order_key_latest, order_key_prev;
+} WriterObject;
+
+static int writer_init(WriterObject *w, PyObject *args, PyObject *kw) {
+    PyObject *obase, *orows, *shape;
+    const char *format;
+    Py_ssize_t nbytes, header_size, stride;
+    unsigned nslots;
+    unsigned long long count;
+    int latest;
+    static char *kwlist[] = {"base", "rows", "nslots", "nbytes", "header_size", "stride",
+                             "shape", "format", "count", "latest", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOInnnO!sKi", kwlist, &obase, &orows, &nslots, &nbytes,
+                                     &header_size, &stride, &PyTuple_Type, &shape, &format, &count, &latest))
+        return -1;
+    if (get_addr(obase, &w->base) || get_addr(orows, &w->rows)) return -1;
+    Py_ssize_t nd = PyTuple_GET_SIZE(shape);
+    if (nslots < 1 || nslots > 255 || nd > MAX_DIMS || strlen(format) >= sizeof w->format || nbytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad writer geometry");
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < nd; k++) {
+        w->shape[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, k));
+        if (w->shape[k] == -1 && PyErr_Occurred()) return -1;
+    }
+    w->ndim = (int)nd;
+    w->nslots = nslots;
+    w->nbytes = nbytes;
+    w->header_size = header_size;
+    w->stride = stride;
+    strcpy(w->format, format);
+    w->count = count;
+    w->latest = latest;
+    w->prev = -1;
+    w->loaned = -1;
+    w->order_len = -1;
+    return 0;
+}
+
+/* Slots other than the latest, the one written before it first: a writer whose readers
+ * keep up ping-pongs between two cache-warm slots. */
+static void writer_order(WriterObject *w) {
+    if (w->order_len >= 0 && w->order_key_latest == w->latest && w->order_key_prev == w->prev) return;
+    int n = 0;
+    unsigned first = w->latest >= 0 ? (unsigned)w->latest + 1 : 0;
+    unsigned span = w->latest >= 0 ? w->nslots - 1 : w->nslots;
+    if (w->prev >= 0 && w->prev != w->latest && (unsigned)w->prev < w->nslots) w->order[n++] = (unsigned char)w->prev;
+    for (unsigned k = 0; k < span; k++) {
+        unsigned slot = (first + k) % w->nslots;
+        if ((int)slot != w->prev) w->order[n++] = (unsigned char)slot;
+    }
+    w->order_len = n;
+    w->order_key_latest = w->latest;
+    w->order_key_prev = w->prev;
+}
+
+static long writer_acquire_slot(WriterObject *w) {
+    writer_order(w);
+    for (int k = 0; k < w->order_len; k++) {
+        unsigned slot = w->order[k];
+        if ((int)slot == w->loaned) continue;
+        atomic_store_explicit(u64_at(w->base, SLOT_TABLE + SLOT_ENTRY * slot), 0, memory_order_relaxed);
+        atomic_thread_fence(memory_order_seq_cst);
+        uint32_t used = rows_used(w->base);
+        uint64_t bit = 1ull << (slot & 63);
+        int pinned = 0;
+        for (uint32_t r = 0; r < used && !pinned; r++)
+            pinned = (atomic_load_explicit(pin_word(w->rows + 64 * (uintptr_t)r, slot), memory_order_relaxed) & bit) != 0;
+        if (!pinned) {
+            atomic_thread_fence(memory_order_seq_cst);
+            return slot;
+        }
+    }
+    return -1;
+}
+
+static unsigned long long writer_publish_slot(WriterObject *w, unsigned slot) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* time.monotonic_ns()'s clock */
+    unsigned long long stamp = (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+    unsigned long long count = w->count + 1;
+    a64 *entry = u64_at(w->base, SLOT_TABLE + SLOT_ENTRY * slot);
+    atomic_store_explicit(entry + 1, stamp, memory_order_relaxed);
+    atomic_store_explicit(entry, count, memory_order_release);
+    atomic_store_explicit(u64_at(w->base, OFF_PUBLISH), (count << 8) | slot, memory_order_release);
+    atomic_store_explicit(u32_at(w->base, OFF_NOTIFY), (uint32_t)count, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst);
+    uint32_t used = rows_used(w->base);
+    int waiting = 0;
+    for (uint32_t r = 0; r < used && !waiting; r++)
+        waiting = atomic_load_explicit(u32_at(w->rows + 64 * (uintptr_t)r, ROW_WAITING), memory_order_relaxed) != 0;
+    if (waiting) futex_wake(w->base + OFF_NOTIFY);
+    w->count = count;
+    if ((int)slot != w->latest) w->prev = w->latest;
+    w->latest = (int)slot;
+    return count;
+}
+
+static PyObject *writer_acquire(WriterObject *w, PyObject *noargs) {
+    return PyLong_FromLong(writer_acquire_slot(w));
+}
+
+static PyObject *writer_publish(WriterObject *w, PyObject *arg) {
+    long slot = PyLong_AsLong(arg);
+    if (slot == -1 && PyErr_Occurred()) return NULL;
+    if (slot < 0 || (unsigned long)slot >= w->nslots) {
+        PyErr_SetString(PyExc_ValueError, "slot out of range");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(writer_publish_slot(w, (unsigned)slot));
+}
+
+/* write(array) -> write count, or 0: not here (another shape or dtype, not C-contiguous, a
+ * dtype without a buffer format; the caller takes its general path), -1: every slot is
+ * pinned, -2: the tag was removed. Nothing is changed unless a count is returned. */
+static PyObject *writer_write(WriterObject *w, PyObject *arr) {
+    if (atomic_load_explicit(u32_at(w->base, OFF_RETIRED), memory_order_relaxed) == RETIRED_REMOVED)
+        return PyLong_FromLong(-2);
+    if (w->format[0] == 0) return PyLong_FromLong(0);
+    Py_buffer view;
+    if (PyObject_GetBuffer(arr, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        return PyLong_FromLong(0);
+    }
+    int same = view.len == w->nbytes && view.ndim == w->ndim && view.format != NULL &&
+               strcmp(view.format, w->format) == 0;
+    for (int k = 0; same && k < w->ndim; k++) same = view.shape[k] == w->shape[k];
+    if (!same) {
+        PyBuffer_Release(&view);
+        return PyLong_FromLong(0);
+    }
+    long slot = writer_acquire_slot(w);
+    if (slot < 0) {
+        PyBuffer_Release(&view);
+        return PyLong_FromLong(-1);
+    }
+    void *dst = (void *)(w->base + w->header_size + (uintptr_t)slot * w->stride);
+    if (view.len >= GIL_FREE_COPY) {
+        Py_BEGIN_ALLOW_THREADS
+        memcpy(dst, view.buf, (size_t)view.len);
+        Py_END_ALLOW_THREADS
+    } else {
+        memcpy(dst, view.buf, (size_t)view.len);
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(writer_publish_slot(w, (unsigned)slot));
+}
+
+static PyObject *writer_get_count(WriterObject *w, void *c) { return PyLong_FromUnsignedLongLong(w->count); }
+static PyObject *writer_get_latest(WriterObject *w, void *c) { return PyLong_FromLong(w->latest); }
+static PyObject *writer_get_loaned(WriterObject *w, void *c) { return PyLong_FromLong(w->loaned); }
+static int writer_set_loaned(WriterObject *w, PyObject *v, void *c) {
+    long slot = v ? PyLong_AsLong(v) : -1;
+    if (slot == -1 && PyErr_Occurred()) return -1;
+    w->loaned = (int)slot;
+    return 0;
+}
+
+static PyGetSetDef writer_getset[] = {
+    {"count", (getter)writer_get_count, NULL, "writes published in this segment", NULL},
+    {"latest", (getter)writer_get_latest, NULL, "slot of the latest write (-1: none)", NULL},
+    {"loaned", (getter)writer_get_loaned, (setter)writer_set_loaned, "slot lent out by loan() (-1: none)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef writer_methods[] = {
+    {"write", (PyCFunction)writer_write, METH_O, "Copy a same-shape C-contiguous array into a free slot and publish it."},
+    {"acquire", (PyCFunction)writer_acquire, METH_NOARGS, "A free slot, its count zeroed; -1 if every slot is pinned."},
+    {"publish", (PyCFunction)writer_publish, METH_O, "Publish an acquired slot; returns the write count."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject WriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ndsharray._hot.Writer",
+    .tp_basicsize = sizeof(WriterObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The single writer's side of a segment (see segment.SegmentWriter).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)writer_init,
+    .tp_methods = writer_methods,
+    .tp_getset = writer_getset,
+};
+
 static PyMethodDef methods[] = {
     {"latest", hot_latest, METH_VARARGS, "Pin the latest slot if it is newer than last_count."},
     {"unpin", hot_unpin, METH_VARARGS, "Clear a reader's pin bit of a slot."},
-    {"acquire", hot_acquire, METH_VARARGS, "The writer's next slot: unpinned, count zeroed."},
-    {"publish", hot_publish, METH_VARARGS, "Publish a slot; wake sleeping readers."},
     {"set_waiting", hot_set_waiting, METH_VARARGS, "A reader's may-sleep flag, fenced."},
     {"claim_row", hot_claim_row, METH_VARARGS, "Initialise a reader row just locked."},
     {"clear_row", hot_clear_row, METH_VARARGS, "Clear a dead reader's row."},
@@ -238,8 +377,13 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__hot(void) {
+    if (PyType_Ready(&WriterType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "READER_ROWS", READER_ROWS) < 0) {
+    if (m == NULL) return NULL;
+    Py_INCREF(&WriterType);
+    if (PyModule_AddIntConstant(m, "READER_ROWS", READER_ROWS) < 0 ||
+        PyModule_AddObject(m, "Writer", (PyObject *)&WriterType) < 0) {
+        Py_DECREF(&WriterType);
         Py_DECREF(m);
         return NULL;
     }

@@ -63,6 +63,7 @@ class NdShArray:
     """
 
     _closed = True
+    _fast: Any = None  # the current segment's _hot.Writer while this writer may use it
     _wseg: SegmentWriter | None = None
     _rseg: SegmentReader | None = None
 
@@ -143,6 +144,7 @@ class NdShArray:
             # Another writer claimed the tag while the daemon was away: our next write asks
             # for a generation and gets TagRemovedError saying it was taken over.
             self._stale = True
+            self._fast = None
             return
         seg = self._wseg or self._rseg
         if seg is not None and (info is None or info["name"] != seg.name):
@@ -150,6 +152,7 @@ class NdShArray:
             # its next write (readers attaching now find the tag again); a reader asks the
             # daemon on its next read instead of waiting on a segment nobody writes.
             self._stale = True
+            self._fast = None
 
     # ---- properties of the original API ---------------------------------------------
 
@@ -216,6 +219,15 @@ class NdShArray:
         Any layout works (non-contiguous, Fortran order); a new shape or dtype makes a new
         segment generation. Raises ``TypeError`` for dtypes holding Python objects.
         """
+        fast = self._fast
+        if fast is not None:
+            # Same shape and dtype, C-contiguous: one C call acquires, copies, publishes.
+            count = fast.write(array)
+            if count > 0:
+                self._valid = True
+                return
+            if count == -2:
+                self._removed()
         if self._closed or self._access != "w" or self._pid != process_pid_holder.pid:
             self._check("w")  # raises, or reopens after a fork
         arr = array if type(array) is np.ndarray else np.asarray(array)
@@ -296,6 +308,7 @@ class NdShArray:
         seg = SegmentWriter(name)
         self._stale = False
         old, self._wseg = self._wseg, seg
+        self._fast = seg.fast
         if old is not None:
             old.retire()  # the daemon does too, unless it lost track of it in a restart
             old.close()
@@ -525,6 +538,7 @@ class NdShArray:
         if self._closed:
             return
         self._closed = True
+        self._fast = None
         if self._pid != current_pid():
             return  # the parent's registration and locks are not ours to release
         if not in_gc:
@@ -581,6 +595,16 @@ class NdShArray:
 
 def _reader_from_pickle(tag: str, endpoint: str) -> NdShArray:
     return NdShArray(tag, r_w="r", endpoint=endpoint)
+
+
+def _after_fork_in_child() -> None:
+    # A writer belongs to the process that opened it: a forked child's write() must take
+    # the general path, which refuses it.
+    for handle in list(_live):
+        handle._fast = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

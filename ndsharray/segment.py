@@ -248,7 +248,11 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
     if magic != MAGIC:
         raise bad("magic", f"is {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
-        raise bad("version", f"is {version}, this ndsharray reads version {VERSION}")
+        raise CorruptSegmentError(
+            f"segment {name} has layout version {version}, this ndsharray reads version "
+            f"{VERSION}: a daemon of another ndsharray version made it; stop that daemon "
+            "(ndsharray daemon stop) and restart writers and readers with one version"
+        )
     if not 1 <= nslots <= MAX_SLOTS:
         raise bad("slot count", f"is {nslots}, expected 1..{MAX_SLOTS}")
     if ndim > MAX_NDIM:
@@ -340,6 +344,17 @@ def current_pid() -> int:
 
 def _flock(kind: int, start: int, length: int = 1) -> bytes:
     return _FLOCK.pack(kind, os.SEEK_SET, start, length, 0)
+
+
+def _buffer_format(dtype: np.dtype[Any]) -> str:
+    """What the buffer protocol calls ``dtype``: the writer's fast path compares it with the
+    format of each array written. "" (no fast path) for structured and subarray dtypes."""
+    if dtype.names is not None or dtype.subdtype is not None:
+        return ""
+    try:
+        return np.empty(0, dtype).data.format
+    except (ValueError, TypeError, NotImplementedError):
+        return ""  # datetime64 and the like have no buffer format
 
 
 @functools.cache
@@ -574,28 +589,30 @@ class SegmentWriter(_Mapped):
         # A restarted daemon reads the live writer's pid here to decide what to keep.
         _U32.pack_into(self.mm, OFF_WRITER_PID, _Process.pid)
         pub = self.publish_word()
-        # A writer taking over a tag continues its count, so readers see new frames.
-        self.count = pub >> 8
-        self.latest = pub & 0xFF if self.count else -1
-        self._prev = -1  # the slot written before the latest: the warmest one we may reuse
-        self.loaned = -1  # the slot lent out by loan(), until it is published or released
-        self._orders: dict[tuple[int, int], bytes] = {}
+        count = pub >> 8  # a writer taking over a tag continues its count: readers see new frames
+        lay = h.layout
+        self.fast = _hot.Writer(
+            base=self.base_addr, rows=self.rows_addr, nslots=self.nslots, nbytes=lay.nbytes,
+            header_size=lay.header_size, stride=lay.stride, shape=h.shape,
+            format=_buffer_format(h.dtype), count=count, latest=pub & 0xFF if count else -1,
+        )
 
-    def _candidates(self) -> bytes:
-        """Slots to try, warmest first: the one written before the latest (so a writer whose
-        readers keep up ping-pongs between two cache-warm slots), then the others."""
-        key = (self.latest, self._prev)
-        order = self._orders.get(key)
-        if order is None:
-            n = self.nslots
-            rest = [(self.latest + k) % n for k in range(1, n)] if self.latest >= 0 else list(range(n))
-            order = self._orders[key] = bytes(
-                ([self._prev] if self._prev in rest else []) + [i for i in rest if i != self._prev])
-        return order
+    @property
+    def loaned(self) -> int:
+        """The slot lent out by loan(), until it is published or released (-1: none)."""
+        return self.fast.loaned
+
+    @loaned.setter
+    def loaned(self, slot: int) -> None:
+        self.fast.loaned = slot
+
+    @property
+    def count(self) -> int:
+        return self.fast.count
 
     def try_acquire(self) -> int:
         """A slot that is neither the latest nor pinned, its count zeroed; -1 if none is free."""
-        return int(_hot.acquire(self.base_addr, self.rows_addr, self._candidates(), self.loaned))
+        return self.fast.acquire()
 
     def reclaim_rows(self) -> int:
         """Clear the rows of readers that died holding pins; returns how many."""
@@ -616,13 +633,7 @@ class SegmentWriter(_Mapped):
 
     def publish(self, i: int) -> int:
         """Publish acquired slot ``i`` as the latest write; returns the write count."""
-        count = self.count + 1
-        _hot.publish(self.base_addr, self.rows_addr, i, count, time.monotonic_ns())
-        self.count = count
-        if i != self.latest:
-            self._prev = self.latest
-        self.latest = i
-        return count
+        return self.fast.publish(i)
 
     def retire(self) -> None:
         """Tell readers a newer generation replaced this segment, and wake blocked ones."""

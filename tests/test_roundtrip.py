@@ -69,6 +69,21 @@ def test_non_contiguous_and_fortran_inputs(daemon: Any) -> None:
             assert got.flags.c_contiguous
 
 
+def test_same_size_arrays_of_another_dtype_make_a_new_generation(daemon: Any) -> None:
+    # The writer's one-call path takes only arrays of the segment's exact dtype and shape;
+    # anything else of the same byte size must still become a generation of its own.
+    with ndsharray.NdShArray("kinds", r_w="w") as w, ndsharray.NdShArray("kinds", r_w="r") as r:
+        for a in (make_array("f8", (3, 4), 1), make_array("i8", (3, 4), 2), make_array(">f8", (3, 4), 3),
+                  make_array("f8", (4, 3), 4), make_array("M8[ms]", (3, 4), 5), make_array("c8", (3, 4), 6),
+                  make_array("f8", (3, 4), 7)):
+            w.write(a)
+            status, got = r.read()
+            assert status and got.dtype == a.dtype and got.shape == a.shape
+            assert got.tobytes() == a.tobytes()
+        w.write(make_array("f8", (3, 4), 8))  # a same-dtype write after all that
+        assert r.read()[1].tobytes() == make_array("f8", (3, 4), 8).tobytes()
+
+
 def test_shape_and_dtype_change_reader_follows(daemon: Any, puppets: Any) -> None:
     reader = puppets()
     # The seed walkthrough: float64 (4, 2), then uint8 (6, 3), reader does nothing special.
