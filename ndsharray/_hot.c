@@ -17,11 +17,12 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <pthread.h>
 #include <time.h>
+#include <unistd.h>
 #ifdef __linux__
 #include <linux/futex.h>
 #include <sys/syscall.h>
-#include <unistd.h>
 #endif
 
 #define OFF_NOTIFY 56
@@ -65,56 +66,6 @@ static long futex_wake(uintptr_t addr) {
     (void)addr;
     return 0;
 #endif
-}
-
-/* latest(base, row, last_count, nslots) -> (count, slot, stamp) | None | int
- * Pin the latest slot if its count differs from last_count. A negative int reports
- * corruption: -1 the publish word names a slot >= nslots, -2 a pinned latest slot holds
- * another count than an unchanged publish word says. */
-static PyObject *hot_latest(PyObject *self, PyObject *args) {
-    PyObject *obase, *orow;
-    unsigned long long last;
-    unsigned int nslots;
-    uintptr_t base, row;
-    if (!PyArg_ParseTuple(args, "OOKI", &obase, &orow, &last, &nslots)) return NULL;
-    if (get_addr(obase, &base) || get_addr(orow, &row)) return NULL;
-    a64 *pub = u64_at(base, OFF_PUBLISH);
-    for (int tries = 0;; tries++) {
-        uint64_t p = atomic_load_explicit(pub, memory_order_acquire);
-        uint64_t count = p >> 8;
-        unsigned slot = (unsigned)(p & 0xFF);
-        if (count == last || count == 0) Py_RETURN_NONE;
-        if (slot >= nslots) return PyLong_FromLong(-1);
-        uint64_t bit = 1ull << (slot & 63);
-        /* Pin, then look: the writer zeroes a slot's count, then looks for pins. */
-        uint64_t had = atomic_fetch_or_explicit(pin_word(row, slot), bit, memory_order_seq_cst);
-        atomic_thread_fence(memory_order_seq_cst);
-        a64 *entry = u64_at(base, SLOT_TABLE + SLOT_ENTRY * slot);
-        uint64_t seq = atomic_load_explicit(entry, memory_order_acquire);
-        if (seq == count) {
-            uint64_t stamp = atomic_load_explicit(entry + 1, memory_order_relaxed);
-            return Py_BuildValue("(KIK)", (unsigned long long)count, slot, (unsigned long long)stamp);
-        }
-        if (!(had & bit))  /* keep the pin of a view this reader already holds */
-            atomic_fetch_and_explicit(pin_word(row, slot), ~bit, memory_order_release);
-        if (atomic_load_explicit(pub, memory_order_acquire) == p) return PyLong_FromLong(-2);
-        if (tries > 64) {  /* lapped by a writer again and again: let it run */
-            Py_BEGIN_ALLOW_THREADS
-            sched_yield();
-            Py_END_ALLOW_THREADS
-        }
-    }
-}
-
-/* unpin(row, slot): the last view of the slot in this reader is gone. */
-static PyObject *hot_unpin(PyObject *self, PyObject *args) {
-    PyObject *orow;
-    unsigned int slot;
-    uintptr_t row;
-    if (!PyArg_ParseTuple(args, "OI", &orow, &slot)) return NULL;
-    if (get_addr(orow, &row)) return NULL;
-    atomic_fetch_and_explicit(pin_word(row, slot), ~(1ull << (slot & 63)), memory_order_release);
-    Py_RETURN_NONE;
 }
 
 /* set_waiting(row, flag): a reader says it may sleep on the notify word (1) or not (0).
@@ -162,6 +113,195 @@ static PyObject *hot_clear_row(PyObject *self, PyObject *args) {
     atomic_store_explicit(u32_at(row, ROW_WAITING), 0, memory_order_release);
     Py_RETURN_NONE;
 }
+
+/* ---- a reader: pins counted per slot, views that unpin when collected ------------------ */
+
+static pid_t current_pid; /* kept current across fork: a child must not drop the parent's pins */
+static void after_fork_child(void) { current_pid = getpid(); }
+
+typedef struct {
+    PyObject_HEAD
+    uintptr_t base, row; /* the read-only mapping; our row, in the read-write one */
+    unsigned nslots;
+    Py_ssize_t header_size, stride, nbytes;
+    long refs[256]; /* views (and pins handed out by latest) per slot */
+    long total;
+    pid_t owner;
+    PyObject *keep;    /* the mappings: alive for as long as any view */
+    PyObject *on_idle; /* called when the last pin goes (set by a closing reader) */
+} ReaderObject;
+
+static void reader_release(ReaderObject *r, unsigned slot) {
+    if (current_pid != r->owner || r->refs[slot] <= 0) return;
+    r->total--;
+    if (--r->refs[slot] == 0)
+        atomic_fetch_and_explicit(pin_word(r->row, slot), ~(1ull << (slot & 63)), memory_order_release);
+    if (r->total == 0 && r->on_idle != NULL) {
+        PyObject *cb = r->on_idle, *type, *value, *tb;
+        r->on_idle = NULL;
+        PyErr_Fetch(&type, &value, &tb); /* may run inside a deallocation */
+        PyObject *res = PyObject_CallNoArgs(cb);
+        if (res == NULL) PyErr_WriteUnraisable(cb);
+        Py_XDECREF(res);
+        Py_DECREF(cb);
+        PyErr_Restore(type, value, tb);
+    }
+}
+
+typedef struct {
+    PyObject_HEAD
+    ReaderObject *reader;
+    unsigned slot;
+} PinObject;
+
+static int pin_getbuffer(PinObject *p, Py_buffer *view, int flags) {
+    ReaderObject *r = p->reader;
+    void *data = (void *)(r->base + (uintptr_t)r->header_size + (uintptr_t)p->slot * (uintptr_t)r->stride);
+    return PyBuffer_FillInfo(view, (PyObject *)p, data, r->nbytes, 1, flags);
+}
+
+static void pin_dealloc(PinObject *p) {
+    reader_release(p->reader, p->slot);
+    Py_DECREF(p->reader);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+static PyBufferProcs pin_as_buffer = {(getbufferproc)pin_getbuffer, NULL};
+
+static PyTypeObject PinType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ndsharray._hot.Pin",
+    .tp_basicsize = sizeof(PinObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One slot, read-only, pinned until this object (the base of every view of it) goes.",
+    .tp_dealloc = (destructor)pin_dealloc,
+    .tp_as_buffer = &pin_as_buffer,
+};
+
+static int reader_init(ReaderObject *r, PyObject *args, PyObject *kw) {
+    PyObject *obase, *orow, *keep;
+    static char *kwlist[] = {"base", "row", "nslots", "header_size", "stride", "nbytes", "keep", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOInnnO", kwlist, &obase, &orow, &r->nslots,
+                                     &r->header_size, &r->stride, &r->nbytes, &keep))
+        return -1;
+    if (get_addr(obase, &r->base) || get_addr(orow, &r->row)) return -1;
+    if (r->nslots < 1 || r->nslots > 255) {
+        PyErr_SetString(PyExc_ValueError, "bad slot count");
+        return -1;
+    }
+    memset(r->refs, 0, sizeof r->refs);
+    r->total = 0;
+    r->owner = current_pid;
+    Py_INCREF(keep);
+    Py_XSETREF(r->keep, keep);
+    return 0;
+}
+
+static void reader_dealloc(ReaderObject *r) {
+    Py_XDECREF(r->keep);
+    Py_XDECREF(r->on_idle);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+/* latest(last_count) -> (count, slot, stamp) | None | int
+ * Pin the latest slot if its count differs from last_count (the caller then owns one pin:
+ * view() or unpin()). None: nothing newer. -1: the publish word names a slot past the
+ * table, -2: a pinned latest slot holds another count than an unchanged publish word
+ * says (both corruption), -3: the segment is retired (look for its successor). */
+static PyObject *reader_latest(ReaderObject *r, PyObject *arg) {
+    unsigned long long last = PyLong_AsUnsignedLongLong(arg);
+    if (last == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (atomic_load_explicit(u32_at(r->base, OFF_RETIRED), memory_order_relaxed) != 0) return PyLong_FromLong(-3);
+    a64 *pub = u64_at(r->base, OFF_PUBLISH);
+    for (int tries = 0;; tries++) {
+        uint64_t p = atomic_load_explicit(pub, memory_order_acquire);
+        uint64_t count = p >> 8;
+        unsigned slot = (unsigned)(p & 0xFF);
+        if (count == last || count == 0) Py_RETURN_NONE;
+        if (slot >= r->nslots) return PyLong_FromLong(-1);
+        uint64_t bit = 1ull << (slot & 63);
+        /* Pin, then look: the writer zeroes a slot's count, then looks for pins. */
+        atomic_fetch_or_explicit(pin_word(r->row, slot), bit, memory_order_seq_cst);
+        atomic_thread_fence(memory_order_seq_cst);
+        a64 *entry = u64_at(r->base, SLOT_TABLE + SLOT_ENTRY * slot);
+        uint64_t seq = atomic_load_explicit(entry, memory_order_acquire);
+        if (seq == count) {
+            uint64_t stamp = atomic_load_explicit(entry + 1, memory_order_relaxed);
+            r->refs[slot]++;
+            r->total++;
+            return Py_BuildValue("(KIK)", (unsigned long long)count, slot, (unsigned long long)stamp);
+        }
+        if (r->refs[slot] == 0) /* keep the pin of a view we already hold */
+            atomic_fetch_and_explicit(pin_word(r->row, slot), ~bit, memory_order_release);
+        if (atomic_load_explicit(pub, memory_order_acquire) == p) return PyLong_FromLong(-2);
+        if (tries > 64) { /* lapped by a writer again and again: let it run */
+            Py_BEGIN_ALLOW_THREADS
+            sched_yield();
+            Py_END_ALLOW_THREADS
+        }
+    }
+}
+
+static PyObject *reader_view(ReaderObject *r, PyObject *arg) {
+    long slot = PyLong_AsLong(arg);
+    if (slot == -1 && PyErr_Occurred()) return NULL;
+    if (slot < 0 || (unsigned long)slot >= r->nslots || r->refs[slot] <= 0) {
+        PyErr_SetString(PyExc_ValueError, "view() of a slot latest() did not pin");
+        return NULL;
+    }
+    PinObject *p = PyObject_New(PinObject, &PinType);
+    if (p == NULL) return NULL;
+    Py_INCREF(r);
+    p->reader = r;
+    p->slot = (unsigned)slot; /* takes over the pin latest() counted */
+    return (PyObject *)p;
+}
+
+static PyObject *reader_unpin(ReaderObject *r, PyObject *arg) {
+    long slot = PyLong_AsLong(arg);
+    if (slot == -1 && PyErr_Occurred()) return NULL;
+    if (slot < 0 || (unsigned long)slot >= r->nslots) {
+        PyErr_SetString(PyExc_ValueError, "slot out of range");
+        return NULL;
+    }
+    reader_release(r, (unsigned)slot);
+    Py_RETURN_NONE;
+}
+
+static PyObject *reader_get_pinned(ReaderObject *r, void *c) { return PyLong_FromLong(r->total); }
+static PyObject *reader_get_on_idle(ReaderObject *r, void *c) {
+    return Py_NewRef(r->on_idle ? r->on_idle : Py_None);
+}
+static int reader_set_on_idle(ReaderObject *r, PyObject *v, void *c) {
+    Py_XSETREF(r->on_idle, (v == NULL || v == Py_None) ? NULL : Py_NewRef(v));
+    return 0;
+}
+
+static PyGetSetDef reader_getset[] = {
+    {"pinned", (getter)reader_get_pinned, NULL, "pins this reader holds (views and pending reads)", NULL},
+    {"on_idle", (getter)reader_get_on_idle, (setter)reader_set_on_idle, "called once when the last pin goes", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef reader_methods[] = {
+    {"latest", (PyCFunction)reader_latest, METH_O, "Pin the latest slot if it is newer than last_count."},
+    {"view", (PyCFunction)reader_view, METH_O, "A read-only buffer of a pinned slot that keeps the pin."},
+    {"unpin", (PyCFunction)reader_unpin, METH_O, "Give back a pin latest() handed out."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ndsharray._hot.Reader",
+    .tp_basicsize = sizeof(ReaderObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A reader's side of a segment (see segment.SegmentReader).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)reader_init,
+    .tp_dealloc = (destructor)reader_dealloc,
+    .tp_methods = reader_methods,
+    .tp_getset = reader_getset,
+};
 
 /* ---- the writer's whole same-shape write in one call --------------------------------- */
 
@@ -364,8 +504,6 @@ static PyTypeObject WriterType = {
 };
 
 static PyMethodDef methods[] = {
-    {"latest", hot_latest, METH_VARARGS, "Pin the latest slot if it is newer than last_count."},
-    {"unpin", hot_unpin, METH_VARARGS, "Clear a reader's pin bit of a slot."},
     {"set_waiting", hot_set_waiting, METH_VARARGS, "A reader's may-sleep flag, fenced."},
     {"claim_row", hot_claim_row, METH_VARARGS, "Initialise a reader row just locked."},
     {"clear_row", hot_clear_row, METH_VARARGS, "Clear a dead reader's row."},
@@ -377,13 +515,14 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__hot(void) {
-    if (PyType_Ready(&WriterType) < 0) return NULL;
+    current_pid = getpid();
+    pthread_atfork(NULL, NULL, after_fork_child);
+    if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&ReaderType) < 0 || PyType_Ready(&PinType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    Py_INCREF(&WriterType);
     if (PyModule_AddIntConstant(m, "READER_ROWS", READER_ROWS) < 0 ||
-        PyModule_AddObject(m, "Writer", (PyObject *)&WriterType) < 0) {
-        Py_DECREF(&WriterType);
+        PyModule_AddObject(m, "Writer", Py_NewRef(&WriterType)) < 0 ||
+        PyModule_AddObject(m, "Reader", Py_NewRef(&ReaderType)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -64,6 +64,7 @@ class NdShArray:
 
     _closed = True
     _fast: Any = None  # the current segment's _hot.Writer while this writer may use it
+    _rfast: SegmentReader | None = None  # a reader's segment, checked, while nothing changed
     _wseg: SegmentWriter | None = None
     _rseg: SegmentReader | None = None
 
@@ -144,7 +145,7 @@ class NdShArray:
             # Another writer claimed the tag while the daemon was away: our next write asks
             # for a generation and gets TagRemovedError saying it was taken over.
             self._stale = True
-            self._fast = None
+            self._fast = self._rfast = None
             return
         seg = self._wseg or self._rseg
         if seg is not None and (info is None or info["name"] != seg.name):
@@ -152,7 +153,7 @@ class NdShArray:
             # its next write (readers attaching now find the tag again); a reader asks the
             # daemon on its next read instead of waiting on a segment nobody writes.
             self._stale = True
-            self._fast = None
+            self._fast = self._rfast = None
 
     # ---- properties of the original API ---------------------------------------------
 
@@ -420,13 +421,23 @@ class NdShArray:
         return seg
 
     def _read_now(self, copy: bool) -> np.ndarray[Any, Any] | None:
-        self._check("r")
-        seg = self._reader_segment()
+        seg = self._rfast
         if seg is None:
-            return None
+            self._check("r")
+            seg = self._reader_segment()
+            if seg is None:
+                return None
         got = seg.latest(self._count)
-        if got is None:
-            return None
+        if type(got) is not tuple:
+            if got is None:
+                self._rfast = seg
+                return None
+            # Retired: a newer generation replaced it (or the tag was removed).
+            if self._rfast is None:
+                return None  # and the daemon knows nothing newer yet
+            self._rfast = None
+            return self._read_now(copy)
+        self._rfast = seg  # checked: later reads go straight to latest()
         count, i, stamp = got
         self._count = count
         self._stamp = stamp
@@ -497,6 +508,7 @@ class NdShArray:
 
     def _switch(self, seg: SegmentReader) -> SegmentReader:
         old, self._rseg = self._rseg, seg
+        self._rfast = None
         self._count = 0
         if old is not None:
             old.close()  # its mapping lives on while views of it do
@@ -538,7 +550,7 @@ class NdShArray:
         if self._closed:
             return
         self._closed = True
-        self._fast = None
+        self._fast = self._rfast = None
         if self._pid != current_pid():
             return  # the parent's registration and locks are not ours to release
         if not in_gc:
@@ -601,7 +613,7 @@ def _after_fork_in_child() -> None:
     # A writer belongs to the process that opened it: a forked child's write() must take
     # the general path, which refuses it.
     for handle in list(_live):
-        handle._fast = None
+        handle._fast = handle._rfast = None
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -424,25 +424,7 @@ class _Mapped:
         self.closed = True
 
 
-class _Pin:
-    """The base object of one read's view: its lifetime is the slot's pin.
-
-    It keeps its reader (and so the mapping and its row) alive, and unpins the slot when
-    the last array built on it is collected.
-    """
-
-    __slots__ = ("__array_interface__", "reader", "slot")
-
-    def __init__(self, iface: dict[str, Any], reader: SegmentReader, slot: int) -> None:
-        self.__array_interface__ = iface
-        self.reader = reader
-        self.slot = slot
-
-    def __del__(self) -> None:
-        try:
-            self.reader.unpin(self.slot)
-        except Exception:  # at interpreter exit, or after fork: nothing left to release
-            pass
+RETIRED = -3  # what SegmentReader.latest() says of a segment a newer generation replaced
 
 
 class SegmentReader(_Mapped):
@@ -450,26 +432,25 @@ class SegmentReader(_Mapped):
 
     def __init__(self, name: str) -> None:
         super().__init__(name, writable=False)
-        self._pins = [0] * self.nslots
         self._closing = False
-        self._owner = _Process.pid
+        self._owner_pid = _Process.pid
         h = self.header
+        lay = h.layout
         try:
-            self._rw = mmap.mmap(self.fd, h.layout.header_size)  # our row lives here
+            self._rw = mmap.mmap(self.fd, lay.header_size)  # our row lives here
             self.row = self._claim_row(mapping_address(self._rw))
         except BaseException:
             self._close_fd()
             raise
-        addr = self.base_addr
+        # The C side counts pins per slot; each view's base is a _hot.Pin, a read-only
+        # buffer of one slot that unpins it when the last array built on it is collected.
+        # It keeps both mappings alive, so a view outlives this object safely.
+        self._c = _hot.Reader(base=self.base_addr, row=self.row, nslots=self.nslots,
+                              header_size=lay.header_size, stride=lay.stride, nbytes=lay.nbytes,
+                              keep=(self.mm, self._rw))
         self._via_bytes = h.dtype.names is not None or h.dtype.subdtype is not None
-        self._ifaces = [
-            {
-                "version": 3, "data": (addr + h.layout.slot_offset(i), True),
-                "shape": (h.layout.nbytes,) if self._via_bytes else h.shape,
-                "typestr": "|u1" if self._via_bytes else h.dtype.str,
-            }
-            for i in range(self.nslots)
-        ]
+        self._view_dtype = np.dtype(np.uint8) if self._via_bytes else h.dtype
+        self._view_shape = (lay.nbytes,) if self._via_bytes else h.shape
 
     def _claim_row(self, rw_addr: int) -> int:
         """Lock the first free reader row and return its address: the lock lasts as long as
@@ -484,18 +465,15 @@ class SegmentReader(_Mapped):
             "close readers of this tag that you do not use"
         )
 
-    def latest(self, last_count: int) -> tuple[int, int, int] | None:
+    def latest(self, last_count: int) -> tuple[int, int, int] | int | None:
         """Pin the latest slot if its count differs from ``last_count``.
 
-        Returns ``(count, slot, stamp_ns)`` with the slot pinned once, or None when nothing
-        newer was published. The caller must :meth:`unpin` or hand the pin to a view.
+        Returns ``(count, slot, stamp_ns)`` with the slot pinned once, None when nothing
+        newer was published, or RETIRED. The caller must :meth:`unpin` or :meth:`view`.
         """
-        got = _hot.latest(self.base_addr, self.row, last_count, self.nslots)
-        if type(got) is tuple:
-            self._pins[got[1]] += 1
+        got = self._c.latest(last_count)
+        if got is None or type(got) is tuple or got == RETIRED:
             return got
-        if got is None:
-            return None
         pub = self.publish_word()
         if got == -1:
             raise CorruptSegmentError(
@@ -527,24 +505,13 @@ class SegmentReader(_Mapped):
                 _hot.set_waiting(self.row, 0)
 
     def unpin(self, i: int) -> None:
-        if _Process.pid != self._owner:
-            return  # inherited by a forked child: these pins are the parent's
-        n = self._pins[i] - 1
-        self._pins[i] = n
-        if n == 0 and self.fd >= 0:
-            _hot.unpin(self.row, i)
-            if self._closing and not any(self._pins):
-                self._close_fd()
+        self._c.unpin(i)
 
     def view(self, i: int) -> np.ndarray[Any, Any]:
-        """A read-only array of pinned slot ``i`` that keeps the pin until it is collected.
-
-        numpy collapses a view's base to the buffer's exporter (here the mmap, shared by all
-        slots), so each view is built on a fresh :class:`_Pin` whose ``__array_interface__``
-        points into the mapping: every array derived from it keeps the pin object alive,
-        and the slot is unpinned when the pin object is collected.
-        """
-        arr: np.ndarray[Any, Any] = np.asarray(_Pin(self._ifaces[i], self, i))
+        """A read-only array of pinned slot ``i`` that keeps the pin until it is collected
+        (with every array derived from it: numpy keeps the buffer's exporter as base)."""
+        arr: np.ndarray[Any, Any] = np.ndarray(
+            self._view_shape, self._view_dtype, buffer=self._c.view(i))  # type: ignore[arg-type]
         if self._via_bytes:
             arr = arr.view(self.header.dtype).reshape(self.header.shape)
         return arr
@@ -560,18 +527,19 @@ class SegmentReader(_Mapped):
         if self._closing:
             return
         self._closing = True
-        if not any(self._pins):
+        if self._c.pinned:
+            self._c.on_idle = self._close_fd
+        else:
             self._close_fd()
 
     def _close_fd(self) -> None:
-        rw = getattr(self, "_rw", None)
-        if rw is not None and self.fd >= 0 and _Process.pid == self._owner:
+        if getattr(self, "row", None) is not None and self.fd >= 0 and _Process.pid == self._owner_pid:
             # A closing reader leaves its row clean (a crashed one leaves it for the
             # writer's reclaim); the row's lock goes with the fd.
-            if getattr(self, "row", None) is not None:
-                _hot.clear_row(self.row)
-            rw.close()
+            _hot.clear_row(self.row)
         super()._close_fd()
+
+    _owner_pid = _Process.pid
 
 
 class SegmentWriter(_Mapped):
