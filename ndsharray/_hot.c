@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
 #include <pthread.h>
 #include <time.h>
 #include <unistd.h>
@@ -68,18 +69,11 @@ static long futex_wake(uintptr_t addr) {
 #endif
 }
 
-/* set_waiting(row, flag): a reader says it may sleep on the notify word (1) or not (0).
- * After the store, a full fence: the reader then reads the notify word, the writer stores
- * it before reading the flags, so one of them sees the other. */
-static PyObject *hot_set_waiting(PyObject *self, PyObject *args) {
-    PyObject *orow;
-    unsigned int flag;
-    uintptr_t row;
-    if (!PyArg_ParseTuple(args, "OI", &orow, &flag)) return NULL;
-    if (get_addr(orow, &row)) return NULL;
-    atomic_store_explicit(u32_at(row, ROW_WAITING), flag, memory_order_seq_cst);
-    atomic_thread_fence(memory_order_seq_cst);
-    Py_RETURN_NONE;
+/* wake(addr) -> how many sleepers a FUTEX_WAKE woke (0 where there is no futex). */
+static PyObject *hot_wake(PyObject *self, PyObject *arg) {
+    uintptr_t addr;
+    if (get_addr(arg, &addr)) return NULL;
+    return PyLong_FromLong(futex_wake(addr));
 }
 
 /* claim_row(base, row, index, pid): a reader took row `index` (it holds the row's lock):
@@ -134,7 +128,7 @@ typedef struct {
 static void reader_release(ReaderObject *r, unsigned slot) {
     if (current_pid != r->owner || r->refs[slot] <= 0) return;
     r->total--;
-    if (--r->refs[slot] == 0)
+    if (--r->refs[slot] == 0 && r->row != 0)
         atomic_fetch_and_explicit(pin_word(r->row, slot), ~(1ull << (slot & 63)), memory_order_release);
     if (r->total == 0 && r->on_idle != NULL) {
         PyObject *cb = r->on_idle, *type, *value, *tb;
@@ -211,7 +205,8 @@ static void reader_dealloc(ReaderObject *r) {
 static PyObject *reader_latest(ReaderObject *r, PyObject *arg) {
     unsigned long long last = PyLong_AsUnsignedLongLong(arg);
     if (last == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    if (atomic_load_explicit(u32_at(r->base, OFF_RETIRED), memory_order_relaxed) != 0) return PyLong_FromLong(-3);
+    if (r->row == 0 || atomic_load_explicit(u32_at(r->base, OFF_RETIRED), memory_order_relaxed) != 0)
+        return PyLong_FromLong(-3);
     a64 *pub = u64_at(r->base, OFF_PUBLISH);
     for (int tries = 0;; tries++) {
         uint64_t p = atomic_load_explicit(pub, memory_order_acquire);
@@ -268,6 +263,51 @@ static PyObject *reader_unpin(ReaderObject *r, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* wait(last_count, timeout) -> False on timeout, else True (woken, something new, retired,
+ * or a signal: callers look again). Says "may sleep" in our row, then sleeps on the notify
+ * word without the GIL unless a write newer than last_count exists (see segment.py). */
+static PyObject *reader_wait(ReaderObject *r, PyObject *args) {
+    unsigned long long last;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "Kd", &last, &timeout)) return NULL;
+#ifdef __linux__
+    if (r->row == 0) Py_RETURN_TRUE; /* detached: the handle closed */
+    a32 *waiting = u32_at(r->row, ROW_WAITING);
+    a32 *notify = u32_at(r->base, OFF_NOTIFY);
+    atomic_store_explicit(waiting, 1, memory_order_seq_cst);
+    atomic_thread_fence(memory_order_seq_cst);
+    uint32_t seen = atomic_load_explicit(notify, memory_order_acquire);
+    uint64_t count = atomic_load_explicit(u64_at(r->base, OFF_PUBLISH), memory_order_acquire) >> 8;
+    int ready = (count != last && count != 0) ||
+                atomic_load_explicit(u32_at(r->base, OFF_RETIRED), memory_order_relaxed) != 0;
+    long rc = 0;
+    int err = 0;
+    if (!ready) {
+        if (timeout < 0) timeout = 0;
+        struct timespec ts = {(time_t)timeout, (long)((timeout - (double)(time_t)timeout) * 1e9)};
+        Py_BEGIN_ALLOW_THREADS
+        rc = syscall(SYS_futex, (void *)notify, FUTEX_WAIT, seen, &ts, NULL, 0);
+        err = errno;
+        Py_END_ALLOW_THREADS
+    }
+    if (r->row != 0) /* (under the GIL: a close in another thread detaches first) */
+        atomic_store_explicit(u32_at(r->row, ROW_WAITING), 0, memory_order_release);
+    if (rc == -1 && err == EINTR && PyErr_CheckSignals() < 0) return NULL;
+    if (rc == -1 && err == ETIMEDOUT) Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+#else
+    PyErr_SetString(PyExc_OSError, "no futex on this system: poll instead");
+    return NULL;
+#endif
+}
+
+/* detach(): the handle closes its fd (and so gives up its row, which another reader may
+ * take at once): from now on nothing here touches the row. */
+static PyObject *reader_detach(ReaderObject *r, PyObject *noargs) {
+    r->row = 0;
+    Py_RETURN_NONE;
+}
+
 static PyObject *reader_get_pinned(ReaderObject *r, void *c) { return PyLong_FromLong(r->total); }
 static PyObject *reader_get_on_idle(ReaderObject *r, void *c) {
     return Py_NewRef(r->on_idle ? r->on_idle : Py_None);
@@ -287,6 +327,8 @@ static PyMethodDef reader_methods[] = {
     {"latest", (PyCFunction)reader_latest, METH_O, "Pin the latest slot if it is newer than last_count."},
     {"view", (PyCFunction)reader_view, METH_O, "A read-only buffer of a pinned slot that keeps the pin."},
     {"unpin", (PyCFunction)reader_unpin, METH_O, "Give back a pin latest() handed out."},
+    {"wait", (PyCFunction)reader_wait, METH_VARARGS, "Sleep until a write newer than last_count (or timeout)."},
+    {"detach", (PyCFunction)reader_detach, METH_NOARGS, "Stop touching the row (the fd is closing)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -504,7 +546,7 @@ static PyTypeObject WriterType = {
 };
 
 static PyMethodDef methods[] = {
-    {"set_waiting", hot_set_waiting, METH_VARARGS, "A reader's may-sleep flag, fenced."},
+    {"wake", hot_wake, METH_O, "FUTEX_WAKE every sleeper on a notify word."},
     {"claim_row", hot_claim_row, METH_VARARGS, "Initialise a reader row just locked."},
     {"clear_row", hot_clear_row, METH_VARARGS, "Clear a dead reader's row."},
     {NULL, NULL, 0, NULL},
@@ -520,7 +562,13 @@ PyMODINIT_FUNC PyInit__hot(void) {
     if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&ReaderType) < 0 || PyType_Ready(&PinType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
+#ifdef __linux__
+    const int have_futex = 1;
+#else
+    const int have_futex = 0;
+#endif
     if (PyModule_AddIntConstant(m, "READER_ROWS", READER_ROWS) < 0 ||
+        PyModule_AddIntConstant(m, "FUTEX", have_futex) < 0 ||
         PyModule_AddObject(m, "Writer", Py_NewRef(&WriterType)) < 0 ||
         PyModule_AddObject(m, "Reader", Py_NewRef(&ReaderType)) < 0) {
         Py_DECREF(m);

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import config, futex, transport
+from . import _hot, config, transport
 from . import keeper as _keeper
 from .dtypes import dtype_to_text
 from .errors import (
@@ -372,7 +372,14 @@ class NdShArray:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else deadline - time.monotonic()
-            if not self.wait(left):
+            seg = self._rfast
+            if seg is not None:  # the checked segment: sleep on it straight away
+                if left is not None and left <= 0:
+                    return False, self._last
+                seg.wait(self._count, 1.0 if left is None else min(left, 1.0))
+                if self._closed:
+                    return False, self._last
+            elif not self.wait(left):
                 return False, self._last
             got = self._read_now(copy)
             if got is not None:
@@ -559,8 +566,7 @@ class NdShArray:
         if wseg is not None:
             wseg.close()
         if rseg is not None:
-            if futex.AVAILABLE:
-                futex.wake(rseg.notify_addr)  # end a wait() or iteration in another thread
+            _hot.wake(rseg.notify_addr)  # end a wait() or iteration in another thread
             rseg.close()
         self._last = _EMPTY
         op = "release" if self._access == "w" else "detach"

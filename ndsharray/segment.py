@@ -74,7 +74,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _hot, futex
+from . import _hot
 from .dtypes import MAX_DESCR_LEN, text_to_dtype
 from .errors import CorruptSegmentError, ResourceLimitError, SegmentGoneError
 
@@ -304,8 +304,7 @@ def retire(mm: mmap.mmap, why: int) -> None:
     if _U32.unpack_from(mm, OFF_RETIRED)[0] < why:
         _U32.pack_into(mm, OFF_RETIRED, why)
     _U32.pack_into(mm, OFF_NOTIFY, (_U32.unpack_from(mm, OFF_NOTIFY)[0] + 1) & 0xFFFFFFFF)
-    if futex.AVAILABLE:
-        futex.wake(mapping_address(mm) + OFF_NOTIFY)
+    _hot.wake(mapping_address(mm) + OFF_NOTIFY)
 
 
 class _Process:
@@ -491,18 +490,10 @@ class SegmentReader(_Mapped):
 
         Lost wake-ups are impossible: see the blocking reader in the module docstring.
         """
-        if not futex.AVAILABLE:
+        if _hot.FUTEX:
+            self._c.wait(last_count, timeout)
+        else:
             time.sleep(min(timeout, 0.001))  # no futex: poll, gently
-            return
-        _hot.set_waiting(self.row, 1)
-        try:
-            seen = self.notify_word()
-            if self.has_new(last_count) or self.retired():
-                return
-            futex.wait(self.notify_addr, seen, timeout)
-        finally:
-            if self.fd >= 0:
-                _hot.set_waiting(self.row, 0)
 
     def unpin(self, i: int) -> None:
         self._c.unpin(i)
@@ -535,8 +526,10 @@ class SegmentReader(_Mapped):
     def _close_fd(self) -> None:
         if getattr(self, "row", None) is not None and self.fd >= 0 and _Process.pid == self._owner_pid:
             # A closing reader leaves its row clean (a crashed one leaves it for the
-            # writer's reclaim); the row's lock goes with the fd.
+            # writer's reclaim); the row's lock goes with the fd, and another reader may
+            # take the row at once: our C side must not touch it any more.
             _hot.clear_row(self.row)
+            self._c.detach()
         super()._close_fd()
 
     _owner_pid = _Process.pid
