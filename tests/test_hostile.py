@@ -244,3 +244,31 @@ def test_small_tmpfs_full_is_a_clear_error_not_a_sigbus(small_tmpfs: str, folder
     finally:
         assert d.stop() == 0
     assert os.listdir(small_tmpfs) == []
+
+
+def test_garbage_in_the_reader_rows_does_not_stop_the_writer(daemon: Daemon) -> None:
+    # Pins of readers that are gone (or bytes written by anyone with access to the file)
+    # look like pins on every slot: the writer must find that no live reader holds those
+    # rows and clear them, and a huge "rows in use" word must not send it past the table.
+    from ndsharray import segment
+
+    with ndsharray.NdShArray("rows", np.zeros(8), "w", slots=3, max_slots=3, write_timeout=1.0) as w, \
+            ndsharray.NdShArray("rows", r_w="r") as r:
+        status, held = r.read()  # a live reader keeps a pin: its row must survive
+        assert status
+        seg = w._wseg
+        assert seg is not None
+        lay = seg.layout
+        fd = os.open(segment.segment_path(seg.name), os.O_RDWR)
+        try:
+            for row in range(1, 40):  # row 0 is the live reader's
+                os.pwrite(fd, b"\xff" * segment.ROW_SIZE, lay.rows_offset + segment.ROW_SIZE * row)
+            os.pwrite(fd, (0xFFFFFFFF).to_bytes(4, "little"), segment.OFF_ROWS_USED)
+        finally:
+            os.close(fd)
+        for k in range(1, 6):
+            w.write(np.full(8, float(k)))  # would stall (WriterStalledError) if it trusted them
+            status, got = r.read()
+            assert status and got.tolist() == [float(k)] * 8
+        assert held.tolist() == [0.0] * 8  # the live reader's pinned view never changed
+        assert w.ndarray_mmap_name == seg.name  # no new generation was needed
