@@ -69,6 +69,16 @@ static long futex_wake(uintptr_t addr) {
 #endif
 }
 
+/* address(buffer) -> the address of its first byte (of a mapping: futex words and reader
+ * rows are addressed, not indexed). */
+static PyObject *hot_address(PyObject *self, PyObject *obj) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *addr = PyLong_FromVoidPtr(view.buf);
+    PyBuffer_Release(&view);
+    return addr;
+}
+
 /* wake(addr) -> how many sleepers a FUTEX_WAKE woke (0 where there is no futex). */
 static PyObject *hot_wake(PyObject *self, PyObject *arg) {
     uintptr_t addr;
@@ -546,6 +556,7 @@ static PyTypeObject WriterType = {
 };
 
 static PyMethodDef methods[] = {
+    {"address", hot_address, METH_O, "Address of a buffer's first byte."},
     {"wake", hot_wake, METH_O, "FUTEX_WAKE every sleeper on a notify word."},
     {"claim_row", hot_claim_row, METH_VARARGS, "Initialise a reader row just locked."},
     {"clear_row", hot_clear_row, METH_VARARGS, "Clear a dead reader's row."},

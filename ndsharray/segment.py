@@ -133,33 +133,33 @@ class Layout:
     tag_len: int
     descr_len: int
 
-    @property
+    @functools.cached_property
     def stride(self) -> int:
         align = PAGE if self.nbytes >= 65536 else 64
         return max(64, -(-self.nbytes // align) * align)
 
-    @property
+    @functools.cached_property
     def shape_offset(self) -> int:
         return SLOT_TABLE + SLOT_ENTRY * self.nslots
 
-    @property
+    @functools.cached_property
     def tag_offset(self) -> int:
         return self.shape_offset + 8 * self.ndim
 
-    @property
+    @functools.cached_property
     def descr_offset(self) -> int:
         return self.tag_offset + self.tag_len
 
-    @property
+    @functools.cached_property
     def rows_offset(self) -> int:
         return -(-(self.descr_offset + self.descr_len) // ROW_SIZE) * ROW_SIZE
 
-    @property
+    @functools.cached_property
     def header_size(self) -> int:
         end = self.rows_offset + ROW_SIZE * READER_ROWS
         return -(-end // PAGE) * PAGE
 
-    @property
+    @functools.cached_property
     def total_size(self) -> int:
         return self.header_size + self.nslots * self.stride
 
@@ -285,7 +285,7 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
 
 def mapping_address(mm: mmap.mmap) -> int:
     """Address of the first byte of a mapping (futex words are addressed, not indexed)."""
-    return int(np.frombuffer(mm, np.uint8, 1).__array_interface__["data"][0])
+    return _hot.address(mm)
 
 
 def latest_write(buf: Any, nslots: int) -> tuple[int, int | None]:
