@@ -8,7 +8,8 @@
  * Offsets (bytes) into a segment's header, as in segment.py:
  *   56 notify word (u32, the futex), 60 reader rows in use (u32, high-water mark),
  *   64 publish word (u64: count << 8 | slot), 128 + 16 i slot i's (write count, stamp).
- * A reader row (64 bytes, one per reader): u32 waiting, u32 owner pid, 24 bytes unused,
+ * A reader row (64 bytes, one per reader): u32 waiting, u32 owner pid, then the frame it
+ * read last (u64 read time, u64 write time, u64 write count: what `ndsharray ls` shows),
  * then u64 pins[4], bit i set while the reader holds a view of slot i.
  */
 #define PY_SSIZE_T_CLEAN
@@ -34,6 +35,7 @@
 #define OFF_RETIRED 52
 #define RETIRED_REMOVED 2
 #define ROW_WAITING 0
+#define ROW_LAST_READ 8 /* u64 read ns, u64 write ns, u64 count */
 #define ROW_PINS 32
 #define READER_ROWS 256 /* rows in a segment: segment.READER_ROWS */
 
@@ -58,6 +60,12 @@ static int get_addr(PyObject *o, uintptr_t *out) {
     if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
     *out = (uintptr_t)v;
     return 0;
+}
+
+static inline uint64_t monotonic_ns(void) { /* time.monotonic_ns()'s clock */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 static long futex_wake(uintptr_t addr) {
@@ -95,6 +103,7 @@ static PyObject *hot_claim_row(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOII", &obase, &orow, &index, &pid)) return NULL;
     if (get_addr(obase, &base) || get_addr(orow, &row)) return NULL;
     for (int w = 0; w < 4; w++) atomic_store_explicit(u64_at(row, ROW_PINS + 8 * w), 0, memory_order_relaxed);
+    for (int w = 0; w < 3; w++) atomic_store_explicit(u64_at(row, ROW_LAST_READ + 8 * w), 0, memory_order_relaxed);
     atomic_store_explicit(u32_at(row, ROW_WAITING), 0, memory_order_relaxed);
     atomic_store_explicit(u32_at(row, 4), pid, memory_order_relaxed);
     a32 *used = u32_at(base, OFF_ROWS_USED);
@@ -114,7 +123,9 @@ static PyObject *hot_clear_row(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O", &orow)) return NULL;
     if (get_addr(orow, &row)) return NULL;
     for (int w = 0; w < 4; w++) atomic_store_explicit(u64_at(row, ROW_PINS + 8 * w), 0, memory_order_release);
+    for (int w = 0; w < 3; w++) atomic_store_explicit(u64_at(row, ROW_LAST_READ + 8 * w), 0, memory_order_relaxed);
     atomic_store_explicit(u32_at(row, ROW_WAITING), 0, memory_order_release);
+    atomic_store_explicit(u32_at(row, 4), 0, memory_order_relaxed);
     Py_RETURN_NONE;
 }
 
@@ -234,6 +245,10 @@ static PyObject *reader_latest(ReaderObject *r, PyObject *arg) {
             uint64_t stamp = atomic_load_explicit(entry + 1, memory_order_relaxed);
             r->refs[slot]++;
             r->total++;
+            /* For the daemon's `ls`: how late and how far behind this reader is. */
+            atomic_store_explicit(u64_at(r->row, ROW_LAST_READ), monotonic_ns(), memory_order_relaxed);
+            atomic_store_explicit(u64_at(r->row, ROW_LAST_READ + 8), stamp, memory_order_relaxed);
+            atomic_store_explicit(u64_at(r->row, ROW_LAST_READ + 16), count, memory_order_relaxed);
             return Py_BuildValue("(KIK)", (unsigned long long)count, slot, (unsigned long long)stamp);
         }
         if (r->refs[slot] == 0) /* keep the pin of a view we already hold */
@@ -448,9 +463,7 @@ static long writer_acquire_slot(WriterObject *w) {
 }
 
 static unsigned long long writer_publish_slot(WriterObject *w, unsigned slot) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts); /* time.monotonic_ns()'s clock */
-    unsigned long long stamp = (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+    unsigned long long stamp = monotonic_ns();
     unsigned long long count = w->count + 1;
     a64 *entry = u64_at(w->base, SLOT_TABLE + SLOT_ENTRY * slot);
     atomic_store_explicit(entry + 1, stamp, memory_order_relaxed);

@@ -31,11 +31,18 @@ class TagInfo:
     slots: int
     size: int  # bytes of the segment in /dev/shm
     rate_hz: float | None = None  # writes per second over the daemon's last second
+    # From the readers' rows in the segment header (each reader notes the frame it read
+    # last): the worst write-to-read time of those frames, and the most writes any live
+    # reader is behind now. None without readers that read.
+    max_read_latency_s: float | None = None
+    max_behind: int | None = None
+    reader_stats: tuple[dict[str, Any], ...] = ()  # per reader: pid, latency_s, behind, read_age_s
 
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["shape"] = None if self.shape is None else list(self.shape)
         d["reader_pids"] = list(self.reader_pids)
+        d["reader_stats"] = list(self.reader_stats)
         return d
 
 
@@ -50,6 +57,8 @@ def list_tags(endpoint: str | None = None) -> list[TagInfo]:
             readers=r["readers"], reader_pids=tuple(r["reader_pids"]), writes=r["writes"],
             last_write_age_s=r["last_write_age_s"], generation=r["generation"],
             segment=r["segment"], slots=r["slots"], size=r["size"], rate_hz=r.get("rate_hz"),
+            max_read_latency_s=r.get("max_read_latency_s"), max_behind=r.get("max_behind"),
+            reader_stats=tuple(r.get("reader_stats", ())),
         )
         for r in rows
     ]

@@ -39,6 +39,12 @@ def _age(s: float | None) -> str:
     return f"{s / 60:.0f} min"
 
 
+def _latency(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s * 1e6:.0f} us" if s < 0.001 else f"{s * 1000:.1f} ms"
+
+
 def _writer(t: TagInfo) -> str:
     if t.writer_pid:
         return str(t.writer_pid)
@@ -53,7 +59,8 @@ def _row(t: TagInfo) -> list[str]:
     return [
         t.tag, t.dtype or "-", _shape(t.shape), _size(t.nbytes) if t.dtype else "-", _writer(t),
         str(t.readers), str(t.writes), "-" if t.rate_hz is None else f"{t.rate_hz:.1f}",
-        _age(t.last_write_age_s), str(t.generation),
+        _age(t.last_write_age_s), _latency(t.max_read_latency_s),
+        "-" if t.max_behind is None else str(t.max_behind), str(t.generation),
     ]
 
 
@@ -81,7 +88,8 @@ def main(ctx: click.Context, endpoint: str | None) -> None:
     ctx.obj = config.resolve_endpoint(endpoint)
 
 
-LS_HEADER = ["TAG", "DTYPE", "SHAPE", "SIZE", "WRITER", "READERS", "WRITES", "RATE HZ", "LAST WRITE", "GEN"]
+LS_HEADER = ["TAG", "DTYPE", "SHAPE", "SIZE", "WRITER", "READERS", "WRITES", "RATE HZ", "LAST WRITE",
+             "LATENCY", "BEHIND", "GEN"]
 
 
 def _ls_text(endpoint: str, prefix: str) -> str:
@@ -137,6 +145,10 @@ def info(endpoint: str, tag: str, as_json: bool) -> None:
         ("writes", str(t.writes)), ("rate", "-" if t.rate_hz is None else f"{t.rate_hz:.1f} Hz"),
         ("last write", _age(t.last_write_age_s) + (" ago" if t.last_write_age_s is not None else "")),
     ]
+    for s in t.reader_stats:
+        rows.append((f"reader {s['pid']}", "has not read yet" if s["latency_s"] is None else (
+            f"last frame read {_latency(s['latency_s'])} after its write, {_age(s['read_age_s'])} ago; "
+            f"{s['behind']} write(s) behind")))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k.ljust(width)}  {v}")

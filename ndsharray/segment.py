@@ -27,8 +27,9 @@ Layout (little-endian; every field naturally aligned)::
     128     16*N  slot table: per slot its write count (u64) and publish time (u64, monotonic ns)
     ...     8*ndim  shape (u64 each)
     ...     tag, then dtype description
-    ...     256 reader rows of 64 bytes (64-aligned): u32 may-sleep flag, u32 pid, then from
-            byte 32 a 256-bit pin mask (bit i: this reader holds a view of slot i)
+    ...     256 reader rows of 64 bytes (64-aligned): u32 may-sleep flag, u32 pid (0: free),
+            the frame read last (u64 read time, u64 its write time, u64 its write count;
+            for `ndsharray ls`), then a 256-bit pin mask (bit i: a view of slot i is held)
     header size + i * stride: slot i
 
 Write / read protocol. Pins live in shared memory, one row per reader, and are set and
@@ -295,6 +296,21 @@ def latest_write(buf: Any, nslots: int) -> tuple[int, int | None]:
     if count == 0 or i >= nslots:
         return count, None
     return count, int(_SEQ_STAMP.unpack_from(buf, SLOT_TABLE + SLOT_ENTRY * i)[1])
+
+
+_ROW_HEAD = struct.Struct("@IIQQQ")  # may-sleep flag, pid, read ns, write ns, write count
+
+
+def reader_rows(buf: Any, layout: Layout) -> list[tuple[int, int, int, int]]:
+    """(pid, read ns, write ns, write count) of the last frame each claimed reader row read,
+    read from a segment header (values may be torn or stale: figures for display only)."""
+    used = min(READER_ROWS, int(_U32.unpack_from(buf, OFF_ROWS_USED)[0]))
+    out = []
+    for r in range(used):
+        _, pid, read_ns, write_ns, count = _ROW_HEAD.unpack_from(buf, layout.rows_offset + ROW_SIZE * r)
+        if pid:
+            out.append((pid, read_ns, write_ns, count))
+    return out
 
 
 def retire(mm: mmap.mmap, why: int) -> None:

@@ -46,6 +46,7 @@ from ndsharray.segment import (
     create_segment,
     latest_write,
     parse_header,
+    reader_rows,
     retire,
     segment_path,
     shm_dir,
@@ -164,6 +165,24 @@ class SegmentFiles:
         if entry is None:
             return 0, None
         return latest_write(entry[0], entry[1].nslots)
+
+    def reader_figures(self, name: str, writes: int, now: int) -> list[dict[str, Any]]:
+        """Per live reader of the segment: its last frame's write-to-read time, how many
+        writes it is behind now, and how long ago it read (from the reader rows)."""
+        entry = self.headers.get(name)
+        if entry is None:
+            return []
+        out = []
+        for pid, read_ns, write_ns, count in reader_rows(entry[0], entry[1]):
+            if not _alive(pid):
+                continue  # a crashed reader's row, until the writer or a new reader clears it
+            out.append({
+                "pid": pid,
+                "latency_s": max(0, read_ns - write_ns) / 1e9 if read_ns else None,
+                "behind": max(0, writes - count) if read_ns else None,
+                "read_age_s": max(0, now - read_ns) / 1e9 if read_ns else None,
+            })
+        return out
 
     def recover(self, registry: Registry) -> tuple[int, int]:
         """Rebuild the registry from segments a previous daemon of this endpoint left.
@@ -390,6 +409,9 @@ class Daemon:
         out = []
         for rec in sorted(self.registry.tags.values(), key=lambda r: r.tag):
             writes, stamp = self.files.live_figures(rec.segment) if rec.segment else (0, None)
+            stats = self.files.reader_figures(rec.segment, writes, now) if rec.segment else []
+            lat = [s["latency_s"] for s in stats if s["latency_s"] is not None]
+            behind = [s["behind"] for s in stats if s["behind"] is not None]
             dtype = text_to_dtype(rec.dtype) if rec.dtype else None
             out.append({
                 "tag": rec.tag,
@@ -408,6 +430,9 @@ class Daemon:
                 "slots": rec.slots,
                 "size": rec.size,
                 "rate_hz": self._rates.get(rec.tag),
+                "max_read_latency_s": max(lat) if lat else None,
+                "max_behind": max(behind) if behind else None,
+                "reader_stats": stats,
             })
         return {"tags": out}
 

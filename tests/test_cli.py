@@ -72,6 +72,30 @@ def test_info_and_rate(daemon: Daemon) -> None:
         assert missing.exit_code == 1 and "no tag 'nope'" in missing.output
 
 
+def test_ls_shows_how_late_and_how_far_behind_readers_are(daemon: Daemon, puppets: Any) -> None:
+    reader = puppets()
+    with ndsharray.NdShArray("lag", np.zeros(4), "w") as w:
+        reader(op="open", name="r", tag="lag", rw="r")
+        assert reader(op="read", name="r")["status"]
+        (t,) = ndsharray.list_tags()
+        assert t.max_behind == 0 and t.max_read_latency_s is not None
+        assert 0 <= t.max_read_latency_s < 60
+        (stats,) = t.reader_stats
+        assert stats["pid"] == reader.pid and stats["behind"] == 0
+        for k in range(3):
+            w.write(np.full(4, float(k)))  # the reader does not read these
+        (t,) = ndsharray.list_tags()
+        assert t.max_behind == 3
+        header, row = cli("ls").output.splitlines()
+        assert "LATENCY" in header and "BEHIND" in header
+        assert row.split()[-2:] == ["3", "1"]  # BEHIND, GEN
+        out = cli("info", "lag").output
+        assert f"reader {reader.pid}" in out and "3 write(s) behind" in out
+        reader(op="close", name="r")
+        (t,) = ndsharray.list_tags()
+        assert t.reader_stats == () and t.max_behind is None  # a closed reader clears its row
+
+
 def test_show_prints_stats_and_writes_a_png(daemon: Daemon, folder: str) -> None:
     from PIL import Image
 
