@@ -144,6 +144,8 @@ typedef struct {
     pid_t owner;
     PyObject *keep;    /* the mappings: alive for as long as any view */
     PyObject *on_idle; /* called when the last pin goes (set by a closing reader) */
+    PyObject *make, *shape, *dtype; /* read(): make(shape, dtype, pin) builds the view */
+    unsigned long long count, stamp, read_ns; /* of the frame read() returned last */
 } ReaderObject;
 
 static void reader_release(ReaderObject *r, unsigned slot) {
@@ -194,11 +196,15 @@ static PyTypeObject PinType = {
 };
 
 static int reader_init(ReaderObject *r, PyObject *args, PyObject *kw) {
-    PyObject *obase, *orow, *keep;
-    static char *kwlist[] = {"base", "row", "nslots", "header_size", "stride", "nbytes", "keep", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOInnnO", kwlist, &obase, &orow, &r->nslots,
-                                     &r->header_size, &r->stride, &r->nbytes, &keep))
+    PyObject *obase, *orow, *keep, *make = Py_None, *shape = Py_None, *dtype = Py_None;
+    static char *kwlist[] = {"base", "row", "nslots", "header_size", "stride", "nbytes", "keep",
+                             "make", "shape", "dtype", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOInnnO|OOO", kwlist, &obase, &orow, &r->nslots,
+                                     &r->header_size, &r->stride, &r->nbytes, &keep, &make, &shape, &dtype))
         return -1;
+    Py_XSETREF(r->make, make == Py_None ? NULL : Py_NewRef(make));
+    Py_XSETREF(r->shape, Py_NewRef(shape));
+    Py_XSETREF(r->dtype, Py_NewRef(dtype));
     if (get_addr(obase, &r->base) || get_addr(orow, &r->row)) return -1;
     if (r->nslots < 1 || r->nslots > 255) {
         PyErr_SetString(PyExc_ValueError, "bad slot count");
@@ -215,26 +221,27 @@ static int reader_init(ReaderObject *r, PyObject *args, PyObject *kw) {
 static void reader_dealloc(ReaderObject *r) {
     Py_XDECREF(r->keep);
     Py_XDECREF(r->on_idle);
+    Py_XDECREF(r->make);
+    Py_XDECREF(r->shape);
+    Py_XDECREF(r->dtype);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
-/* latest(last_count) -> (count, slot, stamp) | None | int
- * Pin the latest slot if its count differs from last_count (the caller then owns one pin:
- * view() or unpin()). None: nothing newer. -1: the publish word names a slot past the
- * table, -2: a pinned latest slot holds another count than an unchanged publish word
- * says (both corruption), -3: the segment is retired (look for its successor). */
-static PyObject *reader_latest(ReaderObject *r, PyObject *arg) {
-    unsigned long long last = PyLong_AsUnsignedLongLong(arg);
-    if (last == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+/* Pin the latest slot if its count differs from last: 1 (pinned; the caller owns one pin),
+ * 0 nothing newer, -1 the publish word names a slot past the table, -2 a pinned latest slot
+ * holds another count than an unchanged publish word says (both corruption), -3 the
+ * segment is retired (look for its successor) or this reader detached. */
+static int reader_pin_latest(ReaderObject *r, uint64_t last, uint64_t *count_out, unsigned *slot_out,
+                             uint64_t *stamp_out) {
     if (r->row == 0 || atomic_load_explicit(u32_at(r->base, OFF_RETIRED), memory_order_relaxed) != 0)
-        return PyLong_FromLong(-3);
+        return -3;
     a64 *pub = u64_at(r->base, OFF_PUBLISH);
     for (int tries = 0;; tries++) {
         uint64_t p = atomic_load_explicit(pub, memory_order_acquire);
         uint64_t count = p >> 8;
         unsigned slot = (unsigned)(p & 0xFF);
-        if (count == last || count == 0) Py_RETURN_NONE;
-        if (slot >= r->nslots) return PyLong_FromLong(-1);
+        if (count == last || count == 0) return 0;
+        if (slot >= r->nslots) return -1;
         uint64_t bit = 1ull << (slot & 63);
         /* Pin, then look: the writer zeroes a slot's count, then looks for pins. */
         atomic_fetch_or_explicit(pin_word(r->row, slot), bit, memory_order_seq_cst);
@@ -243,23 +250,76 @@ static PyObject *reader_latest(ReaderObject *r, PyObject *arg) {
         uint64_t seq = atomic_load_explicit(entry, memory_order_acquire);
         if (seq == count) {
             uint64_t stamp = atomic_load_explicit(entry + 1, memory_order_relaxed);
+            uint64_t now = monotonic_ns();
             r->refs[slot]++;
             r->total++;
+            r->count = count;
+            r->stamp = stamp;
+            r->read_ns = now;
             /* For the daemon's `ls`: how late and how far behind this reader is. */
-            atomic_store_explicit(u64_at(r->row, ROW_LAST_READ), monotonic_ns(), memory_order_relaxed);
+            atomic_store_explicit(u64_at(r->row, ROW_LAST_READ), now, memory_order_relaxed);
             atomic_store_explicit(u64_at(r->row, ROW_LAST_READ + 8), stamp, memory_order_relaxed);
             atomic_store_explicit(u64_at(r->row, ROW_LAST_READ + 16), count, memory_order_relaxed);
-            return Py_BuildValue("(KIK)", (unsigned long long)count, slot, (unsigned long long)stamp);
+            *count_out = count;
+            *slot_out = slot;
+            *stamp_out = stamp;
+            return 1;
         }
         if (r->refs[slot] == 0) /* keep the pin of a view we already hold */
             atomic_fetch_and_explicit(pin_word(r->row, slot), ~bit, memory_order_release);
-        if (atomic_load_explicit(pub, memory_order_acquire) == p) return PyLong_FromLong(-2);
+        if (atomic_load_explicit(pub, memory_order_acquire) == p) return -2;
         if (tries > 64) { /* lapped by a writer again and again: let it run */
             Py_BEGIN_ALLOW_THREADS
             sched_yield();
             Py_END_ALLOW_THREADS
         }
     }
+}
+
+static PyObject *new_pin(ReaderObject *r, unsigned slot) {
+    PinObject *p = PyObject_New(PinObject, &PinType);
+    if (p == NULL) {
+        reader_release(r, slot);
+        return NULL;
+    }
+    Py_INCREF(r);
+    p->reader = r;
+    p->slot = slot; /* takes over one pin */
+    return (PyObject *)p;
+}
+
+/* latest(last_count) -> (count, slot, stamp) | None | int (see reader_pin_latest). */
+static PyObject *reader_latest(ReaderObject *r, PyObject *arg) {
+    unsigned long long last = PyLong_AsUnsignedLongLong(arg);
+    if (last == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    uint64_t count, stamp;
+    unsigned slot;
+    int got = reader_pin_latest(r, last, &count, &slot, &stamp);
+    if (got == 0) Py_RETURN_NONE;
+    if (got < 0) return PyLong_FromLong(got);
+    return Py_BuildValue("(KIK)", (unsigned long long)count, slot, (unsigned long long)stamp);
+}
+
+/* read(last_count) -> array | None | int: latest() and the view in one call, the array
+ * built by make(shape, dtype, pin) as given at init; .count, .stamp and .read_ns then
+ * describe it. An int is latest()'s error or retired code. */
+static PyObject *reader_read(ReaderObject *r, PyObject *arg) {
+    unsigned long long last = PyLong_AsUnsignedLongLong(arg);
+    if (last == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (r->make == NULL) {
+        PyErr_SetString(PyExc_TypeError, "this reader builds its views in Python");
+        return NULL;
+    }
+    uint64_t count, stamp;
+    unsigned slot;
+    int got = reader_pin_latest(r, last, &count, &slot, &stamp);
+    if (got == 0) Py_RETURN_NONE;
+    if (got < 0) return PyLong_FromLong(got);
+    PyObject *pin = new_pin(r, slot);
+    if (pin == NULL) return NULL;
+    PyObject *arr = PyObject_CallFunctionObjArgs(r->make, r->shape, r->dtype, pin, NULL);
+    Py_DECREF(pin); /* the array holds it now; on failure this gives the pin back */
+    return arr;
 }
 
 static PyObject *reader_view(ReaderObject *r, PyObject *arg) {
@@ -269,12 +329,7 @@ static PyObject *reader_view(ReaderObject *r, PyObject *arg) {
         PyErr_SetString(PyExc_ValueError, "view() of a slot latest() did not pin");
         return NULL;
     }
-    PinObject *p = PyObject_New(PinObject, &PinType);
-    if (p == NULL) return NULL;
-    Py_INCREF(r);
-    p->reader = r;
-    p->slot = (unsigned)slot; /* takes over the pin latest() counted */
-    return (PyObject *)p;
+    return new_pin(r, (unsigned)slot); /* takes over the pin latest() counted */
 }
 
 static PyObject *reader_unpin(ReaderObject *r, PyObject *arg) {
@@ -334,6 +389,9 @@ static PyObject *reader_detach(ReaderObject *r, PyObject *noargs) {
 }
 
 static PyObject *reader_get_pinned(ReaderObject *r, void *c) { return PyLong_FromLong(r->total); }
+static PyObject *reader_get_count(ReaderObject *r, void *c) { return PyLong_FromUnsignedLongLong(r->count); }
+static PyObject *reader_get_stamp(ReaderObject *r, void *c) { return PyLong_FromUnsignedLongLong(r->stamp); }
+static PyObject *reader_get_read_ns(ReaderObject *r, void *c) { return PyLong_FromUnsignedLongLong(r->read_ns); }
 static PyObject *reader_get_on_idle(ReaderObject *r, void *c) {
     return Py_NewRef(r->on_idle ? r->on_idle : Py_None);
 }
@@ -344,12 +402,16 @@ static int reader_set_on_idle(ReaderObject *r, PyObject *v, void *c) {
 
 static PyGetSetDef reader_getset[] = {
     {"pinned", (getter)reader_get_pinned, NULL, "pins this reader holds (views and pending reads)", NULL},
+    {"count", (getter)reader_get_count, NULL, "write count of the frame pinned last", NULL},
+    {"stamp", (getter)reader_get_stamp, NULL, "write time (monotonic ns) of the frame pinned last", NULL},
+    {"read_ns", (getter)reader_get_read_ns, NULL, "when the frame pinned last was pinned (monotonic ns)", NULL},
     {"on_idle", (getter)reader_get_on_idle, (setter)reader_set_on_idle, "called once when the last pin goes", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyMethodDef reader_methods[] = {
     {"latest", (PyCFunction)reader_latest, METH_O, "Pin the latest slot if it is newer than last_count."},
+    {"read", (PyCFunction)reader_read, METH_O, "latest() and the view in one call."},
     {"view", (PyCFunction)reader_view, METH_O, "A read-only buffer of a pinned slot that keeps the pin."},
     {"unpin", (PyCFunction)reader_unpin, METH_O, "Give back a pin latest() handed out."},
     {"wait", (PyCFunction)reader_wait, METH_VARARGS, "Sleep until a write newer than last_count (or timeout)."},

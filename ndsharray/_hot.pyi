@@ -1,4 +1,6 @@
 # The C module ndsharray/_hot.c: the slot protocol's atomics (addresses are ints).
+from typing import Any
+
 READER_ROWS: int
 
 FUTEX: int
@@ -26,10 +28,15 @@ class Pin:
 class Reader:
     pinned: int
     on_idle: object
+    count: int
+    stamp: int
+    read_ns: int
     def __init__(
         self, *, base: int, row: int, nslots: int, header_size: int, stride: int, nbytes: int, keep: object,
+        make: object = ..., shape: tuple[int, ...] = ..., dtype: object = ...,
     ) -> None: ...
     def latest(self, last_count: int, /) -> tuple[int, int, int] | int | None: ...
+    def read(self, last_count: int, /) -> Any: ...
     def view(self, slot: int, /) -> Pin: ...
     def unpin(self, slot: int, /) -> None: ...
     def wait(self, last_count: int, timeout: float, /) -> bool: ...

@@ -460,10 +460,14 @@ class SegmentReader(_Mapped):
         # The C side counts pins per slot; each view's base is a _hot.Pin, a read-only
         # buffer of one slot that unpins it when the last array built on it is collected.
         # It keeps both mappings alive, so a view outlives this object safely.
+        self._via_bytes = h.dtype.names is not None or h.dtype.subdtype is not None
+        direct: dict[str, Any] = {} if self._via_bytes else {"make": np.ndarray, "shape": h.shape, "dtype": h.dtype}
         self._c = _hot.Reader(base=self.base_addr, row=self.row, nslots=self.nslots,
                               header_size=lay.header_size, stride=lay.stride, nbytes=lay.nbytes,
-                              keep=(self.mm, self._rw))
-        self._via_bytes = h.dtype.names is not None or h.dtype.subdtype is not None
+                              keep=(self.mm, self._rw), **direct)
+        # read_new(last_count): the view of a newer frame in one C call (None: nothing new;
+        # an int: ask latest()); None where views are built in Python (structured dtypes).
+        self.read_new = None if self._via_bytes else self._c.read
         self._view_dtype = np.dtype(np.uint8) if self._via_bytes else h.dtype
         self._view_shape = (lay.nbytes,) if self._via_bytes else h.shape
 
