@@ -8,7 +8,8 @@
  * Offsets (bytes) into a segment's header, as in segment.py:
  *   56 notify word (u32, the futex), 60 reader rows in use (u32, high-water mark),
  *   64 publish word (u64: count << 8 | slot), 128 + 16 i slot i's (write count, stamp).
- * A reader row (64 bytes, one per reader): u32 waiting, u32 owner pid, then the frame it
+ * A reader row (64 bytes, one per reader): u32 sleepers (threads of this reader that may
+ * be in FUTEX_WAIT), u32 owner pid, then the frame it
  * read last (u64 read time, u64 write time, u64 write count: what `ndsharray ls` shows),
  * then u64 pins[4], bit i set while the reader holds a view of slot i.
  */
@@ -94,6 +95,33 @@ static PyObject *hot_wake(PyObject *self, PyObject *arg) {
     return PyLong_FromLong(futex_wake(addr));
 }
 
+/* retire(mapping, why): flag a segment replaced (1) or its tag removed (2; "removed" wins),
+ * then move the notify word and wake every sleeper, so that blocked readers look for what
+ * replaced it. Release stores: a reader that sees the new notify word sees the flag. */
+static PyObject *hot_retire(PyObject *self, PyObject *args) {
+    PyObject *mapping;
+    unsigned int why;
+    if (!PyArg_ParseTuple(args, "OI", &mapping, &why)) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(mapping, &view, PyBUF_WRITABLE) < 0) return NULL;
+    if (view.len < 128) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "not a segment header");
+        return NULL;
+    }
+    uintptr_t base = (uintptr_t)view.buf;
+    a32 *retired = u32_at(base, OFF_RETIRED);
+    uint32_t cur = atomic_load_explicit(retired, memory_order_relaxed);
+    while (cur < why && !atomic_compare_exchange_weak_explicit(retired, &cur, why, memory_order_release,
+                                                                memory_order_relaxed)) {
+    }
+    atomic_fetch_add_explicit(u32_at(base, OFF_NOTIFY), 1, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst);
+    futex_wake(base + OFF_NOTIFY);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
 /* claim_row(base, row, index, pid): a reader took row `index` (it holds the row's lock):
  * clear what a dead predecessor left and count the row in. */
 static PyObject *hot_claim_row(PyObject *self, PyObject *args) {
@@ -139,7 +167,8 @@ typedef struct {
     uintptr_t base, row; /* the read-only mapping; our row, in the read-write one */
     unsigned nslots;
     Py_ssize_t header_size, stride, nbytes;
-    long refs[256]; /* views (and pins handed out by latest) per slot */
+    long refs[256];    /* views (and pins handed out by latest) per slot */
+    long pending[256]; /* pins latest() handed out that no view() or unpin() took yet */
     long total;
     pid_t owner;
     PyObject *keep;    /* the mappings: alive for as long as any view */
@@ -211,6 +240,7 @@ static int reader_init(ReaderObject *r, PyObject *args, PyObject *kw) {
         return -1;
     }
     memset(r->refs, 0, sizeof r->refs);
+    memset(r->pending, 0, sizeof r->pending);
     r->total = 0;
     r->owner = current_pid;
     Py_INCREF(keep);
@@ -237,6 +267,13 @@ static int reader_pin_latest(ReaderObject *r, uint64_t last, uint64_t *count_out
         return -3;
     a64 *pub = u64_at(r->base, OFF_PUBLISH);
     for (int tries = 0;; tries++) {
+        if (tries > 64) { /* lapped by a writer again and again: let it run */
+            if (tries > 10000) return 0; /* a publish word that never settles: nothing now */
+            Py_BEGIN_ALLOW_THREADS
+            sched_yield();
+            Py_END_ALLOW_THREADS
+            if (r->row == 0) return -3; /* closed by another thread meanwhile */
+        }
         uint64_t p = atomic_load_explicit(pub, memory_order_acquire);
         uint64_t count = p >> 8;
         unsigned slot = (unsigned)(p & 0xFF);
@@ -252,6 +289,7 @@ static int reader_pin_latest(ReaderObject *r, uint64_t last, uint64_t *count_out
             uint64_t stamp = atomic_load_explicit(entry + 1, memory_order_relaxed);
             uint64_t now = monotonic_ns();
             r->refs[slot]++;
+            r->pending[slot]++;
             r->total++;
             r->count = count;
             r->stamp = stamp;
@@ -268,11 +306,6 @@ static int reader_pin_latest(ReaderObject *r, uint64_t last, uint64_t *count_out
         if (r->refs[slot] == 0) /* keep the pin of a view we already hold */
             atomic_fetch_and_explicit(pin_word(r->row, slot), ~bit, memory_order_release);
         if (atomic_load_explicit(pub, memory_order_acquire) == p) return -2;
-        if (tries > 64) { /* lapped by a writer again and again: let it run */
-            Py_BEGIN_ALLOW_THREADS
-            sched_yield();
-            Py_END_ALLOW_THREADS
-        }
     }
 }
 
@@ -315,6 +348,7 @@ static PyObject *reader_read(ReaderObject *r, PyObject *arg) {
     int got = reader_pin_latest(r, last, &count, &slot, &stamp);
     if (got == 0) Py_RETURN_NONE;
     if (got < 0) return PyLong_FromLong(got);
+    r->pending[slot]--;
     PyObject *pin = new_pin(r, slot);
     if (pin == NULL) return NULL;
     PyObject *arr = PyObject_CallFunctionObjArgs(r->make, r->shape, r->dtype, pin, NULL);
@@ -325,20 +359,22 @@ static PyObject *reader_read(ReaderObject *r, PyObject *arg) {
 static PyObject *reader_view(ReaderObject *r, PyObject *arg) {
     long slot = PyLong_AsLong(arg);
     if (slot == -1 && PyErr_Occurred()) return NULL;
-    if (slot < 0 || (unsigned long)slot >= r->nslots || r->refs[slot] <= 0) {
+    if (slot < 0 || (unsigned long)slot >= r->nslots || r->pending[slot] <= 0) {
         PyErr_SetString(PyExc_ValueError, "view() of a slot latest() did not pin");
         return NULL;
     }
+    r->pending[slot]--;
     return new_pin(r, (unsigned)slot); /* takes over the pin latest() counted */
 }
 
 static PyObject *reader_unpin(ReaderObject *r, PyObject *arg) {
     long slot = PyLong_AsLong(arg);
     if (slot == -1 && PyErr_Occurred()) return NULL;
-    if (slot < 0 || (unsigned long)slot >= r->nslots) {
-        PyErr_SetString(PyExc_ValueError, "slot out of range");
+    if (slot < 0 || (unsigned long)slot >= r->nslots || r->pending[slot] <= 0) {
+        PyErr_SetString(PyExc_ValueError, "unpin() of a slot latest() did not pin");
         return NULL;
     }
+    r->pending[slot]--;
     reader_release(r, (unsigned)slot);
     Py_RETURN_NONE;
 }
@@ -352,26 +388,27 @@ static PyObject *reader_wait(ReaderObject *r, PyObject *args) {
     if (!PyArg_ParseTuple(args, "Kd", &last, &timeout)) return NULL;
 #ifdef __linux__
     if (r->row == 0) Py_RETURN_TRUE; /* detached: the handle closed */
-    a32 *waiting = u32_at(r->row, ROW_WAITING);
     a32 *notify = u32_at(r->base, OFF_NOTIFY);
-    atomic_store_explicit(waiting, 1, memory_order_seq_cst);
+    uintptr_t row = r->row; /* (close() from another thread may detach while we sleep) */
+    atomic_fetch_add_explicit(u32_at(row, ROW_WAITING), 1, memory_order_seq_cst);
     atomic_thread_fence(memory_order_seq_cst);
     uint32_t seen = atomic_load_explicit(notify, memory_order_acquire);
     uint64_t count = atomic_load_explicit(u64_at(r->base, OFF_PUBLISH), memory_order_acquire) >> 8;
     int ready = (count != last && count != 0) ||
-                atomic_load_explicit(u32_at(r->base, OFF_RETIRED), memory_order_relaxed) != 0;
+                atomic_load_explicit(u32_at(r->base, OFF_RETIRED), memory_order_acquire) != 0;
     long rc = 0;
     int err = 0;
     if (!ready) {
-        if (timeout < 0) timeout = 0;
+        if (!(timeout > 0)) timeout = 0; /* negative or NaN */
+        if (timeout > 1e9) timeout = 1e9;
         struct timespec ts = {(time_t)timeout, (long)((timeout - (double)(time_t)timeout) * 1e9)};
         Py_BEGIN_ALLOW_THREADS
         rc = syscall(SYS_futex, (void *)notify, FUTEX_WAIT, seen, &ts, NULL, 0);
         err = errno;
         Py_END_ALLOW_THREADS
     }
-    if (r->row != 0) /* (under the GIL: a close in another thread detaches first) */
-        atomic_store_explicit(u32_at(r->row, ROW_WAITING), 0, memory_order_release);
+    if (r->row == row) /* (under the GIL: a close in another thread detaches first) */
+        atomic_fetch_sub_explicit(u32_at(row, ROW_WAITING), 1, memory_order_release);
     if (rc == -1 && err == EINTR && PyErr_CheckSignals() < 0) return NULL;
     if (rc == -1 && err == ETIMEDOUT) Py_RETURN_FALSE;
     Py_RETURN_TRUE;
@@ -439,6 +476,8 @@ static PyTypeObject ReaderType = {
 
 typedef struct {
     PyObject_HEAD
+    Py_buffer view; /* of the segment's mapping: while held, the mapping cannot be closed */
+    int has_view, closed, inflight;
     uintptr_t base, rows;
     Py_ssize_t nbytes, header_size, stride;
     unsigned nslots;
@@ -446,26 +485,32 @@ typedef struct {
     Py_ssize_t shape[MAX_DIMS];
     char format[64]; /* the buffer format of the segment's dtype; "" = never take the fast path */
     unsigned long long count;
-    int latest, prev, loaned;
+    int latest, prev;
+    uint64_t busy[4]; /* slots acquired and not yet published or released (any thread) */
     unsigned char order[256]; /* slots to try, warmest first, for (latest, prev) */
     int order_len, order_key_latest, order_key_prev;
 } WriterObject;
 
 static int writer_init(WriterObject *w, PyObject *args, PyObject *kw) {
-    PyObject *obase, *orows, *shape;
+    PyObject *mapping, *shape;
     const char *format;
-    Py_ssize_t nbytes, header_size, stride;
+    Py_ssize_t nbytes, header_size, stride, rows_offset;
     unsigned nslots;
     unsigned long long count;
     int latest;
-    static char *kwlist[] = {"base", "rows", "nslots", "nbytes", "header_size", "stride",
+    static char *kwlist[] = {"mapping", "rows_offset", "nslots", "nbytes", "header_size", "stride",
                              "shape", "format", "count", "latest", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOInnnO!sKi", kwlist, &obase, &orows, &nslots, &nbytes,
-                                     &header_size, &stride, &PyTuple_Type, &shape, &format, &count, &latest))
+    if (w->has_view) {
+        PyErr_SetString(PyExc_RuntimeError, "Writer initialised twice");
         return -1;
-    if (get_addr(obase, &w->base) || get_addr(orows, &w->rows)) return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OnInnnO!sKi", kwlist, &mapping, &rows_offset, &nslots,
+                                     &nbytes, &header_size, &stride, &PyTuple_Type, &shape, &format,
+                                     &count, &latest))
+        return -1;
     Py_ssize_t nd = PyTuple_GET_SIZE(shape);
-    if (nslots < 1 || nslots > 255 || nd > MAX_DIMS || strlen(format) >= sizeof w->format || nbytes < 0) {
+    if (nslots < 1 || nslots > 255 || nd > MAX_DIMS || strlen(format) >= sizeof w->format || nbytes < 0 ||
+        latest < -1 || latest >= (int)nslots) {
         PyErr_SetString(PyExc_ValueError, "bad writer geometry");
         return -1;
     }
@@ -473,6 +518,16 @@ static int writer_init(WriterObject *w, PyObject *args, PyObject *kw) {
         w->shape[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, k));
         if (w->shape[k] == -1 && PyErr_Occurred()) return -1;
     }
+    if (PyObject_GetBuffer(mapping, &w->view, PyBUF_WRITABLE) < 0) return -1;
+    if (header_size < 0 || rows_offset < 0 || rows_offset + 64 * READER_ROWS > header_size || stride < nbytes ||
+        header_size + (Py_ssize_t)nslots * stride > w->view.len) {
+        PyBuffer_Release(&w->view);
+        PyErr_SetString(PyExc_ValueError, "writer geometry does not fit the mapping");
+        return -1;
+    }
+    w->has_view = 1;
+    w->base = (uintptr_t)w->view.buf;
+    w->rows = w->base + (uintptr_t)rows_offset;
     w->ndim = (int)nd;
     w->nslots = nslots;
     w->nbytes = nbytes;
@@ -482,9 +537,35 @@ static int writer_init(WriterObject *w, PyObject *args, PyObject *kw) {
     w->count = count;
     w->latest = latest;
     w->prev = -1;
-    w->loaned = -1;
+    memset(w->busy, 0, sizeof w->busy);
     w->order_len = -1;
     return 0;
+}
+
+static void writer_drop_view(WriterObject *w) {
+    if (w->has_view) {
+        w->has_view = 0;
+        PyBuffer_Release(&w->view);
+    }
+}
+
+static void writer_dealloc(WriterObject *w) {
+    writer_drop_view(w);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+static int writer_usable(WriterObject *w) {
+    if (w->has_view && !w->closed) return 1;
+    PyErr_SetString(PyExc_ValueError, "this segment writer is closed");
+    return 0;
+}
+
+static inline int is_busy(WriterObject *w, unsigned slot) { return (w->busy[slot >> 6] >> (slot & 63)) & 1; }
+static inline void set_busy(WriterObject *w, unsigned slot, int on) {
+    if (on)
+        w->busy[slot >> 6] |= 1ull << (slot & 63);
+    else
+        w->busy[slot >> 6] &= ~(1ull << (slot & 63));
 }
 
 /* Slots other than the latest, the one written before it first: a writer whose readers
@@ -504,11 +585,12 @@ static void writer_order(WriterObject *w) {
     w->order_key_prev = w->prev;
 }
 
+/* (Called with the GIL: two threads writing through one handle never get the same slot.) */
 static long writer_acquire_slot(WriterObject *w) {
     writer_order(w);
     for (int k = 0; k < w->order_len; k++) {
         unsigned slot = w->order[k];
-        if ((int)slot == w->loaned) continue;
+        if (is_busy(w, slot)) continue; /* being written by another thread, or lent by loan() */
         atomic_store_explicit(u64_at(w->base, SLOT_TABLE + SLOT_ENTRY * slot), 0, memory_order_relaxed);
         atomic_thread_fence(memory_order_seq_cst);
         uint32_t used = rows_used(w->base);
@@ -518,6 +600,7 @@ static long writer_acquire_slot(WriterObject *w) {
             pinned = (atomic_load_explicit(pin_word(w->rows + 64 * (uintptr_t)r, slot), memory_order_relaxed) & bit) != 0;
         if (!pinned) {
             atomic_thread_fence(memory_order_seq_cst);
+            set_busy(w, slot, 1);
             return slot;
         }
     }
@@ -541,30 +624,55 @@ static unsigned long long writer_publish_slot(WriterObject *w, unsigned slot) {
     w->count = count;
     if ((int)slot != w->latest) w->prev = w->latest;
     w->latest = (int)slot;
+    set_busy(w, slot, 0);
     return count;
 }
 
 static PyObject *writer_acquire(WriterObject *w, PyObject *noargs) {
+    if (!writer_usable(w)) return NULL;
     return PyLong_FromLong(writer_acquire_slot(w));
 }
 
-static PyObject *writer_publish(WriterObject *w, PyObject *arg) {
+static long busy_slot_arg(WriterObject *w, PyObject *arg) {
     long slot = PyLong_AsLong(arg);
-    if (slot == -1 && PyErr_Occurred()) return NULL;
-    if (slot < 0 || (unsigned long)slot >= w->nslots) {
-        PyErr_SetString(PyExc_ValueError, "slot out of range");
-        return NULL;
+    if (slot == -1 && PyErr_Occurred()) return -1;
+    if (slot < 0 || (unsigned long)slot >= w->nslots || !is_busy(w, (unsigned)slot)) {
+        PyErr_SetString(PyExc_ValueError, "not a slot acquire() handed out");
+        return -1;
     }
+    return slot;
+}
+
+static PyObject *writer_publish(WriterObject *w, PyObject *arg) {
+    if (!writer_usable(w)) return NULL;
+    long slot = busy_slot_arg(w, arg);
+    if (slot < 0) return NULL;
     return PyLong_FromUnsignedLongLong(writer_publish_slot(w, (unsigned)slot));
 }
 
+/* release(slot): give back an acquired slot unpublished (its count stays 0). */
+static PyObject *writer_release(WriterObject *w, PyObject *arg) {
+    long slot = busy_slot_arg(w, arg);
+    if (slot < 0) return NULL;
+    set_busy(w, (unsigned)slot, 0);
+    Py_RETURN_NONE;
+}
+
+/* close(): no more writes; the mapping is released now, or by the last write in flight. */
+static PyObject *writer_close(WriterObject *w, PyObject *noargs) {
+    w->closed = 1;
+    if (w->inflight == 0) writer_drop_view(w);
+    Py_RETURN_NONE;
+}
+
 /* write(array) -> write count, or 0: not here (another shape or dtype, not C-contiguous, a
- * dtype without a buffer format; the caller takes its general path), -1: every slot is
- * pinned, -2: the tag was removed. Nothing is changed unless a count is returned. */
+ * dtype without a buffer format, a closed writer; the caller takes its general path), -1:
+ * every slot is pinned, -2: the tag was removed. Nothing is changed unless a count is
+ * returned. */
 static PyObject *writer_write(WriterObject *w, PyObject *arr) {
+    if (!w->has_view || w->closed || w->format[0] == 0) return PyLong_FromLong(0);
     if (atomic_load_explicit(u32_at(w->base, OFF_RETIRED), memory_order_relaxed) == RETIRED_REMOVED)
         return PyLong_FromLong(-2);
-    if (w->format[0] == 0) return PyLong_FromLong(0);
     Py_buffer view;
     if (PyObject_GetBuffer(arr, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
         PyErr_Clear();
@@ -582,32 +690,28 @@ static PyObject *writer_write(WriterObject *w, PyObject *arr) {
         PyBuffer_Release(&view);
         return PyLong_FromLong(-1);
     }
-    void *dst = (void *)(w->base + w->header_size + (uintptr_t)slot * w->stride);
+    void *dst = (void *)(w->base + (uintptr_t)w->header_size + (uintptr_t)slot * (uintptr_t)w->stride);
     if (view.len >= GIL_FREE_COPY) {
+        w->inflight++; /* close() meanwhile leaves the mapping to us */
         Py_BEGIN_ALLOW_THREADS
         memcpy(dst, view.buf, (size_t)view.len);
         Py_END_ALLOW_THREADS
+        w->inflight--;
     } else {
         memcpy(dst, view.buf, (size_t)view.len);
     }
     PyBuffer_Release(&view);
-    return PyLong_FromUnsignedLongLong(writer_publish_slot(w, (unsigned)slot));
+    unsigned long long count = writer_publish_slot(w, (unsigned)slot);
+    if (w->closed && w->inflight == 0) writer_drop_view(w);
+    return PyLong_FromUnsignedLongLong(count);
 }
 
 static PyObject *writer_get_count(WriterObject *w, void *c) { return PyLong_FromUnsignedLongLong(w->count); }
 static PyObject *writer_get_latest(WriterObject *w, void *c) { return PyLong_FromLong(w->latest); }
-static PyObject *writer_get_loaned(WriterObject *w, void *c) { return PyLong_FromLong(w->loaned); }
-static int writer_set_loaned(WriterObject *w, PyObject *v, void *c) {
-    long slot = v ? PyLong_AsLong(v) : -1;
-    if (slot == -1 && PyErr_Occurred()) return -1;
-    w->loaned = (int)slot;
-    return 0;
-}
 
 static PyGetSetDef writer_getset[] = {
     {"count", (getter)writer_get_count, NULL, "writes published in this segment", NULL},
     {"latest", (getter)writer_get_latest, NULL, "slot of the latest write (-1: none)", NULL},
-    {"loaned", (getter)writer_get_loaned, (setter)writer_set_loaned, "slot lent out by loan() (-1: none)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -615,6 +719,8 @@ static PyMethodDef writer_methods[] = {
     {"write", (PyCFunction)writer_write, METH_O, "Copy a same-shape C-contiguous array into a free slot and publish it."},
     {"acquire", (PyCFunction)writer_acquire, METH_NOARGS, "A free slot, its count zeroed; -1 if every slot is pinned."},
     {"publish", (PyCFunction)writer_publish, METH_O, "Publish an acquired slot; returns the write count."},
+    {"release", (PyCFunction)writer_release, METH_O, "Give back an acquired slot unpublished."},
+    {"close", (PyCFunction)writer_close, METH_NOARGS, "No more writes; let the mapping go."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -626,12 +732,14 @@ static PyTypeObject WriterType = {
     .tp_doc = "The single writer's side of a segment (see segment.SegmentWriter).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)writer_init,
+    .tp_dealloc = (destructor)writer_dealloc,
     .tp_methods = writer_methods,
     .tp_getset = writer_getset,
 };
 
 static PyMethodDef methods[] = {
     {"address", hot_address, METH_O, "Address of a buffer's first byte."},
+    {"retire", hot_retire, METH_VARARGS, "Flag a segment retired and wake its sleepers."},
     {"wake", hot_wake, METH_O, "FUTEX_WAKE every sleeper on a notify word."},
     {"claim_row", hot_claim_row, METH_VARARGS, "Initialise a reader row just locked."},
     {"clear_row", hot_clear_row, METH_VARARGS, "Clear a dead reader's row."},

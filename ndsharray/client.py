@@ -269,14 +269,12 @@ class NdShArray:
             raise ValueError("the first loan() of a writer needs shape= and dtype=")
         seg, i = self._acquire(seg)
         buf = seg.slots[i][...]
-        seg.loaned = i
         try:
             yield buf
         except BaseException:
             seg.release(i)
             raise
         finally:
-            seg.loaned = -1
             buf.flags.writeable = False
         seg.publish(i)
         self._valid = True
@@ -366,6 +364,8 @@ class NdShArray:
         seconds waits up to that long for the next write; None waits for as long as it takes.
         A waiting reader sleeps on a futex and uses no CPU.
         """
+        if timeout is not None and not timeout >= 0:  # (NaN fails this test too)
+            raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
         got = self._read_now(copy)
         if got is not None or timeout == 0:
             return (True, got) if got is not None else (False, self._last)
@@ -390,6 +390,8 @@ class NdShArray:
 
         Does not consume the write: the next ``read()`` returns it.
         """
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         idle = 0.001
         while True:
@@ -461,8 +463,10 @@ class NdShArray:
         self._stamp = stamp
         self._read_ns = time.monotonic_ns()
         if copy:
-            arr = seg.copy(i)
-            seg.unpin(i)
+            try:
+                arr = seg.copy(i)
+            finally:
+                seg.unpin(i)
         else:
             arr = seg.view(i)
         self._last = arr

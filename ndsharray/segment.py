@@ -27,7 +27,8 @@ Layout (little-endian; every field naturally aligned)::
     128     16*N  slot table: per slot its write count (u64) and publish time (u64, monotonic ns)
     ...     8*ndim  shape (u64 each)
     ...     tag, then dtype description
-    ...     256 reader rows of 64 bytes (64-aligned): u32 may-sleep flag, u32 pid (0: free),
+    ...     256 reader rows of 64 bytes (64-aligned): u32 sleepers (its threads that may be
+            in FUTEX_WAIT), u32 pid (0: free),
             the frame read last (u64 read time, u64 its write time, u64 its write count;
             for `ndsharray ls`), then a 256-bit pin mask (bit i: a view of slot i is held)
     header size + i * stride: slot i
@@ -36,7 +37,12 @@ Write / read protocol. Pins live in shared memory, one row per reader, and are s
 cleared with atomic instructions (``_hot.c``): a write or a read makes no syscall. A
 reader claims its row at open by taking an OFD lock on byte LOCKS + row (past the end of
 the file; locks need no bytes behind them) and keeps it while its fd is open, so a row
-whose lock is free belongs to nobody, even if a dead reader left pins in it.
+whose lock is free belongs to nobody, even if a dead reader left pins in it. (That fd is
+never mapped: mmap keeps a duplicate of the fd it maps, which would keep the lock alive,
+in forked children too. A writer's same-shape write, pins, the may-sleep count and
+retire run in C; a writer holds a buffer export of its mapping, so closing it in one
+thread never unmaps a copy running in another. Two threads writing through one handle
+never get the same slot.)
 
 - writer: for a slot other than the latest (warmest first): store its write count 0,
   full fence, look at that slot's bit in every row in use; if none is set the slot is
@@ -47,10 +53,13 @@ whose lock is free belongs to nobody, even if a dead reader left pins in it.
   Else set the slot's bit in our row (atomic or), full fence, load the slot's write count:
   if it equals the published count the slot is ours until we clear the bit, otherwise
   clear it (unless an older view of ours holds it) and start over.
-- blocking reader: store our may-sleep flag, full fence, load the notify word, check for a
-  new write, FUTEX_WAIT on the notify word; clear the flag when it returns.
+- blocking reader: add 1 to our row's sleepers, full fence, load the notify word, check
+  for a new write, FUTEX_WAIT on the notify word; subtract 1 when it returns (a count, so
+  two threads of one reader never clear each other's claim to a wake-up).
+- retire (writer or daemon): raise the retired word, add 1 to the notify word (release
+  stores: whoever sees the new notify word sees the flag), FUTEX_WAKE.
 
-Why this is enough: both the pin/count pair and the flag/notify pair are Dekker-style:
+Why this is enough: both the pin/count pair and the sleepers/notify pair are Dekker-style:
 each side stores, fences (sequentially consistent), then loads what the other stores, so
 at least one sees the other. A writer that sees no pin has zeroed the count first, so a
 reader that pins later rejects the slot; a reader that pinned first makes the writer skip
@@ -298,7 +307,7 @@ def latest_write(buf: Any, nslots: int) -> tuple[int, int | None]:
     return count, int(_SEQ_STAMP.unpack_from(buf, SLOT_TABLE + SLOT_ENTRY * i)[1])
 
 
-_ROW_HEAD = struct.Struct("@IIQQQ")  # may-sleep flag, pid, read ns, write ns, write count
+_ROW_HEAD = struct.Struct("@IIQQQ")  # sleepers, pid, read ns, write ns, write count
 
 
 def reader_rows(buf: Any, layout: Layout) -> list[tuple[int, int, int, int]]:
@@ -317,10 +326,7 @@ def retire(mm: mmap.mmap, why: int) -> None:
     """Flag a segment as replaced (1) or its tag removed (2), and wake blocked readers so
     they look for what replaced it. The writer and the daemon both do this; "removed" wins
     over "replaced", so a removed tag's writer stops whoever flagged the segment first."""
-    if _U32.unpack_from(mm, OFF_RETIRED)[0] < why:
-        _U32.pack_into(mm, OFF_RETIRED, why)
-    _U32.pack_into(mm, OFF_NOTIFY, (_U32.unpack_from(mm, OFF_NOTIFY)[0] + 1) & 0xFFFFFFFF)
-    _hot.wake(mapping_address(mm) + OFF_NOTIFY)
+    _hot.retire(mm, why)
 
 
 class _Process:
@@ -372,6 +378,18 @@ def _buffer_format(dtype: np.dtype[Any]) -> str:
         return ""  # datetime64 and the like have no buffer format
 
 
+def _map(name: str, size: int, access: int) -> mmap.mmap:
+    """Map a segment through a file description of its own. mmap keeps a duplicate of the
+    fd it maps: mapped through the fd that holds a reader's row lock, the lock would live
+    as long as the mapping, in forked children too, and a dead reader's row would look
+    alive. The lock fd is never mapped, so closing it frees the row."""
+    fd = os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return mmap.mmap(fd, size, access=access)
+    finally:
+        os.close(fd)
+
+
 @functools.cache
 def _row_lock(row: int, kind: int) -> bytes:
     return _flock(kind, LOCKS + row)
@@ -399,7 +417,7 @@ class _Mapped:
             # A reader's arrays come from a read-only mapping: a stray write through one
             # faults in that reader instead of changing what every other process sees.
             access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-            self.mm = mmap.mmap(self.fd, size, access=access)
+            self.mm = _map(name, size, access)
             self.header = parse_header(self.mm, size, name)
         except BaseException:
             self._close_fd()
@@ -452,7 +470,7 @@ class SegmentReader(_Mapped):
         h = self.header
         lay = h.layout
         try:
-            self._rw = mmap.mmap(self.fd, lay.header_size)  # our row lives here
+            self._rw = _map(name, lay.header_size, mmap.ACCESS_WRITE)  # our row lives here
             self.row = self._claim_row(mapping_address(self._rw))
         except BaseException:
             self._close_fd()
@@ -572,20 +590,15 @@ class SegmentWriter(_Mapped):
         pub = self.publish_word()
         count = pub >> 8  # a writer taking over a tag continues its count: readers see new frames
         lay = h.layout
+        latest = pub & 0xFF
+        # The C writer holds a buffer export of the mapping: it cannot be unmapped while
+        # any thread still writes through it (close() lets it go after the last write).
         self.fast = _hot.Writer(
-            base=self.base_addr, rows=self.rows_addr, nslots=self.nslots, nbytes=lay.nbytes,
+            mapping=self.mm, rows_offset=lay.rows_offset, nslots=self.nslots, nbytes=lay.nbytes,
             header_size=lay.header_size, stride=lay.stride, shape=h.shape,
-            format=_buffer_format(h.dtype), count=count, latest=pub & 0xFF if count else -1,
+            format=_buffer_format(h.dtype), count=count,
+            latest=latest if count and latest < self.nslots else -1,
         )
-
-    @property
-    def loaned(self) -> int:
-        """The slot lent out by loan(), until it is published or released (-1: none)."""
-        return self.fast.loaned
-
-    @loaned.setter
-    def loaned(self, slot: int) -> None:
-        self.fast.loaned = slot
 
     @property
     def count(self) -> int:
@@ -611,6 +624,7 @@ class SegmentWriter(_Mapped):
 
     def release(self, i: int) -> None:
         """Give back an acquired slot without publishing it (its count stays 0)."""
+        self.fast.release(i)
 
     def publish(self, i: int) -> int:
         """Publish acquired slot ``i`` as the latest write; returns the write count."""
@@ -627,6 +641,7 @@ class SegmentWriter(_Mapped):
         if _U32.unpack_from(self.mm, OFF_WRITER_PID)[0] == _Process.pid:
             _U32.pack_into(self.mm, OFF_WRITER_PID, 0)
         self.slots = []
+        self.fast.close()
         self._close_fd()
         try:
             self.mv.release()

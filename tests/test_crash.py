@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from typing import Any
 
@@ -156,3 +160,46 @@ def test_writer_close_and_exit_release_the_tag(daemon: Any, puppets: Any) -> Non
     assert row.writer_pid is None
     with ndsharray.NdShArray("bye", r_w="w"):
         pass
+
+
+def test_a_forked_child_does_not_keep_a_dead_readers_pins(daemon: Any) -> None:
+    # A reader pins both slots, forks a child that never touches ndsharray, and is killed.
+    # The child inherits file descriptors but must not keep the reader's row alive, or the
+    # writer could never clear its pins.
+    script = textwrap.dedent("""
+        import os, signal, sys, time, ndsharray
+        r = ndsharray.NdShArray("forked", r_w="r")
+        held = [r.read(timeout=5)[1]]
+        print("one", flush=True)
+        sys.stdin.readline()
+        held.append(r.read(timeout=5)[1])  # now both slots are pinned
+        child = os.fork()
+        if child == 0:
+            time.sleep(30)
+            os._exit(0)
+        print(child, flush=True)
+        sys.stdin.readline()
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    with ndsharray.NdShArray("forked", np.zeros(8), "w", slots=2, max_slots=2, write_timeout=5.0) as w:
+        p = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+        assert p.stdin is not None and p.stdout is not None
+        child = None
+        try:
+            assert p.stdout.readline().strip() == "one"
+            w.write(np.ones(8))
+            p.stdin.write("\n")
+            p.stdin.flush()
+            child = int(p.stdout.readline())
+            p.stdin.write("\n")
+            p.stdin.flush()
+            assert p.wait(10) == -signal.SIGKILL
+            w.write(np.full(8, 2.0))  # raises WriterStalledError if the dead reader's row looked alive
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            if child is not None:
+                os.kill(child, signal.SIGKILL)
+                wait_until(lambda: pid_gone(child), what="the forked child to go")

@@ -119,3 +119,32 @@ def test_without_a_daemon_a_full_ring_waits_instead_of_failing(daemon: Daemon) -
         w.write(np.full(4, 3.0))
         assert r.read()[1].tolist() == [3.0] * 4
         w._closed = r._closed = True  # nothing to release: the daemon is gone
+
+
+def test_a_failed_copy_read_gives_its_pin_back(daemon: Daemon, monkeypatch: Any) -> None:
+    # MemoryError copying a big frame (or a KeyboardInterrupt landing there) must not leave
+    # the slot pinned: with 2 slots the writer would stall for good.
+    with ndsharray.NdShArray("cp", np.zeros(8), "w", slots=2, max_slots=2, write_timeout=0.5) as w, \
+            ndsharray.NdShArray("cp", r_w="r") as r:
+        assert r.read(copy=True)[0]
+        w.write(np.ones(8))
+
+        def failing_copy(self: segment.SegmentReader, i: int) -> Any:
+            raise MemoryError("simulated: the copy of a big frame fails")
+
+        monkeypatch.setattr(segment.SegmentReader, "copy", failing_copy)
+        with pytest.raises(MemoryError):
+            r.read(copy=True)
+        monkeypatch.undo()
+        for k in range(3):
+            w.write(np.full(8, float(k)))  # both slots are free again
+        assert r.read(copy=True)[1].tolist() == [2.0] * 8
+
+
+def test_a_timeout_that_is_not_a_number_of_seconds_is_refused(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("nan", np.zeros(2), "w"), ndsharray.NdShArray("nan", r_w="r") as r:
+        for bad in (float("nan"), -1.0):
+            with pytest.raises(ValueError, match="timeout"):
+                r.read(timeout=bad)
+            with pytest.raises(ValueError, match="timeout"):
+                r.wait(bad)
