@@ -600,10 +600,6 @@ class SegmentWriter(_Mapped):
             latest=latest if count and latest < self.nslots else -1,
         )
 
-    @property
-    def count(self) -> int:
-        return self.fast.count
-
     def try_acquire(self) -> int:
         """A slot that is neither the latest nor pinned, its count zeroed; -1 if none is free."""
         return self.fast.acquire()
@@ -647,4 +643,4 @@ class SegmentWriter(_Mapped):
             self.mv.release()
             self.mm.close()
         except BufferError:
-            pass  # a loaned view is still alive; the mapping goes with it
+            pass  # a loaned array, or a write in another thread, still uses it: unmapped with them
