@@ -1,6 +1,28 @@
 """Build the one C module (ndsharray._hot: the slot protocol's atomics); the rest of the
 package metadata is in pyproject.toml."""
 
-from setuptools import Extension, setup
+from typing import Any
 
-setup(ext_modules=[Extension("ndsharray._hot", ["ndsharray/_hot.c"], extra_compile_args=["-O2", "-std=c11"])])
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class BuildExt(build_ext):
+    """Say what is missing when the C module cannot be compiled."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:
+            raise SystemExit(
+                f"ndsharray: could not compile its C module ndsharray/_hot.c ({exc}).\n"
+                "It needs a C compiler and the Python headers: on Debian/Ubuntu "
+                "'apt install build-essential python3-dev', on Fedora 'dnf install gcc python3-devel'."
+            ) from exc
+
+
+def extensions() -> list[Any]:
+    return [Extension("ndsharray._hot", ["ndsharray/_hot.c"], extra_compile_args=["-O2", "-std=c11"])]
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
