@@ -364,8 +364,7 @@ class NdShArray:
         seconds waits up to that long for the next write; None waits for as long as it takes.
         A waiting reader sleeps on a futex and uses no CPU.
         """
-        if timeout is not None and not timeout >= 0:  # (NaN fails this test too)
-            raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+        timeout = _seconds(timeout)
         got = self._read_now(copy)
         if got is not None or timeout == 0:
             return (True, got) if got is not None else (False, self._last)
@@ -390,8 +389,7 @@ class NdShArray:
 
         Does not consume the write: the next ``read()`` returns it.
         """
-        if timeout is not None and not timeout >= 0:
-            raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+        timeout = _seconds(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         idle = 0.001
         while True:
@@ -624,6 +622,16 @@ class NdShArray:
         seg = self._wseg or self._rseg
         what = "no data yet" if seg is None else f"{seg.header.dtype} {seg.header.shape}"
         return f"<NdShArray {getattr(self, '_tag', '?')!r} {state}, {what}>"
+
+
+def _seconds(timeout: float | None) -> float | None:
+    """A timeout: None (no limit) or seconds, a negative one meaning 0 (a deadline that
+    passed); NaN is refused (it would make every wait return at once)."""
+    if timeout is None:
+        return None
+    if timeout != timeout:
+        raise ValueError("timeout is NaN; give None (wait as long as it takes) or seconds")
+    return max(0.0, float(timeout))
 
 
 def _reader_from_pickle(tag: str, endpoint: str) -> NdShArray:

@@ -425,15 +425,11 @@ class _Mapped:
         h = self.header
         self.nslots = h.layout.nslots
         self.layout = h.layout
-        self.mv = memoryview(self.mm)
         self.base_addr = mapping_address(self.mm)
         self.notify_addr = self.base_addr + OFF_NOTIFY
 
     def publish_word(self) -> int:
         return int(_U64.unpack_from(self.mm, OFF_PUBLISH)[0])
-
-    def notify_word(self) -> int:
-        return int(_U32.unpack_from(self.mm, OFF_NOTIFY)[0])
 
     def retired(self) -> int:
         """0, RETIRED_SUPERSEDED or RETIRED_REMOVED."""
@@ -640,7 +636,6 @@ class SegmentWriter(_Mapped):
         self.fast.close()
         self._close_fd()
         try:
-            self.mv.release()
             self.mm.close()
         except BufferError:
             pass  # a loaned array, or a write in another thread, still uses it: unmapped with them
