@@ -378,18 +378,6 @@ def _buffer_format(dtype: np.dtype[Any]) -> str:
         return ""  # datetime64 and the like have no buffer format
 
 
-def _map(name: str, size: int, access: int) -> mmap.mmap:
-    """Map a segment through a file description of its own. mmap keeps a duplicate of the
-    fd it maps: mapped through the fd that holds a reader's row lock, the lock would live
-    as long as the mapping, in forked children too, and a dead reader's row would look
-    alive. The lock fd is never mapped, so closing it frees the row."""
-    fd = os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        return mmap.mmap(fd, size, access=access)
-    finally:
-        os.close(fd)
-
-
 @functools.cache
 def _row_lock(row: int, kind: int) -> bytes:
     return _flock(kind, LOCKS + row)
@@ -410,18 +398,26 @@ class _Mapped:
             raise SegmentGoneError(f"segment {name} no longer exists") from None
         self.closed = False
         _open_segments.add(self)
+        # Mapped through a file description of its own: mmap keeps a duplicate of the fd it
+        # maps, and through the fd that holds a reader's row lock the lock would live as
+        # long as the mapping, in forked children too, so a dead reader's row would look
+        # alive. self.fd is never mapped: closing it frees the row.
+        mfd = os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW)
         try:
-            size = os.fstat(self.fd).st_size
+            size = os.fstat(mfd).st_size
             if size < 128:
                 raise CorruptSegmentError(f"segment {name}: {size} bytes, too small for a header")
             # A reader's arrays come from a read-only mapping: a stray write through one
             # faults in that reader instead of changing what every other process sees.
-            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-            self.mm = _map(name, size, access)
+            self.mm = mmap.mmap(mfd, size, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
             self.header = parse_header(self.mm, size, name)
+            if not writable:  # a reader's row lives in the header, mapped read-write
+                self._rw = mmap.mmap(mfd, self.header.layout.header_size)
         except BaseException:
             self._close_fd()
             raise
+        finally:
+            os.close(mfd)
         h = self.header
         self.nslots = h.layout.nslots
         self.layout = h.layout
@@ -466,7 +462,6 @@ class SegmentReader(_Mapped):
         h = self.header
         lay = h.layout
         try:
-            self._rw = _map(name, lay.header_size, mmap.ACCESS_WRITE)  # our row lives here
             self.row = self._claim_row(mapping_address(self._rw))
         except BaseException:
             self._close_fd()
