@@ -8,7 +8,7 @@ import re
 import stat
 from dataclasses import dataclass
 
-from . import config, transport
+from . import config, segment, transport
 from .errors import NdShArrayError
 from .segment import parse_header, shm_dir
 
@@ -33,7 +33,12 @@ def check_daemon(endpoint: str) -> Check:
     except NdShArrayError as exc:
         return Check("FAIL", "daemon", f"holds the lock but does not answer: {exc}; "
                      "stop it (ndsharray daemon stop) and let a client start a new one")
-    return Check("OK", "daemon", f"ndsharrayd {info['daemon']} (protocol {info['protocol']}) "
+    layout = info.get("layout", 1)  # daemons before slot protocol v2 did not say
+    if layout != segment.VERSION:
+        return Check("FAIL", "daemon", f"ndsharrayd {info['daemon']} pid {info['pid']} makes segments of "
+                     f"layout {layout}, this ndsharray reads layout {segment.VERSION}: stop it "
+                     "(ndsharray daemon stop) and restart writers and readers with one version")
+    return Check("OK", "daemon", f"ndsharrayd {info['daemon']} (protocol {info['protocol']}, layout {layout}) "
                  f"pid {info['pid']} at {endpoint}")
 
 

@@ -51,6 +51,7 @@ from ndsharray.segment import (
     segment_path,
     shm_dir,
 )
+from ndsharray.segment import VERSION as SEGMENT_LAYOUT
 
 from .pointers import Pointers
 from .registry import Registry, TagRecord
@@ -397,7 +398,7 @@ class Daemon:
         self._watch_pids()
 
     def op_ping(self, req: Request) -> dict[str, Any]:
-        return {"daemon": __version__, "protocol": PROTOCOL, "pid": os.getpid(),
+        return {"daemon": __version__, "protocol": PROTOCOL, "layout": SEGMENT_LAYOUT, "pid": os.getpid(),
                 "endpoint": self.endpoint, "prefix": self.files.prefix}
 
     def op_stats(self, req: Request) -> dict[str, Any]:
