@@ -34,7 +34,16 @@ from .errors import (
     WriterStalledError,
 )
 from .protocol import check_tag
-from .segment import MAX_SLOTS, RETIRED_REMOVED, SegmentReader, SegmentWriter, current_pid, process_pid_holder
+from .segment import (
+    ENV_SHM_DIR,
+    MAX_SLOTS,
+    RETIRED_REMOVED,
+    SegmentReader,
+    SegmentWriter,
+    current_pid,
+    process_pid_holder,
+    shm_dir,
+)
 
 log = logging.getLogger("ndsharray")
 
@@ -299,12 +308,19 @@ class NdShArray:
         _keeper.keeper.check(self._endpoint)
         offer, self._offered = self._offered, None
         if offer and offer["dtype"] == text and tuple(offer["shape"]) == shape:
-            name = offer["name"]  # take over a previous writer's segment: readers keep going
+            seg = SegmentWriter(offer["name"])  # take over a previous writer's segment: readers keep going
         else:
             res = self._conn.request("generation", tag=self._tag, pid=self._pid,
                                      token=self._token, dtype=text, shape=list(shape), slots=slots)
             name = res["segment"]["name"]
-        seg = SegmentWriter(name)
+            try:
+                seg = SegmentWriter(name)
+            except SegmentGoneError:
+                raise NdShArrayError(
+                    f"the daemon at {self._endpoint} just created segment {name}, but it is not in "
+                    f"{shm_dir()}: the daemon and this process must agree on {ENV_SHM_DIR} (restart "
+                    "the daemon with this process's environment, or set it alike here)"
+                ) from None
         self._stale = False
         old, self._wseg = self._wseg, seg
         self._fast = seg.fast

@@ -272,3 +272,23 @@ def test_garbage_in_the_reader_rows_does_not_stop_the_writer(daemon: Daemon) -> 
             assert status and got.tolist() == [float(k)] * 8
         assert held.tolist() == [0.0] * 8  # the live reader's pinned view never changed
         assert w.ndarray_mmap_name == seg.name  # no new generation was needed
+
+
+def test_a_daemon_on_another_shm_dir_is_named_as_the_cause(folder: str, monkeypatch: Any) -> None:
+    # The daemon creates segments where NDSHARRAY_SHM_DIR says; a client that looks
+    # elsewhere must say so, not that the segment "no longer exists".
+    other = os.path.join(folder, "shm")
+    os.mkdir(other, 0o700)
+    monkeypatch.setenv("NDSHARRAY_SHM_DIR", other)
+    d = Daemon(folder).start()
+    monkeypatch.delenv("NDSHARRAY_SHM_DIR")  # this process uses /dev/shm
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    try:
+        w = ndsharray.NdShArray("elsewhere", r_w="w")
+        with pytest.raises(ndsharray.NdShArrayError, match="must agree on NDSHARRAY_SHM_DIR"):
+            w.write(np.zeros(4))
+        w.close()
+    finally:
+        assert d.stop() == 0
+    assert os.listdir(other) == []
