@@ -579,8 +579,9 @@ class Daemon:
 
 def _alive(pid: int) -> bool:
     """True while ``pid`` runs; a zombie (exited, not yet reaped by its parent) is dead."""
-    if pid <= 0:
-        return False  # 0: the segment's writer closed it (kill(0) would mean our group)
+    if not 0 < pid < 1 << 22:
+        return False  # 0: the segment's writer closed it (kill(0) would mean our group);
+        # past Linux's largest pid_max: a corrupt header or reader row, not a process
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

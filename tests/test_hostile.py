@@ -266,6 +266,8 @@ def test_garbage_in_the_reader_rows_does_not_stop_the_writer(daemon: Daemon) -> 
             os.pwrite(fd, (0xFFFFFFFF).to_bytes(4, "little"), segment.OFF_ROWS_USED)
         finally:
             os.close(fd)
+        (info,) = ndsharray.list_tags()  # the daemon reads the rows too: pid 0xFFFFFFFF is no process
+        assert [s["pid"] for s in info.reader_stats] == [os.getpid()]
         for k in range(1, 6):
             w.write(np.full(8, float(k)))  # would stall (WriterStalledError) if it trusted them
             status, got = r.read()
