@@ -493,6 +493,8 @@ class NdShArray:
             name = os.readlink(self._pointer)
         except OSError:
             return None  # no segment yet, or a daemon without pointers
+        if not name.startswith("nds-") or "/" in name:
+            return None  # not a segment name: never open what a planted link names
         seg = self._rseg
         if seg is None or seg.name != name:
             try:

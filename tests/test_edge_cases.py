@@ -88,14 +88,19 @@ def test_corrupt_publish_word_raises_instead_of_spinning(daemon: Daemon) -> None
         assert r.read()[0]
         w.write(np.ones(4))
         path = segment.segment_path(w.ndarray_mmap_name)  # type: ignore[arg-type]
-        pub = int.from_bytes(os.pread(os.open(path, os.O_RDONLY), 8, segment.OFF_PUBLISH), "little")
         fd = os.open(path, os.O_RDWR)
         try:
+            pub = int.from_bytes(os.pread(fd, 8, segment.OFF_PUBLISH), "little")
+            # A count the named slot does not hold:
             os.pwrite(fd, (((pub >> 8) + 1000) << 8 | (pub & 0xFF)).to_bytes(8, "little"), segment.OFF_PUBLISH)
+            with pytest.raises(ndsharray.CorruptSegmentError, match="but that slot holds another write"):
+                r.read()
+            # A slot past the table (the C side must not index by it):
+            os.pwrite(fd, (((pub >> 8) + 2000) << 8 | 200).to_bytes(8, "little"), segment.OFF_PUBLISH)
+            with pytest.raises(ndsharray.CorruptSegmentError, match="names slot 200 of 3"):
+                r.read()
         finally:
             os.close(fd)
-        with pytest.raises(ndsharray.CorruptSegmentError, match="publish word"):
-            r.read()
 
 
 def test_writer_of_a_removed_tag_gets_tag_removed_even_on_a_shape_change(daemon: Daemon) -> None:
