@@ -73,6 +73,7 @@ class NdShArray:
 
     _closed = True
     _fast: Any = None  # the current segment's _hot.Writer while this writer may use it
+    _loaned = False  # inside a loan() block
     _rfast: SegmentReader | None = None  # a reader's segment, checked, while nothing changed
     _wseg: SegmentWriter | None = None
     _rseg: SegmentReader | None = None
@@ -243,6 +244,7 @@ class NdShArray:
         arr = array if type(array) is np.ndarray else np.asarray(array)
         seg = self._wseg
         if seg is None or self._stale or arr.dtype != seg.dtype or arr.shape != seg.shape:
+            self._no_loan_open("change shape or dtype")
             seg = self._new_generation(arr.dtype, arr.shape, self._slots)
         seg, i = self._acquire(seg)
         try:
@@ -266,6 +268,7 @@ class NdShArray:
         The array becomes read-only when the block ends: keep no reference to it.
         """
         self._check("w")
+        self._no_loan_open("open a second loan()")
         seg = self._wseg
         if shape is not None or dtype is not None:
             want_shape = tuple(shape) if shape is not None else (seg.header.shape if seg else None)
@@ -278,15 +281,23 @@ class NdShArray:
             raise ValueError("the first loan() of a writer needs shape= and dtype=")
         seg, i = self._acquire(seg)
         buf = seg.slots[i][...]
+        self._loaned = True
         try:
             yield buf
         except BaseException:
             seg.release(i)
             raise
         finally:
+            self._loaned = False
             buf.flags.writeable = False
         seg.publish(i)
         self._valid = True
+
+    def _no_loan_open(self, what: str) -> None:
+        """The lent slot belongs to the current segment: nothing may replace it meanwhile."""
+        if self._loaned:
+            raise NdShArrayError(
+                f"cannot {what} of {self._tag!r} inside a loan() block; leave the block first")
 
     def _acquire(self, seg: SegmentWriter) -> tuple[SegmentWriter, int]:
         """Lock a free slot of ``seg`` (or of a grown ring) for the next write."""
@@ -343,8 +354,9 @@ class NdShArray:
             i = seg.try_acquire()
             if i >= 0:
                 return seg, i
-        if seg.nslots < self._max_slots:
-            # Pins that persist are views readers keep: give them more room.
+        if seg.nslots < self._max_slots and not self._loaned:
+            # Pins that persist are views readers keep: give them more room (not under a
+            # loan: the lent slot must stay in this segment to be published).
             h = seg.header
             try:
                 seg = self._new_generation(h.dtype, h.shape, min(self._max_slots, seg.nslots * 2))
@@ -356,13 +368,18 @@ class NdShArray:
                 if i >= 0:
                     return seg, i
         deadline = time.monotonic() + self._write_timeout
+        tries = 0
         while time.monotonic() < deadline:
             time.sleep(0.0005)
+            tries += 1
+            if tries % 20 == 0:
+                seg.reclaim_rows()  # a reader may have died meanwhile (or its last fd closed)
             i = seg.try_acquire()
             if i >= 0:
                 return seg, i
+        lent = " (one is lent out by the open loan() block)" if self._loaned else ""
         raise WriterStalledError(
-            f"tag {self._tag!r}: all {seg.nslots} slots stayed pinned by readers for "
+            f"tag {self._tag!r}: all {seg.nslots} slots stayed pinned by readers{lent} for "
             f"{self._write_timeout:g} s; readers hold on to old arrays - drop them, read with "
             "copy=True, or raise max_slots"
         )

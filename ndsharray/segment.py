@@ -118,6 +118,7 @@ OFF_ROWS_USED = 60
 OFF_PUBLISH = 64
 READER_ROWS = 256  # readers per segment (one row each): 16 KiB of header
 ROW_SIZE = 64  # a cache line, so readers never share one
+ROW_PINS = 32  # offset of a row's pin mask; before it: sleepers, pid, the last frame read
 if _hot.READER_ROWS != READER_ROWS:  # pragma: no cover - a stale build of _hot.c
     raise ImportError("ndsharray._hot was built for another segment layout: reinstall ndsharray")
 # Native formats for the fields that change while others read them: one aligned load/store.
@@ -402,7 +403,13 @@ class _Mapped:
         # maps, and through the fd that holds a reader's row lock the lock would live as
         # long as the mapping, in forked children too, so a dead reader's row would look
         # alive. self.fd is never mapped: closing it frees the row.
-        mfd = os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW)
+        try:
+            mfd = os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW)
+        except BaseException as exc:
+            self._close_fd()
+            if isinstance(exc, FileNotFoundError):  # unlinked between our two opens
+                raise SegmentGoneError(f"segment {name} no longer exists") from None
+            raise
         try:
             size = os.fstat(mfd).st_size
             if size < 128:
@@ -548,6 +555,10 @@ class SegmentReader(_Mapped):
             return
         self._closing = True
         if self._c.pinned:
+            # Views still hold pins, so the row stays ours until they go; but this reader
+            # stopped reading: `ls` must not count it, nor show it falling behind.
+            off = self.row - mapping_address(self._rw)
+            self._rw[off + 4 : off + ROW_PINS] = bytes(ROW_PINS - 4)
             self._c.on_idle = self._close_fd
         else:
             self._close_fd()
@@ -558,7 +569,9 @@ class SegmentReader(_Mapped):
             # writer's reclaim); the row's lock goes with the fd, and another reader may
             # take the row at once: our C side must not touch it any more.
             _hot.clear_row(self.row)
-            self._c.detach()
+            c = getattr(self, "_c", None)
+            if c is not None:
+                c.detach()
         super()._close_fd()
 
     _owner_pid = _Process.pid

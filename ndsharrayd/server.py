@@ -142,10 +142,21 @@ class SegmentFiles:
 
     def retire_and_unlink(self, name: str, why: int = RETIRED_SUPERSEDED) -> None:
         """Flag a segment so readers re-resolve (and a writer of a removed tag stops), then
-        unlink it; mapped views survive."""
+        unlink it; mapped views survive. A reader that found it through its pointer may
+        not be registered yet: without the flag it would wait on it for good."""
         entry = self.headers.get(name)
         if entry is not None:
             retire(entry[0], why)
+        else:
+            try:  # a segment this daemon never mapped (a predecessor's)
+                fd = os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW)
+                try:
+                    with mmap.mmap(fd, mmap.PAGESIZE) as mm:
+                        retire(mm, why)
+                finally:
+                    os.close(fd)
+            except (OSError, ValueError) as exc:
+                log.warning("could not flag segment %s retired: %s", name, exc)
         self.unlink(name)
 
     def unlink(self, name: str) -> None:
@@ -204,13 +215,13 @@ class SegmentFiles:
                 removed += 1
                 continue
             if not _alive(h.writer_pid):
-                self.unlink(name)
+                self.retire_and_unlink(name)
                 removed += 1
                 continue
             prev = newest.get(h.tag)
             if prev is not None:
                 loser = name if prev[0] > h.generation else prev[1]
-                self.unlink(loser)
+                self.retire_and_unlink(loser)
                 removed += 1
                 if loser == prev[1]:
                     newest[h.tag] = (h.generation, name, h, size)
@@ -574,7 +585,7 @@ class Daemon:
                 self.registry.drop_pid(pid, now)
         for name in self.registry.expire(now):
             log.info("removing idle segment %s", name)
-            self.files.unlink(name)
+            self.files.retire_and_unlink(name)
 
 
 def _alive(pid: int) -> bool:

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 from arrays import make_array
-from conftest import Daemon
+from conftest import Daemon, wait_until
 
 import ndsharray
-from ndsharray import config
+from ndsharray import config, segment, transport
 
 
 def pointer(daemon: Daemon, tag: str) -> str:
@@ -86,3 +86,32 @@ def test_daemon_restart_rebuilds_the_pointers(folder: str, monkeypatch: Any, pup
     finally:
         assert d2.stop() == 0
     assert not os.path.exists(config.pointer_dir(d.endpoint))
+
+
+def test_a_reader_whose_segment_expires_before_it_registers_follows_the_next_writer(
+        folder: str, monkeypatch: Any, puppets: Any) -> None:
+    # A reader found the segment through its pointer, but its registration has not reached
+    # the daemon when the tag, now without writer or registered reader, expires. The
+    # daemon must flag the segment retired before unlinking it, or the reader would wait
+    # on it for good while the next writer publishes elsewhere.
+    d = Daemon(folder, "--orphan-ttl", "0").start()
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    try:
+        first = puppets()
+        first.start_writer("cam", "f8", [4], 1)
+        with transport.connection(d.endpoint)._lock:  # holds back this process's posted attach
+            r = ndsharray.NdShArray("cam", r_w="r")
+            assert r.read()[0]
+            name = r.ndarray_mmap_name
+            assert name is not None
+            first.kill()
+            wait_until(lambda: not os.path.exists(segment.segment_path(name)), what="the orphaned segment to go")
+        second = puppets()
+        second.start_writer("cam", "f8", [4], 2)
+        status, arr = r.read(timeout=5)
+        assert status and arr.tolist() == make_array("f8", (4,), 2).tolist()
+        r.close()
+        second(op="close", name="w")
+    finally:
+        assert d.stop() == 0

@@ -94,6 +94,14 @@ def test_ls_shows_how_late_and_how_far_behind_readers_are(daemon: Daemon, puppet
         reader(op="close", name="r")
         (t,) = ndsharray.list_tags()
         assert t.reader_stats == () and t.max_behind is None  # a closed reader clears its row
+    # A reader closed while it still holds an array keeps its pins, but leaves ls at once.
+    with ndsharray.NdShArray("lag2", np.zeros(4), "w") as w, ndsharray.NdShArray("lag2", r_w="r") as r:
+        held = r.read()[1]
+        assert [s["pid"] for s in ndsharray.tag_info("lag2").reader_stats] == [os.getpid()]
+        r.close()
+        w.write(np.ones(4))
+        assert ndsharray.tag_info("lag2").reader_stats == ()
+        assert held.tolist() == [0.0] * 4
 
 
 def test_show_prints_stats_and_writes_a_png(daemon: Daemon, folder: str) -> None:

@@ -154,3 +154,42 @@ def test_a_nan_timeout_is_refused_and_a_negative_one_means_now(daemon: Daemon) -
             r.wait(float("nan"))
         assert r.read(timeout=-0.001)[0]  # a deadline that just passed: still reads what is there
         assert r.read(timeout=-1.0)[0] is False and r.wait(-1.0) is False
+
+
+def test_a_write_inside_a_loan_never_replaces_the_lent_slots_segment(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("lend", np.zeros(4), "w", slots=2, max_slots=8, write_timeout=0.2) as w, \
+            ndsharray.NdShArray("lend", r_w="r") as r:
+        held = r.read()[1]  # pins the latest slot; the other one is lent out below
+        segment_name = w.ndarray_mmap_name
+        with w.loan() as buf:
+            buf[...] = 7
+            with pytest.raises(ndsharray.WriterStalledError, match="lent out by the open loan"):
+                w.write(np.ones(4))  # no free slot, and growing the ring would orphan the loan
+            with pytest.raises(ndsharray.NdShArrayError, match="inside a loan"):
+                w.write(np.ones(5))  # a new generation would too
+        assert w.ndarray_mmap_name == segment_name
+        assert r.read()[1].tolist() == [7.0] * 4  # the loan was published
+        assert held.tolist() == [0.0] * 4
+
+
+def test_a_segment_unlinked_between_the_two_opens_is_gone_and_leaks_nothing(
+        daemon: Daemon, monkeypatch: Any) -> None:
+    with ndsharray.NdShArray("race", np.zeros(4), "w") as w:
+        name = w.ndarray_mmap_name
+        assert name is not None
+        real_open = os.open
+        opened: list[int] = []
+
+        def open_then_lose_the_file(path: Any, flags: int, *args: Any) -> int:
+            if opened:  # the second open: the daemon unlinked the segment just before
+                raise FileNotFoundError(path)
+            fd = real_open(path, flags, *args)
+            opened.append(fd)
+            return fd
+
+        monkeypatch.setattr(segment.os, "open", open_then_lose_the_file)
+        with pytest.raises(ndsharray.SegmentGoneError):
+            segment.SegmentReader(name)
+        monkeypatch.undo()
+        with pytest.raises(OSError):
+            os.fstat(opened[0])  # the first fd was closed
