@@ -397,7 +397,8 @@ class NdShArray:
         seconds waits up to that long for the next write; None waits for as long as it takes.
         A waiting reader sleeps on a futex and uses no CPU.
         """
-        timeout = _seconds(timeout)
+        if timeout:  # (0, the default, and None need no check)
+            timeout = _seconds(timeout)
         got = self._read_now(copy)
         if got is not None or timeout == 0:
             return (True, got) if got is not None else (False, self._last)
