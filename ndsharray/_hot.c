@@ -122,6 +122,14 @@ static PyObject *hot_retire(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* Set a row to "free, nothing pinned, nothing read" and then to `pid` (0: free). */
+static void reset_row(uintptr_t row, uint32_t pid) {
+    for (int w = 0; w < 4; w++) atomic_store_explicit(u64_at(row, ROW_PINS + 8 * w), 0, memory_order_release);
+    for (int w = 0; w < 3; w++) atomic_store_explicit(u64_at(row, ROW_LAST_READ + 8 * w), 0, memory_order_relaxed);
+    atomic_store_explicit(u32_at(row, ROW_WAITING), 0, memory_order_release);
+    atomic_store_explicit(u32_at(row, 4), pid, memory_order_relaxed);
+}
+
 /* claim_row(base, row, index, pid): a reader took row `index` (it holds the row's lock):
  * clear what a dead predecessor left and count the row in. */
 static PyObject *hot_claim_row(PyObject *self, PyObject *args) {
@@ -130,10 +138,7 @@ static PyObject *hot_claim_row(PyObject *self, PyObject *args) {
     uintptr_t base, row;
     if (!PyArg_ParseTuple(args, "OOII", &obase, &orow, &index, &pid)) return NULL;
     if (get_addr(obase, &base) || get_addr(orow, &row)) return NULL;
-    for (int w = 0; w < 4; w++) atomic_store_explicit(u64_at(row, ROW_PINS + 8 * w), 0, memory_order_relaxed);
-    for (int w = 0; w < 3; w++) atomic_store_explicit(u64_at(row, ROW_LAST_READ + 8 * w), 0, memory_order_relaxed);
-    atomic_store_explicit(u32_at(row, ROW_WAITING), 0, memory_order_relaxed);
-    atomic_store_explicit(u32_at(row, 4), pid, memory_order_relaxed);
+    reset_row(row, pid);
     a32 *used = u32_at(base, OFF_ROWS_USED);
     uint32_t cur = atomic_load_explicit(used, memory_order_relaxed);
     while (cur < index + 1 &&
@@ -150,10 +155,7 @@ static PyObject *hot_clear_row(PyObject *self, PyObject *args) {
     uintptr_t row;
     if (!PyArg_ParseTuple(args, "O", &orow)) return NULL;
     if (get_addr(orow, &row)) return NULL;
-    for (int w = 0; w < 4; w++) atomic_store_explicit(u64_at(row, ROW_PINS + 8 * w), 0, memory_order_release);
-    for (int w = 0; w < 3; w++) atomic_store_explicit(u64_at(row, ROW_LAST_READ + 8 * w), 0, memory_order_relaxed);
-    atomic_store_explicit(u32_at(row, ROW_WAITING), 0, memory_order_release);
-    atomic_store_explicit(u32_at(row, 4), 0, memory_order_relaxed);
+    reset_row(row, 0);
     Py_RETURN_NONE;
 }
 
@@ -289,7 +291,6 @@ static int reader_pin_latest(ReaderObject *r, uint64_t last, uint64_t *count_out
             uint64_t stamp = atomic_load_explicit(entry + 1, memory_order_relaxed);
             uint64_t now = monotonic_ns();
             r->refs[slot]++;
-            r->pending[slot]++;
             r->total++;
             r->count = count;
             r->stamp = stamp;
@@ -330,6 +331,7 @@ static PyObject *reader_latest(ReaderObject *r, PyObject *arg) {
     int got = reader_pin_latest(r, last, &count, &slot, &stamp);
     if (got == 0) Py_RETURN_NONE;
     if (got < 0) return PyLong_FromLong(got);
+    r->pending[slot]++; /* for view() or unpin() */
     return Py_BuildValue("(KIK)", (unsigned long long)count, slot, (unsigned long long)stamp);
 }
 
@@ -348,7 +350,6 @@ static PyObject *reader_read(ReaderObject *r, PyObject *arg) {
     int got = reader_pin_latest(r, last, &count, &slot, &stamp);
     if (got == 0) Py_RETURN_NONE;
     if (got < 0) return PyLong_FromLong(got);
-    r->pending[slot]--;
     PyObject *pin = new_pin(r, slot);
     if (pin == NULL) return NULL;
     PyObject *arr = PyObject_CallFunctionObjArgs(r->make, r->shape, r->dtype, pin, NULL);

@@ -468,11 +468,7 @@ class NdShArray:
             if arr is None:
                 return None
             if type(arr) is not int:
-                c = seg._c
-                self._count, self._stamp, self._read_ns = c.count, c.stamp, c.read_ns
-                self._last = arr
-                self._valid = True
-                return arr  # type: ignore[no-any-return]
+                return self._took(seg, arr)
             # retired, or corrupt: the general path below finds out which
         if seg is None:
             self._check("r")
@@ -490,10 +486,7 @@ class NdShArray:
             self._rfast = None
             return self._read_now(copy)
         self._rfast = seg  # checked: later reads go straight to latest()
-        count, i, stamp = got
-        self._count = count
-        self._stamp = stamp
-        self._read_ns = time.monotonic_ns()
+        i = got[1]
         if copy:
             try:
                 arr = seg.copy(i)
@@ -501,6 +494,13 @@ class NdShArray:
                 seg.unpin(i)
         else:
             arr = seg.view(i)
+        return self._took(seg, arr)
+
+    def _took(self, seg: SegmentReader, arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Note the frame just read: its count, write time and read time are what the C
+        reader recorded when it pinned it."""
+        c = seg._c
+        self._count, self._stamp, self._read_ns = c.count, c.stamp, c.read_ns
         self._last = arr
         self._valid = True
         return arr
