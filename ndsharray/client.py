@@ -316,13 +316,21 @@ class NdShArray:
 
     def _new_generation(self, dtype: np.dtype[Any], shape: tuple[int, ...], slots: int) -> SegmentWriter:
         text = dtype_to_text(dtype)
-        _keeper.keeper.check(self._endpoint)
+        daemon = _keeper.keeper.check(self._endpoint)
         offer, self._offered = self._offered, None
         if offer and offer["dtype"] == text and tuple(offer["shape"]) == shape:
             seg = SegmentWriter(offer["name"])  # take over a previous writer's segment: readers keep going
         else:
-            res = self._conn.request("generation", tag=self._tag, pid=self._pid,
-                                     token=self._token, dtype=text, shape=list(shape), slots=slots)
+            args: dict[str, Any] = dict(tag=self._tag, pid=self._pid, token=self._token, dtype=text,
+                                        shape=list(shape), slots=slots)
+            try:
+                res = self._conn.request("generation", **args)
+            except TagRemovedError:
+                # The daemon died with our request and its successor got the retry before
+                # this process re-registered: re-register, then ask once more.
+                if _keeper.keeper.check(self._endpoint) == daemon:
+                    raise
+                res = self._conn.request("generation", **args)
             name = res["segment"]["name"]
             try:
                 seg = SegmentWriter(name)

@@ -24,6 +24,7 @@ from . import config, transport
 
 log = logging.getLogger("ndsharray")
 INTERVAL = 0.2  # seconds between looks at the lock file (a local read, no request)
+_UNREGISTERED = "not registered"  # never a lock file's content (pid and start time)
 
 
 class Registrant(Protocol):
@@ -82,25 +83,31 @@ class Keeper:
         with self._lock:
             self._handles.discard(handle)
 
-    def check(self, endpoint: str) -> None:
-        """Re-register this process's handles on ``endpoint`` if its daemon changed."""
+    def check(self, endpoint: str) -> str | None:
+        """Re-register this process's handles on ``endpoint`` if its daemon changed; returns
+        the identity of the daemon they are registered with (None: not watched, none runs)."""
         with self._lock:
             if endpoint not in self._seen:
-                return
+                return None
             ident = daemon_identity(endpoint)
             if ident == self._seen[endpoint] and ident is not None:
-                return
+                return ident
             if ident is None:
                 # Restart only a daemon that crashed (its lock file is still there): one
                 # stopped on purpose stays stopped until someone needs it again.
                 if not config.autostart_enabled() or not os.path.exists(config.lock_path(endpoint)):
-                    return
+                    return self._seen[endpoint]
                 transport.start_daemon(endpoint)
                 ident = daemon_identity(endpoint)
             self._seen[endpoint] = ident
-            for handle in [h for h in self._handles if h._endpoint == endpoint and not h._closed]:
-                handle._reregister()
+            try:
+                for handle in [h for h in self._handles if h._endpoint == endpoint and not h._closed]:
+                    handle._reregister()
+            except BaseException:
+                self._seen[endpoint] = _UNREGISTERED  # the next look tries again
+                raise
             log.info("re-registered with the new daemon at %s", endpoint)
+            return ident
 
     def _run(self) -> None:
         sleep = threading.Event()

@@ -109,6 +109,36 @@ def test_daemon_sigkill_data_keeps_flowing_and_registry_is_rebuilt(crashable: Da
     assert reader(op="read", name="r", wait=10)["status"]
 
 
+def waiting_for_a_reply(pid: int) -> bool:
+    """True while ``pid``'s main thread sleeps in poll(): a puppet does so only between
+    sending a request to the daemon and its answer (it otherwise sleeps reading stdin)."""
+    with open(f"/proc/{pid}/wchan") as f:
+        return "poll" in f.read()
+
+
+def test_a_request_retried_to_a_restarted_daemon_is_answered(crashable: Daemon, puppets: Any) -> None:
+    # A writer asks for a new generation; the daemon dies with the request unanswered, and
+    # the retry reaches its successor before the writer's keeper re-registered it. The
+    # writer re-registers and asks again instead of failing with TagRemovedError.
+    writer = puppets()
+    writer.start_writer("cam", "u1", [8], 1)
+    assert crashable.proc is not None
+    crashable.proc.send_signal(signal.SIGSTOP)
+    assert writer.proc.stdin is not None
+    writer.proc.stdin.write('{"op": "write", "name": "w", "dtype": "u1", "shape": [16], "seed": 2}\n')
+    writer.proc.stdin.flush()
+    wait_until(lambda: waiting_for_a_reply(writer.pid), what="the writer's generation request")
+    crashable.proc.kill()
+    crashable.proc.wait()
+    out = writer._line(30)  # the retry comes after the 3 s timeout; it starts a new daemon
+    assert "error" not in out, out
+    with ndsharray.NdShArray("cam", r_w="r") as r:
+        status, a = r.read(timeout=10)
+        assert status and a.shape == (16,) and r.ndarray_mmap_name == out["ok"]
+    row = tag_row("cam")
+    assert row.writer_pid == writer.pid and row.segment == out["ok"]
+
+
 def test_daemon_clean_stop_then_clients_reregister(daemon: Daemon, monkeypatch: Any) -> None:
     w = ndsharray.NdShArray("cam", np.zeros((4, 4)), "w")
     r = ndsharray.NdShArray("cam", r_w="r")
