@@ -22,7 +22,10 @@ class BuildExt(build_ext):
 
 
 def extensions() -> list[Any]:
-    return [Extension("ndsharray._hot", ["ndsharray/_hot.c"], extra_compile_args=["-O2", "-std=c11"])]
+    import numpy  # a build requirement (pyproject.toml): _hot builds its views with numpy's C API
+
+    return [Extension("ndsharray._hot", ["ndsharray/_hot.c"], include_dirs=[numpy.get_include()],
+                      extra_compile_args=["-O2", "-std=c11"])]
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -14,6 +14,7 @@
  * then u64 pins[4], bit i set while the reader holds a view of slot i.
  */
 #define PY_SSIZE_T_CLEAN
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <Python.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -24,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 #ifdef __linux__
+#include <numpy/arrayobject.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #endif
@@ -175,7 +177,9 @@ typedef struct {
     pid_t owner;
     PyObject *keep;    /* the mappings: alive for as long as any view */
     PyObject *on_idle; /* called when the last pin goes (set by a closing reader) */
-    PyObject *make, *shape, *dtype; /* read(): make(shape, dtype, pin) builds the view */
+    PyArray_Descr *descr; /* read() and array() build views of this dtype and shape */
+    int ndim;
+    npy_intp dims[64];
     unsigned long long count, stamp, read_ns; /* of the frame read() returned last */
 } ReaderObject;
 
@@ -227,15 +231,35 @@ static PyTypeObject PinType = {
 };
 
 static int reader_init(ReaderObject *r, PyObject *args, PyObject *kw) {
-    PyObject *obase, *orow, *keep, *make = Py_None, *shape = Py_None, *dtype = Py_None;
+    PyObject *obase, *orow, *keep, *shape = Py_None, *dtype = Py_None;
     static char *kwlist[] = {"base", "row", "nslots", "header_size", "stride", "nbytes", "keep",
-                             "make", "shape", "dtype", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOInnnO|OOO", kwlist, &obase, &orow, &r->nslots,
-                                     &r->header_size, &r->stride, &r->nbytes, &keep, &make, &shape, &dtype))
+                             "shape", "dtype", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOInnnO|OO", kwlist, &obase, &orow, &r->nslots,
+                                     &r->header_size, &r->stride, &r->nbytes, &keep, &shape, &dtype))
         return -1;
-    Py_XSETREF(r->make, make == Py_None ? NULL : Py_NewRef(make));
-    Py_XSETREF(r->shape, Py_NewRef(shape));
-    Py_XSETREF(r->dtype, Py_NewRef(dtype));
+    Py_CLEAR(r->descr);
+    if (dtype != Py_None) { /* plain dtypes only: a sub-array dtype would add dimensions */
+        if (!PyArray_DescrCheck(dtype) || !PyTuple_Check(shape) || PyTuple_GET_SIZE(shape) > 64) {
+            PyErr_SetString(PyExc_TypeError, "dtype must be a numpy dtype and shape a tuple of at most 64");
+            return -1;
+        }
+        npy_intp items = 1;
+        int negative = 0;
+        r->ndim = (int)PyTuple_GET_SIZE(shape);
+        for (int k = 0; k < r->ndim; k++) {
+            r->dims[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, k));
+            if (r->dims[k] == -1 && PyErr_Occurred()) return -1;
+            negative |= r->dims[k] < 0;
+            items *= r->dims[k];
+        }
+        PyArray_Descr *d = (PyArray_Descr *)dtype;
+        if (PyDataType_HASSUBARRAY(d) || negative || items * (npy_intp)PyDataType_ELSIZE(d) != r->nbytes) {
+            PyErr_SetString(PyExc_ValueError, "shape and dtype do not give nbytes (or a sub-array dtype)");
+            return -1;
+        }
+        Py_INCREF(d);
+        r->descr = d;
+    }
     if (get_addr(obase, &r->base) || get_addr(orow, &r->row)) return -1;
     if (r->nslots < 1 || r->nslots > 255) {
         PyErr_SetString(PyExc_ValueError, "bad slot count");
@@ -253,9 +277,7 @@ static int reader_init(ReaderObject *r, PyObject *args, PyObject *kw) {
 static void reader_dealloc(ReaderObject *r) {
     Py_XDECREF(r->keep);
     Py_XDECREF(r->on_idle);
-    Py_XDECREF(r->make);
-    Py_XDECREF(r->shape);
-    Py_XDECREF(r->dtype);
+    Py_XDECREF(r->descr);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
@@ -322,6 +344,27 @@ static PyObject *new_pin(ReaderObject *r, unsigned slot) {
     return (PyObject *)p;
 }
 
+/* A read-only array of the slot a new pin holds; the pin becomes its base (numpy's C API:
+ * np.ndarray(shape, dtype, buffer=pin) costs ~50 us when its code is not in the cache, as
+ * after a camera's frame interval, and this ~2 us). Takes the reference to pin. */
+static PyObject *pin_array(ReaderObject *r, PyObject *pin) {
+    if (pin == NULL) return NULL;
+    char *data = (char *)(r->base + (uintptr_t)r->header_size + (uintptr_t)((PinObject *)pin)->slot * (uintptr_t)r->stride);
+    Py_INCREF(r->descr); /* stolen by the call */
+    PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, r->descr, r->ndim, r->dims, NULL, data,
+                                         NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
+    if (arr == NULL) {
+        Py_DECREF(pin);
+        return NULL;
+    }
+    PyArray_UpdateFlags((PyArrayObject *)arr, NPY_ARRAY_UPDATE_ALL);
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, pin) < 0) { /* steals pin, even on failure */
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+}
+
 /* latest(last_count) -> (count, slot, stamp) | None | int (see reader_pin_latest). */
 static PyObject *reader_latest(ReaderObject *r, PyObject *arg) {
     unsigned long long last = PyLong_AsUnsignedLongLong(arg);
@@ -336,12 +379,12 @@ static PyObject *reader_latest(ReaderObject *r, PyObject *arg) {
 }
 
 /* read(last_count) -> array | None | int: latest() and the view in one call, the array
- * built by make(shape, dtype, pin) as given at init; .count, .stamp and .read_ns then
- * describe it. An int is latest()'s error or retired code. */
+ * of the shape and dtype given at init; .count, .stamp and .read_ns then describe it. An
+ * int is latest()'s error or retired code. */
 static PyObject *reader_read(ReaderObject *r, PyObject *arg) {
     unsigned long long last = PyLong_AsUnsignedLongLong(arg);
     if (last == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    if (r->make == NULL) {
+    if (r->descr == NULL) {
         PyErr_SetString(PyExc_TypeError, "this reader builds its views in Python");
         return NULL;
     }
@@ -350,11 +393,7 @@ static PyObject *reader_read(ReaderObject *r, PyObject *arg) {
     int got = reader_pin_latest(r, last, &count, &slot, &stamp);
     if (got == 0) Py_RETURN_NONE;
     if (got < 0) return PyLong_FromLong(got);
-    PyObject *pin = new_pin(r, slot);
-    if (pin == NULL) return NULL;
-    PyObject *arr = PyObject_CallFunctionObjArgs(r->make, r->shape, r->dtype, pin, NULL);
-    Py_DECREF(pin); /* the array holds it now; on failure this gives the pin back */
-    return arr;
+    return pin_array(r, new_pin(r, slot)); /* on failure the pin is given back */
 }
 
 static PyObject *reader_view(ReaderObject *r, PyObject *arg) {
@@ -366,6 +405,15 @@ static PyObject *reader_view(ReaderObject *r, PyObject *arg) {
     }
     r->pending[slot]--;
     return new_pin(r, (unsigned)slot); /* takes over the pin latest() counted */
+}
+
+/* array(slot) -> the read-only array of a slot latest() pinned (view(), as an array). */
+static PyObject *reader_array(ReaderObject *r, PyObject *arg) {
+    if (r->descr == NULL) {
+        PyErr_SetString(PyExc_TypeError, "this reader builds its views in Python");
+        return NULL;
+    }
+    return pin_array(r, reader_view(r, arg));
 }
 
 static PyObject *reader_unpin(ReaderObject *r, PyObject *arg) {
@@ -451,6 +499,7 @@ static PyMethodDef reader_methods[] = {
     {"latest", (PyCFunction)reader_latest, METH_O, "Pin the latest slot if it is newer than last_count."},
     {"read", (PyCFunction)reader_read, METH_O, "latest() and the view in one call."},
     {"view", (PyCFunction)reader_view, METH_O, "A read-only buffer of a pinned slot that keeps the pin."},
+    {"array", (PyCFunction)reader_array, METH_O, "The read-only array of a pinned slot, keeping the pin."},
     {"unpin", (PyCFunction)reader_unpin, METH_O, "Give back a pin latest() handed out."},
     {"wait", (PyCFunction)reader_wait, METH_VARARGS, "Sleep until a write newer than last_count (or timeout)."},
     {"detach", (PyCFunction)reader_detach, METH_NOARGS, "Stop touching the row (the fd is closing)."},
@@ -752,6 +801,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__hot(void) {
+    import_array(); /* numpy's C API table (returns NULL on failure) */
     current_pid = getpid();
     pthread_atfork(NULL, NULL, after_fork_child);
     if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&ReaderType) < 0 || PyType_Ready(&PinType) < 0) return NULL;

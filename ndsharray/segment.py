@@ -477,15 +477,13 @@ class SegmentReader(_Mapped):
         # buffer of one slot that unpins it when the last array built on it is collected.
         # It keeps both mappings alive, so a view outlives this object safely.
         self._via_bytes = h.dtype.names is not None or h.dtype.subdtype is not None
-        direct: dict[str, Any] = {} if self._via_bytes else {"make": np.ndarray, "shape": h.shape, "dtype": h.dtype}
+        direct: dict[str, Any] = {} if self._via_bytes else {"shape": h.shape, "dtype": h.dtype}
         self._c = _hot.Reader(base=self.base_addr, row=self.row, nslots=self.nslots,
                               header_size=lay.header_size, stride=lay.stride, nbytes=lay.nbytes,
                               keep=(self.mm, self._rw), **direct)
         # read_new(last_count): the view of a newer frame in one C call (None: nothing new;
         # an int: ask latest()); None where views are built in Python (structured dtypes).
         self.read_new = None if self._via_bytes else self._c.read
-        self._view_dtype = np.dtype(np.uint8) if self._via_bytes else h.dtype
-        self._view_shape = (lay.nbytes,) if self._via_bytes else h.shape
 
     def _claim_row(self, rw_addr: int) -> int:
         """Lock the first free reader row and return its address: the lock lasts as long as
@@ -537,11 +535,11 @@ class SegmentReader(_Mapped):
     def view(self, i: int) -> np.ndarray[Any, Any]:
         """A read-only array of pinned slot ``i`` that keeps the pin until it is collected
         (with every array derived from it: numpy keeps the buffer's exporter as base)."""
+        if not self._via_bytes:
+            return self._c.array(i)
         arr: np.ndarray[Any, Any] = np.ndarray(
-            self._view_shape, self._view_dtype, buffer=self._c.view(i))  # type: ignore[arg-type]
-        if self._via_bytes:
-            arr = arr.view(self.header.dtype).reshape(self.header.shape)
-        return arr
+            (self.layout.nbytes,), np.uint8, buffer=self._c.view(i))  # type: ignore[arg-type]
+        return arr.view(self.header.dtype).reshape(self.header.shape)
 
     def copy(self, i: int) -> np.ndarray[Any, Any]:
         lay = self.layout

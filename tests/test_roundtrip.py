@@ -134,6 +134,21 @@ def test_copy_read_is_owned_and_writeable(daemon: Any) -> None:
         assert r.read()[1].tolist() == [0, 1, 2, 3]
 
 
+def test_a_view_cannot_be_made_writeable(daemon: Any) -> None:
+    # The first read (general path) and later ones (one C call) build views alike: read-only,
+    # C-contiguous and aligned, and numpy refuses to make them writeable.
+    with ndsharray.NdShArray("ro", np.zeros((3, 4), ">f8"), "w") as w, ndsharray.NdShArray("ro", r_w="r") as r:
+        for k in range(3):
+            w.write(np.full((3, 4), k, ">f8"))
+            status, a = r.read()
+            assert status and a.dtype == np.dtype(">f8") and a[2, 3] == k
+            assert not a.flags.writeable and a.flags.c_contiguous and a.flags.aligned
+            with pytest.raises(ValueError, match="WRITEABLE"):
+                a.flags.writeable = True
+            with pytest.raises(ValueError, match="read-only"):
+                a[0, 0] = 1
+
+
 def test_view_never_changes_while_held(daemon: Any, puppets: Any) -> None:
     writer = puppets()
     writer.start_writer("held", "u1", [1000], 0)
