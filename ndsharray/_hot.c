@@ -24,8 +24,8 @@
 #include <pthread.h>
 #include <time.h>
 #include <unistd.h>
-#ifdef __linux__
 #include <numpy/arrayobject.h>
+#ifdef __linux__
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #endif
