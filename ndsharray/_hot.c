@@ -90,13 +90,6 @@ static PyObject *hot_address(PyObject *self, PyObject *obj) {
     return addr;
 }
 
-/* wake(addr) -> how many sleepers a FUTEX_WAKE woke (0 where there is no futex). */
-static PyObject *hot_wake(PyObject *self, PyObject *arg) {
-    uintptr_t addr;
-    if (get_addr(arg, &addr)) return NULL;
-    return PyLong_FromLong(futex_wake(addr));
-}
-
 /* retire(mapping, why): flag a segment replaced (1) or its tag removed (2; "removed" wins),
  * then move the notify word and wake every sleeper, so that blocked readers look for what
  * replaced it. Release stores: a reader that sees the new notify word sees the flag. */
@@ -181,6 +174,8 @@ typedef struct {
     int ndim;
     npy_intp dims[64];
     unsigned long long count, stamp, read_ns; /* of the frame read() returned last */
+    int waiting;  /* threads in wait() now (each holds the GIL before and after its sleep) */
+    int stopped;  /* stop() ended every wait for good: the handle closed */
 } ReaderObject;
 
 static void reader_release(ReaderObject *r, unsigned slot) {
@@ -436,7 +431,7 @@ static PyObject *reader_wait(ReaderObject *r, PyObject *args) {
     double timeout;
     if (!PyArg_ParseTuple(args, "Kd", &last, &timeout)) return NULL;
 #ifdef __linux__
-    if (r->row == 0) Py_RETURN_TRUE; /* detached: the handle closed */
+    if (r->row == 0 || r->stopped) Py_RETURN_TRUE; /* the handle closed */
     a32 *notify = u32_at(r->base, OFF_NOTIFY);
     uintptr_t row = r->row; /* (close() from another thread may detach while we sleep) */
     atomic_fetch_add_explicit(u32_at(row, ROW_WAITING), 1, memory_order_seq_cst);
@@ -451,10 +446,12 @@ static PyObject *reader_wait(ReaderObject *r, PyObject *args) {
         if (!(timeout > 0)) timeout = 0; /* negative or NaN */
         if (timeout > 1e9) timeout = 1e9;
         struct timespec ts = {(time_t)timeout, (long)((timeout - (double)(time_t)timeout) * 1e9)};
+        r->waiting++;
         Py_BEGIN_ALLOW_THREADS
         rc = syscall(SYS_futex, (void *)notify, FUTEX_WAIT, seen, &ts, NULL, 0);
         err = errno;
         Py_END_ALLOW_THREADS
+        r->waiting--;
     }
     if (r->row == row) /* (under the GIL: a close in another thread detaches first) */
         atomic_fetch_sub_explicit(u32_at(row, ROW_WAITING), 1, memory_order_release);
@@ -465,6 +462,24 @@ static PyObject *reader_wait(ReaderObject *r, PyObject *args) {
     PyErr_SetString(PyExc_OSError, "no futex on this system: poll instead");
     return NULL;
 #endif
+}
+
+/* stop(): end every wait() of this reader in other threads, now and for good (the handle
+ * closes). One FUTEX_WAKE is not enough: sent after a waiter's last look at the words but
+ * before its FUTEX_WAIT, it is lost, and the waiter would sleep out its slice (up to 1 s).
+ * So wake until no thread of this reader is left in wait(); the sleep between two tries
+ * lets the waiters take the GIL and leave. (Other readers of the segment wake for nothing
+ * and sleep again.) */
+static PyObject *reader_stop(ReaderObject *r, PyObject *noargs) {
+    r->stopped = 1;
+    for (int k = 0; r->waiting > 0 && k < 10000; k++) {
+        futex_wake((uintptr_t)u32_at(r->base, OFF_NOTIFY));
+        Py_BEGIN_ALLOW_THREADS
+        struct timespec pause = {0, 100000};
+        nanosleep(&pause, NULL);
+        Py_END_ALLOW_THREADS
+    }
+    Py_RETURN_NONE;
 }
 
 /* detach(): the handle closes its fd (and so gives up its row, which another reader may
@@ -500,6 +515,7 @@ static PyMethodDef reader_methods[] = {
     {"read", (PyCFunction)reader_read, METH_O, "latest() and the view in one call."},
     {"view", (PyCFunction)reader_view, METH_O, "A read-only buffer of a pinned slot that keeps the pin."},
     {"array", (PyCFunction)reader_array, METH_O, "The read-only array of a pinned slot, keeping the pin."},
+    {"stop", (PyCFunction)reader_stop, METH_NOARGS, "End every wait() of this reader, now and for good."},
     {"unpin", (PyCFunction)reader_unpin, METH_O, "Give back a pin latest() handed out."},
     {"wait", (PyCFunction)reader_wait, METH_VARARGS, "Sleep until a write newer than last_count (or timeout)."},
     {"detach", (PyCFunction)reader_detach, METH_NOARGS, "Stop touching the row (the fd is closing)."},
@@ -790,7 +806,6 @@ static PyTypeObject WriterType = {
 static PyMethodDef methods[] = {
     {"address", hot_address, METH_O, "Address of a buffer's first byte."},
     {"retire", hot_retire, METH_VARARGS, "Flag a segment retired and wake its sleepers."},
-    {"wake", hot_wake, METH_O, "FUTEX_WAKE every sleeper on a notify word."},
     {"claim_row", hot_claim_row, METH_VARARGS, "Initialise a reader row just locked."},
     {"clear_row", hot_clear_row, METH_VARARGS, "Clear a dead reader's row."},
     {NULL, NULL, 0, NULL},

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _hot, config, transport
+from . import config, transport
 from . import keeper as _keeper
 from .dtypes import dtype_to_text
 from .errors import (
@@ -633,7 +633,7 @@ class NdShArray:
         if wseg is not None:
             wseg.close()
         if rseg is not None:
-            _hot.wake(rseg.notify_addr)  # end a wait() or iteration in another thread
+            rseg.stop_waits()  # end a wait() or iteration in another thread
             rseg.close()
         self._last = _EMPTY
         op = "release" if self._access == "w" else "detach"

@@ -429,7 +429,6 @@ class _Mapped:
         self.nslots = h.layout.nslots
         self.layout = h.layout
         self.base_addr = mapping_address(self.mm)
-        self.notify_addr = self.base_addr + OFF_NOTIFY
 
     def publish_word(self) -> int:
         return int(_U64.unpack_from(self.mm, OFF_PUBLISH)[0])
@@ -528,6 +527,10 @@ class SegmentReader(_Mapped):
             self._c.wait(last_count, timeout)
         else:
             time.sleep(min(timeout, 0.001))  # no futex: poll, gently
+
+    def stop_waits(self) -> None:
+        """End every :meth:`wait` on this reader in other threads, now and for good."""
+        self._c.stop()
 
     def unpin(self, i: int) -> None:
         self._c.unpin(i)

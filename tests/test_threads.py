@@ -109,3 +109,32 @@ def test_closing_a_writer_while_another_thread_copies_a_large_frame_does_not_cra
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_close_from_another_thread_ends_a_blocked_read_at_once(daemon: Any) -> None:
+    # A wake-up sent between the waiting thread's last look and its FUTEX_WAIT is lost; close()
+    # must still end the wait at once, not at the 1 s slice. Each round closes the reader
+    # while its other thread is on its way into the wait, or in it.
+    with ndsharray.NdShArray("tc", np.zeros(4), "w") as w:
+        w.write(np.zeros(4))
+        slow = []
+        for k in range(150):
+            r = ndsharray.NdShArray("tc", r_w="r")
+            assert r.read()[0]  # the next read waits for a frame that never comes
+            ended = threading.Event()
+            entering = threading.Event()
+
+            def block(r: ndsharray.NdShArray = r, ended: threading.Event = ended,
+                      entering: threading.Event = entering) -> None:
+                entering.set()
+                r.read(timeout=None)
+                ended.set()
+
+            t = threading.Thread(target=block)
+            t.start()
+            entering.wait()
+            r.close()
+            if not ended.wait(0.5):
+                slow.append(k)
+            t.join()
+        assert not slow, f"close() left {len(slow)} of 150 waits running for 0.5 s or more: {slow[:10]}"
