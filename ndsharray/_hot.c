@@ -25,6 +25,9 @@
 #include <time.h>
 #include <unistd.h>
 #include <numpy/arrayobject.h>
+#if NPY_ABI_VERSION < 0x02000000 /* numpy 1.x headers (a build without isolation) */
+#define PyDataType_ELSIZE(d) ((d)->elsize)
+#endif
 #ifdef __linux__
 #include <linux/futex.h>
 #include <sys/syscall.h>

@@ -405,6 +405,8 @@ class NdShArray:
         seconds waits up to that long for the next write; None waits for as long as it takes.
         A waiting reader sleeps on a futex and uses no CPU.
         """
+        if timeout:  # (0, the default, and None need no check)
+            timeout = _seconds(timeout)
         seg = self._rfast
         if seg is not None and not copy and seg.read_new is not None:
             # The common case first, in as few steps as possible: a camera's reader comes
@@ -415,8 +417,6 @@ class NdShArray:
                     return False, self._last
             elif type(got) is not int:
                 return True, self._took(seg, got)
-        if timeout:  # (0, the default, and None need no check)
-            timeout = _seconds(timeout)
         got = self._read_now(copy)
         if got is not None or timeout == 0:
             return (True, got) if got is not None else (False, self._last)

@@ -290,6 +290,8 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
         raise bad("tag or dtype", f"does not decode ({exc})") from None
     if math.prod(shape) * dtype.itemsize != nbytes:
         raise bad("shape", f"{shape} of {dtype} is not {nbytes} bytes")
+    if any(n >= 1 << 62 for n in shape):  # (a zero-size shape may hide one)
+        raise bad("shape", f"{shape} has a dimension no array can have")
     return Header(layout, generation, writer_pid, created, tag, dtype_text, dtype,
                   tuple(int(n) for n in shape))
 

@@ -147,13 +147,19 @@ def test_a_failed_copy_read_gives_its_pin_back(daemon: Daemon, monkeypatch: Any)
 
 
 def test_a_nan_timeout_is_refused_and_a_negative_one_means_now(daemon: Daemon) -> None:
-    with ndsharray.NdShArray("nan", np.zeros(2), "w"), ndsharray.NdShArray("nan", r_w="r") as r:
+    with ndsharray.NdShArray("nan", np.zeros(2), "w") as w, ndsharray.NdShArray("nan", r_w="r") as r:
         with pytest.raises(ValueError, match="NaN"):
             r.read(timeout=float("nan"))
         with pytest.raises(ValueError, match="NaN"):
             r.wait(float("nan"))
         assert r.read(timeout=-0.001)[0]  # a deadline that just passed: still reads what is there
         assert r.read(timeout=-1.0)[0] is False and r.wait(-1.0) is False
+        w.write(np.ones(2))  # a new frame on the segment this reader checked (its one-call path)
+        with pytest.raises(ValueError, match="NaN"):
+            r.read(timeout=float("nan"))
+        with pytest.raises(ValueError):
+            r.read(timeout="soon")  # type: ignore[arg-type]
+        assert r.read(timeout=-1.0)[1].tolist() == [1.0, 1.0]
 
 
 def test_a_write_inside_a_loan_never_replaces_the_lent_slots_segment(daemon: Daemon) -> None:

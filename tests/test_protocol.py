@@ -128,6 +128,22 @@ def test_corrupt_header_fields_are_named(segment_bytes: bytes, offset: int, fmt:
         parse_header(buf, len(buf))
 
 
+def test_a_dimension_no_array_can_have_is_corrupt_even_in_a_zero_size_shape() -> None:
+    name = f"nds-test-dim-{os.getpid()}"
+    create_segment(name, tag="cam", dtype_text="'<u2'", shape=(0, 5), nslots=3, generation=1,
+                   writer_pid=os.getpid())
+    path = os.path.join(shm_dir(), name)
+    try:
+        with open(path, "rb") as f:
+            buf = bytearray(f.read())
+    finally:
+        os.unlink(path)
+    h = parse_header(buf, len(buf))
+    struct.pack_into("<Q", buf, h.layout.shape_offset + 8, 2**63)  # 0 x 2**63 is still 0 bytes
+    with pytest.raises(CorruptSegmentError, match="shape"):
+        parse_header(buf, len(buf))
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.integers(0, 200), st.integers(0, 255))
 def test_any_single_corrupt_header_byte_is_caught_or_harmless(pos: int, byte: int) -> None:
