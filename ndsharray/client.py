@@ -72,6 +72,7 @@ class NdShArray:
     """
 
     _closed = True
+    _ended = False  # close() ran (_closed is also True before the handle is open)
     _fast: Any = None  # the current segment's _hot.Writer while this writer may use it
     _loaned = False  # inside a loan() block
     _rfast: SegmentReader | None = None  # a reader's segment, checked, while nothing changed
@@ -586,6 +587,12 @@ class NdShArray:
         self._count = 0
         if old is not None:
             old.close()  # its mapping lives on while views of it do
+        if self._ended:
+            # close() ran in another thread while this one opened seg (the open lets other
+            # threads run) and did not see it: close it here, or its fd and row would stay.
+            self._rseg = None
+            seg.close()
+            raise HandleClosedError(f"NdShArray {self._tag!r} was closed while it read")
         return seg
 
     # ---- lifetime ---------------------------------------------------------------------
@@ -623,7 +630,7 @@ class NdShArray:
     def _close(self, in_gc: bool) -> None:
         if self._closed:
             return
-        self._closed = True
+        self._closed = self._ended = True
         self._fast = self._rfast = None
         if self._pid != current_pid():
             return  # the parent's registration and locks are not ours to release

@@ -199,3 +199,42 @@ def test_a_segment_unlinked_between_the_two_opens_is_gone_and_leaks_nothing(
         monkeypatch.undo()
         with pytest.raises(OSError):
             os.fstat(opened[0])  # the first fd was closed
+
+
+def test_a_reader_closed_while_it_opens_the_next_generation_keeps_nothing_open(
+        daemon: Daemon, monkeypatch: Any) -> None:
+    # Another thread closes the reader while this one opens the segment of a new generation
+    # (simulated by closing it inside the open): the new segment's fd and row must go too.
+    from ndsharray import client
+
+    def fds_on(name: str) -> list[str]:
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}").endswith("/" + name):
+                    out.append(fd)
+            except OSError:
+                pass
+        return out
+
+    with ndsharray.NdShArray("gen2", np.zeros(4), "w") as w:
+        r = ndsharray.NdShArray("gen2", r_w="r")
+        assert r.read()[0]
+        w.write(np.zeros(5))  # a new generation: the reader's next read opens it
+        new = w.ndarray_mmap_name
+        assert new is not None
+        writers_fds = fds_on(new)
+        real = client.SegmentReader
+
+        def open_while_closed(name: str) -> segment.SegmentReader:
+            seg = real(name)
+            r.close()
+            return seg
+
+        monkeypatch.setattr(client, "SegmentReader", open_while_closed)
+        with pytest.raises(ndsharray.HandleClosedError, match="closed while it read"):
+            r.read()
+        assert fds_on(new) == writers_fds
+        monkeypatch.setattr(client, "SegmentReader", real)
+        row = next(t for t in ndsharray.list_tags() if t.tag == "gen2")
+        assert row.reader_stats == [] or all(s.get("pid") != os.getpid() for s in row.reader_stats)
