@@ -433,8 +433,11 @@ class Daemon:
                 "nbytes": rec.nbytes,
                 "writer_pid": rec.writer.pid if rec.writer else None,
                 "last_writer_pid": rec.last_writer_pid or None,
-                "readers": len(rec.readers),
-                "reader_pids": sorted(set(rec.readers.values())),
+                # A reader registers in the background (within 0.2 s) but claims its row of
+                # the segment at once; one whose registration was refused (--max-clients)
+                # reads all the same: the rows count every reader that has a segment.
+                "readers": max(len(rec.readers), len(stats)),
+                "reader_pids": sorted(set(rec.readers.values()) | {s["pid"] for s in stats}),
                 "writes": writes,
                 "last_write_age_s": None if stamp is None else max(0, now - stamp) / 1e9,
                 "generation": rec.generation,

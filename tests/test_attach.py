@@ -115,3 +115,17 @@ def test_a_reader_whose_segment_expires_before_it_registers_follows_the_next_wri
         second(op="close", name="w")
     finally:
         assert d.stop() == 0
+
+
+def test_a_reader_counts_in_ls_before_its_registration_arrives(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("cam", np.zeros(3), "w"):
+        with transport.connection(daemon.endpoint)._lock:  # holds back this process's posted attach
+            r = ndsharray.NdShArray("cam", r_w="r")
+            assert r.read()[0]
+            other = transport.Connection(daemon.endpoint)  # as another process would ask
+            try:
+                row = next(t for t in other.request("list")["tags"] if t["tag"] == "cam")
+            finally:
+                other.close()
+            assert row["readers"] == 1 and row["reader_pids"] == [os.getpid()]  # its row counts it
+        r.close()

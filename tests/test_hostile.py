@@ -197,11 +197,12 @@ def test_tag_and_handle_limits_are_clear_errors(folder: str, monkeypatch: Any, c
         with pytest.raises(ndsharray.ResourceLimitError, match="--max-clients"):
             ndsharray.NdShArray("b", r_w="r")
         # One that finds its segment through the tag's pointer needs nothing of the daemon:
-        # it reads, uncounted, and its refused registration is logged.
+        # it reads, its refused registration is logged, and its row still counts it.
         over = ndsharray.NdShArray("a", r_w="r")
         assert over.read()[0]
-        assert ndsharray.tag_info("a").readers == 1  # (the request sends the posted one first)
+        info = ndsharray.tag_info("a")  # (the request sends the posted registration first)
         assert "--max-clients" in caplog.text
+        assert info.readers == 2 and info.reader_pids == (os.getpid(),)
         over.close()
         c.close()
         ndsharray.NdShArray("b", r_w="r").close()  # room again
