@@ -22,12 +22,17 @@ def runtime_dir() -> str:
         path = os.path.join(base, "ndsharray")
     else:
         path = os.path.join(tempfile.gettempdir(), f"ndsharray-{os.getuid()}")
-    ensure_private_dir(path)
+    ensure_private_dir(path, tighten=True)
     return path
 
 
-def ensure_private_dir(path: str) -> None:
-    """Create ``path`` 0700 if missing; refuse one that another user owns or can enter."""
+def ensure_private_dir(path: str, tighten: bool = False) -> None:
+    """Create ``path`` 0700 if missing; refuse one that another user owns.
+
+    ``tighten``: also take others' access away from an existing one. Only for ndsharray's
+    own runtime folder: the folder of an endpoint someone named may be shared on purpose
+    (a sticky 1777 one, a home folder); what we put in it is 0600 by itself.
+    """
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -38,7 +43,7 @@ def ensure_private_dir(path: str) -> None:
             f"{path} is not a folder owned by uid {os.getuid()}; remove it or set "
             f"{ENV_ENDPOINT} to an endpoint in a folder of your own"
         )
-    if st.st_mode & 0o077:
+    if tighten and st.st_mode & 0o077:
         os.chmod(path, 0o700)
 
 

@@ -18,6 +18,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import time
 from collections.abc import Callable
 from typing import Any
@@ -170,6 +171,8 @@ class SegmentFiles:
             os.unlink(segment_path(name))
         except FileNotFoundError:
             pass
+        except OSError as exc:  # never stop serving (or stopping) over one file
+            log.warning("could not remove segment %s: %s", name, exc)
 
     def live_figures(self, name: str) -> tuple[int, int | None]:
         """(write count, monotonic ns of the latest write or None) read from the header."""
@@ -209,6 +212,11 @@ class SegmentFiles:
                 continue
             try:
                 h, size = _read_header(name)
+            except ForeignFile as exc:
+                # Segment names can be guessed: another user may plant one. Never adopt it
+                # (its writer pid and data are theirs) and never fail on it.
+                log.warning("leaving alone a file that is not this daemon's: %s", exc)
+                continue
             except (OSError, ValueError, CorruptSegmentError) as exc:
                 log.warning("removing unreadable segment %s: %s", name, exc)
                 self.unlink(name)
@@ -241,10 +249,17 @@ class SegmentFiles:
         return len(newest), removed
 
 
+class ForeignFile(Exception):
+    """A file with our segment prefix that is not ours (another user's, or not a file)."""
+
+
 def _read_header(name: str) -> tuple[Header, int]:
-    fd = os.open(segment_path(name), os.O_RDONLY | os.O_NOFOLLOW)
+    fd = os.open(segment_path(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise ForeignFile(f"{segment_path(name)} belongs to uid {st.st_uid} or is not a file")
+        size = st.st_size
         head = os.pread(fd, min(size, 64 * 1024), 0)
     finally:
         os.close(fd)

@@ -14,7 +14,7 @@ import zmq
 from conftest import Daemon, our_segments
 
 import ndsharray
-from ndsharray import config, protocol
+from ndsharray import admin, config, protocol, segment
 
 
 def raw_exchange(endpoint: str, frames: list[bytes], expect_reply: bool = True) -> Any:
@@ -106,7 +106,7 @@ def test_full_shm_is_an_error_at_creation_not_a_sigbus(daemon: Daemon) -> None:
         with w.loan(shape=(4,), dtype=np.float64) as buf:  # the writer still works
             buf[...] = 1
     assert not our_segments(daemon.prefix) or all(
-        os.path.getsize(f"/dev/shm/{n}") < 1 << 20 for n in our_segments(daemon.prefix))
+        os.path.getsize(f"{segment.shm_dir()}/{n}") < 1 << 20 for n in our_segments(daemon.prefix))
 
 
 def test_tags_of_two_daemons_never_mix(daemon: Daemon, folder: str) -> None:
@@ -174,7 +174,7 @@ def test_another_uid_cannot_list_or_read(daemon: Daemon) -> None:
     with ndsharray.NdShArray("private", np.arange(3), "w") as w:
         seg = w.ndarray_mmap_name
         assert seg is not None
-        assert os.stat(f"/dev/shm/{seg}").st_mode & 0o777 == 0o600
+        assert os.stat(f"{segment.shm_dir()}/{seg}").st_mode & 0o777 == 0o600
         assert os.stat(daemon.folder).st_mode & 0o777 == 0o700
         env = {**os.environ, config.ENV_AUTOSTART: "0"}
         child = subprocess.run([sys.executable, "-c", OTHER_USER, daemon.endpoint, seg],
@@ -295,3 +295,49 @@ def test_a_daemon_on_another_shm_dir_is_named_as_the_cause(folder: str, monkeypa
     finally:
         assert d.stop() == 0
     assert os.listdir(other) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make files of another uid (CI runs as root)")
+def test_a_daemon_never_adopts_or_trips_on_another_users_files(folder: str, monkeypatch: Any) -> None:
+    # Segment names can be guessed. Another user plants a valid segment (its writer pid 1,
+    # always alive) and a junk file under this endpoint's prefix: a starting daemon must
+    # neither adopt the first (it would give the tag to pid 1 and its data to our readers)
+    # nor fail on the second, and must leave both alone.
+    d = Daemon(folder)
+    planted = [f"{d.prefix}{'a' * 16}", f"{d.prefix}{'b' * 16}"]
+    segment.create_segment(planted[0], tag="camera/left", dtype_text="'|u1'", shape=(4,), nslots=2,
+                           generation=1, writer_pid=1)
+    with open(f"{segment.shm_dir()}/{planted[1]}", "w") as f:
+        f.write("junk")
+    for name in planted:
+        os.chown(f"{segment.shm_dir()}/{name}", 65534, 65534)
+    try:
+        d.start()
+        monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+        monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+        assert ndsharray.list_tags() == []
+        with ndsharray.NdShArray("camera/left", np.arange(4, dtype=np.uint8), "w") as w:
+            assert w.ndarray_mmap_name not in planted
+        assert d.stop() == 0
+        assert "not this daemon's" in d.read_log()
+        assert all(os.path.exists(f"{segment.shm_dir()}/{name}") for name in planted)
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
+        for name in planted:
+            os.unlink(f"{segment.shm_dir()}/{name}")
+
+
+def test_a_shared_folder_named_in_the_endpoint_keeps_its_mode(folder: str, monkeypatch: Any) -> None:
+    shared = os.path.join(folder, "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o1777)
+    endpoint = f"ipc://{shared}/d.sock"
+    monkeypatch.setenv(config.ENV_ENDPOINT, endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
+    try:
+        with ndsharray.NdShArray("t", np.zeros(2), "w"):  # starts the daemon in that folder
+            assert os.stat(f"{shared}/d.sock").st_mode & 0o777 == 0o600
+        assert os.stat(shared).st_mode & 0o7777 == 0o1777
+    finally:
+        admin.stop_daemon(endpoint)
