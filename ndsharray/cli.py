@@ -76,6 +76,8 @@ class _Cli(click.Group):
             return super().invoke(ctx)
         except (NdShArrayError, OSError, TimeoutError, ImportError) as exc:  # operational: exit 1
             raise click.ClickException(str(exc)) from None
+        except (ValueError, KeyError) as exc:  # a bad tag, file or value given: exit 2
+            raise click.UsageError(str(exc).strip("'\""), ctx) from None
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from . import config, segment, transport
 from .errors import NdShArrayError
+from .procs import alive
 from .segment import parse_header, shm_dir
 
 MIN_FREE = 256 * 1024 * 1024
@@ -90,8 +91,10 @@ def check_stale_segments(endpoint: str) -> Check:
             with open(os.path.join(shm_dir(), name), "rb") as f:
                 head = f.read(64 * 1024)
             h = parse_header(head, os.path.getsize(os.path.join(shm_dir(), name)), name)
-            os.kill(h.writer_pid, 0)
         except (OSError, NdShArrayError, ValueError):
+            stale += 1
+            continue
+        if not alive(h.writer_pid):  # (0: its writer closed it)
             stale += 1
     return Check("WARN", "segments", f"{len(mine)} segment(s) of {endpoint} but no daemon "
                  f"({stale} with a dead writer): start one (ndsharray daemon start) - it adopts "

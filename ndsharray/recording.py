@@ -111,12 +111,21 @@ def _record(
     n = len(stamps)
     raw = np.memmap(part, dtype=dtype, mode="r", shape=(n, *shape)) if n and dtype.itemsize else \
         np.zeros((n, *shape), dtype)
-    if path.endswith(".npy"):
-        np.save(path, raw)
-    else:
-        ts = np.asarray(stamps, np.int64)
-        np.savez(path, frames=raw, timestamps_ns=ts - ts[0], write_counts=np.asarray(counts, np.int64))
-    del raw
+    # Written beside, then renamed: an interrupt or error while saving (a copy of the whole
+    # recording) leaves no truncated file under the name asked for.
+    saving = path + ".saving"
+    try:
+        with open(saving, "wb") as f:
+            if path.endswith(".npy"):
+                np.save(f, raw)
+            else:
+                ts = np.asarray(stamps, np.int64)
+                np.savez(f, frames=raw, timestamps_ns=ts - ts[0], write_counts=np.asarray(counts, np.int64))
+        os.replace(saving, path)
+    finally:
+        del raw
+        if os.path.exists(saving):
+            os.unlink(saving)
     return Recording(path, n, dropped, tuple(shape), str(dtype), elapsed, why)
 
 

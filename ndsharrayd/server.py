@@ -29,6 +29,7 @@ from ndsharray import config
 from ndsharray._version import __version__
 from ndsharray.dtypes import text_to_dtype
 from ndsharray.errors import CorruptSegmentError
+from ndsharray.procs import alive as _alive
 from ndsharray.protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL,
@@ -604,21 +605,3 @@ class Daemon:
         for name in self.registry.expire(now):
             log.info("removing idle segment %s", name)
             self.files.retire_and_unlink(name)
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie (exited, not yet reaped by its parent) is dead."""
-    if not 0 < pid < 1 << 22:
-        return False  # 0: the segment's writer closed it (kill(0) would mean our group);
-        # past Linux's largest pid_max: a corrupt header or reader row, not a process
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True

@@ -220,3 +220,51 @@ def test_record_stops_when_the_writer_goes_quiet(daemon: Daemon, folder: str) ->
     assert rec.frames == 1 and rec.stopped_because == "no new frame for 0.3 s"
     assert np.load(path).tolist() == [[0, 1, 2]]
     assert not os.path.exists(path + ".part")
+
+
+def test_an_interrupt_while_saving_a_recording_leaves_no_truncated_file(
+        daemon: Daemon, folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = os.path.join(folder, "cut.npz")
+
+    def save_half_then_interrupt(file: Any, **arrays: Any) -> None:
+        f = open(file, "wb") if isinstance(file, str) else file  # noqa: SIM115
+        f.write(b"PK\x03\x04 half a zip")
+        f.flush()
+        raise KeyboardInterrupt
+
+    with ndsharray.NdShArray("cut", np.arange(3), "w"):
+        monkeypatch.setattr(np, "savez", save_half_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            recording.record("cut", path, frames=1)
+    assert [n for n in os.listdir(folder) if n.startswith("cut")] == []
+
+
+def test_bad_arguments_are_one_usage_error_not_a_traceback(daemon: Daemon, folder: str) -> None:
+    empty = os.path.join(folder, "nofr.npz")
+    np.savez(empty, other=np.zeros(2))
+    cases = [
+        (["show", "a//b"], "a//b"),
+        (["record", "cam", os.path.join(folder, "out.txt")], ".npy or .npz"),
+        (["replay", empty, "cam"], "frames"),
+        (["show", "cam", "--timeout", "nan"], "NaN"),
+    ]
+    for args, says in cases:
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2, (args, res.output, res.exception)
+        assert says in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+def test_doctor_counts_a_closed_writers_segment_as_stale(folder: str, monkeypatch: Any) -> None:
+    d = Daemon(folder).start()
+    monkeypatch.setenv("NDSHARRAY_ENDPOINT", d.endpoint)
+    monkeypatch.setenv("NDSHARRAY_AUTOSTART", "0")
+    ndsharray.NdShArray("gone", np.zeros(2), "w").close()  # its header now names writer pid 0
+    assert d.proc is not None
+    d.proc.kill()  # a crash leaves the segment behind
+    d.proc.wait()
+    try:
+        out = cli("doctor").output
+        assert "1 segment(s)" in out and "(1 with a dead writer)" in out, out
+    finally:
+        again = Daemon(folder).start()  # it removes the dead writer's segment
+        assert again.stop() == 0
