@@ -316,6 +316,9 @@ class Daemon:
         if ipc is not None and self.group is None:
             config.ensure_private_dir(os.path.dirname(ipc) or ".")
         lock = DaemonLock(config.lock_path(self.endpoint))
+        if self.group is not None:  # clients of the group check the lock before each request
+            os.fchown(lock.fd, -1, self.group)
+            os.fchmod(lock.fd, 0o640)
         ctx = zmq.Context()
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)

@@ -341,3 +341,35 @@ def test_a_shared_folder_named_in_the_endpoint_keeps_its_mode(folder: str, monke
         assert os.stat(shared).st_mode & 0o7777 == 0o1777
     finally:
         admin.stop_daemon(endpoint)
+
+
+GROUP_MEMBER = """
+import os, sys
+import numpy as np
+import ndsharray  # before dropping privileges: the interpreter may live under /root
+os.setgid(65534); os.setuid(65534)
+endpoint = sys.argv[1]
+print(sorted(t.tag for t in ndsharray.list_tags(endpoint=endpoint)))
+with ndsharray.NdShArray("mine", np.arange(3), "w", endpoint=endpoint):
+    print(sorted(t.tag for t in ndsharray.list_tags(endpoint=endpoint)))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid (CI runs as root)")
+def test_a_daemon_shared_with_a_group_serves_its_members(folder: str, monkeypatch: Any) -> None:
+    import grp
+    try:
+        group = grp.getgrgid(65534).gr_name
+    except KeyError:
+        pytest.fail("this machine has no group 65534 (nogroup) to run the test with")
+    os.chown(folder, -1, 65534)
+    os.chmod(folder, 0o770)
+    d = Daemon(folder, "--group", group).start()
+    try:
+        with ndsharray.NdShArray("owners", np.zeros(2), "w", endpoint=d.endpoint):
+            child = subprocess.run([sys.executable, "-c", GROUP_MEMBER, d.endpoint], capture_output=True,
+                                   text=True, timeout=60, env={**os.environ, config.ENV_AUTOSTART: "0"})
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.split("\n")[:2] == ["['owners']", "['mine', 'owners']"]
+    finally:
+        assert d.stop() == 0
