@@ -15,6 +15,7 @@ import logging
 import math
 import mmap
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -128,13 +129,17 @@ class SegmentFiles:
             name, tag=rec.tag, dtype_text=dtype, shape=shape, nslots=slots,
             generation=rec.generation + 1, writer_pid=pid, mode=self.mode,
         )
-        fd = os.open(segment_path(name), os.O_RDWR)
         try:
-            if self.gid >= 0:
-                os.fchown(fd, -1, self.gid)
-            self.headers[name] = (mmap.mmap(fd, layout.header_size), layout)
-        finally:
-            os.close(fd)
+            fd = os.open(segment_path(name), os.O_RDWR)
+            try:
+                if self.gid >= 0:
+                    os.fchown(fd, -1, self.gid)
+                self.headers[name] = (mmap.mmap(fd, layout.header_size), layout)
+            finally:
+                os.close(fd)
+        except BaseException:
+            self.unlink(name)  # (out of fds, say): nothing else knows this segment
+            raise
         self.tags[name] = rec.tag
         return name
 
@@ -250,6 +255,19 @@ class SegmentFiles:
         return len(newest), removed
 
 
+def _raise_fd_limit() -> None:
+    """The daemon holds a pidfd per registered process and an fd per client connection:
+    --max-clients (4096) is above the usual soft limit of 1024 open files. Raise it to the
+    hard limit (capped at 2**20)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+
+
 class ForeignFile(Exception):
     """A file with our segment prefix that is not ours (another user's, or not a file)."""
 
@@ -315,6 +333,7 @@ class Daemon:
         ipc = config.ipc_path(self.endpoint)
         if ipc is not None and self.group is None:
             config.ensure_private_dir(os.path.dirname(ipc) or ".")
+        _raise_fd_limit()
         lock = DaemonLock(config.lock_path(self.endpoint))
         if self.group is not None:  # clients of the group check the lock before each request
             os.fchown(lock.fd, -1, self.group)

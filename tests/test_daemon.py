@@ -118,3 +118,24 @@ def test_sigterm_removes_segments_while_clients_keep_their_views(folder: str, mo
     assert view.tolist() == [0, 1, 2, 3, 4, 5] and again.tolist() == [0, 2, 4, 6, 8, 10]
     transport.close_all()
     w._closed = r._closed = True  # the daemon is gone; nothing to release
+
+
+def test_the_daemon_raises_its_open_file_limit_for_its_clients(folder: str) -> None:
+    # A pidfd per registered process and an fd per connection: a soft limit of 1024 would
+    # not do for the default --max-clients of 4096. Started with 1024, it raises it.
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.fail(f"this machine's hard limit of open files is {hard}: nothing to raise to")
+    endpoint = f"ipc://{folder}/d.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "ndsharrayd", "--endpoint", endpoint],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))
+    try:
+        wait_until(lambda: transport.daemon_running(endpoint), what="the daemon")
+        with open(f"/proc/{proc.pid}/limits") as f:
+            line = next(ln for ln in f if ln.startswith("Max open files"))
+        assert int(line.split()[3]) > 1024, line
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
