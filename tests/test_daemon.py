@@ -121,21 +121,21 @@ def test_sigterm_removes_segments_while_clients_keep_their_views(folder: str, mo
 
 
 def test_the_daemon_raises_its_open_file_limit_for_its_clients(folder: str) -> None:
-    # A pidfd per registered process and an fd per connection: a soft limit of 1024 would
-    # not do for the default --max-clients of 4096. Started with 1024, it raises it.
+    # A pidfd per registered process and an fd per connection: the usual soft limit of 1024
+    # would not do for the default --max-clients of 4096. Started low, it raises it.
     import resource
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard <= 1024:
-        pytest.fail(f"this machine's hard limit of open files is {hard}: nothing to raise to")
+    start = 256 if hard == resource.RLIM_INFINITY else min(256, hard // 2)  # below any hard limit
     endpoint = f"ipc://{folder}/d.sock"
     proc = subprocess.Popen([sys.executable, "-m", "ndsharrayd", "--endpoint", endpoint],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (start, hard)))
     try:
         wait_until(lambda: transport.daemon_running(endpoint), what="the daemon")
         with open(f"/proc/{proc.pid}/limits") as f:
             line = next(ln for ln in f if ln.startswith("Max open files"))
-        assert int(line.split()[3]) > 1024, line
+        soft_now, hard_now = line.split()[3:5]
+        assert int(soft_now) > start and (soft_now == hard_now or int(soft_now) == 1 << 20), line
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
