@@ -104,10 +104,13 @@ class DaemonLock:
         self.fd = fd
 
     def release(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        # (and the clients' start lock: a starter holding it goes on, and two starters
+        # that both get one are settled by this lock, as always)
+        for path in (self.path, self.path + ".start"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         os.close(self.fd)
 
 
