@@ -21,6 +21,7 @@ import weakref
 from typing import Protocol
 
 from . import config, transport
+from .errors import DaemonUnavailableError
 
 log = logging.getLogger("ndsharray")
 INTERVAL = 0.2  # seconds between looks at the lock file (a local read, no request)
@@ -103,8 +104,10 @@ class Keeper:
             try:
                 for handle in [h for h in self._handles if h._endpoint == endpoint and not h._closed]:
                     handle._reregister()
-            except BaseException:
-                self._seen[endpoint] = _UNREGISTERED  # the next look tries again
+            except DaemonUnavailableError:
+                # The new daemon went away or did not answer: the next look tries again. (A
+                # refusal, such as --max-clients, would only be refused again every 0.2 s.)
+                self._seen[endpoint] = _UNREGISTERED
                 raise
             log.info("re-registered with the new daemon at %s", endpoint)
             return ident
