@@ -408,21 +408,25 @@ class NdShArray:
         """
         if timeout:  # (0, the default, and None need no check)
             timeout = _seconds(timeout)
-        seg = self._rfast
-        if seg is not None and not copy and seg.read_new is not None:
-            # The common case first, in as few steps as possible: a camera's reader comes
-            # here once per frame interval, when little of this code is still in the cache.
-            got = seg.read_new(self._count)  # pin and view in one C call
-            if got is None:
-                if timeout == 0:  # (None: wait for as long as it takes)
-                    return False, self._last
-            elif type(got) is not int:
-                return True, self._took(seg, got)
-        got = self._read_now(copy)
-        if got is not None or timeout == 0:
-            return (True, got) if got is not None else (False, self._last)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = time.monotonic() + timeout if timeout else None
         while True:
+            seg = self._rfast
+            if seg is not None and not copy and seg.read_new is not None:
+                # The common case in one C call (pin and view): a camera's reader comes here
+                # once per frame interval, when little of this code is still in the cache.
+                got = seg.read_new(self._count)
+                if got is None:
+                    pass
+                elif type(got) is not int:
+                    return True, self._took(seg, got)
+                else:
+                    got = self._read_general(copy)  # retired, or corrupt: it finds out which
+            else:
+                got = self._read_general(copy)
+            if got is not None:
+                return True, got
+            if timeout == 0:  # (None: wait for as long as it takes)
+                return False, self._last
             left = None if deadline is None else deadline - time.monotonic()
             seg = self._rfast
             if seg is not None:  # the checked segment: sleep on it straight away
@@ -433,9 +437,6 @@ class NdShArray:
                     return False, self._last
             elif not self.wait(left):
                 return False, self._last
-            got = self._read_now(copy)
-            if got is not None:
-                return True, got
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until a write this handle has not read yet exists; False on timeout or close.
@@ -480,15 +481,10 @@ class NdShArray:
             return self._resolve()
         return seg
 
-    def _read_now(self, copy: bool) -> np.ndarray[Any, Any] | None:
+    def _read_general(self, copy: bool) -> np.ndarray[Any, Any] | None:
+        """A new frame or None, without read()'s one-call path: find the segment (asking
+        the daemon if it was replaced), pin through latest(), then view or copy."""
         seg = self._rfast
-        if seg is not None and not copy and seg.read_new is not None:
-            arr = seg.read_new(self._count)  # pin and view in one C call
-            if arr is None:
-                return None
-            if type(arr) is not int:
-                return self._took(seg, arr)
-            # retired, or corrupt: the general path below finds out which
         if seg is None:
             self._check("r")
             seg = self._reader_segment()
@@ -503,7 +499,7 @@ class NdShArray:
             if self._rfast is None:
                 return None  # and the daemon knows nothing newer yet
             self._rfast = None
-            return self._read_now(copy)
+            return self._read_general(copy)
         self._rfast = seg  # checked: later reads go straight to latest()
         i = got[1]
         if copy:
