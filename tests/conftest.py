@@ -63,7 +63,12 @@ class Daemon:
         wait_until(lambda: transport.daemon_running(self.endpoint) or self.proc.poll() is not None,  # type: ignore[union-attr]
                    what="daemon lock")
         assert self.proc.poll() is None, self.read_log()
-        wait_until(lambda: os.path.exists(self.endpoint[6:]), what="daemon socket")
+        # Not the socket file: a killed predecessor leaves its own behind. The line is
+        # logged after recovery and bind, when the daemon is about to serve.
+        serving = f"serving {self.endpoint} (pid {self.proc.pid})"
+        wait_until(lambda: serving in self.read_log() or self.proc.poll() is not None,  # type: ignore[union-attr]
+                   what="daemon serving")
+        assert self.proc.poll() is None, self.read_log()
         return self
 
     def stop(self) -> int:
