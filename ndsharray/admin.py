@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import config, transport
+from . import config, procs, transport
 from .errors import DaemonUnavailableError, TagNotFoundError
 
 
@@ -93,7 +93,9 @@ def stop_daemon(endpoint: str | None = None, timeout: float = 10.0) -> int | Non
         return None
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while transport.daemon_running(ep):
+    # The lock goes first, then the process: callers (systemd's ExecStop, scripts that
+    # restart it) expect the daemon gone when this returns.
+    while transport.daemon_running(ep) or procs.alive(pid):
         if time.monotonic() > deadline:
             raise DaemonUnavailableError(f"ndsharrayd (pid {pid}) did not stop within {timeout:g} s")
         time.sleep(0.01)

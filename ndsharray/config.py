@@ -13,6 +13,9 @@ import tempfile
 
 ENV_ENDPOINT = "NDSHARRAY_ENDPOINT"
 ENV_AUTOSTART = "NDSHARRAY_AUTOSTART"
+# `ndsharrayd --detach` exits with this (EX_TEMPFAIL) when the daemon it forked was killed
+# before it served: a starter tries again rather than fail its caller's request.
+EXIT_DAEMON_KILLED_STARTING = 75
 
 
 def runtime_dir() -> str:

@@ -86,8 +86,11 @@ def start_daemon(endpoint: str, timeout: float = 20.0) -> None:
         if daemon_running(endpoint):
             return
         cmd = [sys.executable, "-m", "ndsharrayd", "--endpoint", endpoint, "--detach"]
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, timeout=timeout, check=False)
+        for _attempt in range(3):
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, timeout=timeout, check=False)
+            if proc.returncode != config.EXIT_DAEMON_KILLED_STARTING or daemon_running(endpoint):
+                break
         if proc.returncode != 0 and not daemon_running(endpoint):
             raise DaemonUnavailableError(
                 f"could not start ndsharrayd at {endpoint}: "

@@ -64,12 +64,19 @@ def main(endpoint: str | None, log_level: str, orphan_ttl: float, max_bytes: int
 def _detach(daemon: Daemon, log_level: str) -> None:
     """Fork before any zmq exists; the parent waits for the child's first word on a pipe."""
     r, w = os.pipe()
-    if os.fork() > 0:
+    child = os.fork()
+    if child > 0:
         os.close(w)
         with os.fdopen(r, "rb") as pipe:
             word = pipe.read().decode(errors="replace")
         if word == "ok":
             return
+        if not word:  # died without a word: killed (OOM killer, a signal) while starting
+            code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+            if code < 0:
+                click.echo(f"ndsharrayd: the daemon was killed by signal {-code} before it was "
+                           f"ready; see {config.log_path(daemon.endpoint)}", err=True)
+                sys.exit(config.EXIT_DAEMON_KILLED_STARTING)
         raise click.ClickException(word or "the daemon exited before it was ready; see "
                                    + config.log_path(daemon.endpoint))
     os.close(r)
