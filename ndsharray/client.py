@@ -47,6 +47,10 @@ from .segment import (
 
 log = logging.getLogger("ndsharray")
 
+# Longest single sleep of a waiting reader. Writes, retirement and close() wake it at once;
+# the slice is the safety net that re-checks its segment and handle anyway.
+WAIT_SLICE = 1.0
+
 _EMPTY: np.ndarray[Any, Any] = np.empty((0,))
 _EMPTY.flags.writeable = False
 _live: weakref.WeakSet[NdShArray] = weakref.WeakSet()
@@ -432,7 +436,7 @@ class NdShArray:
             if seg is not None:  # the checked segment: sleep on it straight away
                 if left is not None and left <= 0:
                     return False, self._last
-                seg.wait(self._count, 1.0 if left is None else min(left, 1.0))
+                seg.wait(self._count, WAIT_SLICE if left is None else min(left, WAIT_SLICE))
                 if self._closed:
                     return False, self._last
             elif not self.wait(left):
@@ -451,7 +455,7 @@ class NdShArray:
                 return False
             self._check("r")
             seg = self._reader_segment()
-            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - time.monotonic())
             if seg is not None and seg.has_new(self._count):
                 return True
             if left <= 0:

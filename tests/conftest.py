@@ -21,7 +21,9 @@ from ndsharray import config, transport
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHM = "/dev/shm"
-FOLDER_PREFIX = "ndst"  # test folders: /tmp/ndstXXXX; daemons elsewhere are not ours to judge
+# Test folders: /tmp/ndst<pid>_XXXX. Daemons of other folders (another test run on this
+# machine included) are not ours to judge.
+FOLDER_PREFIX = f"ndst{os.getpid()}_"
 
 
 def wait_until(pred: Any, timeout: float = 10.0, what: str = "condition") -> Any:

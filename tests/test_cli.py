@@ -149,7 +149,11 @@ def test_record_then_replay_round_trips_every_frame(daemon: Daemon, folder: str,
         try:
             for f in frames[1:]:
                 w.write(f)
-                time.sleep(0.02)  # 50 Hz: a blocking recorder of small frames keeps up
+                # Paced by the recorder, not a clock: a stalled recorder must not drop frames.
+                wait_until(lambda: rec.poll() is not None or ndsharray.tag_info("cam").max_behind == 0,
+                           what="the recorder to take the frame")
+                if rec.poll() is not None:
+                    break
             out, err = rec.communicate(timeout=60)
         finally:
             rec.kill()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 from conftest import Daemon, daemon_pids, our_segments, pid_gone, wait_until
 
 import ndsharray
-from ndsharray import config, transport
+from ndsharray import admin, config, transport
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -102,6 +104,42 @@ def test_concurrent_autostart_ends_with_one_daemon(folder: str) -> None:
     assert not our_segments(config.segment_prefix(endpoint))
 
 
+def test_a_daemon_killed_while_starting_is_started_again(folder: str, monkeypatch: Any) -> None:
+    # The OOM killer or an operator's kill can take an auto-started daemon before it serves.
+    # The starter tries again instead of failing its caller's request.
+    endpoint = f"ipc://{folder}/auto.sock"
+    monkeypatch.setenv(config.ENV_ENDPOINT, endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
+    prefix = config.segment_prefix(endpoint)
+    junk = [os.path.join("/dev/shm", f"{prefix}junk{k}") for k in range(3000)]
+    for path in junk:  # unreadable segments: the daemon removes each before it serves
+        with open(path, "wb"):
+            pass
+    killed = []
+    answers: list[Any] = []
+    try:
+        for _ in range(5):  # until a kill lands before the daemon serves
+            asker = threading.Thread(target=lambda: answers.append(transport.connection().request("ping")))
+            asker.start()
+            pid = wait_until(lambda: admin.daemon_pid(endpoint), what="a daemon holding the lock")
+            os.kill(pid, signal.SIGKILL)
+            asker.join(60)
+            with open(config.log_path(endpoint)) as f:
+                if f"(pid {pid})" not in f.read():
+                    killed.append(pid)
+                    break
+            admin.stop_daemon(endpoint)  # served before the kill: try again
+            answers.clear()
+        assert killed, "no kill landed before the daemon served"
+        assert answers and answers[0]["pid"] not in killed
+        assert admin.daemon_pid(endpoint) == answers[0]["pid"]
+    finally:
+        admin.stop_daemon(endpoint)
+        for path in junk:
+            if os.path.exists(path):
+                os.unlink(path)
+
+
 def test_sigterm_removes_segments_while_clients_keep_their_views(folder: str, monkeypatch: Any) -> None:
     d = Daemon(folder).start()
     monkeypatch.setenv(config.ENV_AUTOSTART, "0")
@@ -127,11 +165,15 @@ def test_the_daemon_raises_its_open_file_limit_for_its_clients(folder: str) -> N
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     start = 256 if hard == resource.RLIM_INFINITY else min(256, hard // 2)  # below any hard limit
     endpoint = f"ipc://{folder}/d.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "ndsharrayd", "--endpoint", endpoint],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (start, hard)))
+    log = os.path.join(folder, "daemon.log")
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "ndsharrayd", "--endpoint", endpoint],
+                                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (start, hard)))
     try:
-        wait_until(lambda: transport.daemon_running(endpoint), what="the daemon")
+        # Serving, not just locked: a SIGTERM before its handler is installed would kill it.
+        wait_until(lambda: f"(pid {proc.pid})" in open(log).read() or proc.poll() is not None,
+                   what="the daemon to serve")
         with open(f"/proc/{proc.pid}/limits") as f:
             line = next(ln for ln in f if ln.startswith("Max open files"))
         soft_now, hard_now = line.split()[3:5]

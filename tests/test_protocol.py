@@ -147,7 +147,7 @@ def test_a_dimension_no_array_can_have_is_corrupt_even_in_a_zero_size_shape() ->
 @settings(max_examples=400, deadline=None)
 @given(st.integers(0, 200), st.integers(0, 255))
 def test_any_single_corrupt_header_byte_is_caught_or_harmless(pos: int, byte: int) -> None:
-    name = "nds-test-fuzz"
+    name = f"nds-test-fuzz-{os.getpid()}"
     if not hasattr(test_any_single_corrupt_header_byte_is_caught_or_harmless, "raw"):
         path = _fresh_segment(name)
         with open(path, "rb") as f:
