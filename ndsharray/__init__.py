@@ -26,12 +26,14 @@ from .errors import (
     TagBusyError,
     TagNotFoundError,
     TagRemovedError,
+    UnsupportedDtypeError,
     WriterStalledError,
 )
 
 __all__ = [
     "CorruptSegmentError", "DaemonError", "DaemonUnavailableError", "HandleClosedError",
     "NdShArray", "NdShArrayError", "ProtocolError", "ResourceLimitError", "SegmentGoneError",
-    "TagBusyError", "TagInfo", "TagNotFoundError", "TagRemovedError", "WriterStalledError", "__version__",
+    "TagBusyError", "TagInfo", "TagNotFoundError", "TagRemovedError", "UnsupportedDtypeError",
+    "WriterStalledError", "__version__",
     "daemon_stats", "list_tags", "remove_tag", "supported_types", "tag_info",
 ]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import numbers
 import os
 import secrets
+import sys
 import time
 import weakref
 from collections.abc import Iterator
@@ -100,6 +102,8 @@ class NdShArray:
             raise ValueError(f"need 2 <= slots <= max_slots <= {MAX_SLOTS}, got {slots}, {max_slots}")
         if array is not None and r_w.lower() != "w":
             raise ValueError("array= is only for writers (r_w='w'); a reader gets arrays from read()")
+        if array is not None:
+            _check_array(array, "NdShArray(array=...)")
         self._tag = check_tag(tag)
         self._access = r_w.lower()
         self._endpoint = config.resolve_endpoint(endpoint)
@@ -117,10 +121,8 @@ class NdShArray:
         self._last_lookup = 0.0
         self._open()
         _live.add(self)
-        if array is not None:
-            arr = np.asarray(array)
-            if arr.size:
-                self.write(arr)
+        if array is not None and array.size:
+            self.write(array)
 
     def _open(self) -> None:
         self._pid = os.getpid()
@@ -236,7 +238,7 @@ class NdShArray:
         segment generation. Raises ``TypeError`` for dtypes holding Python objects.
         """
         fast = self._fast
-        if fast is not None:
+        if fast is not None and type(array) is np.ndarray:  # (a subclass: checked below)
             # Same shape and dtype, C-contiguous: one C call acquires, copies, publishes.
             count = fast.write(array)
             if count > 0:
@@ -246,7 +248,7 @@ class NdShArray:
                 self._removed()
         if self._closed or self._access != "w" or self._pid != process_pid_holder.pid:
             self._check("w")  # raises, or reopens after a fork
-        arr = array if type(array) is np.ndarray else np.asarray(array)
+        arr = array if type(array) is np.ndarray else _check_array(array)
         seg = self._wseg
         if seg is None or self._stale or arr.dtype != seg.dtype or arr.shape != seg.shape:
             self._no_loan_open("change shape or dtype")
@@ -272,7 +274,7 @@ class NdShArray:
         new generation when they differ. An exception inside the block publishes nothing.
         The array becomes read-only when the block ends: keep no reference to it.
         """
-        self._check("w")
+        self._check("w", "loan")
         self._no_loan_open("open a second loan()")
         seg = self._wseg
         if shape is not None or dtype is not None:
@@ -597,13 +599,14 @@ class NdShArray:
 
     # ---- lifetime ---------------------------------------------------------------------
 
-    def _check(self, access: str) -> None:
+    def _check(self, access: str, method: str | None = None) -> None:
         if self._closed:
             raise HandleClosedError(f"NdShArray {self._tag!r} is closed")
         if self._access != access:
+            method = method or ("write" if access == "w" else "read")
             raise NdShArrayError(
                 f"NdShArray {self._tag!r} was opened with r_w={self._access!r}; "
-                f"{'write' if access == 'w' else 'read'}() needs r_w={access!r}"
+                f"{method}() needs r_w={access!r}"
             )
         if self._pid != current_pid():
             self._after_fork()
@@ -690,9 +693,27 @@ def _seconds(timeout: float | None) -> float | None:
     passed); NaN is refused (it would make every wait return at once)."""
     if timeout is None:
         return None
+    if isinstance(timeout, (str, bytes, bool)) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be None or a number of seconds, got {timeout!r}")
     if timeout != timeout:
         raise ValueError("timeout is NaN; give None (wait as long as it takes) or seconds")
     return max(0.0, float(timeout))
+
+
+def _check_array(array: Any, what: str = "write()") -> np.ndarray[Any, Any]:
+    """``array`` as a plain ndarray if it can be written; a clear TypeError if not."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(
+            f"{what} takes a numpy array, got {type(array).__name__}; convert it first, "
+            "e.g. np.asarray(x, dtype=np.float32), so that you choose its dtype"
+        )
+    ma = sys.modules.get("numpy.ma")  # (not imported: no masked array exists, and np.ma
+    if ma is not None and isinstance(array, ma.MaskedArray):  # would import it, ~10 ms)
+        raise TypeError(
+            f"{what} of a masked array would drop its mask; write array.filled(value), or "
+            "its .data and np.ma.getmaskarray(array) under two tags"
+        )
+    return np.asarray(array)  # a subclass (np.memmap, np.matrix) as a plain array
 
 
 def _reader_from_pickle(tag: str, endpoint: str) -> NdShArray:

@@ -15,14 +15,32 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UnsupportedDtypeError
+
 #: Longest dtype description accepted (characters); bounds the segment header.
 MAX_DESCR_LEN = 4096
 
 _SHAREABLE_KINDS = frozenset("biufcmMSUV")
 
+class _SupportedTypes(tuple):  # type: ignore[type-arg]
+    """A tuple of scalar types whose ``in`` accepts any shareable dtype.
+
+    ndsharray 1.x users wrote ``a.dtype in supported_types``; that idiom stays true for
+    every dtype we share ('U3', 'M8[ns]', structured, ``bool``...), not only the listed types.
+    """
+
+    def __contains__(self, item: object) -> bool:
+        try:
+            check_shareable(np.dtype(item))  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return False
+        return True
+
+
 #: The original ndsharray 1.1.4's 14 types, then every other fixed-size kind we support.
-#: Any dtype built from these (byte order, structured, sub-arrays, datetime units) works.
-supported_types: tuple[type, ...] = (
+#: Any dtype built from these (byte order, structured, sub-arrays, datetime units) works,
+#: and ``dtype in supported_types`` says so.
+supported_types: tuple[type, ...] = _SupportedTypes((
     np.int8, np.int16, np.int32, np.int64,
     np.uint8, np.uint16, np.uint32, np.uint64,
     np.float16, np.float32, np.float64,
@@ -31,28 +49,28 @@ supported_types: tuple[type, ...] = (
     np.longdouble, np.clongdouble,
     np.datetime64, np.timedelta64,
     np.bytes_, np.str_, np.void,
-)
+))
 
 
 def check_shareable(dtype: np.dtype[Any]) -> None:
-    """Raise ``TypeError`` naming why ``dtype`` cannot be put in shared memory."""
+    """Raise :class:`UnsupportedDtypeError` (a ``TypeError``) naming why ``dtype`` cannot be put in shared memory."""
     if dtype.kind not in _SHAREABLE_KINDS and dtype.kind != "O":
-        raise TypeError(
+        raise UnsupportedDtypeError(
             f"dtype {dtype} (kind {dtype.kind!r}) is not a fixed-size dtype and cannot be "
             "shared; use numeric, bool, datetime, fixed-width 'S'/'U' or structured dtypes"
         )
     if dtype.hasobject:
-        raise TypeError(
+        raise UnsupportedDtypeError(
             f"dtype {dtype} holds Python objects, which live in one process's heap and "
             "cannot be shared; convert to a fixed-size dtype (e.g. 'U32' for strings)"
         )
     if dtype.kind not in _SHAREABLE_KINDS:
-        raise TypeError(
+        raise UnsupportedDtypeError(
             f"dtype {dtype} (kind {dtype.kind!r}) is not a fixed-size dtype and cannot be "
             "shared; use numeric, bool, datetime, fixed-width 'S'/'U' or structured dtypes"
         )
     if dtype.itemsize == 0 and dtype.kind in "SUV" and dtype.names is None:
-        raise TypeError(f"dtype {dtype} has no size; give it a width such as 'S16'")
+        raise UnsupportedDtypeError(f"dtype {dtype} has no size; give it a width such as 'S16'")
     if dtype.names is not None:
         for name in dtype.names:
             check_shareable(dtype.fields[name][0])  # type: ignore[index]

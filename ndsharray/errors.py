@@ -13,7 +13,9 @@
     ├── SegmentGoneError            the segment was removed under us (the tag was re-created)
     ├── CorruptSegmentError         a segment header fails validation; nothing was mapped as data
     ├── WriterStalledError          readers pinned every slot for longer than the write timeout
-    └── HandleClosedError           you closed this handle and then used it
+    ├── HandleClosedError           you closed this handle and then used it (also a ValueError)
+    └── UnsupportedDtypeError       the dtype cannot live in shared memory (also a TypeError,
+                                    and a NotImplementedError as ndsharray 1.x raised)
 
 Plain argument mistakes stay ``ValueError`` / ``TypeError``.
 """
@@ -79,3 +81,10 @@ class WriterStalledError(NdShArrayError):
 
 class HandleClosedError(NdShArrayError, ValueError):
     """The handle was closed by its owner and cannot be used any more."""
+
+
+class UnsupportedDtypeError(NdShArrayError, TypeError, NotImplementedError):
+    """The dtype holds Python objects or has no fixed size, so it cannot be shared.
+
+    A ``TypeError``; also a ``NotImplementedError``, which ndsharray 1.x raised for it.
+    """

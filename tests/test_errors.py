@@ -39,7 +39,25 @@ def test_object_and_string_dtypes_are_refused_with_the_reason(daemon: Any) -> No
             w.write(np.zeros(2, dtype=[("a", "f4"), ("b", "O")]))
         with pytest.raises(TypeError, match="not a fixed-size dtype"):
             w.write(np.array(["a", "bc"], dtype=np.dtypes.StringDType()))
+        with pytest.raises(NotImplementedError):  # what ndsharray 1.x raised for them
+            w.write(np.array([object()]))
+        with pytest.raises(ndsharray.UnsupportedDtypeError):
+            w.write(np.array([object()]))
         assert w.ndarray_mmap_name is None  # nothing was created for them
+
+
+def test_only_numpy_arrays_are_written(daemon: Any) -> None:
+    # As in ndsharray 1.x: no guessing a dtype for a list, a str or None.
+    with ndsharray.NdShArray("kinds", np.zeros(3), "w") as w:  # (its fast path is ready)
+        for not_an_array in (None, [1.0, 2.0, 3.0], "abc", memoryview(bytes(24))):
+            with pytest.raises(TypeError, match="takes a numpy array, got"):
+                w.write(not_an_array)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="drop its mask"):
+            w.write(np.ma.masked_array(np.zeros(3), mask=[False, True, False]))
+        w.write(np.arange(3.0).view(np.matrix).A1.view(np.matrix))  # subclasses are arrays
+        assert w.shape == (1, 3)
+    with pytest.raises(TypeError, match=r"NdShArray\(array=...\) takes a numpy array, got list"):
+        ndsharray.NdShArray("kinds2", [1, 2], "w")  # type: ignore[arg-type]
 
 
 def test_wrong_direction_and_closed_handles(daemon: Any) -> None:
@@ -49,6 +67,9 @@ def test_wrong_direction_and_closed_handles(daemon: Any) -> None:
         w.read()
     with pytest.raises(ndsharray.NdShArrayError, match="needs r_w='w'"):
         r.write(np.zeros(2))
+    with pytest.raises(ndsharray.NdShArrayError, match=r"loan\(\) needs r_w='w'"):
+        with r.loan():
+            pass
     with pytest.raises(ValueError, match="only for writers"):
         ndsharray.NdShArray("dir", np.zeros(2), "r")
     w.close()
@@ -66,6 +87,11 @@ def test_supported_types_cover_the_original_fourteen() -> None:
                 np.float16, np.float32, np.float64, np.complex64, np.complex128, np.bool_}
     assert original <= set(ndsharray.supported_types)
     assert {np.datetime64, np.timedelta64, np.bytes_, np.str_, np.void} <= set(ndsharray.supported_types)
+    # 1.x's idiom `a.dtype in supported_types` holds for every dtype we share.
+    for shared in ("M8[ns]", "m8[s]", "S4", "U3", "V8", ">i4", [("x", "f4"), ("n", "u1", (2,))], bool):
+        assert np.dtype(shared) in ndsharray.supported_types and shared in ndsharray.supported_types
+    for refused in (object, np.dtype("O"), "not a dtype", [("a", "O")]):
+        assert refused not in ndsharray.supported_types
 
 
 def test_exported_names_are_the_public_ones() -> None:
