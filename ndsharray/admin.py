@@ -47,8 +47,12 @@ class TagInfo:
 
 
 def list_tags(endpoint: str | None = None) -> list[TagInfo]:
-    """Every tag the daemon at ``endpoint`` holds, sorted by tag."""
-    rows = transport.connection(endpoint).request("list")["tags"]
+    """Every tag the daemon at ``endpoint`` holds, sorted by tag; none when no daemon runs
+    (looking never starts one)."""
+    ep = config.resolve_endpoint(endpoint)
+    if not transport.daemon_running(ep):
+        return []
+    rows = transport.connection(ep).request("list", autostart=False)["tags"]
     return [
         TagInfo(
             tag=r["tag"], dtype=r["dtype"],
@@ -114,4 +118,4 @@ def tag_info(tag: str, endpoint: str | None = None) -> TagInfo:
 def remove_tag(tag: str, endpoint: str | None = None) -> dict[str, Any]:
     """Remove ``tag``: its segment is unlinked, its writer's next write raises
     :class:`TagRemovedError`, its readers keep the arrays they hold."""
-    return transport.connection(endpoint).request("remove", tag=tag)
+    return transport.connection(endpoint).request("remove", tag=tag, autostart=False)

@@ -6,6 +6,9 @@ Exit codes: 0 ok, 1 operational error (one line on stderr), 2 usage error.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 import time
 from typing import Any
 
@@ -18,7 +21,7 @@ from .admin import TagInfo, daemon_pid, daemon_stats, list_tags, remove_tag, sto
 from .client import NdShArray
 from .doctor import run_checks
 from .errors import NdShArrayError
-from .transport import start_daemon
+from .transport import daemon_running, start_daemon
 
 
 def _size(n: float) -> str:
@@ -74,10 +77,17 @@ class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # `ndsharray ls | head`: the reader went away. Stop quietly, as C tools do
+            # (exit 141, as if killed by SIGPIPE), and keep Python's exit flush from failing.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(128 + signal.SIGPIPE)
         except (NdShArrayError, OSError, TimeoutError, ImportError) as exc:  # operational: exit 1
             raise click.ClickException(str(exc)) from None
-        except (ValueError, KeyError) as exc:  # a bad tag, file or value given: exit 2
+        except KeyError as exc:  # its str() is the repr of the key
             raise click.UsageError(str(exc).strip("'\""), ctx) from None
+        except ValueError as exc:  # a bad tag, file or value given: exit 2
+            raise click.UsageError(str(exc), ctx) from None
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,6 +105,8 @@ LS_HEADER = ["TAG", "DTYPE", "SHAPE", "SIZE", "WRITER", "READERS", "WRITES", "RA
 
 
 def _ls_text(endpoint: str, prefix: str) -> str:
+    if not daemon_running(endpoint):
+        return f"no ndsharrayd runs at {endpoint}, so no tags - the first writer starts one"
     tags = [t for t in list_tags(endpoint) if t.tag.startswith(prefix)]
     if not tags:
         where = f" under {prefix!r}" if prefix else ""
@@ -197,6 +209,7 @@ def show(endpoint: str, tag: str, png: str | None, timeout: float) -> None:
 def record_cmd(endpoint: str, tag: str, file: str, frames: int | None, seconds: float | None,
                timeout: float, idle_timeout: float | None) -> None:
     """Capture every frame of TAG into FILE (.npy stacked, or .npz with timestamps)."""
+    recording.check_path(file)  # before saying "recording"
     if frames is not None:
         with click.progressbar(length=frames, label=f"recording {tag}", file=click.get_text_stream("stderr")) as bar:
             last = [0]

@@ -29,6 +29,12 @@ class Recording:
     stopped_because: str
 
 
+def check_path(path: str) -> None:
+    """Raise ValueError unless ``path`` names a file :func:`record` can write."""
+    if not path.endswith((".npy", ".npz")):
+        raise ValueError(f"record to a .npy or .npz file, not {path!r}")
+
+
 def record(
     tag: str,
     path: str,
@@ -47,8 +53,7 @@ def record(
     KeyboardInterrupt, or when the shape or dtype changes (a file holds one shape). Raises
     ``TimeoutError`` if no frame arrives in ``first_frame_timeout``.
     """
-    if not path.endswith((".npy", ".npz")):
-        raise ValueError(f"record to a .npy or .npz file, not {path!r}")
+    check_path(path)
     if frames is not None and frames < 1:
         raise ValueError("frames must be at least 1")
     part = path + ".part"
@@ -70,11 +75,13 @@ def _record(
     dropped = 0
     why = "done"
     with NdShArray(tag, r_w="r", endpoint=endpoint) as r, open(part, "wb") as out:
-        status, a = r.read(copy=False, timeout=first_frame_timeout)
+        t_end = None if seconds is None else time.monotonic() + seconds  # from the start
+        wait: float | None = first_frame_timeout if seconds is None else min(first_frame_timeout, seconds)
+        status, a = r.read(copy=False, timeout=wait)
         if not status:
-            raise TimeoutError(f"no frame was published under {tag!r} within {first_frame_timeout:g} s")
+            raise TimeoutError(f"no frame was published under {tag!r} within {wait:g} s "
+                               "(see ndsharray ls for the tags that exist)")
         shape, dtype, segment = a.shape, a.dtype, r.ndarray_mmap_name
-        t_end = None if seconds is None else time.monotonic() + seconds
         t0 = time.monotonic()
         try:
             while True:

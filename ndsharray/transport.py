@@ -157,7 +157,10 @@ class Connection:
         if daemon_running(self.endpoint):
             return
         if not autostart:
-            raise DaemonUnavailableError(f"no ndsharrayd serves {self.endpoint}")
+            raise DaemonUnavailableError(
+                f"no ndsharrayd serves {self.endpoint}; a writer or reader starts one, or "
+                f"start it with: ndsharrayd --endpoint {self.endpoint}"
+            )
         if not config.autostart_enabled():
             raise DaemonUnavailableError(
                 f"no ndsharrayd serves {self.endpoint} and {config.ENV_AUTOSTART}=0 forbids "

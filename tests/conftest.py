@@ -62,15 +62,12 @@ class Daemon:
                  "--log-level", "DEBUG", *self.args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )
-        wait_until(lambda: transport.daemon_running(self.endpoint) or self.proc.poll() is not None,  # type: ignore[union-attr]
-                   what="daemon lock")
-        assert self.proc.poll() is None, self.read_log()
-        # Not the socket file: a killed predecessor leaves its own behind. The line is
-        # logged after recovery and bind, when the daemon is about to serve.
-        serving = f"serving {self.endpoint} (pid {self.proc.pid})"
-        wait_until(lambda: serving in self.read_log() or self.proc.poll() is not None,  # type: ignore[union-attr]
-                   what="daemon serving")
-        assert self.proc.poll() is None, self.read_log()
+        # Not the lock or the socket file: a killed predecessor leaves its socket behind, and
+        # the lock is taken before recovery. This line is logged when the daemon serves.
+        proc = self.proc
+        serving = f"serving {self.endpoint} (pid {proc.pid})"
+        wait_until(lambda: serving in self.read_log() or proc.poll() is not None, what="daemon serving")
+        assert proc.poll() is None, self.read_log()
         return self
 
     def stop(self) -> int:

@@ -249,7 +249,7 @@ def test_bad_arguments_are_one_usage_error_not_a_traceback(daemon: Daemon, folde
     np.savez(empty, other=np.zeros(2))
     cases = [
         (["show", "a//b"], "a//b"),
-        (["record", "cam", os.path.join(folder, "out.txt")], ".npy or .npz"),
+        (["record", "cam", os.path.join(folder, "out.txt")], f"not {os.path.join(folder, 'out.txt')!r}"),
         (["replay", empty, "cam"], "frames"),
         (["show", "cam", "--timeout", "nan"], "NaN"),
     ]
@@ -257,6 +257,25 @@ def test_bad_arguments_are_one_usage_error_not_a_traceback(daemon: Daemon, folde
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 2, (args, res.output, res.exception)
         assert says in res.output and "Traceback" not in res.output, (args, res.output)
+        assert "recording" not in res.output  # refused before it claims to record
+
+
+def test_record_waits_for_a_first_frame_no_longer_than_its_seconds(daemon: Daemon, folder: str) -> None:
+    res = CliRunner().invoke(main, ["record", "nope", os.path.join(folder, "x.npz"), "--seconds", "0.2"])
+    assert res.exit_code == 1 and "no frame was published under 'nope' within 0.2 s" in res.output, res.output
+
+
+def test_output_into_a_closed_pipe_ends_quietly(daemon: Daemon) -> None:
+    # `ndsharray ls | head -1`: head exits, and ls must not print an error about it.
+    with ndsharray.NdShArray("piped", np.zeros(2), "w"):
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "ndsharray", "ls"], stdout=w,
+                                  stderr=subprocess.PIPE, text=True, timeout=60)
+        finally:
+            os.close(w)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
 
 
 def test_doctor_counts_a_closed_writers_segment_as_stale(folder: str, monkeypatch: Any) -> None:

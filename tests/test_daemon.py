@@ -64,8 +64,17 @@ def test_cli_version_and_daemon_errors(folder: str) -> None:
     out = run_cli("--version")
     assert out.returncode == 0 and ndsharray.__version__ in out.stdout
     env = {config.ENV_ENDPOINT: f"ipc://{folder}/none.sock", config.ENV_AUTOSTART: "0"}
-    out = run_cli("ls", env=env)
+    out = run_cli("rm", "cam", env=env)
     assert out.returncode == 1 and "ndsharrayd --endpoint" in out.stderr
+    # Looking never starts a daemon: no daemon, no tags.
+    env[config.ENV_AUTOSTART] = "1"
+    out = run_cli("ls", env=env)
+    assert out.returncode == 0 and "no ndsharrayd runs at" in out.stdout, out.stderr
+    out = run_cli("ls", "--json", env=env)
+    assert out.returncode == 0 and json.loads(out.stdout) == []
+    out = run_cli("rm", "cam", env=env)
+    assert out.returncode == 1 and "no ndsharrayd serves" in out.stderr
+    assert not transport.daemon_running(env[config.ENV_ENDPOINT])
 
 
 def test_no_autostart_fails_fast_saying_how_to_start(folder: str, monkeypatch: Any) -> None:
@@ -171,9 +180,12 @@ def test_the_daemon_raises_its_open_file_limit_for_its_clients(folder: str) -> N
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                 preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (start, hard)))
     try:
+        def serving() -> bool:
+            with open(log) as f:
+                return f"(pid {proc.pid})" in f.read() or proc.poll() is not None
+
         # Serving, not just locked: a SIGTERM before its handler is installed would kill it.
-        wait_until(lambda: f"(pid {proc.pid})" in open(log).read() or proc.poll() is not None,
-                   what="the daemon to serve")
+        wait_until(serving, what="the daemon to serve")
         with open(f"/proc/{proc.pid}/limits") as f:
             line = next(ln for ln in f if ln.startswith("Max open files"))
         soft_now, hard_now = line.split()[3:5]
