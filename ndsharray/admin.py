@@ -37,6 +37,7 @@ class TagInfo:
     max_read_latency_s: float | None = None
     max_behind: int | None = None
     reader_stats: tuple[dict[str, Any], ...] = ()  # per reader: pid, latency_s, behind, read_age_s
+    writer_left: str | None = None  # how the last writer went: "closed" (close(), exit) or "died"
 
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -62,7 +63,7 @@ def list_tags(endpoint: str | None = None) -> list[TagInfo]:
             last_write_age_s=r["last_write_age_s"], generation=r["generation"],
             segment=r["segment"], slots=r["slots"], size=r["size"], rate_hz=r.get("rate_hz"),
             max_read_latency_s=r.get("max_read_latency_s"), max_behind=r.get("max_behind"),
-            reader_stats=tuple(r.get("reader_stats", ())),
+            reader_stats=tuple(r.get("reader_stats", ())), writer_left=r.get("writer_left"),
         )
         for r in rows
     ]

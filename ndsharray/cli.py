@@ -51,7 +51,7 @@ def _latency(s: float | None) -> str:
 def _writer(t: TagInfo) -> str:
     if t.writer_pid:
         return str(t.writer_pid)
-    return f"gone ({t.last_writer_pid})" if t.last_writer_pid else "-"
+    return f"{t.writer_left or 'gone'} ({t.last_writer_pid})" if t.last_writer_pid else "-"
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:
@@ -148,7 +148,7 @@ def info(endpoint: str, tag: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(t.as_json(), indent=2))
         return
-    state = "alive" if t.writer_pid else ("gone" if t.last_writer_pid else "none yet")
+    state = "alive" if t.writer_pid else ((t.writer_left or "gone") if t.last_writer_pid else "none yet")
     rows = [
         ("tag", t.tag), ("dtype", t.dtype or "-"), ("shape", _shape(t.shape)),
         ("nbytes", f"{t.nbytes} ({_size(t.nbytes)})"), ("generation", str(t.generation)),

@@ -201,8 +201,12 @@ class NdShArray:
 
     @property
     def write_count(self) -> int:
-        """Reader: the writer's count of the last array read, within its generation (a gap
-        between two reads is the number of writes this reader skipped)."""
+        """Reader: the writer's count of the last array read (a gap between two reads is the
+        number of writes this reader skipped). Writer: the count of its last write. Counts
+        are per generation: a new shape or dtype starts again at 1."""
+        if self._access == "w":
+            seg = self._wseg
+            return 0 if seg is None else int(seg.fast.count)
         return self._count
 
     @property

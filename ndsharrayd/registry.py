@@ -38,6 +38,7 @@ class TagRecord:
     size: int = 0  # bytes of the segment file
     writer: Writer | None = None
     last_writer_pid: int = 0
+    writer_left: str | None = None  # how the last writer went: "closed" or "died"
     readers: dict[str, int] = field(default_factory=dict)  # token -> pid
     idle_since: float | None = None
 
@@ -71,6 +72,7 @@ class Registry:
                 )
         rec.writer = Writer(pid, token)
         rec.last_writer_pid = pid
+        rec.writer_left = None
         rec.idle_since = None
         return rec
 
@@ -101,6 +103,7 @@ class Registry:
         rec = self.tags.get(tag)
         if rec is not None and rec.writer is not None and rec.writer.token == token:
             rec.writer = None
+            rec.writer_left = "closed"
             self._maybe_idle(rec, now)
 
     def adopt(
@@ -151,6 +154,7 @@ class Registry:
             hit = False
             if rec.writer is not None and rec.writer.pid == pid:
                 rec.writer = None
+                rec.writer_left = "died"
                 hit = True
             for token in [t for t, p in rec.readers.items() if p == pid]:
                 del rec.readers[token]

@@ -474,6 +474,7 @@ class Daemon:
                 "nbytes": rec.nbytes,
                 "writer_pid": rec.writer.pid if rec.writer else None,
                 "last_writer_pid": rec.last_writer_pid or None,
+                "writer_left": rec.writer_left,
                 # A reader registers in the background (within 0.2 s) but claims its row of
                 # the segment at once; one whose registration was refused (--max-clients)
                 # reads all the same: the rows count every reader that has a segment.

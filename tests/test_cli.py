@@ -70,6 +70,9 @@ def test_info_and_rate(daemon: Daemon) -> None:
         assert fields["readers"] == f"1 (pids {os.getpid()})"
         missing = CliRunner().invoke(main, ["info", "nope"])
         assert missing.exit_code == 1 and "no tag 'nope'" in missing.output
+        w.close()  # a clean close is not a crash (test_crash sees "died")
+        assert f"pid {os.getpid()} (closed)" in cli("info", "cam").output
+        assert f"closed ({os.getpid()})" in cli("ls").output
 
 
 def test_ls_shows_how_late_and_how_far_behind_readers_are(daemon: Daemon, puppets: Any) -> None:

@@ -45,7 +45,7 @@ def test_writer_sigkill_is_noticed_and_the_tag_taken_over(daemon: Any, puppets: 
         info = wait_until(lambda: (row := tag_row("cam")).writer_pid is None and row,
                           what="ls to show the writer gone")
         print(f"writer SIGKILL -> ls shows it gone: {(time.monotonic() - t0) * 1000:.1f} ms")
-        assert info.last_writer_pid == writer.pid and info.readers == 1
+        assert info.last_writer_pid == writer.pid and info.readers == 1 and info.writer_left == "died"
         status, last = r.read()
         assert status is False and last.shape == (8,)  # readers keep the last frame
         with ndsharray.NdShArray("cam", np.arange(8, dtype=np.uint8), "w") as w:

@@ -59,6 +59,16 @@ def test_constructor_array_is_written_unless_empty(daemon: Any) -> None:
         assert not w.is_valid and w.ndarray_mmap_name is None
 
 
+def test_write_count_counts_within_a_generation_for_writer_and_reader(daemon: Any) -> None:
+    with ndsharray.NdShArray("counts", r_w="w") as w, ndsharray.NdShArray("counts", r_w="r") as r:
+        assert w.write_count == 0
+        for k in range(3):
+            w.write(np.full(4, k))  # the general path once, then the one-call path
+        assert w.write_count == 3 and r.read()[0] and r.write_count == 3
+        w.write(np.zeros(5))  # a new shape starts again
+        assert w.write_count == 1 and r.read()[0] and r.write_count == 1
+
+
 def test_non_contiguous_and_fortran_inputs(daemon: Any) -> None:
     base = make_array("u2", (40, 30), 1)
     with ndsharray.NdShArray("layouts", r_w="w") as w, ndsharray.NdShArray("layouts", r_w="r") as r:
