@@ -8,6 +8,7 @@ open, close or change shape/dtype/slot count: a same-shape write or read never d
 from __future__ import annotations
 
 import atexit
+import difflib
 import logging
 import numbers
 import os
@@ -49,6 +50,9 @@ from .segment import (
 
 log = logging.getLogger("ndsharray")
 
+# A reader that finds no writer for this long says so once (a misspelt tag waits forever).
+MISSING_WARN_AFTER = 5.0
+
 # Longest single sleep of a waiting reader. Writes, retirement and close() wake it at once;
 # the slice is the safety net that re-checks its segment and handle anyway.
 WAIT_SLICE = 1.0
@@ -84,6 +88,8 @@ class NdShArray:
     _rfast: SegmentReader | None = None  # a reader's segment, checked, while nothing changed
     _wseg: SegmentWriter | None = None
     _rseg: SegmentReader | None = None
+    _missing_since: float | None = None  # reader: since when lookups find no segment
+    _warned_missing = False
 
     def __init__(
         self,
@@ -576,6 +582,8 @@ class NdShArray:
             info = self._conn.request("lookup", tag=self._tag)["segment"]
             if info is None or (self._rseg is not None and self._rseg.retired() and info["name"] == self._rseg.name):
                 self._misses += 1
+                if info is None and self._rseg is None:
+                    self._warn_if_missing(now)
                 return None
             self._misses = 0
             self._stale = False
@@ -586,6 +594,26 @@ class NdShArray:
             except SegmentGoneError:
                 continue  # replaced again while we looked: ask once more
         return self._rseg
+
+    def _warn_if_missing(self, now: float) -> None:
+        """Log once when no writer has published the tag for MISSING_WARN_AFTER seconds,
+        naming the tags it may have been meant to be."""
+        if self._missing_since is None:
+            self._missing_since = now
+        if self._warned_missing or now - self._missing_since < MISSING_WARN_AFTER:
+            return
+        self._warned_missing = True
+        try:
+            tags = [t["tag"] for t in self._conn.request("list")["tags"] if t["segment"]]
+        except NdShArrayError:
+            tags = []
+        near = difflib.get_close_matches(self._tag, tags, n=3)
+        if near:
+            hint = "did you mean " + " or ".join(map(repr, near)) + "?"
+        else:
+            hint = f"{len(tags)} other tag(s) have data (ndsharray ls lists them)"
+        log.warning("reader of %r: no writer has published this tag at %s for %.0f s; %s",
+                    self._tag, self._endpoint, now - self._missing_since, hint)
 
     def _switch(self, seg: SegmentReader) -> SegmentReader:
         old, self._rseg = self._rseg, seg

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import types
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import wait_until
 
 import ndsharray
 
@@ -98,3 +100,17 @@ def test_exported_names_are_the_public_ones() -> None:
     public = {n for n, v in vars(ndsharray).items()
               if not n.startswith("_") and not isinstance(v, types.ModuleType)}
     assert set(ndsharray.__all__) - {"__version__"} == public
+
+
+def test_a_reader_of_a_tag_nobody_writes_says_so_once(daemon: Any, monkeypatch: Any, caplog: Any) -> None:
+    # A misspelt tag would otherwise wait forever in silence.
+    monkeypatch.setattr(ndsharray.client, "MISSING_WARN_AFTER", 0.05)
+
+    def said() -> list[str]:
+        return [m for m in caplog.messages if "no writer has published" in m]
+
+    with ndsharray.NdShArray("camera/left", np.zeros(2), "w"), \
+            ndsharray.NdShArray("camera/lfet", r_w="r") as r, caplog.at_level(logging.WARNING, "ndsharray"):
+        wait_until(lambda: r.read(timeout=0.1)[0] is False and said(), what="the warning")
+        assert r.read(timeout=0.2)[0] is False
+    assert len(said()) == 1 and "'camera/lfet'" in said()[0] and "did you mean 'camera/left'?" in said()[0]
