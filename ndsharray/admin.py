@@ -51,9 +51,12 @@ def list_tags(endpoint: str | None = None) -> list[TagInfo]:
     """Every tag the daemon at ``endpoint`` holds, sorted by tag; none when no daemon runs
     (looking never starts one)."""
     ep = config.resolve_endpoint(endpoint)
-    if not transport.daemon_running(ep):
+    try:
+        rows = transport.connection(ep).request("list", autostart=False)["tags"]
+    except DaemonUnavailableError:
+        if transport.daemon_running(ep):
+            raise  # one runs but does not answer: say so
         return []
-    rows = transport.connection(ep).request("list", autostart=False)["tags"]
     return [
         TagInfo(
             tag=r["tag"], dtype=r["dtype"],

@@ -73,6 +73,19 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
                      for r in [header, *rows])
 
 
+def _silence(*streams: Any) -> None:
+    """Point the streams' file descriptors at /dev/null (where they have one)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in streams:
+            try:
+                os.dup2(null, stream.fileno())
+            except (OSError, ValueError):  # no fd (a test runner's stream), or closed
+                pass
+    finally:
+        os.close(null)
+
+
 class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -80,7 +93,7 @@ class _Cli(click.Group):
         except BrokenPipeError:
             # `ndsharray ls | head`: the reader went away. Stop quietly, as C tools do
             # (exit 141, as if killed by SIGPIPE), and keep Python's exit flush from failing.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _silence(sys.stdout, sys.stderr)
             sys.exit(128 + signal.SIGPIPE)
         except (NdShArrayError, OSError, TimeoutError, ImportError) as exc:  # operational: exit 1
             raise click.ClickException(str(exc)) from None

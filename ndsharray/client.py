@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import difflib
 import logging
-import numbers
 import os
 import secrets
 import sys
@@ -88,6 +87,7 @@ class NdShArray:
     _rfast: SegmentReader | None = None  # a reader's segment, checked, while nothing changed
     _wseg: SegmentWriter | None = None
     _rseg: SegmentReader | None = None
+    _written = 0  # writer: its count when it closed
     _missing_since: float | None = None  # reader: since when lookups find no segment
     _warned_missing = False
 
@@ -209,10 +209,11 @@ class NdShArray:
     def write_count(self) -> int:
         """Reader: the writer's count of the last array read (a gap between two reads is the
         number of writes this reader skipped). Writer: the count of its last write. Counts
-        are per generation: a new shape or dtype starts again at 1."""
+        belong to a segment: a new generation (shape or dtype change, ring growth, a daemon
+        restart) starts again at 1, and a writer taking over a segment continues its count."""
         if self._access == "w":
             seg = self._wseg
-            return 0 if seg is None else int(seg.fast.count)
+            return self._written if seg is None else int(seg.fast.count)
         return self._count
 
     @property
@@ -248,7 +249,9 @@ class NdShArray:
         segment generation. Raises ``TypeError`` for dtypes holding Python objects.
         """
         fast = self._fast
-        if fast is not None and type(array) is np.ndarray:  # (a subclass: checked below)
+        if fast is not None:
+            if type(array) is not np.ndarray:  # (the C call takes any buffer: check first)
+                array = _check_array(array)
             # Same shape and dtype, C-contiguous: one C call acquires, copies, publishes.
             count = fast.write(array)
             if count > 0:
@@ -422,8 +425,8 @@ class NdShArray:
         seconds waits up to that long for the next write; None waits for as long as it takes.
         A waiting reader sleeps on a futex and uses no CPU.
         """
-        if timeout:  # (0, the default, and None need no check)
-            timeout = _seconds(timeout)
+        if timeout or (timeout is not None and type(timeout) is not float and type(timeout) is not int):
+            timeout = _seconds(timeout)  # (0, the default, and None need no check)
         deadline = time.monotonic() + timeout if timeout else None
         while True:
             seg = self._rfast
@@ -603,17 +606,17 @@ class NdShArray:
         if self._warned_missing or now - self._missing_since < MISSING_WARN_AFTER:
             return
         self._warned_missing = True
-        try:
-            tags = [t["tag"] for t in self._conn.request("list")["tags"] if t["segment"]]
+        try:  # (the lookup just answered: no retries, so a read is never held long)
+            tags = [t["tag"] for t in self._conn.request("list", retries=0)["tags"] if t["segment"]]
         except NdShArrayError:
             tags = []
         near = difflib.get_close_matches(self._tag, tags, n=3)
         if near:
-            hint = "did you mean " + " or ".join(map(repr, near)) + "?"
+            hint = "if it is misspelt, similar tags with data: " + ", ".join(map(repr, near))
         else:
             hint = f"{len(tags)} other tag(s) have data (ndsharray ls lists them)"
-        log.warning("reader of %r: no writer has published this tag at %s for %.0f s; %s",
-                    self._tag, self._endpoint, now - self._missing_since, hint)
+        log.warning("reader of %r: no writer has published this tag at %s for %.0f s (still "
+                    "waiting); %s", self._tag, self._endpoint, now - self._missing_since, hint)
 
     def _switch(self, seg: SegmentReader) -> SegmentReader:
         old, self._rseg = self._rseg, seg
@@ -673,6 +676,7 @@ class NdShArray:
             _keeper.keeper.untrack(self)  # (the keeper's weak set forgets collected handles)
         wseg, rseg, self._wseg, self._rseg = self._wseg, self._rseg, None, None
         if wseg is not None:
+            self._written = int(wseg.fast.count)
             wseg.close()
         if rseg is not None:
             rseg.stop_waits()  # end a wait() or iteration in another thread
@@ -725,8 +729,13 @@ def _seconds(timeout: float | None) -> float | None:
     passed); NaN is refused (it would make every wait return at once)."""
     if timeout is None:
         return None
-    if isinstance(timeout, (str, bytes, bool)) or not isinstance(timeout, numbers.Real):
-        raise TypeError(f"timeout must be None or a number of seconds, got {timeout!r}")
+    if type(timeout) is not float:
+        if isinstance(timeout, (str, bytes, bool)):  # float() would take "1" and True
+            raise TypeError(f"timeout must be None or a number of seconds, got {timeout!r}")
+        try:
+            timeout = float(timeout)  # int, numpy scalars, Decimal, 0-d arrays
+        except (TypeError, ValueError):
+            raise TypeError(f"timeout must be None or a number of seconds, got {timeout!r}") from None
     if timeout != timeout:
         raise ValueError("timeout is NaN; give None (wait as long as it takes) or seconds")
     return max(0.0, float(timeout))

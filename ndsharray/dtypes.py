@@ -30,9 +30,13 @@ class _SupportedTypes(tuple):  # type: ignore[type-arg]
     """
 
     def __contains__(self, item: object) -> bool:
+        if tuple.__contains__(self, item):  # np.str_ itself, though 'U0' has no size
+            return True
+        if item is None:  # np.dtype(None) is float64
+            return False
         try:
-            check_shareable(np.dtype(item))  # type: ignore[call-overload]
-        except (TypeError, ValueError):
+            dtype_to_text(np.dtype(item))  # type: ignore[call-overload]
+        except Exception:  # whatever numpy raises for a non-dtype (or warns, under -W error)
             return False
         return True
 
@@ -83,7 +87,7 @@ def dtype_to_text(dtype: np.dtype[Any]) -> str:
     check_shareable(dtype)
     text = ascii(np.lib.format.dtype_to_descr(dtype))  # non-ASCII field names escaped
     if len(text) > MAX_DESCR_LEN:
-        raise TypeError(
+        raise UnsupportedDtypeError(
             f"dtype description is {len(text)} characters, more than {MAX_DESCR_LEN}; "
             "use fewer or shorter structured field names"
         )

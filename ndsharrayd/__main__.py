@@ -72,7 +72,10 @@ def _detach(daemon: Daemon, log_level: str) -> None:
         if word == "ok":
             return
         if not word:  # died without a word: killed (OOM killer, a signal) while starting
-            code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+            try:
+                code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+            except ChildProcessError:  # SIGCHLD ignored (inherited): the status is gone
+                code = 0
             if code < 0:
                 click.echo(f"ndsharrayd: the daemon was killed by signal {-code} before it was "
                            f"ready; see {config.log_path(daemon.endpoint)}", err=True)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -119,18 +120,20 @@ def test_a_daemon_killed_while_starting_is_started_again(folder: str, monkeypatc
     endpoint = f"ipc://{folder}/auto.sock"
     monkeypatch.setenv(config.ENV_ENDPOINT, endpoint)
     monkeypatch.setenv(config.ENV_AUTOSTART, "1")
-    prefix = config.segment_prefix(endpoint)
-    junk = [os.path.join("/dev/shm", f"{prefix}junk{k}") for k in range(3000)]
-    for path in junk:  # unreadable segments: the daemon removes each before it serves
-        with open(path, "wb"):
-            pass
+    junk = [os.path.join("/dev/shm", f"{config.segment_prefix(endpoint)}junk{k}") for k in range(3000)]
     killed = []
     answers: list[Any] = []
     try:
         for _ in range(5):  # until a kill lands before the daemon serves
+            for path in junk:  # unreadable segments: a starting daemon removes each first
+                with open(path, "wb"):
+                    pass
             asker = threading.Thread(target=lambda: answers.append(transport.connection().request("ping")))
             asker.start()
-            pid = wait_until(lambda: admin.daemon_pid(endpoint), what="a daemon holding the lock")
+            deadline = time.monotonic() + 30
+            while (pid := admin.daemon_pid(endpoint)) is None:  # a tight look: the window is short
+                assert time.monotonic() < deadline, "no daemon took the lock"
+                time.sleep(0.0005)
             os.kill(pid, signal.SIGKILL)
             asker.join(60)
             with open(config.log_path(endpoint)) as f:

@@ -157,7 +157,7 @@ def test_a_nan_timeout_is_refused_and_a_negative_one_means_now(daemon: Daemon) -
         w.write(np.ones(2))  # a new frame on the segment this reader checked (its one-call path)
         with pytest.raises(ValueError, match="NaN"):
             r.read(timeout=float("nan"))
-        for not_seconds in ("soon", "1", True):  # "1" and True used to pass for 1 s
+        for not_seconds in ("soon", "1", True, "", []):  # "1", True passed for 1 s; "" waited forever
             with pytest.raises(TypeError, match="number of seconds"):
                 r.read(timeout=not_seconds)  # type: ignore[arg-type]
         assert r.read(timeout=-1.0)[1].tolist() == [1.0, 1.0]

@@ -67,6 +67,8 @@ def test_write_count_counts_within_a_generation_for_writer_and_reader(daemon: An
         assert w.write_count == 3 and r.read()[0] and r.write_count == 3
         w.write(np.zeros(5))  # a new shape starts again
         assert w.write_count == 1 and r.read()[0] and r.write_count == 1
+        w.write(np.zeros(5))
+    assert w.write_count == 2  # kept after close
 
 
 def test_non_contiguous_and_fortran_inputs(daemon: Any) -> None:

@@ -116,11 +116,10 @@ def test_close_from_another_thread_ends_a_blocked_read_at_once(daemon: Any, monk
     # Lost wake-ups must show, and a slow machine must not pass for one: no 1 s safety net.
     monkeypatch.setattr(ndsharray.client, "WAIT_SLICE", 30.0)
     # A wake-up sent between the waiting thread's last look and its FUTEX_WAIT is lost; close()
-    # must still end the wait at once, not at the 1 s slice. Each round closes the reader
+    # must still end the wait at once, not at the wait slice. Each round closes the reader
     # while its other thread is on its way into the wait, or in it.
     with ndsharray.NdShArray("tc", np.zeros(4), "w") as w:
         w.write(np.zeros(4))
-        slow = []
         for k in range(150):
             r = ndsharray.NdShArray("tc", r_w="r")
             assert r.read()[0]  # the next read waits for a frame that never comes
@@ -130,14 +129,16 @@ def test_close_from_another_thread_ends_a_blocked_read_at_once(daemon: Any, monk
             def block(r: ndsharray.NdShArray = r, ended: threading.Event = ended,
                       entering: threading.Event = entering) -> None:
                 entering.set()
-                r.read(timeout=None)
+                try:
+                    r.read(timeout=None)
+                except ndsharray.HandleClosedError:
+                    pass  # closed before this thread got into read(): ended at once too
                 ended.set()
 
             t = threading.Thread(target=block)
             t.start()
             entering.wait()
             r.close()
-            if not ended.wait(10):
-                slow.append(k)
-            t.join()
-        assert not slow, f"close() left {len(slow)} of 150 waits running for 10 s or more: {slow[:10]}"
+            ended.wait(10)
+            t.join(30)
+            assert ended.is_set(), f"round {k}: close() left the wait running for 10 s or more"
