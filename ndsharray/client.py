@@ -187,6 +187,7 @@ class NdShArray:
 
     @property
     def tag(self) -> str:
+        """The tag (also ``name``, as in ndsharray 1.x)."""
         return self._tag
 
     @property
@@ -228,16 +229,27 @@ class NdShArray:
 
     @property
     def shape(self) -> tuple[int, ...] | None:
+        """Shape of the current segment's arrays; None before there is one."""
         seg = self._wseg or self._rseg
         return None if seg is None else seg.header.shape
 
     @property
     def dtype(self) -> np.dtype[Any] | None:
+        """Dtype of the current segment's arrays; None before there is one."""
         seg = self._wseg or self._rseg
         return None if seg is None else seg.header.dtype
 
     @property
+    def generation(self) -> int | None:
+        """The tag's generation this handle is on (``GEN`` in ``ndsharray ls``). A new
+        segment (shape or dtype change, ring growth) gets the next one, so a change of it
+        explains a ``write_count`` that starts again. None before there is a segment."""
+        seg = self._wseg or self._rseg
+        return None if seg is None else seg.header.generation
+
+    @property
     def closed(self) -> bool:
+        """True after ``close()``."""
         return self._closed
 
     # ---- writing ----------------------------------------------------------------------

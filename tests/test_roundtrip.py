@@ -61,12 +61,15 @@ def test_constructor_array_is_written_unless_empty(daemon: Any) -> None:
 
 def test_write_count_counts_within_a_generation_for_writer_and_reader(daemon: Any) -> None:
     with ndsharray.NdShArray("counts", r_w="w") as w, ndsharray.NdShArray("counts", r_w="r") as r:
-        assert w.write_count == 0
+        assert w.write_count == 0 and w.generation is None
         for k in range(3):
             w.write(np.full(4, k))  # the general path once, then the one-call path
         assert w.write_count == 3 and r.read()[0] and r.write_count == 3
-        w.write(np.zeros(5))  # a new shape starts again
+        first = w.generation
+        assert first is not None and r.generation == first
+        w.write(np.zeros(5))  # a new shape starts again, in the next generation
         assert w.write_count == 1 and r.read()[0] and r.write_count == 1
+        assert w.generation == r.generation == first + 1
         w.write(np.zeros(5))
     assert w.write_count == 2  # kept after close
 
