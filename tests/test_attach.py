@@ -58,6 +58,7 @@ def test_a_pointer_to_another_tags_segment_is_not_followed(daemon: Daemon) -> No
     with ndsharray.NdShArray("a", np.full(3, 1.0), "w"), \
             ndsharray.NdShArray("b", np.full(3, 2.0), "w") as b:
         link = pointer(daemon, "a")
+        assert b.ndarray_mmap_name is not None
         os.symlink(b.ndarray_mmap_name, link + ".evil")
         os.replace(link + ".evil", link)
         with ndsharray.NdShArray("a", r_w="r") as r:

@@ -175,6 +175,7 @@ def test_superseded_generation_memory_returns_when_the_last_view_goes(daemon: An
     with ndsharray.NdShArray("gen", np.zeros(1 << 16), "w") as w, ndsharray.NdShArray("gen", r_w="r") as r:
         status, held = r.read()
         old = r.ndarray_mmap_name
+        assert old is not None
         w.write(np.zeros(10, np.int8))  # new generation; the old one is unlinked at once
         assert old not in our_segments()
         assert r.read()[0]

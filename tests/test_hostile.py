@@ -19,7 +19,7 @@ from ndsharray import admin, config, protocol, segment
 
 def raw_exchange(endpoint: str, frames: list[bytes], expect_reply: bool = True) -> Any:
     """Send raw frames from a DEALER socket; return the decoded reply or None."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
@@ -392,7 +392,7 @@ def test_a_segment_whose_setup_fails_is_not_left_behind(folder: str, monkeypatch
     def no_more_fds(*args: Any) -> Any:
         raise OSError(24, "Too many open files")
 
-    monkeypatch.setattr(segment.mmap, "mmap", no_more_fds)  # (the same module the daemon maps with)
+    monkeypatch.setattr("ndsharray.segment.mmap.mmap", no_more_fds)  # (the same module the daemon maps with)
     with pytest.raises(OSError, match="Too many open files"):
         files.create(TagRecord("t"), os.getpid(), "'<f8'", (4,), 3)
     assert not our_segments(config.segment_prefix(endpoint))
