@@ -118,9 +118,9 @@ LS_HEADER = ["TAG", "DTYPE", "SHAPE", "SIZE", "WRITER", "READERS", "WRITES", "RA
 
 
 def _ls_text(endpoint: str, prefix: str) -> str:
-    if not daemon_running(endpoint):
-        return f"no ndsharrayd runs at {endpoint}, so no tags - the first writer starts one"
     tags = [t for t in list_tags(endpoint) if t.tag.startswith(prefix)]
+    if not tags and not daemon_running(endpoint):
+        return f"no ndsharrayd runs at {endpoint}, so no tags - the first writer starts one"
     if not tags:
         where = f" under {prefix!r}" if prefix else ""
         return f"no tags{where} at {endpoint} - a writer creates one: NdShArray('name', array, r_w='w')"

@@ -109,7 +109,7 @@ class NdShArray:
         if array is not None and r_w.lower() != "w":
             raise ValueError("array= is only for writers (r_w='w'); a reader gets arrays from read()")
         if array is not None:
-            _check_array(array, "NdShArray(array=...)")
+            array = _check_array(array, "NdShArray(array=...)")
         self._tag = check_tag(tag)
         self._access = r_w.lower()
         self._endpoint = config.resolve_endpoint(endpoint)
@@ -437,7 +437,7 @@ class NdShArray:
         seconds waits up to that long for the next write; None waits for as long as it takes.
         A waiting reader sleeps on a futex and uses no CPU.
         """
-        if timeout or (timeout is not None and type(timeout) is not float and type(timeout) is not int):
+        if timeout is not None and (timeout or type(timeout) not in (float, int)):
             timeout = _seconds(timeout)  # (0, the default, and None need no check)
         deadline = time.monotonic() + timeout if timeout else None
         while True:
@@ -750,7 +750,7 @@ def _seconds(timeout: float | None) -> float | None:
             raise TypeError(f"timeout must be None or a number of seconds, got {timeout!r}") from None
     if timeout != timeout:
         raise ValueError("timeout is NaN; give None (wait as long as it takes) or seconds")
-    return max(0.0, float(timeout))
+    return max(0.0, timeout)
 
 
 def _check_array(array: Any, what: str = "write()") -> np.ndarray[Any, Any]:
