@@ -26,6 +26,7 @@ from .errors import (
     TagBusyError,
     TagNotFoundError,
     TagRemovedError,
+    UnsafeFileError,
     UnsupportedDtypeError,
     WriterStalledError,
 )
@@ -33,7 +34,8 @@ from .errors import (
 __all__ = [
     "CorruptSegmentError", "DaemonError", "DaemonUnavailableError", "HandleClosedError",
     "NdShArray", "NdShArrayError", "ProtocolError", "ResourceLimitError", "SegmentGoneError",
-    "TagBusyError", "TagInfo", "TagNotFoundError", "TagRemovedError", "UnsupportedDtypeError",
+    "TagBusyError", "TagInfo", "TagNotFoundError", "TagRemovedError", "UnsafeFileError",
+    "UnsupportedDtypeError",
     "WriterStalledError", "__version__",
     "daemon_stats", "list_tags", "remove_tag", "supported_types", "tag_info",
 ]

@@ -14,8 +14,10 @@
     ├── CorruptSegmentError         a segment header fails validation; nothing was mapped as data
     ├── WriterStalledError          readers pinned every slot for longer than the write timeout
     ├── HandleClosedError           you closed this handle and then used it (also a ValueError)
-    └── UnsupportedDtypeError       the dtype cannot live in shared memory (also a TypeError,
-                                    and a NotImplementedError as ndsharray 1.x raised)
+    ├── UnsupportedDtypeError       the dtype cannot live in shared memory (also a TypeError,
+    │                               and a NotImplementedError as ndsharray 1.x raised)
+    └── UnsafeFileError             a file beside the socket or in /dev/shm is a link, not a
+                                    regular file, or not ours (also a PermissionError)
 
 Plain argument mistakes stay ``ValueError`` / ``TypeError``.
 """
@@ -88,3 +90,8 @@ class UnsupportedDtypeError(NdShArrayError, TypeError, NotImplementedError):
 
     A ``TypeError``; also a ``NotImplementedError``, which ndsharray 1.x raised for it.
     """
+
+
+class UnsafeFileError(NdShArrayError, PermissionError):
+    """A file ndsharray was about to use (lock, log, segment) is a link, not a regular
+    file, or belongs to someone it does not trust: another user may have planted it."""

@@ -71,6 +71,23 @@ def daemon_running(endpoint: str) -> bool:
     return False
 
 
+# Run by `python -I -c`: -I ignores PYTHONPATH, PYTHONSTARTUP, the user's site-packages and
+# does not put the current folder on sys.path, so no ndsharrayd.py planted in a shared
+# working folder (/tmp, /dev/shm) or named by the environment runs in its place. The folder
+# holding *this* ndsharray (ndsharrayd is installed beside it, editable or not) goes first
+# on sys.path instead. argv[1] stays "ndsharrayd": tools that look for the daemon by its
+# command line (admin.stop_daemon's check, ps) still see the name.
+_DAEMON_MAIN = ("import sys; home = sys.argv.pop(2); sys.argv[0] = sys.argv.pop(1); "
+                "sys.path.insert(0, home); from ndsharrayd.__main__ import main; main()")
+
+
+def daemon_command(*args: str) -> list[str]:
+    """The argv that starts this installation's ndsharrayd with ``args``, immune to the
+    caller's working folder and Python path settings."""
+    home = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [sys.executable, "-I", "-c", _DAEMON_MAIN, "ndsharrayd", home, *args]
+
+
 def start_daemon(endpoint: str, timeout: float = 20.0) -> None:
     """Start a detached daemon for ``endpoint`` unless one runs; safe to race.
 
@@ -85,10 +102,10 @@ def start_daemon(endpoint: str, timeout: float = 20.0) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         if daemon_running(endpoint):
             return
-        cmd = [sys.executable, "-m", "ndsharrayd", "--endpoint", endpoint, "--detach"]
+        cmd = daemon_command("--endpoint", endpoint, "--detach")
         for _attempt in range(3):
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, timeout=timeout, check=False)
+                                  stderr=subprocess.PIPE, timeout=timeout, check=False, cwd="/")
             if proc.returncode != config.EXIT_DAEMON_KILLED_STARTING or daemon_running(endpoint):
                 break
         if proc.returncode != 0 and not daemon_running(endpoint):

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from ndsharray import config
+from ndsharray import config, safefs
 from ndsharray._version import __version__
 
 from .server import AlreadyRunning, Daemon
@@ -53,12 +53,28 @@ def main(endpoint: str | None, log_level: str, orphan_ttl: float, max_bytes: int
     if detach:
         _detach(daemon, log_level)
         return
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s ndsharrayd[%(process)d] %(levelname)s %(message)s")
+    _log_to_stderr(log_level)
     try:
         daemon.serve()
     except AlreadyRunning as exc:
         raise click.ClickException(f"{exc} ({endpoint}); stop it first or use another --endpoint") from None
+
+
+# Control characters (a newline above all) escaped in every message: names of files in
+# /dev/shm are anybody's text, and one holding "\n<shell code>" must never start a line of
+# a log someone may paste or source.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+class _OneLineFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(_ESCAPES)
+
+
+def _log_to_stderr(log_level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter("%(asctime)s ndsharrayd[%(process)d] %(levelname)s %(message)s"))
+    logging.basicConfig(level=log_level.upper(), handlers=[handler])
 
 
 def _detach(daemon: Daemon, log_level: str) -> None:
@@ -85,14 +101,19 @@ def _detach(daemon: Daemon, log_level: str) -> None:
     os.close(r)
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
-    logf = os.open(config.log_path(daemon.endpoint), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        # Beside the socket, where others (a --group's members) may write: never follow a
+        # link there, nor append to a file that is not our own (a hard link to ~/.bashrc).
+        logf = safefs.open_checked(config.log_path(daemon.endpoint), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    except OSError as exc:
+        os.write(w, f"cannot open the daemon's log: {exc}".encode())
+        os._exit(1)
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.dup2(logf, 2)
     os.close(null)
     os.close(logf)
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s ndsharrayd[%(process)d] %(levelname)s %(message)s")
+    _log_to_stderr(log_level)
 
     def ready(word: str) -> None:
         os.write(w, word.encode())

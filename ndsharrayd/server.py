@@ -166,7 +166,7 @@ class SegmentFiles:
                 finally:
                     os.close(fd)
             except (OSError, ValueError) as exc:
-                log.warning("could not flag segment %s retired: %s", name, exc)
+                log.warning("could not flag segment %r retired: %s", name, exc)
         self.unlink(name)
 
     def unlink(self, name: str) -> None:
@@ -181,7 +181,7 @@ class SegmentFiles:
         except FileNotFoundError:
             pass
         except OSError as exc:  # never stop serving (or stopping) over one file
-            log.warning("could not remove segment %s: %s", name, exc)
+            log.warning("could not remove segment %r: %s", name, exc)
 
     def live_figures(self, name: str) -> tuple[int, int | None]:
         """(write count, monotonic ns of the latest write or None) read from the header."""
@@ -223,11 +223,12 @@ class SegmentFiles:
                 h, size = _read_header(name)
             except ForeignFile as exc:
                 # Segment names can be guessed: another user may plant one. Never adopt it
-                # (its writer pid and data are theirs) and never fail on it.
-                log.warning("leaving alone a file that is not this daemon's: %s", exc)
+                # (its writer pid and data are theirs) and never fail on it. Its name is
+                # anybody's text (a newline, shell code): logged escaped, never raw.
+                log.warning("leaving alone a file that is not this daemon's: %r", str(exc))
                 continue
             except (OSError, ValueError, CorruptSegmentError) as exc:
-                log.warning("removing unreadable segment %s: %s", name, exc)
+                log.warning("removing unreadable segment %r: %r", name, str(exc))
                 self.unlink(name)
                 removed += 1
                 continue

@@ -1,0 +1,78 @@
+"""Opening files where other users may have put something first.
+
+The endpoint's folder, /dev/shm and /tmp may be writable by others (a group under
+``--group``, everyone for /dev/shm). A name there may be a symlink to one of our files, a
+hard link to one, a FIFO that blocks ``open()``, or a file another uid made. Every open of
+such a name goes through :func:`open_checked`: ``O_NOFOLLOW`` (no symlink), ``O_NONBLOCK``
+(no FIFO wait), ``O_CLOEXEC``, then ``fstat`` on what was really opened: a regular file,
+owned by someone we trust, with one link (a hard link to ``~/.bashrc`` has two). Checking
+the opened fd, not the path, leaves no window between check and use.
+
+These opens are never on the hot path: only when a handle opens a segment, and when the
+daemon or a client looks at the endpoint's lock, log and start-lock files.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import stat
+from collections.abc import Collection
+
+from .errors import UnsafeFileError
+
+# O_NONBLOCK has no effect on a regular file; it only keeps open() from waiting on a FIFO.
+_SAFE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def user_name(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def open_checked(path: str, flags: int, *, owners: Collection[int] | None = None,
+                 mode: int = 0o600, single_link: bool = True) -> int:
+    """Open ``path`` without following a link or blocking; return the fd of a regular file
+    owned by one of ``owners`` (default: this process's euid).
+
+    ``single_link``: refuse a file with other hard links (needed for what we write:
+    a planted hard link to one of our files passes the owner check).
+    Raises :class:`UnsafeFileError` naming the file, what is wrong and what to do;
+    ``FileNotFoundError`` when it is missing and ``flags`` has no ``O_CREAT``.
+    """
+    try:
+        fd = os.open(path, flags | _SAFE, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFileError(
+                f"{path} is a symbolic link, which ndsharray never follows there: someone "
+                "with write access to its folder may have planted it; remove it") from None
+        raise
+    try:
+        check_fd(fd, path, owners=owners, single_link=single_link)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_fd(fd: int, path: str, *, owners: Collection[int] | None = None,
+             single_link: bool = True) -> os.stat_result:
+    """The checks of :func:`open_checked` on an already open fd; returns its ``fstat``."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeFileError(f"{path} is not a regular file (mode {st.st_mode:o}); remove it")
+    allowed = (os.geteuid(),) if owners is None else owners
+    if st.st_uid not in allowed:
+        raise UnsafeFileError(
+            f"{path} belongs to {user_name(st.st_uid)}, not to "
+            f"{' or '.join(user_name(u) for u in allowed)}: another user made it; remove it "
+            "(or ask its owner or root to) and use an endpoint in a folder only you can write")
+    if single_link and st.st_nlink > 1:  # (0: unlinked since we opened it)
+        raise UnsafeFileError(
+            f"{path} has {st.st_nlink} hard links: it may be another of your files linked "
+            "there by someone else; remove it")
+    return st

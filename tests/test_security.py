@@ -1,0 +1,147 @@
+"""Another local user must never run code as you, touch your files or stall you (issue 11).
+
+Each test plants what an attacker could plant (a module in a shared working folder, a link
+beside the socket, a file of another uid) and checks that ndsharray neither runs it,
+follows it nor trusts it. Tests that need a second uid run as root and skip otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ndsharray
+from ndsharray import admin, config, transport
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid (CI runs as root)")
+NOBODY = 65534
+
+
+def plant_daemon_module(where: str, kind: str, marker: str) -> None:
+    """A fake ``ndsharrayd`` that leaves ``marker`` behind if anything runs it."""
+    code = f"open({marker!r}, 'w').close()\nraise SystemExit(1)\n"
+    if kind == "package":
+        os.mkdir(os.path.join(where, "ndsharrayd"))
+        for name in ("__init__.py", "__main__.py"):
+            with open(os.path.join(where, "ndsharrayd", name), "w") as f:
+                f.write(code)
+    else:
+        with open(os.path.join(where, "ndsharrayd.py"), "w") as f:
+            f.write(code)
+
+
+@pytest.mark.parametrize("kind", ["module", "package", "pythonpath"])
+def test_autostart_never_runs_a_planted_ndsharrayd(folder: str, monkeypatch: Any, kind: str) -> None:
+    # Issue 11 item 1: `python -m ndsharrayd` looked in the client's working folder first.
+    plant = os.path.join(folder, "plant")
+    os.mkdir(plant)
+    marker = os.path.join(folder, "PWNED")
+    plant_daemon_module(plant, "module" if kind == "pythonpath" else kind, marker)
+    if kind == "pythonpath":
+        monkeypatch.setenv("PYTHONPATH", plant)
+    monkeypatch.chdir(plant)
+    endpoint = f"ipc://{folder}/auto.sock"
+    monkeypatch.setenv(config.ENV_ENDPOINT, endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
+    try:
+        with ndsharray.NdShArray("t", np.zeros(2), "w"):
+            pid = admin.daemon_pid(endpoint)
+            assert pid is not None
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert b"ndsharrayd" in f.read().split(b"\0")
+    finally:
+        admin.stop_daemon(endpoint)
+    assert not os.path.exists(marker)
+
+
+def test_daemon_start_from_a_folder_holding_a_planted_ndsharrayd(folder: str) -> None:
+    plant = os.path.join(folder, "plant")
+    os.mkdir(plant)
+    marker = os.path.join(folder, "PWNED")
+    plant_daemon_module(plant, "package", marker)
+    endpoint = f"ipc://{folder}/ctl.sock"
+    env = {**os.environ, "PYTHONPATH": plant}
+    try:
+        cli = subprocess.run([sys.executable, "-m", "ndsharray", "--endpoint", endpoint, "daemon", "start"],
+                             cwd=plant, env=env, capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0, cli.stderr
+        assert admin.daemon_pid(endpoint) is not None
+    finally:
+        admin.stop_daemon(endpoint)
+    assert not os.path.exists(marker)
+
+
+def victim_file(folder: str) -> tuple[str, os.stat_result]:
+    victim = os.path.join(folder, "bashrc")
+    with open(victim, "w") as f:
+        f.write("echo hello\n")
+    os.chmod(victim, 0o644)
+    return victim, os.stat(victim)
+
+
+def unchanged(path: str, before: os.stat_result) -> bool:
+    st = os.stat(path)
+    with open(path) as f:
+        content = f.read()
+    return content == "echo hello\n" and (st.st_mode, st.st_uid, st.st_gid) == (
+        before.st_mode, before.st_uid, before.st_gid)
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink"])
+def test_the_detached_daemon_never_logs_into_a_planted_link(folder: str, plant: str) -> None:
+    # Issue 11 item 2: <socket>.log -> ~/.bashrc got the daemon's log lines appended.
+    victim, before = victim_file(folder)
+    endpoint = f"ipc://{folder}/d.sock"
+    (os.symlink if plant == "symlink" else os.link)(victim, config.log_path(endpoint))
+    try:
+        with pytest.raises(ndsharray.DaemonUnavailableError, match=r"d\.sock\.log .*(symbolic link|hard links)"):
+            transport.start_daemon(endpoint)
+    finally:
+        admin.stop_daemon(endpoint)
+    assert unchanged(victim, before)
+
+
+@needs_root
+def test_the_detached_daemon_never_logs_into_another_users_file(folder: str) -> None:
+    endpoint = f"ipc://{folder}/d.sock"
+    with open(config.log_path(endpoint), "w"):
+        pass
+    os.chown(config.log_path(endpoint), NOBODY, NOBODY)
+    try:
+        with pytest.raises(ndsharray.DaemonUnavailableError, match=r"d\.sock\.log belongs to uid 65534"):
+            transport.start_daemon(endpoint)
+    finally:
+        admin.stop_daemon(endpoint)
+    assert os.path.getsize(config.log_path(endpoint)) == 0
+
+
+INJECTED = "\n';cd;touch PWNED_by_member;#"
+
+
+@needs_root
+def test_planted_segment_names_are_logged_escaped(folder: str) -> None:
+    # Issue 11 item 2: a name holding a newline and shell code became a line of its own.
+    endpoint = f"ipc://{folder}/d.sock"
+    prefix = config.segment_prefix(endpoint)
+    planted = [f"/dev/shm/{prefix}foreign{INJECTED}", f"/dev/shm/{prefix}junk{INJECTED}"]
+    for path in planted:
+        with open(path, "w") as f:
+            f.write("junk")
+    os.chown(planted[0], NOBODY, NOBODY)  # left alone and logged; the other is ours: removed
+    try:
+        transport.start_daemon(endpoint)
+        admin.stop_daemon(endpoint)
+        with open(config.log_path(endpoint)) as f:
+            log = f.read()
+        assert "foreign\\n';cd;touch" in log and "junk\\n';cd;touch" in log
+        assert not [line for line in log.splitlines() if line.startswith("';")], log
+    finally:
+        admin.stop_daemon(endpoint)
+        for path in planted:
+            if os.path.exists(path):
+                os.unlink(path)
