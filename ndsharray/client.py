@@ -171,6 +171,8 @@ class NdShArray:
             self._fast = self._rfast = None
             return
         seg = self._wseg or self._rseg
+        if self._access == "w" and seg is None:
+            self._offered = info  # what the new daemon offers (an orphan it recovered, or none)
         if seg is not None and (info is None or info["name"] != seg.name):
             # The new daemon does not know our segment. A writer makes a new generation on
             # its next write (readers attaching now find the tag again); a reader asks the
@@ -350,9 +352,10 @@ class NdShArray:
         text = dtype_to_text(dtype)
         daemon = _keeper.keeper.check(self._endpoint)
         offer, self._offered = self._offered, None
+        seg: SegmentWriter | None = None
         if offer and offer["dtype"] == text and tuple(offer["shape"]) == shape:
-            seg = SegmentWriter(offer["name"])  # take over a previous writer's segment: readers keep going
-        else:
+            seg = self._take_over(offer["name"])  # a previous writer's segment: readers keep going
+        if seg is None:
             args: dict[str, Any] = dict(tag=self._tag, pid=self._pid, token=self._token, dtype=text,
                                         shape=list(shape), slots=slots)
             try:
@@ -378,6 +381,20 @@ class NdShArray:
         if old is not None:
             old.retire()  # the daemon does too, unless it lost track of it in a restart
             old.close()
+        return seg
+
+    def _take_over(self, name: str) -> SegmentWriter | None:
+        """Open the segment a previous writer of the tag left (offered by our claim), or None
+        when it went since the claim: removed (``ndsharray rm``: the generation request then
+        says the tag was removed) or dropped by a daemon that restarted meanwhile (the
+        request gets a fresh segment). Either way the daemon, not the file system, decides."""
+        try:
+            seg = SegmentWriter(name)
+        except SegmentGoneError:
+            return None
+        if seg.retired():  # replaced or removed between the claim and now
+            seg.close()
+            return None
         return seg
 
     def _acquire_slow(self, seg: SegmentWriter) -> tuple[SegmentWriter, int]:
