@@ -368,7 +368,7 @@ class NdShArray:
                 res = self._conn.request("generation", **args)
             name = res["segment"]["name"]
             try:
-                seg = SegmentWriter(name)
+                seg = SegmentWriter(name, self._token)
             except SegmentGoneError:
                 raise NdShArrayError(
                     f"the daemon at {self._endpoint} just created segment {name}, but it is not in "
@@ -389,7 +389,7 @@ class NdShArray:
         says the tag was removed) or dropped by a daemon that restarted meanwhile (the
         request gets a fresh segment). Either way the daemon, not the file system, decides."""
         try:
-            seg = SegmentWriter(name)
+            seg = SegmentWriter(name, self._token)
         except SegmentGoneError:
             return None
         if seg.retired():  # replaced or removed between the claim and now

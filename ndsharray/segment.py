@@ -23,7 +23,10 @@ Layout (little-endian; every field naturally aligned)::
     72      8     creation time, CLOCK_MONOTONIC ns
     80      2     tag length in bytes (UTF-8)
     82      2     dtype description length (ASCII, see ndsharray.dtypes)
-    84      44    reserved (zero)
+    84      4     reserved (zero)
+    88      16    writer key: first 16 bytes of SHA-256 of the writer's token (zero once it
+                  closed); a restarted daemon grants the tag only to the holder of that token
+    104     24    reserved (zero)
     128     16*N  slot table: per slot its write count (u64) and publish time (u64, monotonic ns)
     ...     8*ndim  shape (u64 each)
     ...     tag, then dtype description
@@ -72,6 +75,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
+import hashlib
 import math
 import mmap
 import os
@@ -114,6 +118,9 @@ OFF_RETIRED = 52
 RETIRED_SUPERSEDED = 1  # a newer generation replaced this segment: readers re-resolve
 RETIRED_REMOVED = 2  # the tag was removed (ndsharray rm): its writer must stop
 OFF_NOTIFY = 56
+OFF_WRITER_KEY = 88
+KEY_BYTES = 16
+NO_KEY = bytes(KEY_BYTES)
 OFF_ROWS_USED = 60
 OFF_PUBLISH = 64
 READER_ROWS = 256  # readers per segment (one row each): 16 KiB of header
@@ -178,6 +185,15 @@ class Layout:
         return self.header_size + i * self.stride
 
 
+def writer_key(token: str) -> bytes:
+    """What a writer's segment header records of its token. A restarted daemon adopts a live
+    writer's segment with it and grants the tag only to a claim whose token hashes to it: the
+    writer's own handle, not any handle of the same process. A hash, not the token: anyone
+    who can read the header (the group, under --group) must not learn a writer's token,
+    which would let them release its tag or make generations in its name."""
+    return hashlib.sha256(token.encode()).digest()[:KEY_BYTES]
+
+
 def segment_path(name: str) -> str:
     return os.path.join(shm_dir(), name)
 
@@ -191,6 +207,7 @@ def create_segment(
     nslots: int,
     generation: int,
     writer_pid: int,
+    writer_key: bytes = NO_KEY,
     mode: int = 0o600,
 ) -> Layout:
     """Create, reserve and initialise a segment file (the daemon's job).
@@ -214,6 +231,7 @@ def create_segment(
             len(shape), generation, writer_pid, 0, 0, 0, 0, time.monotonic_ns(),
             len(tag_b), len(descr_b),
         )
+        header[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES] = writer_key
         struct.pack_into(f"<{len(shape)}Q", header, layout.shape_offset, *shape)
         header[layout.tag_offset : layout.tag_offset + len(tag_b)] = tag_b
         header[layout.descr_offset : layout.descr_offset + len(descr_b)] = descr_b
@@ -238,6 +256,7 @@ class Header:
     dtype_text: str
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
+    writer_key: bytes = NO_KEY  # (changes with the writer: as read, for a restarting daemon)
 
 
 def parse_header(buf: Any, size: int, name: str = "?") -> Header:
@@ -293,7 +312,7 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
     if any(n >= 1 << 62 for n in shape):  # (a zero-size shape may hide one)
         raise bad("shape", f"{shape} has a dimension no array can have")
     return Header(layout, generation, writer_pid, created, tag, dtype_text, dtype,
-                  tuple(int(n) for n in shape))
+                  tuple(int(n) for n in shape), bytes(buf[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES]))
 
 
 def mapping_address(mm: mmap.mmap) -> int:
@@ -583,7 +602,7 @@ class SegmentReader(_Mapped):
 class SegmentWriter(_Mapped):
     """A writable mapping of a segment; the single writer's side of the protocol."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, token: str | None = None) -> None:
         super().__init__(name, writable=True)
         h = self.header
         self.dtype, self.shape = h.dtype, h.shape  # read on every write
@@ -592,7 +611,11 @@ class SegmentWriter(_Mapped):
             for i in range(self.nslots)
         ]
         self.rows_addr = self.base_addr + h.layout.rows_offset
-        # A restarted daemon reads the live writer's pid here to decide what to keep.
+        # A restarted daemon reads the live writer's pid and key here to decide what to keep
+        # and whom to grant the tag (the key first: a pid without it would be a writer
+        # nobody could re-register as).
+        self._key = NO_KEY if token is None else writer_key(token)
+        self.mm[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES] = self._key
         _U32.pack_into(self.mm, OFF_WRITER_PID, _Process.pid)
         pub = self.publish_word()
         count = pub >> 8  # a writer taking over a tag continues its count: readers see new frames
@@ -641,8 +664,10 @@ class SegmentWriter(_Mapped):
         if self.closed:
             return
         # A restarted daemon must not adopt this segment for a writer that has gone.
-        if _U32.unpack_from(self.mm, OFF_WRITER_PID)[0] == _Process.pid:
+        if (_U32.unpack_from(self.mm, OFF_WRITER_PID)[0] == _Process.pid
+                and self.mm[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES] == self._key):
             _U32.pack_into(self.mm, OFF_WRITER_PID, 0)
+            self.mm[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES] = NO_KEY
         self.slots = []
         self.fast.close()
         self._close_fd()

@@ -18,12 +18,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ndsharray.protocol import ErrorCode, RequestError
+from ndsharray.segment import writer_key
 
 
 @dataclass
 class Writer:
     pid: int
-    token: str | None  # None: adopted after a restart, until that process re-registers
+    token: str | None  # None: adopted after a restart, until that handle re-registers
+    key: bytes | None = None  # adopted: the key its segment header records (writer_key)
+
+    def holds(self, token: str) -> bool:
+        """True if ``token`` is this writer's. An adopted writer is known by its key only:
+        a claim from another handle of the same process is another writer (one per tag)."""
+        if self.token is not None:
+            return self.token == token
+        return self.key is not None and self.key == writer_key(token)
 
 
 @dataclass
@@ -63,8 +72,7 @@ class Registry:
         if rec is None:
             rec = self.tags[tag] = TagRecord(tag)
         w = rec.writer
-        adopted_by_caller = w is not None and w.token is None and w.pid == pid
-        if w is not None and w.token != token and not adopted_by_caller and alive(w.pid):
+        if w is not None and not w.holds(token) and alive(w.pid):
             raise RequestError(
                     ErrorCode.TAG_BUSY,
                     f"tag {tag!r} already has a writer (pid {w.pid}); close it, or write "
@@ -78,13 +86,14 @@ class Registry:
 
     def check_writer(self, tag: str, token: str) -> TagRecord:
         rec = self.tags.get(tag)
-        if rec is None or rec.writer is None or rec.writer.token != token:
+        if rec is None or rec.writer is None or not rec.writer.holds(token):
             holder = f"pid {rec.writer.pid}" if rec and rec.writer else "nobody"
             raise RequestError(
                 ErrorCode.NOT_WRITER,
                 f"this handle is not the writer of tag {tag!r} (the writer is {holder}); "
                 "the tag was removed or taken over - open a new writer",
             )
+        rec.writer.token = token  # (an adopted writer asking before it re-registered)
         return rec
 
     def commit_generation(
@@ -101,19 +110,20 @@ class Registry:
 
     def release(self, tag: str, token: str, now: float) -> None:
         rec = self.tags.get(tag)
-        if rec is not None and rec.writer is not None and rec.writer.token == token:
+        if rec is not None and rec.writer is not None and rec.writer.holds(token):
             rec.writer = None
             rec.writer_left = "closed"
             self._maybe_idle(rec, now)
 
     def adopt(
         self, tag: str, *, segment: str, generation: int, dtype: str, shape: tuple[int, ...],
-        nbytes: int, slots: int, size: int, writer_pid: int,
+        nbytes: int, slots: int, size: int, writer_pid: int, writer_key: bytes,
     ) -> TagRecord:
-        """Rebuild a record from a segment found after a restart; its writer is still alive."""
+        """Rebuild a record from a segment found after a restart; its writer is still alive
+        and gets the tag back by a token that hashes to ``writer_key``."""
         rec = self.tags[tag] = TagRecord(
             tag, generation=generation, segment=segment, dtype=dtype, shape=shape,
-            nbytes=nbytes, slots=slots, size=size, writer=Writer(writer_pid, None),
+            nbytes=nbytes, slots=slots, size=size, writer=Writer(writer_pid, None, writer_key),
             last_writer_pid=writer_pid,
         )
         return rec

@@ -42,6 +42,7 @@ from ndsharray.protocol import (
     encode_result,
 )
 from ndsharray.segment import (
+    NO_KEY,
     RETIRED_REMOVED,
     RETIRED_SUPERSEDED,
     Header,
@@ -53,6 +54,7 @@ from ndsharray.segment import (
     retire,
     segment_path,
     shm_dir,
+    writer_key,
 )
 from ndsharray.segment import VERSION as SEGMENT_LAYOUT
 
@@ -126,11 +128,12 @@ class SegmentFiles:
         self.headers: dict[str, tuple[mmap.mmap, Layout]] = {}
         self.tags: dict[str, str] = {}  # segment name -> tag
 
-    def create(self, rec: TagRecord, pid: int, dtype: str, shape: tuple[int, ...], slots: int) -> str:
+    def create(self, rec: TagRecord, pid: int, dtype: str, shape: tuple[int, ...], slots: int,
+               key: bytes = NO_KEY) -> str:
         name = self.prefix + secrets.token_hex(8)
         layout = create_segment(
             name, tag=rec.tag, dtype_text=dtype, shape=shape, nslots=slots,
-            generation=rec.generation + 1, writer_pid=pid, mode=self.mode,
+            generation=rec.generation + 1, writer_pid=pid, writer_key=key, mode=self.mode,
         )
         try:
             fd = os.open(segment_path(name), os.O_RDWR)
@@ -248,7 +251,7 @@ class SegmentFiles:
         for gen, name, h, size in newest.values():
             registry.adopt(h.tag, segment=name, generation=gen, dtype=h.dtype_text, shape=h.shape,
                            nbytes=h.layout.nbytes, slots=h.layout.nslots, size=size,
-                           writer_pid=h.writer_pid)
+                           writer_pid=h.writer_pid, writer_key=h.writer_key)
             fd = os.open(segment_path(name), os.O_RDWR)
             try:
                 self.headers[name] = (mmap.mmap(fd, h.layout.header_size), h.layout)
@@ -532,7 +535,9 @@ class Daemon:
                     f"(--max-bytes {self.max_bytes}) leaves {max(0, self.max_bytes - used)}; "
                     "raise the quota or remove tags"), req.id)
         try:
-            name = self.files.create(rec, a["pid"], a["dtype"], shape, a["slots"])
+            # (the writer's key from the start: a daemon that restarts before the writer
+            # opened the segment must still know whom it belongs to)
+            name = self.files.create(rec, a["pid"], a["dtype"], shape, a["slots"], writer_key(a["token"]))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
                 raise RequestError(ErrorCode.NO_SPACE, (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from typing import Any
 
 import numpy as np
@@ -13,6 +12,7 @@ from conftest import Daemon, our_segments, wait_until
 
 import ndsharray
 from ndsharray import admin, config, segment
+from ndsharray import keeper as _keeper
 
 
 @pytest.fixture
@@ -72,3 +72,49 @@ def test_a_takeover_writers_first_write_after_a_daemon_crash_succeeds(
         with ndsharray.NdShArray("offer", r_w="r") as r:
             status, a = r.read(timeout=10)
             assert status and a.tolist() == [1.0] * 4
+
+
+# ---- one writer per tag across a daemon restart (review defect 5) --------------------------
+
+
+def test_after_a_daemon_restart_only_the_adopted_writer_gets_its_tag_back(
+        crashable: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = ndsharray.NdShArray("adopt", np.zeros(16), "w")
+    try:
+        seg = first.ndarray_mmap_name
+        # Hold this process's keeper back, so the restarted daemon has adopted the segment
+        # and the first writer has not re-registered yet (the window is a keeper round).
+        with monkeypatch.context() as m:
+            m.setattr(_keeper.keeper, "_round", lambda: None)
+            m.setenv(config.ENV_AUTOSTART, "0")
+            kill_daemon(crashable)
+            crashable.proc = Daemon(crashable.folder).start().proc
+            assert tag_row("adopt").writer_pid == os.getpid()  # adopted, with no token yet
+            with pytest.raises(ndsharray.TagBusyError):
+                ndsharray.NdShArray("adopt", r_w="w")  # another handle of the same process
+        first.write(np.ones(16))  # still the writer, in the same segment
+        assert first.ndarray_mmap_name == seg
+        with ndsharray.NdShArray("adopt", r_w="r") as r:
+            status, a = r.read(timeout=10)
+            assert status and a[0] == 1.0
+        with pytest.raises(ndsharray.TagBusyError):
+            ndsharray.NdShArray("adopt", r_w="w")
+    finally:
+        first.close()
+    assert tag_row("adopt").writer_pid is None  # its release matched the adopted writer
+
+
+def test_the_registry_knows_an_adopted_writer_by_its_key_not_its_pid() -> None:
+    from ndsharray.segment import writer_key
+    from ndsharrayd.registry import Registry
+
+    reg = Registry()
+    reg.adopt("t", segment="s", generation=1, dtype="'<f8'", shape=(2,), nbytes=16, slots=3,
+              size=1, writer_pid=100, writer_key=writer_key("a" * 16))
+    with pytest.raises(Exception, match="already has a writer"):
+        reg.claim("t", 100, "b" * 16, alive=lambda pid: True)  # same pid, another handle
+    with pytest.raises(Exception, match="not the writer"):
+        reg.check_writer("t", "b" * 16)
+    reg.release("t", "b" * 16, now=0.0)  # not the writer's: changes nothing
+    assert reg.tags["t"].writer is not None
+    assert reg.claim("t", 100, "a" * 16, alive=lambda pid: True).writer.token == "a" * 16  # type: ignore[union-attr]
