@@ -97,8 +97,8 @@ def check_stale_segments(endpoint: str) -> Check:
         if not alive(h.writer_pid):  # (0: its writer closed it)
             stale += 1
     return Check("WARN", "segments", f"{len(mine)} segment(s) of {endpoint} but no daemon "
-                 f"({stale} with a dead writer): start one (ndsharray daemon start) - it adopts "
-                 "live ones and removes the rest")
+                 f"({stale} whose writer is gone): start one (ndsharray daemon start) - it adopts "
+                 "live ones and keeps the others' last frames for --orphan-ttl")
 
 
 def check_socket_folder(endpoint: str) -> Check:

@@ -256,7 +256,9 @@ class Header:
     dtype_text: str
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
-    writer_key: bytes = NO_KEY  # (changes with the writer: as read, for a restarting daemon)
+    # As read (they change; for a restarting daemon): the writer's key and the retired word.
+    writer_key: bytes = NO_KEY
+    retired: int = 0
 
 
 def parse_header(buf: Any, size: int, name: str = "?") -> Header:
@@ -274,7 +276,7 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
     if size < 128:
         raise bad("size", f"is {size} bytes, smaller than the 128-byte header")
     (magic, version, header_size, nbytes, stride, nslots, ndim, generation, writer_pid,
-     _ret, _notify, _res, _pub, created, tag_len, descr_len) = _FIXED.unpack_from(buf, 0)
+     retired, _notify, _res, _pub, created, tag_len, descr_len) = _FIXED.unpack_from(buf, 0)
     if magic != MAGIC:
         raise bad("magic", f"is {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
@@ -312,7 +314,8 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
     if any(n >= 1 << 62 for n in shape):  # (a zero-size shape may hide one)
         raise bad("shape", f"{shape} has a dimension no array can have")
     return Header(layout, generation, writer_pid, created, tag, dtype_text, dtype,
-                  tuple(int(n) for n in shape), bytes(buf[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES]))
+                  tuple(int(n) for n in shape), bytes(buf[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES]),
+                  retired)
 
 
 def mapping_address(mm: mmap.mmap) -> int:

@@ -211,11 +211,14 @@ class SegmentFiles:
             })
         return out
 
-    def recover(self, registry: Registry) -> tuple[int, int]:
+    def recover(self, registry: Registry) -> tuple[int, int, int]:
         """Rebuild the registry from segments a previous daemon of this endpoint left.
 
-        Segments whose writer still lives are adopted (the newest generation of each tag);
-        the rest (dead writer, superseded, unreadable) are unlinked. Returns (kept, removed).
+        The newest generation of each tag that is not retired is kept: adopted for its
+        writer if that still lives, else kept as an orphan for --orphan-ttl from now (its
+        writer closed or died before the restart: a late reader still gets its last frame,
+        as without the restart). The rest (retired, older generations, unreadable) are
+        unlinked. Returns (adopted, orphans, removed).
         """
         newest: dict[str, tuple[int, str, Header, int]] = {}
         removed = 0
@@ -235,7 +238,7 @@ class SegmentFiles:
                 self.unlink(name)
                 removed += 1
                 continue
-            if not _alive(h.writer_pid):
+            if h.retired:  # superseded, or its tag removed: nobody may use it any more
                 self.retire_and_unlink(name)
                 removed += 1
                 continue
@@ -248,10 +251,18 @@ class SegmentFiles:
                     newest[h.tag] = (h.generation, name, h, size)
             else:
                 newest[h.tag] = (h.generation, name, h, size)
+        adopted = 0
+        now = time.monotonic()
         for gen, name, h, size in newest.values():
-            registry.adopt(h.tag, segment=name, generation=gen, dtype=h.dtype_text, shape=h.shape,
-                           nbytes=h.layout.nbytes, slots=h.layout.nslots, size=size,
-                           writer_pid=h.writer_pid, writer_key=h.writer_key)
+            if h.writer_pid and _alive(h.writer_pid):
+                adopted += 1
+                registry.adopt(h.tag, segment=name, generation=gen, dtype=h.dtype_text, shape=h.shape,
+                               nbytes=h.layout.nbytes, slots=h.layout.nslots, size=size,
+                               writer_pid=h.writer_pid, writer_key=h.writer_key)
+            else:
+                registry.keep_orphan(h.tag, segment=name, generation=gen, dtype=h.dtype_text,
+                                     shape=h.shape, nbytes=h.layout.nbytes, slots=h.layout.nslots,
+                                     size=size, last_writer_pid=h.writer_pid, now=now)
             fd = os.open(segment_path(name), os.O_RDWR)
             try:
                 self.headers[name] = (mmap.mmap(fd, h.layout.header_size), h.layout)
@@ -259,7 +270,7 @@ class SegmentFiles:
                 os.close(fd)
             self.tags[name] = h.tag
             self.point(h.tag, name)
-        return len(newest), removed
+        return adopted, len(newest) - adopted, removed
 
 
 def _raise_fd_limit() -> None:
@@ -356,10 +367,11 @@ class Daemon:
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         try:
             self.files.pointers.reset()
-            kept, removed = self.files.recover(self.registry)
-            if kept or removed:
+            adopted, orphans, removed = self.files.recover(self.registry)
+            if adopted or orphans or removed:
                 log.warning("found segments of a daemon that did not stop cleanly: adopted %d "
-                            "(live writers), removed %d", kept, removed)
+                            "(live writers), kept %d of gone writers for --orphan-ttl, removed %d",
+                            adopted, orphans, removed)
             sock.bind(self.endpoint)
             if ipc is not None:
                 os.chmod(ipc, 0o600 if self.group is None else 0o660)

@@ -291,7 +291,7 @@ def test_doctor_counts_a_closed_writers_segment_as_stale(folder: str, monkeypatc
     d.proc.wait()
     try:
         out = cli("doctor").output
-        assert "1 segment(s)" in out and "(1 with a dead writer)" in out, out
+        assert "1 segment(s)" in out and "(1 whose writer is gone)" in out, out
     finally:
-        again = Daemon(folder).start()  # it removes the dead writer's segment
+        again = Daemon(folder).start()  # it keeps the segment as an orphan; its stop removes it
         assert again.stop() == 0

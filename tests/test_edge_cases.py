@@ -49,7 +49,9 @@ def test_a_closed_writer_is_not_adopted_after_a_daemon_crash(folder: str, monkey
         d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
         d.proc.wait()  # type: ignore[union-attr]
         ndsharray.daemon_stats()  # this client starts a successor, which recovers
-        assert seg not in our_segments(d.prefix)  # not adopted: its writer had closed
+        row = admin.tag_info("t")  # kept for --orphan-ttl, but not adopted: its writer had closed
+        assert row.segment == seg and row.writer_pid is None and row.writer_left == "closed"
+        assert seg in our_segments(d.prefix)
         with ndsharray.NdShArray("t", np.ones(2), "w") as again:  # the tag is free
             assert again.is_valid
     finally:

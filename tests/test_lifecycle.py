@@ -118,3 +118,42 @@ def test_the_registry_knows_an_adopted_writer_by_its_key_not_its_pid() -> None:
     reg.release("t", "b" * 16, now=0.0)  # not the writer's: changes nothing
     assert reg.tags["t"].writer is not None
     assert reg.claim("t", 100, "a" * 16, alive=lambda pid: True).writer.token == "a" * 16  # type: ignore[union-attr]
+
+
+# ---- a gone writer's last frame survives a daemon crash (soak finding) ---------------------
+
+
+def test_a_closed_writers_last_frame_stays_readable_across_a_daemon_crash(
+        crashable: Daemon, monkeypatch: pytest.MonkeyPatch, puppets: Any) -> None:
+    with ndsharray.NdShArray("kept", np.arange(4.0), "w") as w:
+        seg = w.ndarray_mmap_name
+    dead = puppets()
+    dead_seg = dead.start_writer("died", "u1", [3], 5)
+    dead.kill()
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    kill_daemon(crashable)
+    crashable.proc = Daemon(crashable.folder).start().proc
+    closed, died = tag_row("kept"), tag_row("died")
+    assert (closed.segment, closed.writer_pid, closed.writer_left) == (seg, None, "closed")
+    assert (died.segment, died.writer_pid, died.writer_left) == (dead_seg, None, "died")
+    with ndsharray.NdShArray("kept", r_w="r") as r:  # a late reader gets the last frame
+        status, a = r.read()
+        assert status and a.tolist() == [0.0, 1.0, 2.0, 3.0]
+    with ndsharray.NdShArray("kept", np.full(4, 7.0), "w") as again:  # the tag is free
+        assert again.ndarray_mmap_name == seg  # and continued in the same segment
+
+
+def test_a_recovered_orphan_expires_after_the_retention_time(folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = Daemon(folder).start()
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    with ndsharray.NdShArray("brief", np.zeros(2), "w") as w:
+        seg = w.ndarray_mmap_name
+    kill_daemon(d)
+    d = Daemon(folder, "--orphan-ttl", "0.5").start()
+    try:
+        assert tag_row("brief") is not None and seg in our_segments(d.prefix)
+        wait_until(lambda: tag_row("brief") is None, what="the recovered orphan to expire")
+        assert seg not in our_segments(d.prefix)
+    finally:
+        assert d.stop() == 0
