@@ -76,3 +76,42 @@ def check_fd(fd: int, path: str, *, owners: Collection[int] | None = None,
             f"{path} has {st.st_nlink} hard links: it may be another of your files linked "
             "there by someone else; remove it")
     return st
+
+
+def chmod_socket(path: str, mode: int, gid: int = -1) -> None:
+    """Set the mode (and group) of the unix socket the caller just bound at ``path``.
+
+    A socket cannot be opened, so it is reached through an ``O_PATH|O_NOFOLLOW`` fd,
+    checked (a socket of ours, one link), and changed through ``/proc/self/fd``, which
+    names that very inode: a name swapped for a link after ``bind`` changes nothing else.
+    """
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink > 1:
+            raise UnsafeFileError(f"{path} was replaced after the daemon bound it (now mode "
+                                  f"{st.st_mode:o}, {user_name(st.st_uid)}); remove it and "
+                                  "make the endpoint's folder writable only by trusted users")
+        via = f"/proc/self/fd/{fd}"
+        if gid >= 0:
+            os.chown(via, -1, gid)
+        os.chmod(via, mode)
+    finally:
+        os.close(fd)
+
+
+def flock_holders(st: os.stat_result) -> list[int]:
+    """Pids holding a ``flock`` on the file ``st`` describes, from ``/proc/locks`` (pids
+    as this process's pid namespace sees them; empty where /proc is not mounted)."""
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                # "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF"; waiters have "->"
+                parts = line.split()
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == want:
+                    pids.append(int(parts[4]))
+    except (OSError, ValueError):
+        pass
+    return pids

@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from . import config
+from . import config, procs, safefs
 from .errors import (
     DaemonError,
     DaemonUnavailableError,
@@ -97,9 +97,9 @@ def start_daemon(endpoint: str, timeout: float = 20.0) -> None:
     if ipc is not None:
         config.ensure_private_dir(os.path.dirname(ipc) or ".")  # a fresh endpoint's folder
     start_lock = config.lock_path(endpoint) + ".start"
-    fd = os.open(start_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = safefs.open_checked(start_lock, os.O_RDWR | os.O_CREAT)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock_within(fd, start_lock, timeout)
         if daemon_running(endpoint):
             return
         cmd = daemon_command("--endpoint", endpoint, "--detach")
@@ -115,6 +115,26 @@ def start_daemon(endpoint: str, timeout: float = 20.0) -> None:
             )
     finally:
         os.close(fd)
+
+
+def _lock_within(fd: int, path: str, timeout: float) -> None:
+    """``flock(LOCK_EX)`` on the start lock, giving up after ``timeout``: a starter that
+    hangs (or anyone holding the file) must not hang every client with it."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+    holders = "; ".join(procs.describe(pid) for pid in safefs.flock_holders(os.fstat(fd))) or "an unknown process"
+    raise DaemonUnavailableError(
+        f"{path} stayed locked for {timeout:g} s, by {holders}: a client starting the daemon "
+        f"is stuck; stop that process (or remove {path}) and try again")
 
 
 class Connection:

@@ -16,6 +16,7 @@ import click
 
 from ndsharray import config, safefs
 from ndsharray._version import __version__
+from ndsharray.errors import UnsafeFileError
 
 from .server import AlreadyRunning, Daemon
 
@@ -58,6 +59,8 @@ def main(endpoint: str | None, log_level: str, orphan_ttl: float, max_bytes: int
         daemon.serve()
     except AlreadyRunning as exc:
         raise click.ClickException(f"{exc} ({endpoint}); stop it first or use another --endpoint") from None
+    except UnsafeFileError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # Control characters (a newline above all) escaped in every message: names of files in
@@ -125,6 +128,9 @@ def _detach(daemon: Daemon, log_level: str) -> None:
     except AlreadyRunning as exc:
         ready(f"{exc} ({daemon.endpoint})")
         code = 3
+    except UnsafeFileError as exc:
+        ready(str(exc))
+        code = 1
     except BaseException as exc:
         logging.getLogger("ndsharrayd").exception("daemon failed")
         try:

@@ -30,8 +30,18 @@ class Pointers:
         """Start from an empty folder: a crashed daemon's pointers may name dead segments."""
         shutil.rmtree(self.folder, ignore_errors=True)
         os.mkdir(self.folder, self._mode)
-        if self._gid >= 0:
-            os.chown(self.folder, -1, self._gid)
+        # Mode and group set through the folder's fd, never by path (a name swapped for a
+        # link in between would hand its target to the group); umask must not narrow it.
+        fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if os.fstat(fd).st_uid != os.geteuid():
+                raise PermissionError(f"{self.folder} was replaced by another user's folder; "
+                                      "make the endpoint's folder writable only by you")
+            if self._gid >= 0:
+                os.fchown(fd, -1, self._gid)
+            os.fchmod(fd, self._mode)
+        finally:
+            os.close(fd)
         self._targets.clear()
 
     def set(self, tag: str, segment: str) -> None:

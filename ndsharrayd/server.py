@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from ndsharray import config
+from ndsharray import config, safefs
 from ndsharray._version import __version__
 from ndsharray.dtypes import text_to_dtype
 from ndsharray.errors import CorruptSegmentError
@@ -77,7 +77,9 @@ class DaemonLock:
     def __init__(self, path: str) -> None:
         self.path = path
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Beside the socket, where a --group's members may write: a link planted there
+            # (to ~/important.txt) must not be truncated, chowned or chmodded.
+            fd = safefs.open_checked(path, os.O_RDWR | os.O_CREAT)
             # Clients probe liveness with a brief shared lock: only a lock held for half a
             # second means another daemon.
             deadline = time.monotonic() + 0.5
@@ -94,7 +96,7 @@ class DaemonLock:
                     raise AlreadyRunning(f"a daemon (pid {holder}) already serves this endpoint") from None
             # The previous holder may have unlinked the file between our open and our lock.
             try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+                same = os.lstat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 same = False
             if same:
@@ -374,9 +376,10 @@ class Daemon:
                             adopted, orphans, removed)
             sock.bind(self.endpoint)
             if ipc is not None:
-                os.chmod(ipc, 0o600 if self.group is None else 0o660)
-                if self.group is not None:
-                    os.chown(ipc, -1, self.group)
+                # Through an O_PATH fd of the socket we just made, never by path: a name
+                # swapped for a link in between would hand its target to the group.
+                safefs.chmod_socket(ipc, 0o600 if self.group is None else 0o660,
+                                    -1 if self.group is None else self.group)
             log.info("ndsharrayd %s serving %s (pid %d)", __version__, self.endpoint, os.getpid())
             ready("ok")
             self._loop(sock, wake_r)

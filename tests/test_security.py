@@ -7,7 +7,9 @@ follows it nor trusts it. Tests that need a second uid run as root and skip othe
 
 from __future__ import annotations
 
+import grp
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 
 import ndsharray
-from ndsharray import admin, config, transport
+from ndsharray import admin, config, safefs, transport
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid (CI runs as root)")
 NOBODY = 65534
@@ -145,3 +147,101 @@ def test_planted_segment_names_are_logged_escaped(folder: str) -> None:
         for path in planted:
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def any_group() -> grp.struct_group:
+    groups = [g for g in grp.getgrall() if g.gr_gid == NOBODY] or [g for g in grp.getgrall() if g.gr_gid]
+    assert groups, "this machine has no group but root's"
+    return groups[0]
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink"])
+@pytest.mark.parametrize("group", [False, pytest.param(True, marks=needs_root)])
+def test_the_daemon_lock_never_follows_a_planted_link(folder: str, plant: str, group: bool) -> None:
+    # Issue 11 item 3: d.sock.lock -> ~/important.txt was truncated, got the daemon's pid,
+    # and under --group the file's group and mode changed.
+    victim, before = victim_file(folder)
+    endpoint = f"ipc://{folder}/d.sock"
+    (os.symlink if plant == "symlink" else os.link)(victim, config.lock_path(endpoint))
+    args = ["--group", any_group().gr_name] if group else []
+    if group:
+        os.chown(folder, -1, any_group().gr_gid)
+        os.chmod(folder, 0o750)
+    proc = subprocess.Popen(transport.daemon_command("--endpoint", endpoint, *args),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(15)
+    assert proc.returncode != 0
+    assert re.search(r"d\.sock\.lock (is a symbolic link|has 2 hard links)", err), err
+    assert unchanged(victim, before)
+
+
+def test_a_held_start_lock_times_out_naming_file_and_holder(folder: str) -> None:
+    # Issue 11 item 7: a blocking flock on <socket>.lock.start had no timeout.
+    endpoint = f"ipc://{folder}/d.sock"
+    start_lock = config.lock_path(endpoint) + ".start"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", start_lock],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(ndsharray.DaemonUnavailableError,
+                           match=rf"d\.sock\.lock\.start stayed locked for 1 s, by pid {holder.pid} \(uid"):
+            transport.start_daemon(endpoint, timeout=1.0)
+    finally:
+        holder.communicate("")
+    assert admin.daemon_pid(endpoint) is None
+
+
+@needs_root
+def test_a_start_lock_of_another_user_is_refused(folder: str) -> None:
+    endpoint = f"ipc://{folder}/d.sock"
+    start_lock = config.lock_path(endpoint) + ".start"
+    with open(start_lock, "w"):
+        pass
+    os.chown(start_lock, NOBODY, NOBODY)
+    with pytest.raises(ndsharray.UnsafeFileError, match=r"d\.sock\.lock\.start belongs to uid 65534"):
+        transport.start_daemon(endpoint, timeout=1.0)
+
+
+def test_the_socket_mode_is_set_on_the_socket_not_on_what_its_name_now_names(folder: str) -> None:
+    # Issue 11 item 10: chmod/chown of the socket by path after bind follow a link that
+    # replaced it in between. (The swap is done here by hand, between bind and the call.)
+    import socket
+    victim, before = victim_file(folder)
+    path = os.path.join(folder, "d.sock")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(path)
+        safefs.chmod_socket(path, 0o660)
+        assert os.stat(path).st_mode & 0o777 == 0o660
+        os.rename(path, path + ".old")
+        os.symlink(victim, path)
+        with pytest.raises(OSError):
+            safefs.chmod_socket(path, 0o666, os.getgid())
+    assert unchanged(victim, before)
+
+
+@needs_root
+def test_the_tags_folder_mode_is_set_on_the_folder_the_daemon_made(folder: str, monkeypatch: Any) -> None:
+    # Issue 11 item 10: Pointers.reset made the .tags folder, then chowned it by path.
+    from ndsharrayd import pointers
+    victim = os.path.join(folder, "victim")
+    os.mkdir(victim, 0o700)
+    tags = os.path.join(folder, "d.sock.tags")
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(path: str, mode: int = 0o777) -> None:  # an attacker wins the race
+        real_mkdir(path, mode)
+        os.rmdir(path)
+        os.symlink(victim, path)
+
+    monkeypatch.setattr(pointers.os, "mkdir", mkdir_then_swap)
+    with pytest.raises(OSError):
+        pointers.Pointers(tags, 0o750, any_group().gr_gid).reset()
+    st = os.stat(victim)
+    assert (st.st_mode & 0o7777, st.st_gid) == (0o700, 0)
