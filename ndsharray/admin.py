@@ -50,14 +50,21 @@ class TagInfo:
 def list_tags(endpoint: str | None = None) -> list[TagInfo]:
     """Every tag the daemon at ``endpoint`` holds, sorted by tag; none when no daemon runs
     (looking never starts one)."""
+    return list_tags_and_notes(endpoint)[0]
+
+
+def list_tags_and_notes(endpoint: str | None = None) -> tuple[list[TagInfo], list[str]]:
+    """:func:`list_tags`, and the daemon's notes on tags it removed by itself lately (a
+    segment some process shrank: the daemon removes such a tag rather than crash)."""
     ep = config.resolve_endpoint(endpoint)
     try:
-        rows = transport.connection(ep).request("list", autostart=False)["tags"]
+        res = transport.connection(ep).request("list", autostart=False)
     except DaemonUnavailableError:
         if transport.daemon_running(ep):
             raise  # one runs but does not answer: say so
-        return []
-    return [
+        return [], []
+    rows = res["tags"]
+    tags = [
         TagInfo(
             tag=r["tag"], dtype=r["dtype"],
             shape=None if r["shape"] is None else tuple(r["shape"]),
@@ -70,6 +77,7 @@ def list_tags(endpoint: str | None = None) -> list[TagInfo]:
         )
         for r in rows
     ]
+    return tags, [str(n) for n in res.get("broken", ())]
 
 
 def daemon_stats(endpoint: str | None = None) -> dict[str, Any]:

@@ -17,7 +17,15 @@ import numpy as np
 
 from . import config, recording
 from ._version import __version__
-from .admin import TagInfo, daemon_pid, daemon_stats, list_tags, remove_tag, stop_daemon, tag_info
+from .admin import (
+    TagInfo,
+    daemon_pid,
+    daemon_stats,
+    list_tags_and_notes,
+    remove_tag,
+    stop_daemon,
+    tag_info,
+)
 from .client import NdShArray
 from .doctor import run_checks
 from .errors import NdShArrayError
@@ -118,13 +126,15 @@ LS_HEADER = ["TAG", "DTYPE", "SHAPE", "SIZE", "WRITER", "READERS", "WRITES", "RA
 
 
 def _ls_text(endpoint: str, prefix: str) -> str:
-    tags = [t for t in list_tags(endpoint) if t.tag.startswith(prefix)]
+    tags, broken = list_tags_and_notes(endpoint)
+    tags = [t for t in tags if t.tag.startswith(prefix)]
+    notes = "".join(f"\nnote: {n}" for n in broken)
     if not tags and not daemon_running(endpoint):
         return f"no ndsharrayd runs at {endpoint}, so no tags - the first writer starts one"
     if not tags:
         where = f" under {prefix!r}" if prefix else ""
-        return f"no tags{where} at {endpoint} - a writer creates one: NdShArray('name', array, r_w='w')"
-    return _table(LS_HEADER, [_row(t) for t in tags])
+        return f"no tags{where} at {endpoint} - a writer creates one: NdShArray('name', array, r_w='w')" + notes
+    return _table(LS_HEADER, [_row(t) for t in tags]) + notes
 
 
 @main.command("ls")
@@ -135,8 +145,10 @@ def _ls_text(endpoint: str, prefix: str) -> str:
 def ls(endpoint: str, prefix: str, as_json: bool, watch: bool) -> None:
     """List live tags (those starting with PREFIX)."""
     if as_json:
-        click.echo(json.dumps([t.as_json() for t in list_tags(endpoint) if t.tag.startswith(prefix)],
-                              indent=2))
+        tags, notes = list_tags_and_notes(endpoint)
+        click.echo(json.dumps([t.as_json() for t in tags if t.tag.startswith(prefix)], indent=2))
+        for n in notes:
+            click.echo(f"note: {n}", err=True)
         return
     if not watch:
         click.echo(_ls_text(endpoint, prefix))

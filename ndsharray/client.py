@@ -344,7 +344,8 @@ class NdShArray:
 
     def _removed(self) -> None:
         raise TagRemovedError("NOT_WRITER",
-            f"tag {self._tag!r} was removed (ndsharray rm) while this process wrote it; "
+            f"tag {self._tag!r} was removed (ndsharray rm, or by the daemon when another "
+            "process broke its segment: see ndsharray ls) while this process wrote it; "
             "close this writer and open a new NdShArray to publish again"
         )
 
@@ -611,7 +612,11 @@ class NdShArray:
         self._last_lookup = now
         _keeper.keeper.check(self._endpoint)
         for _ in range(5):
-            info = self._conn.request("lookup", tag=self._tag)["segment"]
+            res = self._conn.request("lookup", tag=self._tag)
+            info = res["segment"]
+            if res.get("removed") and not self._warned_missing:  # (the daemon's own rm)
+                self._warned_missing = True
+                log.warning("reader of %r: %s", self._tag, res["removed"])
             if info is None or (self._rseg is not None and self._rseg.retired() and info["name"] == self._rseg.name):
                 self._misses += 1
                 if info is None and self._rseg is None:

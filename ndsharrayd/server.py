@@ -65,6 +65,7 @@ log = logging.getLogger("ndsharrayd")
 
 Handler = Callable[[Request], dict[str, Any]]
 MAX_SEGMENT_BYTES = 1 << 44  # 16 TiB: beyond it a request is a mistake, not a frame
+BROKEN_NOTE_S = 600.0  # ls reports a tag removed as broken for this long
 
 
 class AlreadyRunning(Exception):
@@ -127,7 +128,11 @@ class SegmentFiles:
         self.mode = mode
         self.gid = gid
         self.pointers = pointers
-        self.headers: dict[str, tuple[mmap.mmap, Layout]] = {}
+        # An open fd per segment, never a mapping: a process of the user (or of the group,
+        # under --group) can shrink the file at any time, and a load from a mapping past the
+        # new end is a SIGBUS that kills the daemon. Header fields are read with pread, which
+        # at worst comes back short; see look() and retire_and_unlink().
+        self.headers: dict[str, tuple[int, Layout]] = {}
         self.tags: dict[str, str] = {}  # segment name -> tag
 
     def create(self, rec: TagRecord, pid: int, dtype: str, shape: tuple[int, ...], slots: int,
@@ -138,13 +143,14 @@ class SegmentFiles:
             generation=rec.generation + 1, writer_pid=pid, writer_key=key, mode=self.mode,
         )
         try:
-            fd = os.open(segment_path(name), os.O_RDWR)
+            fd = os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 if self.gid >= 0:
                     os.fchown(fd, -1, self.gid)
-                self.headers[name] = (mmap.mmap(fd, layout.header_size), layout)
-            finally:
+            except BaseException:
                 os.close(fd)
+                raise
+            self.headers[name] = (fd, layout)
         except BaseException:
             self.unlink(name)  # (out of fds, say): nothing else knows this segment
             raise
@@ -160,18 +166,17 @@ class SegmentFiles:
         unlink it; mapped views survive. A reader that found it through its pointer may
         not be registered yet: without the flag it would wait on it for good."""
         entry = self.headers.get(name)
-        if entry is not None:
-            retire(entry[0], why)
-        else:
-            try:  # a segment this daemon never mapped (a predecessor's)
-                fd = os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW)
+        try:
+            if entry is not None:
+                _retire_fd(entry[0], why)
+            else:  # a segment this daemon never opened (a predecessor's)
+                fd = os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
-                    with mmap.mmap(fd, mmap.PAGESIZE) as mm:
-                        retire(mm, why)
+                    _retire_fd(fd, why)
                 finally:
                     os.close(fd)
-            except (OSError, ValueError) as exc:
-                log.warning("could not flag segment %r retired: %s", name, exc)
+        except (OSError, ValueError) as exc:
+            log.warning("could not flag segment %r retired: %s", name, exc)
         self.unlink(name)
 
     def unlink(self, name: str) -> None:
@@ -180,7 +185,7 @@ class SegmentFiles:
             self.pointers.drop(tag, name)
         entry = self.headers.pop(name, None)
         if entry is not None:
-            entry[0].close()
+            os.close(entry[0])
         try:
             os.unlink(segment_path(name))
         except FileNotFoundError:
@@ -188,21 +193,29 @@ class SegmentFiles:
         except OSError as exc:  # never stop serving (or stopping) over one file
             log.warning("could not remove segment %r: %s", name, exc)
 
-    def live_figures(self, name: str) -> tuple[int, int | None]:
-        """(write count, monotonic ns of the latest write or None) read from the header."""
+    def look(self, name: str) -> tuple[bytes, Layout] | str | None:
+        """The segment's header as bytes (one pread, never a load from a mapping), a
+        sentence saying why the file is broken (shrunk below its layout by some process), or
+        None for a segment this daemon has not opened."""
         entry = self.headers.get(name)
         if entry is None:
-            return 0, None
-        return latest_write(entry[0], entry[1].nslots)
+            return None
+        fd, layout = entry
+        size = os.fstat(fd).st_size
+        if size >= layout.total_size:
+            head = os.pread(fd, layout.header_size, 0)
+            if len(head) == layout.header_size:
+                return head, layout
+            size = len(head)  # (shrunk between the fstat and the pread)
+        return (f"its file is {size} bytes, {layout.total_size} expected: another process "
+                "truncated it")
 
-    def reader_figures(self, name: str, writes: int, now: int) -> list[dict[str, Any]]:
-        """Per live reader of the segment: its last frame's write-to-read time, how many
-        writes it is behind now, and how long ago it read (from the reader rows)."""
-        entry = self.headers.get(name)
-        if entry is None:
-            return []
+    @staticmethod
+    def reader_figures(got: tuple[bytes, Layout], writes: int, now: int) -> list[dict[str, Any]]:
+        """Per live reader of a segment (its header from look()): its last frame's
+        write-to-read time, how many writes it is behind now, and how long ago it read."""
         out = []
-        for pid, read_ns, write_ns, count in reader_rows(entry[0], entry[1]):
+        for pid, read_ns, write_ns, count in reader_rows(got[0], got[1]):
             if not _alive(pid):
                 continue  # a crashed reader's row, until the writer or a new reader clears it
             out.append({
@@ -265,20 +278,30 @@ class SegmentFiles:
                 registry.keep_orphan(h.tag, segment=name, generation=gen, dtype=h.dtype_text,
                                      shape=h.shape, nbytes=h.layout.nbytes, slots=h.layout.nslots,
                                      size=size, last_writer_pid=h.writer_pid, now=now)
-            fd = os.open(segment_path(name), os.O_RDWR)
-            try:
-                self.headers[name] = (mmap.mmap(fd, h.layout.header_size), h.layout)
-            finally:
-                os.close(fd)
+            self.headers[name] = (os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC),
+                                  h.layout)
             self.tags[name] = h.tag
             self.point(h.tag, name)
         return adopted, len(newest) - adopted, removed
 
 
+def _retire_fd(fd: int, why: int) -> None:
+    """Set the retired flag of the segment open at ``fd`` and wake its sleepers.
+
+    That takes atomic stores into a mapping: map only the first page, and only once fstat
+    shows the file still covers it. A process that shrinks the file in the microseconds
+    between the two can still make that store fault; it could as well kill the daemon.
+    """
+    if os.fstat(fd).st_size < mmap.PAGESIZE:
+        raise ValueError("the file no longer holds a header (truncated by another process)")
+    with mmap.mmap(fd, mmap.PAGESIZE) as mm:
+        retire(mm, why)
+
+
 def _raise_fd_limit() -> None:
-    """The daemon holds a pidfd per registered process and an fd per client connection:
-    --max-clients (4096) is above the usual soft limit of 1024 open files. Raise it to the
-    hard limit (capped at 2**20)."""
+    """The daemon holds a pidfd per registered process, an fd per client connection and one
+    per segment: --max-clients plus --max-tags (4096 each) are above the usual soft limit of
+    1024 open files. Raise it to the hard limit (capped at 2**20)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
     if soft != resource.RLIM_INFINITY and soft < want:
@@ -339,6 +362,8 @@ class Daemon:
         self._fd_pids: dict[int, int] = {}  # pidfd -> pid
         self._samples: dict[str, tuple[int, float, str]] = {}  # tag -> (writes, time, segment)
         self._rates: dict[str, float] = {}
+        # tag -> (why the daemon removed it, when): told to its writer, readers and ls
+        self._broken: dict[str, tuple[str, float]] = {}
         self.handlers: dict[str, Handler] = {
             "ping": self.op_ping, "stats": self.op_stats, "list": self.op_list,
             "claim": self.op_claim, "generation": self.op_generation, "release": self.op_release,
@@ -480,8 +505,12 @@ class Daemon:
         now = time.monotonic_ns()
         out = []
         for rec in sorted(self.registry.tags.values(), key=lambda r: r.tag):
-            writes, stamp = self.files.live_figures(rec.segment) if rec.segment else (0, None)
-            stats = self.files.reader_figures(rec.segment, writes, now) if rec.segment else []
+            got = self.files.look(rec.segment) if rec.segment else None
+            if isinstance(got, str):
+                self._drop_broken(rec, got)
+                continue
+            writes, stamp = latest_write(got[0], got[1].nslots) if got else (0, None)
+            stats = self.files.reader_figures(got, writes, now) if got else []
             lat = [s["latency_s"] for s in stats if s["latency_s"] is not None]
             behind = [s["behind"] for s in stats if s["behind"] is not None]
             dtype = text_to_dtype(rec.dtype) if rec.dtype else None
@@ -510,12 +539,33 @@ class Daemon:
                 "max_behind": max(behind) if behind else None,
                 "reader_stats": stats,
             })
-        return {"tags": out}
+        return {"tags": out, "broken": self._broken_notes()}
+
+    def _drop_broken(self, rec: TagRecord, why: str) -> None:
+        """A process shrank the tag's segment (the daemon reads it only with pread, so it
+        lives): remove the tag as ``ndsharray rm`` would, and keep a note of why for its
+        writer, its readers and ``ls``."""
+        msg = (f"tag {rec.tag!r} was removed by the daemon because its segment "
+               f"{rec.segment} is broken: {why}")
+        log.error("%s; its writer must open a new handle", msg)
+        self.registry.remove(rec.tag)
+        if rec.segment is not None:
+            self.files.retire_and_unlink(rec.segment, RETIRED_REMOVED)
+        self._broken.pop(rec.tag, None)
+        self._broken[rec.tag] = (msg, time.monotonic())
+        while len(self._broken) > 64:
+            del self._broken[next(iter(self._broken))]
+
+    def _broken_notes(self) -> list[str]:
+        """Notes of the tags removed as broken in the last BROKEN_NOTE_S seconds."""
+        now = time.monotonic()
+        return [msg for msg, when in self._broken.values() if now - when < BROKEN_NOTE_S]
 
     def op_claim(self, req: Request) -> dict[str, Any]:
         a = req.args
         self._check_limits(a["tag"], req.id)
         rec = self.registry.claim(a["tag"], a["pid"], a["token"], _alive)
+        self._broken.pop(a["tag"], None)  # a new writer: the old story is over
         return {"segment": rec.segment_info()}
 
     def _check_limits(self, tag: str, req_id: int) -> None:
@@ -529,7 +579,13 @@ class Daemon:
 
     def op_generation(self, req: Request) -> dict[str, Any]:
         a = req.args
-        rec = self.registry.check_writer(a["tag"], a["token"])
+        try:
+            rec = self.registry.check_writer(a["tag"], a["token"])
+        except RequestError as exc:
+            note = self._broken.get(a["tag"])
+            if note is None:
+                raise
+            raise RequestError(exc.code, f"{note[0]}; open a new writer", req.id) from None
         try:
             dtype = text_to_dtype(a["dtype"])
         except ValueError as exc:
@@ -587,6 +643,8 @@ class Daemon:
 
     def op_lookup(self, req: Request) -> dict[str, Any]:
         rec = self.registry.tags.get(req.args["tag"])
+        if rec is None and req.args["tag"] in self._broken:
+            return {"segment": None, "removed": self._broken[req.args["tag"]][0]}
         return {"segment": None if rec is None else rec.segment_info()}
 
     def op_remove(self, req: Request) -> dict[str, Any]:
@@ -632,10 +690,14 @@ class Daemon:
 
     def _sample_rates(self, now: float) -> None:
         """Write rate per tag over the last sweep interval, read from segment headers."""
-        for tag, rec in self.registry.tags.items():
+        for tag, rec in list(self.registry.tags.items()):
             if rec.segment is None:
                 continue
-            count, _ = self.files.live_figures(rec.segment)
+            got = self.files.look(rec.segment)
+            if isinstance(got, str):
+                self._drop_broken(rec, got)
+                continue
+            count = latest_write(got[0], got[1].nslots)[0] if got else 0
             prev = self._samples.get(tag)
             if prev is not None and prev[2] == rec.segment and now > prev[1]:
                 self._rates[tag] = (count - prev[0]) / (now - prev[1])

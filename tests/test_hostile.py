@@ -380,19 +380,20 @@ def test_a_daemon_shared_with_a_group_serves_its_members(folder: str, monkeypatc
 
 
 def test_a_segment_whose_setup_fails_is_not_left_behind(folder: str, monkeypatch: Any) -> None:
-    # The daemon's file layer, in this process: the segment is created, then mapping its
-    # header fails (the daemon ran out of fds, say). Nothing may stay in /dev/shm.
+    # The daemon's file layer, in this process: the segment is created, then setting it up
+    # fails (the daemon ran out of fds, say). Nothing may stay in /dev/shm.
     from ndsharrayd.pointers import Pointers
     from ndsharrayd.registry import TagRecord
     from ndsharrayd.server import SegmentFiles
 
     endpoint = f"ipc://{folder}/d.sock"
-    files = SegmentFiles(config.segment_prefix(endpoint), 0o600, Pointers(config.pointer_dir(endpoint)), -1)
+    files = SegmentFiles(config.segment_prefix(endpoint), 0o600, Pointers(config.pointer_dir(endpoint)),
+                         os.getgid())  # (a --group daemon: it gives the segment to the group)
 
     def no_more_fds(*args: Any) -> Any:
         raise OSError(24, "Too many open files")
 
-    monkeypatch.setattr("ndsharray.segment.mmap.mmap", no_more_fds)  # (the same module the daemon maps with)
+    monkeypatch.setattr(os, "fchown", no_more_fds)  # (the daemon's first call after creating it)
     with pytest.raises(OSError, match="Too many open files"):
         files.create(TagRecord("t"), os.getpid(), "'<f8'", (4,), 3)
     assert not our_segments(config.segment_prefix(endpoint))
