@@ -8,8 +8,8 @@ import re
 import stat
 from dataclasses import dataclass
 
-from . import config, segment, transport
-from .errors import NdShArrayError
+from . import config, safefs, segment, transport
+from .errors import NdShArrayError, UnsafeFileError
 from .procs import alive
 from .segment import parse_header, shm_dir
 
@@ -85,20 +85,32 @@ def check_stale_segments(endpoint: str) -> Check:
     mine = [n for n in os.listdir(shm_dir()) if n.startswith(prefix)]
     if not mine or transport.daemon_running(endpoint):
         return Check("OK", "segments", f"{len(mine)} segment(s) of this endpoint in {shm_dir()}")
-    stale = 0
+    stale = foreign = 0
     for name in mine:
         try:
-            with open(os.path.join(shm_dir(), name), "rb") as f:
-                head = f.read(64 * 1024)
-            h = parse_header(head, os.path.getsize(os.path.join(shm_dir(), name)), name)
+            # /dev/shm is everyone's: a planted FIFO must not block us, nor a link lead us
+            # elsewhere, nor another user's file count as ours.
+            fd = safefs.open_checked(os.path.join(shm_dir(), name), os.O_RDONLY, single_link=False)
+        except UnsafeFileError:
+            foreign += 1
+            continue
+        except OSError:
+            stale += 1
+            continue
+        try:
+            h = parse_header(os.pread(fd, 64 * 1024, 0), os.fstat(fd).st_size, name)
         except (OSError, NdShArrayError, ValueError):
             stale += 1
             continue
+        finally:
+            os.close(fd)
         if not alive(h.writer_pid):  # (0: its writer closed it)
             stale += 1
-    return Check("WARN", "segments", f"{len(mine)} segment(s) of {endpoint} but no daemon "
+    others = (f"; {foreign} other file(s) under its prefix are not yours (links, FIFOs, another "
+              "user's): left alone") if foreign else ""
+    return Check("WARN", "segments", f"{len(mine) - foreign} segment(s) of {endpoint} but no daemon "
                  f"({stale} whose writer is gone): start one (ndsharray daemon start) - it adopts "
-                 "live ones and keeps the others' last frames for --orphan-ttl")
+                 f"live ones and keeps the others' last frames for --orphan-ttl{others}")
 
 
 def check_socket_folder(endpoint: str) -> Check:

@@ -245,3 +245,21 @@ def test_the_tags_folder_mode_is_set_on_the_folder_the_daemon_made(folder: str, 
         pointers.Pointers(tags, 0o750, any_group().gr_gid).reset()
     st = os.stat(victim)
     assert (st.st_mode & 0o7777, st.st_gid) == (0o700, 0)
+
+
+@pytest.mark.parametrize("plant", ["fifo", "symlink"])
+def test_doctor_does_not_hang_on_a_planted_fifo_or_follow_a_link(folder: str, plant: str) -> None:
+    # Issue 11 item 9: doctor open()ed every file under the prefix: a FIFO blocked it.
+    endpoint = f"ipc://{folder}/d.sock"
+    path = f"/dev/shm/{config.segment_prefix(endpoint)}{'f' * 16}"
+    if plant == "fifo":
+        os.mkfifo(path, 0o600)
+    else:
+        os.symlink(victim_file(folder)[0], path)
+    try:
+        out = subprocess.run([sys.executable, "-m", "ndsharray", "--endpoint", endpoint, "doctor"],
+                             capture_output=True, text=True, timeout=30,
+                             env={**os.environ, config.ENV_AUTOSTART: "0"})
+    finally:
+        os.unlink(path)
+    assert "0 segment(s) of" in out.stdout and "1 other file(s) under its prefix are not yours" in out.stdout, out
