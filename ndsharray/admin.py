@@ -8,8 +8,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import config, procs, transport
-from .errors import DaemonUnavailableError, TagNotFoundError
+from . import config, procs, safefs, transport
+from .errors import DaemonUnavailableError, TagNotFoundError, UnsafeFileError
 
 
 @dataclass(frozen=True)
@@ -86,28 +86,75 @@ def daemon_stats(endpoint: str | None = None) -> dict[str, Any]:
 
 
 def daemon_pid(endpoint: str | None = None) -> int | None:
-    """Pid of the daemon serving ``endpoint``, or None when none runs (no daemon call)."""
+    """Pid of the daemon serving ``endpoint``, or None when none runs (no daemon call).
+
+    Only a pid that really holds the endpoint's lock: the file's content alone is anybody's
+    word (whoever can write the folder can replace it)."""
     ep = config.resolve_endpoint(endpoint)
     if not transport.daemon_running(ep):
         return None
+    found = _lock_holder(ep)
+    return None if found is None else found[0]
+
+
+def _lock_holder(ep: str) -> tuple[int, os.stat_result] | None:
+    """(pid, the lock file's stat) of the process that holds ``ep``'s lock and is the one
+    its content names; None when nobody holds it. Raises :class:`UnsafeFileError` when the
+    content names a process that does not hold it."""
+    path = config.lock_path(ep)
     try:
-        with open(config.lock_path(ep)) as f:
-            return int((f.read().split() or ["0"])[0]) or None
-    except (OSError, ValueError):
+        fd = safefs.open_checked(path, os.O_RDONLY, owners=safefs.ANYONE, single_link=False)
+    except FileNotFoundError:
         return None
+    try:
+        st = os.fstat(fd)
+        try:
+            pid = int((os.pread(fd, 64, 0).split() or [b"0"])[0])
+        except ValueError:
+            pid = 0
+        holders = safefs.flock_holders(st)
+    finally:
+        os.close(fd)
+    if not holders:
+        return None
+    if pid not in holders:
+        raise UnsafeFileError(
+            f"{path} names pid {pid} but is locked by {', '.join(map(procs.describe, holders))}: "
+            "not a lock this endpoint's daemon made; someone who can write its folder may have "
+            "replaced it. Nothing was signalled; stop the holder yourself if it is yours")
+    return pid, st
 
 
 def stop_daemon(endpoint: str | None = None, timeout: float = 10.0) -> int | None:
     """SIGTERM the endpoint's daemon and wait until it has removed its segments and socket.
 
     Returns the stopped daemon's pid, or None if none was running. Clients keep working on
-    what they have mapped.
+    what they have mapped. Only a process verified to be that daemon is signalled: it holds
+    the endpoint's lock file, runs as the file's owner, and is signalled through a pidfd
+    taken before the last check (so a reused pid is never hit).
     """
     ep = config.resolve_endpoint(endpoint)
-    pid = daemon_pid(ep)
-    if pid is None:
+    if not transport.daemon_running(ep):
         return None
-    os.kill(pid, signal.SIGTERM)
+    found = _lock_holder(ep)
+    if found is None:
+        return None
+    pid, st = found
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        pidfd = -1  # gone already: wait for its lock below
+    try:
+        if pidfd >= 0:
+            owner = os.stat(f"/proc/{pid}").st_uid
+            if owner != st.st_uid or pid not in safefs.flock_holders(st):
+                raise UnsafeFileError(
+                    f"{config.lock_path(ep)} belongs to uid {st.st_uid} but its holder, pid {pid}, "
+                    f"runs as uid {owner}: not this endpoint's daemon; nothing was signalled")
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
     deadline = time.monotonic() + timeout
     # The lock goes first, then the process: callers (systemd's ExecStop, scripts that
     # restart it) expect the daemon gone when this returns.

@@ -76,7 +76,7 @@ def daemon_running(endpoint: str) -> bool:
 # working folder (/tmp, /dev/shm) or named by the environment runs in its place. The folder
 # holding *this* ndsharray (ndsharrayd is installed beside it, editable or not) goes first
 # on sys.path instead. argv[1] stays "ndsharrayd": tools that look for the daemon by its
-# command line (admin.stop_daemon's check, ps) still see the name.
+# command line (ps, the tests' checks for stray daemons) still see the name.
 _DAEMON_MAIN = ("import sys; home = sys.argv.pop(2); sys.argv[0] = sys.argv.pop(1); "
                 "sys.path.insert(0, home); from ndsharrayd.__main__ import main; main()")
 

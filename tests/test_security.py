@@ -263,3 +263,35 @@ def test_doctor_does_not_hang_on_a_planted_fifo_or_follow_a_link(folder: str, pl
     finally:
         os.unlink(path)
     assert "0 segment(s) of" in out.stdout and "1 other file(s) under its prefix are not yours" in out.stdout, out
+
+
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.pwrite(fd, f"{sys.argv[2]} 0\\n".encode(), 0)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_daemon_stop_signals_only_the_process_holding_the_lock(folder: str) -> None:
+    # Issue 11 item 5: a lock file held by someone's process, naming another of your
+    # processes: `daemon stop` killed that process.
+    endpoint = f"ipc://{folder}/d.sock"
+    victim = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    fake = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, config.lock_path(endpoint), str(victim.pid)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert fake.stdout is not None and fake.stdout.readline() == "held\n"
+        with pytest.raises(ndsharray.UnsafeFileError, match=rf"names pid {victim.pid} but is locked by pid {fake.pid}"):
+            admin.stop_daemon(endpoint)
+        with pytest.raises(ndsharray.UnsafeFileError):
+            admin.daemon_pid(endpoint)
+        cli = subprocess.run([sys.executable, "-m", "ndsharray", "--endpoint", endpoint, "daemon", "stop"],
+                             capture_output=True, text=True, timeout=60)
+        assert cli.returncode != 0 and "Nothing was signalled" in cli.stderr, cli
+        assert victim.poll() is None and fake.poll() is None
+    finally:
+        fake.communicate("")
+        victim.communicate(b"")
