@@ -70,7 +70,9 @@ def main() -> None:
     writer.wait()
     reader.wait()
     pid = ndsharray.admin.stop_daemon(endpoint)
-    left = [n for n in os.listdir("/dev/shm") if n.startswith("nds-")]
+    # Only this endpoint's segments: other daemons on the machine are not ours to count.
+    prefix = ndsharray.config.segment_prefix(endpoint)
+    left = [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
     print(f"\nstopped the demo's daemon (pid {pid}); our segments left in /dev/shm: {left or 'none'}")
     shutil.rmtree(folder, ignore_errors=True)
 

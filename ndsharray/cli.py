@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -28,7 +29,8 @@ from .admin import (
 )
 from .client import NdShArray
 from .doctor import run_checks
-from .errors import NdShArrayError
+from .errors import NdShArrayError, TagRemovedError
+from .protocol import check_tag
 from .transport import daemon_running, start_daemon
 
 
@@ -94,6 +96,22 @@ def _silence(*streams: Any) -> None:
         os.close(null)
 
 
+def _tag_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Check a TAG argument here, in the user's terms (not the protocol's)."""
+    try:
+        return check_tag(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_PROTOCOL_WORDING = re.compile(r"^op '\w+': field '(\w+)': ")
+
+
+def _user_terms(exc: Exception) -> str:
+    """An error message without the protocol's wording (``op 'remove': field 'tag': ...``)."""
+    return _PROTOCOL_WORDING.sub(lambda m: f"invalid {m.group(1)}: ", str(exc))
+
+
 class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -104,7 +122,7 @@ class _Cli(click.Group):
             _silence(sys.stdout, sys.stderr)
             sys.exit(128 + signal.SIGPIPE)
         except (NdShArrayError, OSError, TimeoutError, ImportError) as exc:  # operational: exit 1
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_user_terms(exc)) from None
         except KeyError as exc:  # its str() is the repr of the key
             raise click.UsageError(str(exc).strip("'\""), ctx) from None
         except ValueError as exc:  # a bad tag, file or value given: exit 2
@@ -164,7 +182,7 @@ def ls(endpoint: str, prefix: str, as_json: bool, watch: bool) -> None:
 
 
 @main.command("info")
-@click.argument("tag")
+@click.argument("tag", callback=_tag_arg)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def info(endpoint: str, tag: str, as_json: bool) -> None:
@@ -194,7 +212,7 @@ def info(endpoint: str, tag: str, as_json: bool) -> None:
 
 
 @main.command("show")
-@click.argument("tag")
+@click.argument("tag", callback=_tag_arg)
 @click.option("--png", "png", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the frame as a PNG (needs Pillow: ndsharray[image]).")
 @click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait for a frame.")
@@ -222,7 +240,7 @@ def show(endpoint: str, tag: str, png: str | None, timeout: float) -> None:
 
 
 @main.command("record")
-@click.argument("tag")
+@click.argument("tag", callback=_tag_arg)
 @click.argument("file", type=click.Path(dir_okay=False, writable=True))
 @click.option("--frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -256,25 +274,37 @@ def record_cmd(endpoint: str, tag: str, file: str, frames: int | None, seconds: 
 
 @main.command("replay")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.argument("tag")
+@click.argument("tag", callback=_tag_arg)
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Frames per second (default: the recorded timing, or 30 Hz for .npy).")
 @click.option("--loop", is_flag=True, help="Start over at the end, until Ctrl-C.")
 @click.pass_obj
 def replay_cmd(endpoint: str, file: str, tag: str, rate: float | None, loop: bool) -> None:
     """Publish the frames of a recording under TAG."""
-    n = recording.replay(file, tag, rate=rate, loop=loop, endpoint=endpoint)
+    done = [0]
+
+    def step(n: int) -> None:
+        done[0] = n
+
+    try:
+        n = recording.replay(file, tag, rate=rate, loop=loop, endpoint=endpoint, progress=step)
+    except TagRemovedError:
+        raise click.ClickException(
+            f"replay stopped after {done[0]} frames: tag {tag!r} was removed (ndsharray rm) "
+            "while it played; run ndsharray replay again to publish it anew") from None
     click.echo(f"replayed {n} frames from {file} into {tag}")
 
 
 @main.command("rm")
-@click.argument("tag")
+@click.argument("tag", callback=_tag_arg)
 @click.pass_obj
 def rm(endpoint: str, tag: str) -> None:
     """Remove TAG: its writer gets an error on its next write; readers keep what they hold."""
     res = remove_tag(tag, endpoint)
-    writer = f", writer pid {res['writer_pid']} will get TagRemovedError" if res["writer_pid"] else ""
-    click.echo(f"removed {tag}{writer}")
+    data = "" if res["segment"] else " (it had no data yet)"
+    writer = f"; writer pid {res['writer_pid']} will get TagRemovedError on its next write" \
+        if res["writer_pid"] else ""
+    click.echo(f"removed {tag}{data}{writer}")
 
 
 @main.command("doctor")

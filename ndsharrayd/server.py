@@ -648,6 +648,13 @@ class Daemon:
         return {"segment": None if rec is None else rec.segment_info()}
 
     def op_remove(self, req: Request) -> dict[str, Any]:
+        rec = self.registry.tags.get(req.args["tag"])
+        if rec is not None and rec.segment is None and rec.writer is None:
+            # Only readers waiting for a first writer: no data and no writer to remove, and
+            # dropping their registrations would only hide them from ls.
+            raise RequestError(ErrorCode.NOT_FOUND, (
+                f"tag {rec.tag!r} has no data and no writer; nothing to remove "
+                f"({len(rec.readers)} reader(s) wait for a writer)"), req.id)
         rec = self.registry.remove(req.args["tag"])
         if rec.segment is not None:
             self.files.retire_and_unlink(rec.segment, RETIRED_REMOVED)

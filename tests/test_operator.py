@@ -1,0 +1,97 @@
+"""What an operator meets: the demo, rm, replay, daemon options, ls, doctor, the daemon's
+log (issue 10, first-time user items 4, 5, 6, 8, 9, 10, 11, 12)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+from click.testing import CliRunner
+from conftest import Daemon, wait_until
+
+import ndsharray
+from ndsharray import config
+from ndsharray.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ndsharray", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_the_demo_counts_only_its_own_segments(folder: str) -> None:
+    # Another daemon's segment on the machine (same uid, another endpoint's prefix).
+    other = config.segment_prefix(f"ipc://{folder}/other.sock") + "0123456789abcdef"
+    fd = os.open(os.path.join("/dev/shm", other), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.close(fd)
+    try:
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "demo.py")],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        os.unlink(os.path.join("/dev/shm", other))
+    assert out.returncode == 0, out.stderr
+    assert "reader: received" in out.stdout
+    assert out.stdout.rstrip().endswith("segments left in /dev/shm: none"), out.stdout
+
+
+def test_rm_says_what_it_removed_and_exits_1_when_there_was_nothing(daemon: Daemon) -> None:
+    # A writer that has not written yet: its claim is removed, and it is told.
+    w = ndsharray.NdShArray("nodata", r_w="w")
+    out = cli("rm", "nodata")
+    assert out.exit_code == 0
+    assert out.output.strip() == (f"removed nodata (it had no data yet); writer pid {os.getpid()} "
+                                  "will get TagRemovedError on its next write")
+    try:
+        w.write(np.zeros(3))
+        raise AssertionError("the removed writer wrote")
+    except ndsharray.TagRemovedError:
+        pass
+    w.close()
+    # Readers waiting for a first writer: nothing to remove, and they stay counted.
+    with ndsharray.NdShArray("waiting", r_w="r") as r:
+        r.read()
+        wait_until(lambda: any(t.tag == "waiting" and t.readers for t in ndsharray.list_tags()),
+                   what="the reader registered")
+        res = CliRunner().invoke(main, ["rm", "waiting"])
+        assert res.exit_code == 1
+        assert "tag 'waiting' has no data and no writer; nothing to remove (1 reader(s) wait" in res.output
+        assert [t.readers for t in ndsharray.list_tags() if t.tag == "waiting"] == [1]
+    res = CliRunner().invoke(main, ["rm", "never"])
+    assert res.exit_code == 1 and "no tag 'never'" in res.output
+
+
+def test_cli_errors_speak_of_tags_not_protocol_fields(daemon: Daemon) -> None:
+    for cmd in (["rm", "bad tag!"], ["info", "bad tag!"], ["show", "bad tag!"]):
+        res = CliRunner().invoke(main, cmd)
+        assert res.exit_code == 2, (cmd, res.output)
+        assert "Invalid value for 'TAG': tag 'bad tag!' has characters outside" in res.output, res.output
+        assert "op '" not in res.output and "field '" not in res.output
+
+
+def test_replay_stopped_by_rm_says_so_in_cli_terms(daemon: Daemon, folder: str) -> None:
+    path = os.path.join(folder, "loop.npy")
+    np.save(path, np.arange(20.0).reshape(10, 2))
+    proc = subprocess.Popen([sys.executable, "-m", "ndsharray", "replay", path, "looped", "--loop",
+                             "--rate", "200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: any(t.tag == "looped" and t.writes > 5 for t in ndsharray.list_tags()),
+                   what="replay writing")
+        assert cli("rm", "looped").exit_code == 0
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1
+    assert "replay stopped after" in err and "was removed (ndsharray rm)" in err, err
+    assert "run ndsharray replay again" in err
+    assert "open a new NdShArray" not in err and "Traceback" not in err, err
