@@ -32,14 +32,7 @@ from .doctor import run_checks
 from .errors import NdShArrayError, TagRemovedError
 from .protocol import check_tag
 from .transport import daemon_running, start_daemon
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+from .units import format_size as _size
 
 
 def _age(s: float | None) -> str:

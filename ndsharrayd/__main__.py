@@ -17,8 +17,21 @@ import click
 from ndsharray import config, safefs
 from ndsharray._version import __version__
 from ndsharray.errors import UnsafeFileError
+from ndsharray.units import parse_size
 
 from .server import AlreadyRunning, Daemon
+
+
+def _byte_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if n < 1:
+        raise click.BadParameter(f"{value!r} is less than one byte")
+    return n
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,8 +41,10 @@ from .server import AlreadyRunning, Daemon
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--orphan-ttl", default=60.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds a tag with no writer and no readers is kept before removal.")
-@click.option("--max-bytes", default=None, type=click.IntRange(min=1),
-              help="Quota: total bytes of all segments (default: what /dev/shm holds).")
+@click.option("--max-bytes", default=None, metavar="SIZE", callback=_byte_size,
+              help="Quota on all segments together: bytes, or with a suffix: K, M, G, T are "
+                   "powers of 1000 (50M = 50,000,000), KiB, MiB, GiB, TiB powers of 1024 "
+                   "(default: what /dev/shm holds).")
 @click.option("--max-tags", default=4096, show_default=True, type=click.IntRange(min=1),
               help="Most tags the daemon holds at once.")
 @click.option("--max-clients", default=4096, show_default=True, type=click.IntRange(min=1),

@@ -57,6 +57,7 @@ from ndsharray.segment import (
     writer_key,
 )
 from ndsharray.segment import VERSION as SEGMENT_LAYOUT
+from ndsharray.units import format_size
 
 from .pointers import Pointers
 from .registry import Registry, TagRecord
@@ -602,9 +603,11 @@ class Daemon:
             used = self._bytes_in_use() - rec.size
             if used + need > self.max_bytes:
                 raise RequestError(ErrorCode.NO_SPACE, (
-                    f"a segment for {a['tag']!r} needs {need} bytes but the daemon's quota "
-                    f"(--max-bytes {self.max_bytes}) leaves {max(0, self.max_bytes - used)}; "
-                    "raise the quota or remove tags"), req.id)
+                    f"a segment for {a['tag']!r} needs {format_size(need)} ({a['slots']} slots x "
+                    f"{format_size(layout.stride)} per frame + {format_size(layout.header_size)} "
+                    f"of header) but the daemon's quota (--max-bytes {format_size(self.max_bytes)}) "
+                    f"leaves {format_size(max(0, self.max_bytes - used))}; raise the quota, remove "
+                    "tags (ndsharray rm), or open the writer with fewer slots (slots=2)"), req.id)
         try:
             # (the writer's key from the start: a daemon that restarts before the writer
             # opened the segment must still know whom it belongs to)

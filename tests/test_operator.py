@@ -9,12 +9,15 @@ import sys
 from typing import Any
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from conftest import Daemon, wait_until
 
 import ndsharray
-from ndsharray import config
+from ndsharray import config, segment, transport
 from ndsharray.cli import main
+from ndsharray.dtypes import dtype_to_text
+from ndsharray.units import format_size, parse_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,3 +98,42 @@ def test_replay_stopped_by_rm_says_so_in_cli_terms(daemon: Daemon, folder: str) 
     assert "replay stopped after" in err and "was removed (ndsharray rm)" in err, err
     assert "run ndsharray replay again" in err
     assert "open a new NdShArray" not in err and "Traceback" not in err, err
+
+
+def test_max_bytes_takes_suffixes_and_the_quota_error_counts_the_slots(folder: str, monkeypatch: Any) -> None:
+    frame = np.zeros(26_600, np.uint8)
+    need = segment.Layout(frame.nbytes, 3, 1, len("q"), len(dtype_to_text(frame.dtype))).total_size
+    assert 100_000 < need <= 100 * 1024  # refused by 100K (powers of 1000), taken by 100KiB
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    d = Daemon(folder, "--max-bytes", "100K").start()
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    try:
+        with ndsharray.NdShArray("q", r_w="w") as w:
+            with pytest.raises(ndsharray.ResourceLimitError) as info:
+                w.write(frame)
+        assert (f"needs {format_size(need)} (3 slots x 26.0 KiB per frame + 20.0 KiB of header) but "
+                "the daemon's quota (--max-bytes 97.7 KiB) leaves 97.7 KiB") in str(info.value), info.value
+        assert "fewer slots" in str(info.value)
+    finally:
+        transport.close_all()
+        assert d.stop() == 0
+    d = Daemon(folder, "--max-bytes", "100KiB").start()
+    try:
+        with ndsharray.NdShArray("q", frame, "w"):
+            pass
+    finally:
+        transport.close_all()
+        assert d.stop() == 0
+    bad = subprocess.run([sys.executable, "-m", "ndsharrayd", "--max-bytes", "50X", "--endpoint",
+                          f"ipc://{folder}/none.sock"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "'50X' is not a size" in bad.stderr and "KiB" in bad.stderr
+
+
+def test_parse_size_units() -> None:
+    assert parse_size("50M") == 50_000_000 and parse_size("50MiB") == 50 << 20
+    assert parse_size("2gib") == 2 << 30 and parse_size("1.5G") == 1_500_000_000
+    assert parse_size("4096") == 4096 and parse_size(" 3 KB ") == 3000
+    for text in ("", "M", "5 MiBs", "-1K", "1e3"):
+        with pytest.raises(ValueError, match="is not a size"):
+            parse_size(text)
+    assert format_size(512) == "512 B" and format_size(60_022_784) == "57.2 MiB"
