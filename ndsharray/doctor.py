@@ -113,7 +113,27 @@ def check_stale_segments(endpoint: str) -> Check:
                  f"live ones and keeps the others' last frames for --orphan-ttl{others}")
 
 
+def _closed_to_others(folder: str) -> str | None:
+    """The first folder from ``folder`` up to / that other users (group or others) cannot
+    search, or None when they can reach into ``folder``."""
+    path = os.path.abspath(folder)
+    while True:
+        try:
+            if not os.stat(path).st_mode & 0o011:
+                return path
+        except OSError:
+            return None
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+
+
 def check_socket_folder(endpoint: str) -> Check:
+    """Judge by what another user can reach: connecting takes search access to every folder
+    on the way and write access to the socket itself; replacing the socket (or planting one
+    before the daemon starts) takes write access to its folder. A 0755 folder holding a
+    0600 socket lets nobody in."""
     path = config.ipc_path(endpoint)
     if path is None:
         return Check("OK", "socket", f"{endpoint} is not an ipc endpoint")
@@ -126,10 +146,26 @@ def check_socket_folder(endpoint: str) -> Check:
     if st.st_uid != os.getuid():
         return Check("FAIL", "socket", f"{folder} belongs to uid {st.st_uid}, not you; use an "
                      "endpoint in a folder of your own (NDSHARRAY_ENDPOINT)")
-    if mode & 0o077:
-        return Check("WARN", "socket", f"{folder} is mode {mode:o}: other users may reach your "
-                     f"daemon; chmod 700 {folder} (unless you share on purpose with --group)")
-    return Check("OK", "socket", f"{folder} is private (mode {mode:o})")
+    closed = _closed_to_others(folder)
+    if closed is not None:
+        return Check("OK", "socket", f"{path} is private: other users cannot enter {closed}")
+    if mode & 0o022:
+        return Check("WARN", "socket", f"{folder} is mode {mode:o}: other users can replace your "
+                     f"daemon's socket or plant one before it starts; chmod 700 {folder}, or use "
+                     "a folder of your own")
+    try:
+        smode = stat.S_IMODE(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return Check("OK", "socket", f"{path} is private: the daemon creates it mode 600 in "
+                     f"{folder} (mode {mode:o})")
+    if smode & 0o002:
+        return Check("WARN", "socket", f"{path} is mode {smode:o}: every user can connect to your "
+                     f"daemon; chmod 600 {path}, or restart the daemon (ndsharray daemon stop)")
+    if smode & 0o020:
+        return Check("OK", "socket", f"{path} is shared with group {st.st_gid} (mode {smode:o}, "
+                     "ndsharrayd --group)")
+    return Check("OK", "socket", f"{path} is private (mode {smode:o}; folder mode {mode:o}): other "
+                 "users cannot connect")
 
 
 def run_checks(endpoint: str) -> list[Check]:

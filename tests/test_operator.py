@@ -137,3 +137,26 @@ def test_parse_size_units() -> None:
         with pytest.raises(ValueError, match="is not a size"):
             parse_size(text)
     assert format_size(512) == "512 B" and format_size(60_022_784) == "57.2 MiB"
+
+
+def _socket_line(out: str) -> str:
+    return next(line for line in out.splitlines() if line.split()[1:2] == ["socket"])
+
+
+def test_doctor_judges_the_socket_by_what_other_users_can_reach(daemon: Daemon, folder: str) -> None:
+    sock = daemon.endpoint[len("ipc://"):]
+    assert os.stat(folder).st_mode & 0o777 == 0o700
+    assert _socket_line(cli("doctor").output).startswith("OK")
+    os.chmod(folder, 0o755)  # others can enter and list it, but the socket is 0600
+    try:
+        line = _socket_line(cli("doctor").output)
+        assert line.startswith("OK") and "private (mode 600; folder mode 755)" in line, line
+        os.chmod(sock, 0o666)  # now anyone can connect
+        line = _socket_line(cli("doctor").output)
+        assert line.startswith("WARN") and "every user can connect" in line, line
+        os.chmod(sock, 0o600)
+        os.chmod(folder, 0o777)  # anyone can replace the socket
+        line = _socket_line(cli("doctor").output)
+        assert line.startswith("WARN") and "can replace your daemon's socket" in line, line
+    finally:
+        os.chmod(folder, 0o700)
