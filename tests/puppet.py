@@ -56,6 +56,8 @@ def main() -> None:
     print(json.dumps({"ready": os.getpid()}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
+        if cmd["op"] == "raise":  # end the interpreter with an uncaught exception
+            raise RuntimeError("the test told this puppet to fail")
         try:
             out = {"ok": run(cmd)}
         except Exception as exc:

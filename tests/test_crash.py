@@ -189,13 +189,28 @@ def test_superseded_generation_memory_returns_when_the_last_view_goes(daemon: An
         wait_until(lambda: not mapped(), what="the unlinked segment to be unmapped")
 
 
-def test_writer_close_and_exit_release_the_tag(daemon: Any, puppets: Any) -> None:
+@pytest.mark.parametrize("how, left", [
+    ("stdin", "closed"),  # the interpreter runs out of input and exits normally
+    ("sys.exit", "closed"),
+    ("exception", "closed"),  # an uncaught exception ends it: atexit still runs
+    ("os._exit", "died"),  # no atexit: the daemon learns it from the pidfd
+])
+def test_writer_exit_is_closed_or_died_as_the_readme_says(daemon: Any, puppets: Any, how: str, left: str) -> None:
     writer = puppets()
     writer.start_writer("bye", "u1", [3], 0)
-    writer.stop()  # stdin closed: the interpreter exits normally, atexit closes handles
+    if how == "stdin":
+        writer.stop()
+    else:
+        assert writer.proc.stdin is not None
+        cmd = {"sys.exit": '{"op": "exit"}', "exception": '{"op": "raise"}',
+               "os._exit": '{"op": "exit", "hard": true}'}[how]
+        writer.proc.stdin.write(cmd + "\n")
+        writer.proc.stdin.flush()
+        writer.proc.wait(20)
     assert pid_gone(writer.proc.pid)
-    row = tag_row("bye")
-    assert row.writer_pid is None
+    row = wait_until(lambda: (r := tag_row("bye")) is not None and r.writer_pid is None and r, what="the tag freed")
+    assert row.writer_left == left, f"{how}: ls says {row.writer_left!r}, the README promises {left!r}"
+    assert row.last_writer_pid == writer.proc.pid
     with ndsharray.NdShArray("bye", r_w="w"):
         pass
 
