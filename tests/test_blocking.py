@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from typing import Any
@@ -9,8 +10,35 @@ from typing import Any
 import numpy as np
 import pytest
 from arrays import digest, make_array
+from conftest import wait_until
 
 import ndsharray
+from ndsharray import segment
+
+# The wake-up tests take away the reader's safety net (a waiting reader looks again every
+# WAIT_SLICE seconds even if nobody wakes it) and expect the wake-up well before it ends:
+# a reader that is never woken fails the test instead of passing a second late.
+NO_SAFETY_NET = 60.0
+WOKEN_WITHIN = 10.0  # generous for a loaded machine, far under NO_SAFETY_NET
+
+
+def asleep(r: ndsharray.NdShArray, thread: threading.Thread) -> bool:
+    """True once ``thread`` sleeps in FUTEX_WAIT on the notify word of ``r``'s segment: a
+    write now must wake it (the next look of its own would be a minute away). Read from
+    /proc: a thread that merely said it may sleep (its row's sleepers count) can still see
+    the write before it sleeps, and then needs no wake-up."""
+    seg = r._rseg
+    if seg is None or thread.native_id is None:
+        return False
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/syscall") as f:
+            fields = f.read().split()
+    except OSError:  # no such file on this kernel: the sleepers count is the best we have
+        rows = seg.layout.rows_offset
+        return any(struct.unpack_from("@I", seg.mm, rows + segment.ROW_SIZE * k)[0]
+                   for k in range(segment.READER_ROWS))
+    # "<syscall number> <first argument> ...", or "running"
+    return len(fields) > 1 and int(fields[1], 16) == seg.base_addr + segment.OFF_NOTIFY
 
 
 class Waiter(threading.Thread):
@@ -30,16 +58,19 @@ class Waiter(threading.Thread):
         self.cpu = time.thread_time() - t0
 
 
-def test_blocking_read_is_woken_by_a_write_from_another_process(daemon: Any, puppets: Any) -> None:
+def test_blocking_read_is_woken_by_a_write_from_another_process(daemon: Any, puppets: Any,
+                                                                monkeypatch: Any) -> None:
+    monkeypatch.setattr(ndsharray.client, "WAIT_SLICE", NO_SAFETY_NET)
     writer = puppets()
     writer.start_writer("blk", "f4", [100], 1)
     with ndsharray.NdShArray("blk", r_w="r") as r:
         assert r.read()[0]
-        waiter = Waiter(lambda: r.read(timeout=60))
+        waiter = Waiter(lambda: r.read(timeout=NO_SAFETY_NET))
         waiter.start()
-        waiter.started_wait.wait()
+        wait_until(lambda: asleep(r, waiter), what="the reader to fall asleep")
         writer(op="write", name="w", dtype="f4", shape=[100], seed=2)
-        waiter.join(60)
+        waiter.join(WOKEN_WITHIN)
+        assert not waiter.is_alive(), f"the blocked reader was not woken within {WOKEN_WITHIN} s"
         status, arr = waiter.result
         assert status is True and digest(arr) == digest(make_array("f4", (100,), 2))
 
@@ -67,31 +98,47 @@ def test_wait_does_not_consume(daemon: Any) -> None:
         assert r.read()[1].tolist() == [1, 2, 3]
 
 
-def test_blocking_reader_before_any_writer(daemon: Any, puppets: Any) -> None:
+def test_blocking_reader_before_any_writer(daemon: Any, puppets: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(ndsharray.client, "WAIT_SLICE", NO_SAFETY_NET)
     with ndsharray.NdShArray("late", r_w="r") as r:
-        waiter = Waiter(lambda: r.read(timeout=60))
+        waiter = Waiter(lambda: r.read(timeout=NO_SAFETY_NET))
         waiter.start()
         waiter.started_wait.wait()
         writer = puppets()
         writer.start_writer("late", "u2", [2, 2], 5)
-        waiter.join(60)
+        waiter.join(WOKEN_WITHIN)  # (no segment to sleep on yet: it looks for one)
+        assert not waiter.is_alive(), f"the waiting reader found no first frame within {WOKEN_WITHIN} s"
         status, arr = waiter.result
         assert status and digest(arr) == digest(make_array("u2", (2, 2), 5))
+        # Now it sleeps on the writer's segment: the next write must wake it.
+        waiter = Waiter(lambda: r.read(timeout=NO_SAFETY_NET))
+        waiter.start()
+        wait_until(lambda: asleep(r, waiter), what="the reader to fall asleep")
+        writer(op="write", name="w", dtype="u2", shape=[2, 2], seed=6)
+        waiter.join(WOKEN_WITHIN)
+        assert not waiter.is_alive(), f"the blocked reader was not woken within {WOKEN_WITHIN} s"
+        status, arr = waiter.result
+        assert status and digest(arr) == digest(make_array("u2", (2, 2), 6))
 
 
-def test_blocking_reader_follows_a_shape_change(daemon: Any) -> None:
+def test_blocking_reader_follows_a_shape_change(daemon: Any, monkeypatch: Any) -> None:
+    # The old segment's retirement wakes the reader (the new segment's write cannot: the
+    # reader does not sleep on it yet).
+    monkeypatch.setattr(ndsharray.client, "WAIT_SLICE", NO_SAFETY_NET)
     with ndsharray.NdShArray("grow", np.zeros(2), "w") as w, ndsharray.NdShArray("grow", r_w="r") as r:
         assert r.read()[0]
-        waiter = Waiter(lambda: r.read(timeout=60))
+        waiter = Waiter(lambda: r.read(timeout=NO_SAFETY_NET))
         waiter.start()
-        waiter.started_wait.wait()
+        wait_until(lambda: asleep(r, waiter), what="the reader to fall asleep")
         w.write(np.ones((3, 3), np.int16))
-        waiter.join(60)
+        waiter.join(WOKEN_WITHIN)
+        assert not waiter.is_alive(), f"the blocked reader was not woken within {WOKEN_WITHIN} s"
         status, arr = waiter.result
         assert status and arr.shape == (3, 3) and arr.dtype == np.int16
 
 
-def test_iteration_yields_each_frame_and_ends_on_close(daemon: Any) -> None:
+def test_iteration_yields_each_frame_and_ends_on_close(daemon: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(ndsharray.client, "WAIT_SLICE", NO_SAFETY_NET)
     w = ndsharray.NdShArray("it", r_w="w")
     r = ndsharray.NdShArray("it", r_w="r")
     seen: list[float] = []
@@ -105,17 +152,18 @@ def test_iteration_yields_each_frame_and_ends_on_close(daemon: Any) -> None:
 
     t = threading.Thread(target=consume, daemon=True)
     t.start()
-    for k in range(3):
-        w.write(np.full(4, float(k)))
-        # The consumer may skip frames it was too slow for; wait for it before the next.
-        deadline = time.monotonic() + 30
-        while len(seen) <= k and time.monotonic() < deadline:
-            time.sleep(0.001)
-    assert got_three.wait(30)
-    r.close()  # wakes the blocked iterator in the other thread
-    t.join(30)
+    try:
+        for k in range(3):
+            if k:  # (the first frame it finds by looking: there is no segment to sleep on)
+                wait_until(lambda: asleep(r, t), what="the iterating reader to fall asleep")
+            w.write(np.full(4, float(k)))
+            wait_until(lambda k=k: len(seen) > k, timeout=WOKEN_WITHIN, what=f"frame {k} to reach the iterator")
+        assert got_three.wait(WOKEN_WITHIN)
+    finally:
+        r.close()  # wakes the blocked iterator in the other thread
+        t.join(30)
+        w.close()
     assert not t.is_alive() and seen == [0.0, 1.0, 2.0]
-    w.close()
 
 
 def test_loan_publishes_on_exit_and_aborts_on_exception(daemon: Any) -> None:

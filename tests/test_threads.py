@@ -63,7 +63,10 @@ def test_a_thread_waiting_briefly_does_not_steal_another_threads_wake_ups(daemon
 
         def blocking() -> None:
             for _ in range(n):
-                status, a = r.read(timeout=30)  # longer than the writer waits for its ack
+                try:
+                    status, a = r.read(timeout=30)  # longer than the writer waits for its ack
+                except ndsharray.HandleClosedError:
+                    return  # the test failed and closed the handle
                 seen.append(int(a[0]) if status else -1)
                 got.release()
 
@@ -71,7 +74,7 @@ def test_a_thread_waiting_briefly_does_not_steal_another_threads_wake_ups(daemon
             while not done.is_set():
                 r.wait(0.002)
 
-        b, a = threading.Thread(target=blocking), threading.Thread(target=fidgeting)
+        b, a = threading.Thread(target=blocking, daemon=True), threading.Thread(target=fidgeting, daemon=True)
         b.start()
         a.start()
         try:
@@ -79,9 +82,13 @@ def test_a_thread_waiting_briefly_does_not_steal_another_threads_wake_ups(daemon
                 w.write(np.array([float(k)]))
                 assert got.acquire(timeout=10), f"frame {k}: the blocked thread was not woken"
         finally:
+            # A failure must end the test, not hang it on a thread asleep for 30 s a frame:
+            # close() ends the waits of both threads.
             done.set()
-            a.join()
-            b.join()
+            r.close()
+            a.join(10)
+            b.join(10)
+        assert not a.is_alive() and not b.is_alive(), "close() did not end the waiting threads"
         assert seen == list(range(1, n + 1))
 
 
