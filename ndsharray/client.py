@@ -103,6 +103,12 @@ class NdShArray:
         write_timeout: float = 2.0,
     ) -> None:
         if not isinstance(r_w, str) or r_w.lower() not in ("r", "w"):
+            if isinstance(array, str) and array.lower() in ("r", "w"):
+                # NdShArray('camera/left', 'r'): the second positional argument is array=.
+                raise ValueError(
+                    f"r_w must be 'r' (reader) or 'w' (writer), got {r_w!r}, and array={array!r}: "
+                    f"did you mean r_w={array!r}? The second positional argument is the array: "
+                    f"write NdShArray({tag!r}, r_w={array!r})")
             raise ValueError(f"r_w must be 'r' (reader) or 'w' (writer), got {r_w!r}")
         if not 2 <= slots <= MAX_SLOTS or not slots <= max_slots <= MAX_SLOTS:
             raise ValueError(f"need 2 <= slots <= max_slots <= {MAX_SLOTS}, got {slots}, {max_slots}")
@@ -484,7 +490,7 @@ class NdShArray:
                 seg.wait(self._count, WAIT_SLICE if left is None else min(left, WAIT_SLICE))
                 if self._closed:
                     return False, self._last
-            elif not self.wait(left):
+            elif not self.wait(None if left is None else max(0.0, left)):  # (a deadline passed: 0)
                 return False, self._last
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -759,8 +765,9 @@ class NdShArray:
 
 
 def _seconds(timeout: float | None) -> float | None:
-    """A timeout: None (no limit) or seconds, a negative one meaning 0 (a deadline that
-    passed); NaN is refused (it would make every wait return at once)."""
+    """A timeout: None (no limit) or seconds >= 0. A negative one is refused (1.x took it
+    for 0, which hides a deadline computed wrongly), and so is NaN (every wait would
+    return at once)."""
     if timeout is None:
         return None
     if type(timeout) is not float:
@@ -772,7 +779,10 @@ def _seconds(timeout: float | None) -> float | None:
             raise TypeError(f"timeout must be None or a number of seconds, got {timeout!r}") from None
     if timeout != timeout:
         raise ValueError("timeout is NaN; give None (wait as long as it takes) or seconds")
-    return max(0.0, timeout)
+    if timeout < 0:
+        raise ValueError(f"timeout is negative ({timeout:g} s); give 0 (do not wait), a number of "
+                         "seconds, or None (wait as long as it takes)")
+    return timeout
 
 
 def _check_array(array: Any, what: str = "write()") -> np.ndarray[Any, Any]:

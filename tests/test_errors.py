@@ -16,8 +16,18 @@ import ndsharray
 @pytest.mark.parametrize("r_w", [None, "", "rw", "x", 1])
 def test_r_w_must_be_r_or_w(r_w: Any, monkeypatch: Any) -> None:
     monkeypatch.setenv("NDSHARRAY_AUTOSTART", "0")
-    with pytest.raises(ValueError, match="r_w must be 'r'"):
+    with pytest.raises(ValueError, match="r_w must be 'r'") as err:
         ndsharray.NdShArray("t", r_w=r_w)
+    assert "did you mean" not in str(err.value)
+
+
+@pytest.mark.parametrize("mode", ["r", "w", "R", "W"])
+def test_r_or_w_given_as_the_array_asks_whether_r_w_was_meant(mode: str, monkeypatch: Any) -> None:
+    # NdShArray('camera/left', 'r'): the second positional argument is array=.
+    monkeypatch.setenv("NDSHARRAY_AUTOSTART", "0")
+    with pytest.raises(ValueError, match=f"did you mean r_w='{mode}'\\?") as err:
+        ndsharray.NdShArray("camera/left", mode)  # type: ignore[arg-type]
+    assert f"NdShArray('camera/left', r_w='{mode}')" in str(err.value)
 
 
 @pytest.mark.parametrize("tag", ["", "/abs", "a//b", "trail/", "sp ace", "nul\0", "x" * 201, "../etc"])
@@ -84,18 +94,28 @@ def test_wrong_direction_and_closed_handles(daemon: Any) -> None:
     assert "closed" in repr(w)
 
 
-def test_supported_types_cover_the_original_fourteen() -> None:
-    original = {np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-                np.float16, np.float32, np.float64, np.complex64, np.complex128, np.bool_}
-    assert original <= set(ndsharray.supported_types)
-    assert {np.datetime64, np.timedelta64, np.bytes_, np.str_, np.void} <= set(ndsharray.supported_types)
+def test_supported_types_iterates_as_the_original_fourteen() -> None:
+    # ndsharray 1.1.4's list, in its order (its last entry was Python's bool).
+    original = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+                np.float16, np.float32, np.float64, np.complex64, np.complex128, bool]
+    assert list(ndsharray.supported_types) == original and len(ndsharray.supported_types) == 14
+    assert [t.__name__ for t in ndsharray.supported_types][-1] == "bool"
+    # 1.1.4's test idiom makes only arrays of these 14 (at most 16 bytes an item).
+    shape = (4, 3)
+    for t in ndsharray.supported_types:
+        assert (np.random.random(shape) * 255).astype(t).itemsize <= 16
     # 1.x's idiom `a.dtype in supported_types` holds for every dtype we share.
-    for shared in ("M8[ns]", "m8[s]", "S4", "U3", "V8", ">i4", [("x", "f4"), ("n", "u1", (2,))], bool):
+    for shared in ("M8[ns]", "m8[s]", "S4", "U3", "V8", ">i4", [("x", "f4"), ("n", "u1", (2,))], bool,
+                   np.bool_, np.longdouble, "G"):
         assert np.dtype(shared) in ndsharray.supported_types and shared in ndsharray.supported_types
-    for refused in (object, np.dtype("O"), "not a dtype", [("a", "O")], None, [1, 2]):
+        assert ndsharray.shareable(shared) and ndsharray.shareable(np.dtype(shared))
+    for refused in (object, np.dtype("O"), "not a dtype", [("a", "O")], None, [1, 2], "U0"):
         assert refused not in ndsharray.supported_types
-    for array in (np.zeros(2, "U3"), np.zeros(2, "S4"), np.zeros(2, "V8")):
+        assert ndsharray.shareable(refused) is False
+    for array in (np.zeros(2, "U3"), np.zeros(2, "S4"), np.zeros(2, "V8"), np.zeros(2, "M8[s]")):
         assert array.dtype.type in ndsharray.supported_types  # the scalar types themselves
+        assert ndsharray.shareable(array.dtype.type) and ndsharray.shareable(array.dtype)
+
 
 
 def test_exported_names_are_the_public_ones() -> None:
