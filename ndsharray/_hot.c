@@ -241,17 +241,28 @@ static int reader_init(ReaderObject *r, PyObject *args, PyObject *kw) {
             PyErr_SetString(PyExc_TypeError, "dtype must be a numpy dtype and shape a tuple of at most 64");
             return -1;
         }
-        npy_intp items = 1;
-        int negative = 0;
+        /* Checked multiplication, as numpy does it: the non-zero dimensions times the item
+         * size must fit in npy_intp (a zero dimension would hide an overflow in the others:
+         * (2**61, 2**61, 0)); signed overflow is undefined behaviour, never let it happen. */
+        PyArray_Descr *d = (PyArray_Descr *)dtype;
+        npy_intp span = PyDataType_ELSIZE(d) > 0 ? (npy_intp)PyDataType_ELSIZE(d) : 1;
+        int negative = 0, overflow = 0, empty = 0;
         r->ndim = (int)PyTuple_GET_SIZE(shape);
         for (int k = 0; k < r->ndim; k++) {
             r->dims[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, k));
             if (r->dims[k] == -1 && PyErr_Occurred()) return -1;
             negative |= r->dims[k] < 0;
-            items *= r->dims[k];
+            if (r->dims[k] == 0)
+                empty = 1;
+            else if (r->dims[k] > 0 && !overflow)
+                overflow = __builtin_mul_overflow(span, r->dims[k], &span);
         }
-        PyArray_Descr *d = (PyArray_Descr *)dtype;
-        if (PyDataType_HASSUBARRAY(d) || negative || items * (npy_intp)PyDataType_ELSIZE(d) != r->nbytes) {
+        if (negative || overflow) {
+            PyErr_SetString(PyExc_ValueError, "shape has a negative dimension or spans more bytes than numpy can index");
+            return -1;
+        }
+        npy_intp total = (empty || PyDataType_ELSIZE(d) == 0) ? 0 : span;
+        if (PyDataType_HASSUBARRAY(d) || total != r->nbytes) {
             PyErr_SetString(PyExc_ValueError, "shape and dtype do not give nbytes (or a sub-array dtype)");
             return -1;
         }

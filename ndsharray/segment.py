@@ -309,13 +309,38 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
         dtype = text_to_dtype(dtype_text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise bad("tag or dtype", f"does not decode ({exc})") from None
+    why = shape_problem(shape, dtype.itemsize)
+    if why is not None:
+        raise bad("shape", why)
     if math.prod(shape) * dtype.itemsize != nbytes:
         raise bad("shape", f"{shape} of {dtype} is not {nbytes} bytes")
-    if any(n >= 1 << 62 for n in shape):  # (a zero-size shape may hide one)
-        raise bad("shape", f"{shape} has a dimension no array can have")
     return Header(layout, generation, writer_pid, created, tag, dtype_text, dtype,
                   tuple(int(n) for n in shape), bytes(buf[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES]),
                   retired)
+
+
+# numpy indexes bytes with a signed 64-bit npy_intp (so does _hot.c).
+MAX_ARRAY_BYTES = (1 << 63) - 1
+
+
+def shape_problem(shape: tuple[int, ...], itemsize: int) -> str | None:
+    """Why no numpy array can have ``shape`` (items of ``itemsize`` bytes), or None.
+
+    A zero in the shape makes the product 0, which hides any size in the other dimensions
+    (``(2**61, 2**61, 0)``): numpy multiplies the non-zero ones, times the item size, in a
+    signed 64-bit integer and refuses the array when that overflows; so do we, before any
+    C code multiplies them.
+    """
+    if any(n < 0 or n >= 1 << 62 for n in shape):
+        return f"{shape} has a dimension no array can have"
+    size = max(1, itemsize)
+    for n in shape:
+        if n:
+            size *= n
+    if size > MAX_ARRAY_BYTES:
+        return (f"{shape} with {itemsize}-byte items spans more than {MAX_ARRAY_BYTES} bytes "
+                "(its non-zero dimensions multiplied), more than numpy can index")
+    return None
 
 
 def mapping_address(mm: mmap.mmap) -> int:

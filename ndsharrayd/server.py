@@ -53,6 +53,7 @@ from ndsharray.segment import (
     reader_rows,
     retire,
     segment_path,
+    shape_problem,
     shm_dir,
     writer_key,
 )
@@ -599,6 +600,9 @@ class Daemon:
             raise RequestError(ErrorCode.NO_SPACE, (
                 f"a segment for {a['tag']!r} would need {need} bytes, more than any machine's "
                 f"shared memory (limit {MAX_SEGMENT_BYTES}); check the shape {list(shape)}"), req.id)
+        why = shape_problem(shape, dtype.itemsize)  # (a 0 in the shape hides the others' product)
+        if why is not None:
+            raise RequestError(ErrorCode.BAD_REQUEST, f"field 'shape': {why}", req.id)
         if self.max_bytes is not None:
             used = self._bytes_in_use() - rec.size
             if used + need > self.max_bytes:

@@ -75,6 +75,17 @@ def test_hostile_frames_get_errors_and_the_daemon_keeps_serving(daemon: Daemon) 
     assert daemon.proc is not None and daemon.proc.poll() is None
 
 
+def test_the_daemon_refuses_a_generation_whose_shape_numpy_cannot_index(daemon: Daemon) -> None:
+    # (2**61, 2**61, 0) is 0 bytes, but no reader could build its view (review defect 6).
+    with ndsharray.NdShArray("huge", r_w="w") as w:
+        with pytest.raises(ndsharray.DaemonError, match="more than numpy can index") as err:
+            w._conn.request("generation", tag="huge", pid=os.getpid(), token=w._token, dtype="'|u1'",
+                            shape=[2**61, 2**61, 0], slots=3)
+        assert err.value.code == "BAD_REQUEST"
+        w.write(np.zeros((2, 0)))  # a zero-size array numpy can index is fine
+        assert w.shape == (2, 0)
+
+
 def test_daemon_error_replies_carry_the_request_id(daemon: Daemon) -> None:
     reply = raw_exchange(daemon.endpoint, [protocol.encode_request(42, "claim", tag="t", pid=0,
                                                                      token="ab" * 8)])

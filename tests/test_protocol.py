@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ndsharray import protocol
+from ndsharray import _hot, protocol
 from ndsharray.errors import CorruptSegmentError
 from ndsharray.protocol import ErrorCode, RequestError, decode_request, encode_request
-from ndsharray.segment import create_segment, parse_header, shm_dir
+from ndsharray.segment import SegmentReader, SegmentWriter, create_segment, parse_header, shm_dir
 from ndsharrayd.registry import Registry
 
 TOKEN = "0123456789abcdef"
@@ -204,3 +204,81 @@ def test_registry_invariants_hold_under_any_sequence(ops: list[tuple[str, str, i
             assert (rec.idle_since is not None) <= (rec.writer is None and not rec.readers)
             assert rec.writer is None or rec.writer.pid not in dead
         assert reg.pids() <= set(range(1, 5)) - dead
+
+
+def _header_of(shape: tuple[int, ...], dtype_text: str) -> bytearray:
+    """The bytes of a real segment made for ``shape`` (create_segment checks nothing)."""
+    name = f"nds-test-shape-{os.getpid()}"
+    path = os.path.join(shm_dir(), name)
+    create_segment(name, tag="cam", dtype_text=dtype_text, shape=shape, nslots=2, generation=1,
+                   writer_pid=os.getpid())
+    try:
+        with open(path, "rb") as f:
+            return bytearray(f.read())
+    finally:
+        os.unlink(path)
+
+
+def _numpy_takes(shape: tuple[int, ...], dtype: str) -> bool:
+    try:
+        np.ndarray(shape, dtype, buffer=b"")
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("shape, dtype, ok", [
+    ((2**61, 2**61, 0), "|u1", False),  # review defect 6: the product is 0, the dims overflow
+    ((2**32, 2**31, 0), "|u1", False),  # 2**63 bytes: one past what npy_intp holds
+    ((2**32, 2**31 - 1, 0), "|u1", True),
+    ((2**60, 0), "<f8", False),  # the item size counts: 2**63 bytes
+    ((2**59, 0), "<f8", True),
+    ((3, 2**62 - 1, 0), "|u1", False),
+    ((0, 2**62 - 1), "<u2", True),
+])
+def test_a_zero_size_shape_hiding_an_overflow_is_corrupt(shape: tuple[int, ...], dtype: str, ok: bool) -> None:
+    assert _numpy_takes(shape, dtype) == ok  # what numpy itself can index
+    buf = _header_of(shape, f"'{dtype}'")
+    if ok:
+        assert parse_header(buf, len(buf)).shape == shape
+    else:
+        with pytest.raises(CorruptSegmentError, match="more than numpy can index"):
+            parse_header(buf, len(buf))
+
+
+def test_readers_and_writers_refuse_a_hostile_shape_with_corrupt_segment_error() -> None:
+    name = f"nds-test-hostile-{os.getpid()}"
+    create_segment(name, tag="x", dtype_text="'|u1'", shape=(2**61, 2**61, 0), nslots=3,
+                   generation=1, writer_pid=os.getpid())
+    try:
+        for opener in (SegmentReader, SegmentWriter):
+            with pytest.raises(CorruptSegmentError, match="shape"):
+                opener(name)
+    finally:
+        os.unlink(os.path.join(shm_dir(), name))
+
+
+@pytest.mark.parametrize("shape", [(2**61, 2**61, 0), (2**62, 2**62, 2**62, 0), (2**32, 2**31, 0), (-1, 0)])
+def test_the_c_reader_refuses_shapes_that_overflow_instead_of_multiplying_them(shape: tuple[int, ...]) -> None:
+    # Nothing is read at these addresses: the shape is refused first.
+    with pytest.raises(ValueError, match="numpy can index"):
+        _hot.Reader(base=4096, row=0, nslots=2, header_size=4096, stride=64, nbytes=0, keep=None,
+                    shape=shape, dtype=np.dtype("u1"))
+    _hot.Reader(base=4096, row=0, nslots=2, header_size=4096, stride=64, nbytes=0, keep=None,
+                shape=(2**32, 2**31 - 1, 0), dtype=np.dtype("u1"))  # numpy takes this one
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 2**62 - 1), st.integers(0, 64), st.sampled_from([2**31, 2**32, 2**61])),
+                min_size=1, max_size=4),
+       st.sampled_from(["|u1", "<u2", "<f8", "<c16", "|S3"]))
+def test_parse_header_takes_a_zero_size_shape_exactly_when_numpy_can_index_it(
+        dims: list[int], dtype: str) -> None:
+    shape = (*dims, 0)
+    buf = _header_of(shape, f"'{dtype}'")
+    try:
+        parse_header(buf, len(buf))
+        accepted = True
+    except CorruptSegmentError:
+        accepted = False
+    assert accepted == _numpy_takes(shape, dtype)
