@@ -208,10 +208,14 @@ def info(endpoint: str, tag: str, as_json: bool) -> None:
 @click.argument("tag", callback=_tag_arg)
 @click.option("--png", "png", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the frame as a PNG (needs Pillow: ndsharray[image]).")
+@click.option("--bgr", is_flag=True,
+              help="With --png: the HxWx3/4 frame is BGR(A), OpenCV's channel order.")
 @click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait for a frame.")
 @click.pass_obj
-def show(endpoint: str, tag: str, png: str | None, timeout: float) -> None:
+def show(endpoint: str, tag: str, png: str | None, bgr: bool, timeout: float) -> None:
     """Statistics and a preview of TAG's latest frame."""
+    if bgr and not png:
+        raise click.UsageError("--bgr says how to write the --png file; give --png FILE too")
     with NdShArray(tag, r_w="r", endpoint=endpoint) as r:
         status, a = r.read(copy=True, timeout=timeout)
         age = r.read_time_ms
@@ -228,8 +232,8 @@ def show(endpoint: str, tag: str, png: str | None, timeout: float) -> None:
     if png:
         from .imaging import save_png
 
-        shape = save_png(a, png)
-        click.echo(f"wrote {png} ({_shape(shape)} 8-bit)")
+        shape = save_png(a, png, bgr=bgr)
+        click.echo(f"wrote {png} ({_shape(shape)} 8-bit{', from BGR' if bgr else ''})")
 
 
 @main.command("record")
@@ -273,11 +277,20 @@ def record_cmd(endpoint: str, tag: str, file: str, frames: int | None, seconds: 
 @click.option("--loop", is_flag=True, help="Start over at the end, until Ctrl-C.")
 @click.pass_obj
 def replay_cmd(endpoint: str, file: str, tag: str, rate: float | None, loop: bool) -> None:
-    """Publish the frames of a recording under TAG."""
+    """Publish the frames of a recording under TAG (with a progress line on a terminal)."""
     done = [0]
+    out = click.get_text_stream("stdout")
+    live = out.isatty()  # scripts and pipes get the one final line, as always
+    start = last = time.monotonic()
 
     def step(n: int) -> None:
+        nonlocal last
         done[0] = n
+        now = time.monotonic()
+        if live and now - last >= 0.25:
+            last = now
+            out.write(f"\rreplaying {file} into {tag}: {n} frames, {n / (now - start):.1f} Hz ")
+            out.flush()
 
     try:
         n = recording.replay(file, tag, rate=rate, loop=loop, endpoint=endpoint, progress=step)
@@ -285,6 +298,10 @@ def replay_cmd(endpoint: str, file: str, tag: str, rate: float | None, loop: boo
         raise click.ClickException(
             f"replay stopped after {done[0]} frames: tag {tag!r} was removed (ndsharray rm) "
             "while it played; run ndsharray replay again to publish it anew") from None
+    finally:
+        if live and last > start:
+            out.write("\r\x1b[K")  # clear the progress line
+            out.flush()
     click.echo(f"replayed {n} frames from {file} into {tag}")
 
 

@@ -32,12 +32,21 @@ def to_uint8_image(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return np.where(finite, np.rint(scaled), 0).astype(np.uint8)
 
 
-def save_png(a: np.ndarray[Any, Any], path: str) -> tuple[int, ...]:
-    """Write ``a`` as a PNG (see :func:`to_uint8_image`); returns the image array's shape."""
+def save_png(a: np.ndarray[Any, Any], path: str, *, bgr: bool = False) -> tuple[int, ...]:
+    """Write ``a`` as a PNG (see :func:`to_uint8_image`); returns the image array's shape.
+
+    ``bgr``: the colour channels of an HxWx3/4 frame are in OpenCV's order (blue, green,
+    red[, alpha]); they are swapped to PNG's RGB(A). ``ValueError`` for a frame without
+    colour channels, rather than a silently unchanged picture.
+    """
+    if bgr and not (a.ndim == 3 and a.shape[2] in (3, 4)):
+        raise ValueError(f"--bgr needs an HxWx3 or HxWx4 frame, not shape {a.shape}")
     try:
         from PIL import Image
     except ImportError:
         raise ImportError("writing PNG files needs Pillow: pip install 'ndsharray[image]'") from None
     img = to_uint8_image(a)
+    if bgr:
+        img = np.ascontiguousarray(img[:, :, [2, 1, 0, 3][: img.shape[2]]])
     Image.fromarray(img).save(path, format="PNG")
     return tuple(img.shape)

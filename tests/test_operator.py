@@ -160,3 +160,57 @@ def test_doctor_judges_the_socket_by_what_other_users_can_reach(daemon: Daemon, 
         assert line.startswith("WARN") and "can replace your daemon's socket" in line, line
     finally:
         os.chmod(folder, 0o700)
+
+
+def test_show_png_bgr_swaps_opencv_channel_order(daemon: Daemon, folder: str) -> None:
+    image = pytest.importorskip("PIL.Image")
+    bgr = np.zeros((4, 5, 3), np.uint8) + np.array([10, 20, 30], np.uint8)  # blue 10, green 20, red 30
+    bgra = np.zeros((4, 5, 4), np.uint8) + np.array([10, 20, 30, 40], np.uint8)
+    with ndsharray.NdShArray("cv/bgr", bgr, "w"), ndsharray.NdShArray("cv/bgra", bgra, "w"), \
+            ndsharray.NdShArray("cv/gray", np.zeros((4, 5), np.uint8), "w"):
+        png = os.path.join(folder, "c.png")
+        out = cli("show", "cv/bgr", "--png", png, "--bgr")
+        assert out.exit_code == 0 and "from BGR" in out.output
+        with image.open(png) as img:
+            assert img.mode == "RGB" and img.getpixel((0, 0)) == (30, 20, 10)
+        assert cli("show", "cv/bgr", "--png", png).exit_code == 0  # without it: taken as RGB
+        with image.open(png) as img:
+            assert img.getpixel((0, 0)) == (10, 20, 30)
+        assert cli("show", "cv/bgra", "--png", png, "--bgr").exit_code == 0
+        with image.open(png) as img:
+            assert img.mode == "RGBA" and img.getpixel((0, 0)) == (30, 20, 10, 40)
+        gray = CliRunner().invoke(main, ["show", "cv/gray", "--png", png, "--bgr"])
+        assert gray.exit_code == 2 and "--bgr needs an HxWx3 or HxWx4 frame" in gray.output
+        alone = CliRunner().invoke(main, ["show", "cv/bgr", "--bgr"])
+        assert alone.exit_code == 2 and "give --png FILE too" in alone.output
+
+
+def test_replay_shows_progress_on_a_terminal_only(daemon: Daemon, folder: str) -> None:
+    import pty
+
+    path = os.path.join(folder, "p.npy")
+    np.save(path, np.arange(60.0).reshape(30, 2))
+    args = [sys.executable, "-m", "ndsharray", "replay", path, "prog", "--rate", "40"]  # 0.75 s
+    piped = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and piped.stdout == f"replayed 30 frames from {path} into prog\n"
+    main_fd, sub_fd = pty.openpty()
+    try:
+        proc = subprocess.Popen(args, stdout=sub_fd, stderr=subprocess.PIPE)
+        os.close(sub_fd)
+        chunks = []
+        while True:
+            try:
+                data = os.read(main_fd, 4096)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(30) == 0
+        assert proc.stderr is not None
+        proc.stderr.close()
+    finally:
+        os.close(main_fd)
+    shown = b"".join(chunks).decode()
+    assert f"\rreplaying {path} into prog: " in shown and " frames, " in shown and " Hz" in shown, shown
+    assert shown.rstrip().endswith(f"replayed 30 frames from {path} into prog"), shown
