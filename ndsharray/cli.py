@@ -31,6 +31,7 @@ from .client import NdShArray
 from .doctor import run_checks
 from .errors import NdShArrayError, TagRemovedError
 from .protocol import check_tag
+from .table import render, terminal_width
 from .transport import daemon_running, start_daemon
 from .units import format_size as _size
 
@@ -68,12 +69,6 @@ def _row(t: TagInfo) -> list[str]:
         _age(t.last_write_age_s), _latency(t.max_read_latency_s),
         "-" if t.max_behind is None else str(t.max_behind), str(t.generation),
     ]
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [header, *rows])
 
 
 def _silence(*streams: Any) -> None:
@@ -133,7 +128,10 @@ def main(ctx: click.Context, endpoint: str | None) -> None:
 
 
 LS_HEADER = ["TAG", "DTYPE", "SHAPE", "SIZE", "WRITER", "READERS", "WRITES", "RATE HZ", "LAST WRITE",
-             "LATENCY", "BEHIND", "GEN"]
+             "AGE AT READ", "BEHIND", "GEN"]
+# On a narrow terminal these go first (ls --json keeps everything).
+LS_DROP = ["GEN", "SIZE", "WRITES", "AGE AT READ", "DTYPE", "BEHIND", "LAST WRITE", "READERS", "RATE HZ",
+           "SHAPE", "WRITER"]
 
 
 def _ls_text(endpoint: str, prefix: str) -> str:
@@ -145,7 +143,12 @@ def _ls_text(endpoint: str, prefix: str) -> str:
     if not tags:
         where = f" under {prefix!r}" if prefix else ""
         return f"no tags{where} at {endpoint} - a writer creates one: NdShArray('name', array, r_w='w')" + notes
-    return _table(LS_HEADER, [_row(t) for t in tags]) + notes
+    width = terminal_width()
+    text, dropped = render(LS_HEADER, [_row(t) for t in tags], width, LS_DROP)
+    if dropped:
+        hint = f"(hidden at {width} columns: {', '.join(dropped)}; ls --json has all)"
+        text += "\n" + (hint if len(hint) <= (width or 0) else hint[: max(1, (width or 1) - 1)] + "~")
+    return text + notes
 
 
 @main.command("ls")

@@ -90,7 +90,7 @@ def test_ls_shows_how_late_and_how_far_behind_readers_are(daemon: Daemon, puppet
         (t,) = ndsharray.list_tags()
         assert t.max_behind == 3
         header, row = cli("ls").output.splitlines()
-        assert "LATENCY" in header and "BEHIND" in header
+        assert "AGE AT READ" in header and "BEHIND" in header
         assert row.split()[-2:] == ["3", "1"]  # BEHIND, GEN
         out = cli("info", "lag").output
         assert f"reader {reader.pid}" in out and "3 write(s) behind" in out

@@ -3,6 +3,7 @@ log (issue 10, first-time user items 4, 5, 6, 8, 9, 10, 11, 12)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -214,3 +215,24 @@ def test_replay_shows_progress_on_a_terminal_only(daemon: Daemon, folder: str) -
     shown = b"".join(chunks).decode()
     assert f"\rreplaying {path} into prog: " in shown and " frames, " in shown and " Hz" in shown, shown
     assert shown.rstrip().endswith(f"replayed 30 frames from {path} into prog"), shown
+
+
+def test_ls_fits_the_terminal_and_json_keeps_everything(daemon: Daemon, monkeypatch: Any) -> None:
+    with ndsharray.NdShArray("camera/left", np.zeros((720, 1280, 3), np.uint8), "w"), \
+            ndsharray.NdShArray("camera/left", r_w="r") as r:
+        r.read()
+        monkeypatch.delenv("COLUMNS", raising=False)
+        full = cli("ls").output.splitlines()  # not a terminal: every column
+        assert full[0].split("  ")[0] == "TAG" and "GEN" in full[0] and "AGE AT READ" in full[0]
+        assert len(full) == 2 and len(full[0]) > 100
+        for cols in (100, 80, 60, 40):
+            monkeypatch.setenv("COLUMNS", str(cols))
+            lines = cli("ls").output.splitlines()
+            assert all(len(line) <= cols for line in lines), (cols, lines)
+            assert lines[0].startswith("TAG") and lines[1].startswith("camera/left")
+            assert "GEN" not in lines[0].split() and lines[2].startswith(f"(hidden at {cols} columns: GEN")
+        monkeypatch.setenv("COLUMNS", "80")
+        assert "WRITER" in cli("ls").output.splitlines()[0]
+        (data,) = json.loads(cli("ls", "--json").output)
+        assert set(data) == set(ndsharray.list_tags()[0].as_json())
+        assert data["generation"] == 1 and data["size"] > 0 and data["max_read_latency_s"] is not None
