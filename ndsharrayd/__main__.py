@@ -11,6 +11,7 @@ import grp
 import logging
 import os
 import sys
+from typing import TextIO
 
 import click
 
@@ -19,6 +20,7 @@ from ndsharray._version import __version__
 from ndsharray.errors import UnsafeFileError
 from ndsharray.units import parse_size
 
+from . import logfile
 from .server import AlreadyRunning, Daemon
 
 
@@ -53,9 +55,16 @@ def _byte_size(ctx: click.Context, param: click.Parameter, value: str | None) ->
               help="Share segments (0660) and the socket with this group; the endpoint's folder "
                    "must be group-accessible too. Default: this user only (0600, folder 0700).")
 @click.option("--detach", is_flag=True, help="Run in the background; return once serving.")
+@click.option("--keep-log", is_flag=True, envvar="NDSHARRAY_KEEP_LOG",
+              help="With --detach: keep the log file (<socket>.log) after a clean stop; by "
+                   "default a clean stop removes it.")
+@click.option("--log-max-bytes", default="1MiB", show_default=True, metavar="SIZE", callback=_byte_size,
+              help="With --detach: past this size the log file moves to <socket>.log.1 (one "
+                   "kept) and a new one starts.")
 @click.version_option(__version__, prog_name="ndsharrayd")
 def main(endpoint: str | None, log_level: str, orphan_ttl: float, max_bytes: int | None,
-         max_tags: int, max_clients: int, group: str | None, detach: bool) -> None:
+         max_tags: int, max_clients: int, group: str | None, detach: bool, keep_log: bool,
+         log_max_bytes: int) -> None:
     """The ndsharray registry daemon: maps tags to shared-memory segments."""
     endpoint = config.resolve_endpoint(endpoint)
     gid = None
@@ -67,7 +76,7 @@ def main(endpoint: str | None, log_level: str, orphan_ttl: float, max_bytes: int
     daemon = Daemon(endpoint, orphan_ttl=orphan_ttl, max_bytes=max_bytes, max_tags=max_tags,
                     max_clients=max_clients, group=gid)
     if detach:
-        _detach(daemon, log_level)
+        _detach(daemon, log_level, keep_log, log_max_bytes)
         return
     _log_to_stderr(log_level)
     try:
@@ -89,13 +98,14 @@ class _OneLineFormatter(logging.Formatter):
         return super().formatMessage(record).translate(_ESCAPES)
 
 
-def _log_to_stderr(log_level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def _log_to_stderr(log_level: str, handler: logging.StreamHandler[TextIO] | None = None) -> None:
+    handler = handler or logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLineFormatter("%(asctime)s ndsharrayd[%(process)d] %(levelname)s %(message)s"))
     logging.basicConfig(level=log_level.upper(), handlers=[handler])
 
 
-def _detach(daemon: Daemon, log_level: str) -> None:
+def _detach(daemon: Daemon, log_level: str, keep_log: bool = False,
+            log_max_bytes: int = logfile.DEFAULT_MAX_BYTES) -> None:
     """Fork before any zmq exists; the parent waits for the child's first word on a pipe."""
     r, w = os.pipe()
     child = os.fork()
@@ -131,7 +141,7 @@ def _detach(daemon: Daemon, log_level: str) -> None:
     os.dup2(logf, 2)
     os.close(null)
     os.close(logf)
-    _log_to_stderr(log_level)
+    _log_to_stderr(log_level, logfile.RotatingStderr(config.log_path(daemon.endpoint), log_max_bytes))
 
     def ready(word: str) -> None:
         os.write(w, word.encode())
@@ -140,6 +150,8 @@ def _detach(daemon: Daemon, log_level: str) -> None:
     code = 0
     try:
         daemon.serve(ready)
+        if not keep_log:  # a clean stop: nothing in it anyone needs (a failure keeps it)
+            logfile.remove(config.log_path(daemon.endpoint))
     except AlreadyRunning as exc:
         ready(f"{exc} ({daemon.endpoint})")
         code = 3

@@ -218,7 +218,7 @@ def test_doctor_and_daemon_control(folder: str, monkeypatch: Any) -> None:
         stopped = run("daemon", "stop")
     assert stopped.returncode == 0 and "stopped ndsharrayd pid" in stopped.stdout
     assert run("daemon", "status").returncode == 1
-    assert sorted(os.listdir(folder)) == ["ctl.sock.log"]  # no socket, lock or start lock left
+    assert sorted(os.listdir(folder)) == []  # no socket, lock, start lock or log left
 
 
 def test_record_stops_when_the_writer_goes_quiet(daemon: Daemon, folder: str) -> None:

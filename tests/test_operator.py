@@ -236,3 +236,39 @@ def test_ls_fits_the_terminal_and_json_keeps_everything(daemon: Daemon, monkeypa
         (data,) = json.loads(cli("ls", "--json").output)
         assert set(data) == set(ndsharray.list_tags()[0].as_json())
         assert data["generation"] == 1 and data["size"] > 0 and data["max_read_latency_s"] is not None
+
+
+def _daemon_start(endpoint: str, *args: str) -> None:
+    from ndsharray.transport import daemon_command
+
+    started = subprocess.run(daemon_command("--endpoint", endpoint, "--detach", *args),
+                             capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+
+
+def test_the_daemons_log_is_bounded_and_goes_with_a_clean_stop(folder: str, monkeypatch: Any) -> None:
+    endpoint = f"ipc://{folder}/d.sock"
+    log = config.log_path(endpoint)
+    assert log == f"{folder}/d.sock.log"
+    monkeypatch.setenv(config.ENV_ENDPOINT, endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    _daemon_start(endpoint, "--log-level", "DEBUG", "--log-max-bytes", "4KiB")
+    try:
+        for i in range(60):  # each new tag logs a line of about 150 bytes
+            ndsharray.NdShArray(f"log/t{i}", np.zeros(2), "w").close()
+        sizes = {n: os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder) if ".log" in n}
+        assert set(sizes) == {"d.sock.log", "d.sock.log.1"}, sizes
+        assert all(size <= 4096 + 1024 for size in sizes.values()), sizes  # (one record past the bound)
+        with open(log) as f:
+            assert "serving" not in f.read()  # (the first lines moved to .1, then went)
+    finally:
+        transport.close_all()
+        assert cli("daemon", "stop").exit_code == 0
+    assert sorted(os.listdir(folder)) == [], "a clean stop removes the log and its .1"
+    # --keep-log (or NDSHARRAY_KEEP_LOG=1, which auto-started daemons inherit) keeps it
+    monkeypatch.setenv("NDSHARRAY_KEEP_LOG", "1")
+    _daemon_start(endpoint)
+    assert cli("daemon", "stop").exit_code == 0
+    assert sorted(os.listdir(folder)) == ["d.sock.log"]
+    with open(log) as f:
+        assert "stopped; removed 0 segment(s)" in f.read()

@@ -126,8 +126,9 @@ INJECTED = "\n';cd;touch PWNED_by_member;#"
 
 
 @needs_root
-def test_planted_segment_names_are_logged_escaped(folder: str) -> None:
+def test_planted_segment_names_are_logged_escaped(folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Issue 11 item 2: a name holding a newline and shell code became a line of its own.
+    monkeypatch.setenv("NDSHARRAY_KEEP_LOG", "1")  # (a clean stop removes the log otherwise)
     endpoint = f"ipc://{folder}/d.sock"
     prefix = config.segment_prefix(endpoint)
     planted = [f"/dev/shm/{prefix}foreign{INJECTED}", f"/dev/shm/{prefix}junk{INJECTED}"]
