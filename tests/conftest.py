@@ -235,3 +235,16 @@ def puppets() -> Iterator[Any]:
     yield make
     for p in made:
         p.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say plainly what did not run for want of root (tests that switch uid, plant another
+    user's files or mount a tmpfs): their skips are easy to miss in a long summary."""
+    if os.geteuid() == 0:
+        return
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "root" in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} test(s) need root and did not run (uid {os.geteuid()}): the other-uid, "
+            "planted-file, --group and small-tmpfs checks of tests/test_hostile.py; CI runs them "
+            "as root (.ci/run)", yellow=True, bold=True)

@@ -233,7 +233,8 @@ def small_tmpfs(folder: str) -> Any:
     rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=1777", "tmpfs", mnt],
                         capture_output=True, text=True)
     if rc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({rc.stderr.strip()}); the quota test covers this")
+        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN: {rc.stderr.strip()}); "
+                    "the quota test covers part of this")
     yield mnt
     subprocess.run(["umount", mnt], check=True)
 
