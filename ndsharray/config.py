@@ -23,10 +23,51 @@ def runtime_dir() -> str:
     base = os.environ.get("XDG_RUNTIME_DIR", "")
     if base and os.path.isdir(base) and os.access(base, os.W_OK):
         path = os.path.join(base, "ndsharray")
-    else:
-        path = os.path.join(tempfile.gettempdir(), f"ndsharray-{os.getuid()}")
-    ensure_private_dir(path, tighten=True)
-    return path
+        ensure_private_dir(path, tighten=True)
+        return path
+    return _temp_runtime_dir()
+
+
+SPARE_RUNTIME_DIRS = 15
+
+
+def _temp_runtime_dir() -> str:
+    """``/tmp/ndsharray-<uid>``, or a spare ``ndsharray-<uid>.<k>`` when another user made
+    that name first (in sticky /tmp we could not remove theirs).
+
+    Every client of the user must find the same folder without talking to the others: the
+    first existing folder of ours wins (so a squatter who later removes theirs splits
+    nobody), and only when there is none, the first name that ``mkdir`` gives us (two
+    clients racing for it: one makes it, the other finds it is ours).
+    """
+    tmp = tempfile.gettempdir()
+    uid = os.getuid()
+    names = [os.path.join(tmp, f"ndsharray-{uid}")]
+    names += [os.path.join(tmp, f"ndsharray-{uid}.{k}") for k in range(1, SPARE_RUNTIME_DIRS + 1)]
+    for path in names:
+        if _own_folder(path):
+            ensure_private_dir(path, tighten=True)
+            return path
+    for path in names:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if not _own_folder(path):
+                continue  # taken by someone else (or not a folder): the next name
+        ensure_private_dir(path, tighten=True)
+        return path
+    raise PermissionError(
+        f"{names[0]} and its {SPARE_RUNTIME_DIRS} spare names in {tmp} are all taken by other "
+        f"users or are not folders; set XDG_RUNTIME_DIR to a folder of your own (systemd "
+        f"makes /run/user/{uid}), or {ENV_ENDPOINT}=ipc://<a folder of yours>/ndsharrayd.sock")
+
+
+def _own_folder(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
 
 
 def ensure_private_dir(path: str, tighten: bool = False) -> None:

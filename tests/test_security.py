@@ -296,3 +296,38 @@ def test_daemon_stop_signals_only_the_process_holding_the_lock(folder: str) -> N
     finally:
         fake.communicate("")
         victim.communicate(b"")
+
+
+@pytest.mark.parametrize("squat", ["file", pytest.param("folder of another uid", marks=needs_root)])
+def test_a_squatted_runtime_folder_is_passed_by(folder: str, monkeypatch: Any, squat: str) -> None:
+    # Issue 11 item 8: with XDG_RUNTIME_DIR unset, another uid's /tmp/ndsharray-<uid> made
+    # every client and the CLI fail, and the user could not remove it from sticky /tmp.
+    import tempfile
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", folder)
+    usual = os.path.join(folder, f"ndsharray-{os.getuid()}")
+    if squat == "file":
+        with open(usual, "w"):
+            pass
+    else:
+        os.mkdir(usual)
+        os.chown(usual, NOBODY, NOBODY)
+    spare = config.runtime_dir()
+    assert spare == usual + ".1"
+    st = os.lstat(spare)
+    assert st.st_uid == os.getuid() and st.st_mode & 0o777 == 0o700
+    assert config.runtime_dir() == spare
+    os.unlink(usual) if squat == "file" else os.rmdir(usual)  # the squatter leaves:
+    assert config.runtime_dir() == spare  # every client still agrees on the spare
+    assert not os.path.exists(usual)
+
+
+def test_when_every_runtime_folder_name_is_taken_the_error_says_what_to_do(folder: str, monkeypatch: Any) -> None:
+    import tempfile
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", folder)
+    names = [f"ndsharray-{os.getuid()}"] + [f"ndsharray-{os.getuid()}.{k}" for k in range(1, 16)]
+    for name in names:
+        os.symlink("/", os.path.join(folder, name))  # (links: never followed, never ours)
+    with pytest.raises(PermissionError, match=r"set XDG_RUNTIME_DIR to a folder of your own .* NDSHARRAY_ENDPOINT="):
+        config.default_endpoint()
