@@ -43,6 +43,7 @@ from .segment import (
     SegmentReader,
     SegmentWriter,
     current_pid,
+    is_segment_name,
     process_pid_holder,
     shm_dir,
 )
@@ -581,7 +582,7 @@ class NdShArray:
             name = os.readlink(self._pointer)
         except OSError:
             return None  # no segment yet, or a daemon without pointers
-        if not name.startswith("nds-") or "/" in name:
+        if not is_segment_name(name):
             return None  # not a segment name: never open what a planted link names
         seg = self._rseg
         if seg is None or seg.name != name:

@@ -15,6 +15,7 @@ daemon or a client looks at the endpoint's lock, log and start-lock files.
 from __future__ import annotations
 
 import errno
+import grp
 import os
 import pwd
 import stat
@@ -123,3 +124,75 @@ def flock_holders(st: os.stat_result) -> list[int]:
     except (OSError, ValueError):
         pass
     return pids
+
+
+def my_groups() -> frozenset[int]:
+    return frozenset([os.getegid(), *os.getgroups()])
+
+
+def check_daemon_files(lock: str, lock_st: os.stat_result, socket_path: str | None) -> None:
+    """Refuse to trust a daemon that is not ours (or shared with one of our groups), or
+    whose endpoint folder users beyond it can write.
+
+    ``lock_st``: the endpoint's lock file, opened with :func:`open_checked`. Its owner is
+    the daemon's owner; under ``ndsharrayd --group`` it is group-readable (0640) with the
+    shared group. Whoever can write the socket's folder can replace socket and lock with
+    their own (a fake daemon naming their own files as segments): such a folder is
+    refused unless only the owner, root, or the shared group can write it.
+    """
+    owner = lock_st.st_uid
+    shared_gid = lock_st.st_gid if lock_st.st_mode & 0o040 else None
+    if owner != os.geteuid() and (shared_gid is None or shared_gid not in my_groups()):
+        raise UnsafeFileError(
+            f"{lock} belongs to {user_name(owner)} and is not shared with a group of yours: "
+            "the daemon at this endpoint is not yours to use; use your own endpoint (unset "
+            "NDSHARRAY_ENDPOINT) or ask its owner to share it (ndsharrayd --group)")
+    if socket_path is None:
+        return  # (tcp: the lock lives in our private runtime folder)
+    check_endpoint_folder(os.path.dirname(socket_path) or ".", owner, shared_gid)
+    try:
+        st = os.lstat(socket_path)
+    except FileNotFoundError:
+        return  # a daemon takes its lock before it binds
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != owner:
+        raise UnsafeFileError(
+            f"{socket_path} is not a socket of {user_name(owner)}, who holds the endpoint's "
+            f"lock (it is mode {st.st_mode:o}, {user_name(st.st_uid)}): someone replaced it; "
+            "remove it and make the folder writable only by you")
+
+
+def check_endpoint_folder(folder: str, owner: int, shared_gid: int | None) -> None:
+    """Refuse an endpoint folder that users other than ``owner`` (the daemon's), root,
+    and the group the daemon shares with (``shared_gid``, under --group) can write."""
+    st = os.stat(folder)
+    mode = stat.S_IMODE(st.st_mode)
+    way_out = ("put the endpoint in a folder only you can write (the default: unset "
+               "NDSHARRAY_ENDPOINT), or one only you and the daemon's --group can write")
+    if mode & stat.S_IWOTH:
+        raise UnsafeFileError(
+            f"{folder} is writable by every user (mode {mode:o}): anyone could put their own "
+            f"socket and lock file there and answer in the daemon's place; {way_out}")
+    if st.st_uid not in (owner, os.geteuid(), 0):
+        raise UnsafeFileError(f"{folder} belongs to {user_name(st.st_uid)}, who could replace "
+                              f"the daemon's socket and lock file; {way_out}")
+    if mode & stat.S_IWGRP and st.st_gid != shared_gid and not _private_group(st.st_gid, st.st_uid):
+        raise UnsafeFileError(
+            f"{folder} is writable by group {_group_name(st.st_gid)} (mode {mode:o}), which this "
+            f"daemon does not share with (ndsharrayd --group): its members could replace the "
+            f"daemon's socket and lock file; chmod g-w {folder}, or {way_out}")
+
+
+def _private_group(gid: int, uid: int) -> bool:
+    """A user's own group (Debian's user private groups: umask 002 makes 0775 folders)."""
+    try:
+        user = pwd.getpwuid(uid)
+        return user.pw_gid == gid and set(grp.getgrgid(gid).gr_mem) <= {user.pw_name}
+    except KeyError:
+        return False
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return f"{gid} ({grp.getgrgid(gid).gr_name})"
+    except KeyError:
+        return str(gid)

@@ -79,6 +79,8 @@ import hashlib
 import math
 import mmap
 import os
+import re
+import stat
 import struct
 import sys
 import time
@@ -90,7 +92,7 @@ import numpy as np
 
 from . import _hot
 from .dtypes import MAX_DESCR_LEN, text_to_dtype
-from .errors import CorruptSegmentError, ResourceLimitError, SegmentGoneError
+from .errors import CorruptSegmentError, ResourceLimitError, SegmentGoneError, UnsafeFileError
 
 if sys.byteorder != "little":  # pragma: no cover - every target platform is little-endian
     raise ImportError("ndsharray's segment layout assumes a little-endian machine")
@@ -192,6 +194,44 @@ def writer_key(token: str) -> bytes:
     who can read the header (the group, under --group) must not learn a writer's token,
     which would let them release its tag or make generations in its name."""
     return hashlib.sha256(token.encode()).digest()[:KEY_BYTES]
+
+
+_SEGMENT_NAME = re.compile(r"nds-([0-9]{1,10})-[0-9a-f]{10}-[0-9a-f]{16}")
+
+
+def is_segment_name(name: str) -> bool:
+    """True for a name the daemon makes: ``nds-<uid>-<endpoint key>-<16 hex>``."""
+    return _SEGMENT_NAME.fullmatch(name) is not None
+
+
+def check_segment_name(name: str) -> int:
+    """The uid a segment name carries (its daemon's owner); raises on anything else."""
+    m = _SEGMENT_NAME.fullmatch(name) if isinstance(name, str) else None
+    if m is None:
+        raise UnsafeFileError(
+            f"{name!r} is not a segment name ndsharrayd makes (nds-<uid>-<key>-<16 hex digits>): "
+            "whatever answered at the endpoint is not a daemon to trust; check who owns the "
+            "endpoint's folder, socket and lock file")
+    return int(m.group(1))
+
+
+def check_segment_owner(name: str, owner: int, st: os.stat_result, st2: os.stat_result) -> None:
+    """A segment must be what its name says: a regular file of the uid in its name, which
+    is us, or which shares it with one of our groups (ndsharrayd --group); and both our
+    fds must be the same file. Another user who re-creates an unlinked segment's name (or
+    a fake daemon naming its own file) is refused before anything is mapped."""
+    if (st.st_dev, st.st_ino) != (st2.st_dev, st2.st_ino):
+        raise SegmentGoneError(f"segment {name} was replaced while it was opened")
+    shared = st.st_gid in _my_groups() and st.st_mode & 0o060 == 0o060
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != owner or (owner != os.geteuid() and not shared):
+        raise UnsafeFileError(
+            f"{segment_path(name)} belongs to uid {st.st_uid} (group {st.st_gid}, mode "
+            f"{st.st_mode:o}), not to uid {owner} named in it, or is not shared with you: "
+            "another user made it; it was not used")
+
+
+def _my_groups() -> frozenset[int]:
+    return frozenset([os.getegid(), *os.getgroups()])
 
 
 def segment_path(name: str) -> str:
@@ -441,6 +481,8 @@ class _Mapped:
 
     def __init__(self, name: str, writable: bool) -> None:
         self.name = name
+        # Names come from the daemon's replies and the tag pointers: never a path.
+        owner = check_segment_name(name)
         try:
             # Readers open read-write too: they keep their pins in their row of the header.
             self.fd = os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW)
@@ -460,7 +502,9 @@ class _Mapped:
                 raise SegmentGoneError(f"segment {name} no longer exists") from None
             raise
         try:
-            size = os.fstat(mfd).st_size
+            st = os.fstat(mfd)
+            check_segment_owner(name, owner, st, os.fstat(self.fd))
+            size = st.st_size
             if size < 128:
                 raise CorruptSegmentError(f"segment {name}: {size} bytes, too small for a header")
             # A reader's arrays come from a read-only mapping: a stray write through one

@@ -36,6 +36,7 @@ from .errors import (
     TagBusyError,
     TagNotFoundError,
     TagRemovedError,
+    UnsafeFileError,
 )
 from .protocol import ErrorCode, decode_reply, encode_request
 
@@ -52,10 +53,13 @@ _ERRORS: dict[str, type[DaemonError]] = {
 
 def daemon_running(endpoint: str) -> bool:
     """True when some process holds the endpoint's daemon lock."""
+    lock = config.lock_path(endpoint)
     try:
-        fd = os.open(config.lock_path(endpoint), os.O_RDONLY | os.O_CLOEXEC)
+        fd = safefs.open_checked(lock, os.O_RDONLY, owners=safefs.ANYONE, single_link=False)
     except FileNotFoundError:
         return False
+    except UnsafeFileError:
+        raise
     except PermissionError:
         raise DaemonUnavailableError(
             f"permission denied on {config.lock_path(endpoint)}: the daemon at {endpoint} "
@@ -63,6 +67,9 @@ def daemon_running(endpoint: str) -> bool:
             "to share it with a group (ndsharrayd --group)"
         ) from None
     try:
+        # Whose daemon this is, and who could have put it there: checked on every request
+        # (a few stat calls), since the lock, socket and folder may change between two.
+        safefs.check_daemon_files(lock, os.fstat(fd), config.ipc_path(endpoint))
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
@@ -94,15 +101,18 @@ def start_daemon(endpoint: str, timeout: float = 20.0) -> None:
     Concurrent starters serialise on a start lock, so exactly one daemon is spawned.
     """
     ipc = config.ipc_path(endpoint)
+    group = _previous_group(endpoint)
     if ipc is not None:
         config.ensure_private_dir(os.path.dirname(ipc) or ".")  # a fresh endpoint's folder
+        safefs.check_endpoint_folder(os.path.dirname(ipc) or ".", os.geteuid(), group)
     start_lock = config.lock_path(endpoint) + ".start"
     fd = safefs.open_checked(start_lock, os.O_RDWR | os.O_CREAT)
     try:
         _lock_within(fd, start_lock, timeout)
         if daemon_running(endpoint):
             return
-        cmd = daemon_command("--endpoint", endpoint, "--detach")
+        shared = [] if group is None else ["--group", str(group)]
+        cmd = daemon_command("--endpoint", endpoint, "--detach", *shared)
         for _attempt in range(3):
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, timeout=timeout, check=False, cwd="/")
@@ -115,6 +125,21 @@ def start_daemon(endpoint: str, timeout: float = 20.0) -> None:
             )
     finally:
         os.close(fd)
+
+
+def _previous_group(endpoint: str) -> int | None:
+    """The group a daemon of ours that died at ``endpoint`` shared with (its lock file is
+    left, group-readable): a client restarting it shares with the same group, or the
+    group's members would lose the daemon. None when there was none or it was private."""
+    try:
+        fd = safefs.open_checked(config.lock_path(endpoint), os.O_RDONLY, single_link=False)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return st.st_gid if st.st_mode & 0o040 else None
 
 
 def _lock_within(fd: int, path: str, timeout: float) -> None:

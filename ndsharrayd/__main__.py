@@ -72,7 +72,9 @@ def main(endpoint: str | None, log_level: str, orphan_ttl: float, max_bytes: int
         try:
             gid = grp.getgrnam(group).gr_gid
         except KeyError:
-            raise click.BadParameter(f"no group named {group!r}", param_hint="--group") from None
+            if not group.isdigit():  # (a client restarting a group daemon passes its gid)
+                raise click.BadParameter(f"no group named {group!r}", param_hint="--group") from None
+            gid = int(group)
     daemon = Daemon(endpoint, orphan_ttl=orphan_ttl, max_bytes=max_bytes, max_tags=max_tags,
                     max_clients=max_clients, group=gid)
     if detach:

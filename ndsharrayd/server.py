@@ -380,6 +380,8 @@ class Daemon:
         ipc = config.ipc_path(self.endpoint)
         if ipc is not None and self.group is None:
             config.ensure_private_dir(os.path.dirname(ipc) or ".")
+        if ipc is not None:  # nobody beyond us (and our --group) may replace socket or lock
+            safefs.check_endpoint_folder(os.path.dirname(ipc) or ".", os.geteuid(), self.group)
         _raise_fd_limit()
         lock = DaemonLock(config.lock_path(self.endpoint))
         if self.group is not None:  # clients of the group check the lock before each request

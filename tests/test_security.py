@@ -331,3 +331,100 @@ def test_when_every_runtime_folder_name_is_taken_the_error_says_what_to_do(folde
         os.symlink("/", os.path.join(folder, name))  # (links: never followed, never ours)
     with pytest.raises(PermissionError, match=r"set XDG_RUNTIME_DIR to a folder of your own .* NDSHARRAY_ENDPOINT="):
         config.default_endpoint()
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o777])
+def test_an_endpoint_folder_every_user_can_write_is_refused(folder: str, monkeypatch: Any, mode: int) -> None:
+    # Issue 11 item 4: in a 1777 endpoint folder another uid held its own lock, bound the
+    # socket and answered with its own file as the segment. Nobody but you (and your
+    # --group) may be able to write the folder.
+    shared = os.path.join(folder, "shared")
+    os.mkdir(shared)
+    os.chmod(shared, mode)
+    endpoint = f"ipc://{shared}/d.sock"
+    monkeypatch.setenv(config.ENV_ENDPOINT, endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
+    with pytest.raises(ndsharray.UnsafeFileError, match=r"shared is writable by every user .* unset NDSHARRAY_"):
+        ndsharray.NdShArray("t", np.zeros(2), "w")
+    by_hand = subprocess.run(transport.daemon_command("--endpoint", endpoint), capture_output=True, text=True,
+                             timeout=60, stdin=subprocess.DEVNULL)
+    assert by_hand.returncode != 0 and "writable by every user" in by_hand.stderr
+    assert os.listdir(shared) == [] and os.stat(shared).st_mode & 0o7777 == mode
+
+
+@needs_root
+def test_a_lock_of_another_user_is_not_trusted(folder: str, monkeypatch: Any) -> None:
+    # A lock file (held) that another uid owns and does not share with our groups: not
+    # our daemon, whatever answers on the socket.
+    endpoint = f"ipc://{folder}/d.sock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, config.lock_path(endpoint), "1"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        os.chown(config.lock_path(endpoint), NOBODY, NOBODY)
+        os.chmod(config.lock_path(endpoint), 0o644)
+        monkeypatch.setenv(config.ENV_ENDPOINT, endpoint)
+        monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+        with pytest.raises(ndsharray.UnsafeFileError, match=r"d\.sock\.lock belongs to uid 65534 .* not shared"):
+            ndsharray.NdShArray("t", r_w="r")
+    finally:
+        holder.communicate("")
+
+
+def test_a_segment_name_from_a_reply_is_never_a_path(folder: str) -> None:
+    # Issue 11 item 4: a fake daemon answered '/tmp/.../stolen' and the writer wrote there.
+    from ndsharray import segment
+    stolen = os.path.join(folder, "stolen")
+    segment.create_segment(stolen, tag="t", dtype_text="'<f8'", shape=(4,), nslots=2, generation=1,
+                           writer_pid=os.getpid())
+    for name in (stolen, "../" + stolen, "nds-0-abc/../../" + stolen, "nds-0-" + "a" * 10 + "-" + "b" * 15):
+        for cls in (segment.SegmentWriter, segment.SegmentReader):
+            with pytest.raises(ndsharray.UnsafeFileError, match="is not a segment name ndsharrayd makes"):
+                cls(name)
+
+
+@needs_root
+def test_a_segment_another_user_made_under_our_name_is_refused(folder: str) -> None:
+    # Issue 11 items 4 and 10: an unlinked segment's name re-created by another uid between
+    # a reader reading the tag's pointer and opening it; or a fake daemon's own file.
+    from ndsharray import segment
+    name = f"{config.segment_prefix(f'ipc://{folder}/d.sock')}{'c' * 16}"
+    segment.create_segment(name, tag="t", dtype_text="'<f8'", shape=(4,), nslots=2, generation=1,
+                           writer_pid=os.getpid(), mode=0o666)
+    try:
+        os.chown(segment.segment_path(name), NOBODY, NOBODY)
+        for cls in (segment.SegmentWriter, segment.SegmentReader):
+            with pytest.raises(ndsharray.UnsafeFileError, match=r"belongs to uid 65534 .* not to uid 0"):
+                cls(name)
+    finally:
+        os.unlink(segment.segment_path(name))
+
+
+@needs_root
+def test_a_group_daemon_restarted_by_a_client_is_shared_again(folder: str, monkeypatch: Any) -> None:
+    # Issue 11 item 10: auto-start never passed --group, so a group daemon that died came
+    # back private and the group's members lost it.
+    from conftest import Daemon, wait_until
+    group = any_group()
+    os.chown(folder, -1, group.gr_gid)
+    os.chmod(folder, 0o750)
+    d = Daemon(folder, "--group", group.gr_name).start()
+    assert d.proc is not None
+    d.proc.kill()
+    d.proc.wait(15)
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
+    try:
+        with ndsharray.NdShArray("t", np.zeros(2), "w") as w:
+            sock = os.stat(d.endpoint[len("ipc://"):])
+            assert (sock.st_mode & 0o777, sock.st_gid) == (0o660, group.gr_gid)
+            seg = os.stat(segment_file(w.ndarray_mmap_name))
+            assert (seg.st_mode & 0o777, seg.st_gid) == (0o660, group.gr_gid)
+    finally:
+        admin.stop_daemon(d.endpoint)
+    wait_until(lambda: not os.path.exists(d.endpoint[len("ipc://"):]), what="socket removed")
+
+
+def segment_file(name: str | None) -> str:
+    assert name is not None
+    return f"/dev/shm/{name}"
