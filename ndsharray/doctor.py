@@ -24,7 +24,11 @@ class Check:
 
 
 def check_daemon(endpoint: str) -> Check:
-    if not transport.daemon_running(endpoint):
+    try:
+        running = transport.daemon_running(endpoint)
+    except UnsafeFileError as exc:  # (a folder others can write, a lock not ours)
+        return Check("FAIL", "daemon", str(exc))
+    if not running:
         auto = "it starts by itself when a client needs it" if config.autostart_enabled() else \
             f"NDSHARRAY_AUTOSTART=0: start it with: ndsharrayd --endpoint {endpoint}"
         return Check("OK" if config.autostart_enabled() else "WARN", "daemon",
@@ -83,7 +87,7 @@ def check_remove_ipc() -> Check:
 def check_stale_segments(endpoint: str) -> Check:
     prefix = config.segment_prefix(endpoint)
     mine = [n for n in os.listdir(shm_dir()) if n.startswith(prefix)]
-    if not mine or transport.daemon_running(endpoint):
+    if not mine or _running_or_untrusted(endpoint):
         return Check("OK", "segments", f"{len(mine)} segment(s) of this endpoint in {shm_dir()}")
     stale = foreign = 0
     for name in mine:
@@ -127,6 +131,13 @@ def _closed_to_others(folder: str) -> str | None:
         if parent == path:
             return None
         path = parent
+
+
+def _running_or_untrusted(endpoint: str) -> bool:
+    try:
+        return transport.daemon_running(endpoint)
+    except UnsafeFileError:
+        return True  # the daemon check says why; no verdict on segments then
 
 
 def check_socket_folder(endpoint: str) -> Check:
