@@ -195,18 +195,21 @@ class SegmentFiles:
         except OSError as exc:  # never stop serving (or stopping) over one file
             log.warning("could not remove segment %r: %s", name, exc)
 
-    def look(self, name: str) -> tuple[bytes, Layout] | str | None:
+    def look(self, name: str, rows: bool = True) -> tuple[bytes, Layout] | str | None:
         """The segment's header as bytes (one pread, never a load from a mapping), a
         sentence saying why the file is broken (shrunk below its layout by some process), or
-        None for a segment this daemon has not opened."""
+        None for a segment this daemon has not opened. ``rows=False``: only the fixed
+        fields and the slot table (what the once-a-second rate sample needs), not the 16 KiB
+        of reader rows."""
         entry = self.headers.get(name)
         if entry is None:
             return None
         fd, layout = entry
         size = os.fstat(fd).st_size
         if size >= layout.total_size:
-            head = os.pread(fd, layout.header_size, 0)
-            if len(head) == layout.header_size:
+            want = layout.header_size if rows else layout.shape_offset
+            head = os.pread(fd, want, 0)
+            if len(head) == want:
                 return head, layout
             size = len(head)  # (shrunk between the fstat and the pread)
         return (f"its file is {size} bytes, {layout.total_size} expected: another process "
@@ -709,7 +712,7 @@ class Daemon:
         for tag, rec in list(self.registry.tags.items()):
             if rec.segment is None:
                 continue
-            got = self.files.look(rec.segment)
+            got = self.files.look(rec.segment, rows=False)
             if isinstance(got, str):
                 self._drop_broken(rec, got)
                 continue
