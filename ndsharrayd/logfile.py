@@ -53,16 +53,16 @@ class RotatingStderr(_Handler):
     def rotate(self) -> None:
         self.flush()
         if _same_file(self.path, 2):
-            os.replace(self.path, self.path + ".1")  # (replaces a link itself, never its target)
             try:
+                os.replace(self.path, self.path + ".1")  # (replaces a link itself, never its target)
                 fd = safefs.open_checked(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
-            except OSError:  # someone put a file there meanwhile: keep the one we have
+            except OSError:  # (a folder planted as .1; a file put there meanwhile)
                 fd = -1
             if fd >= 0:
                 os.dup2(fd, 2)
                 os.close(fd)
                 return
-        os.ftruncate(2, 0)  # the file was moved or replaced by someone else: bound it in place
+        os.ftruncate(2, 0)  # moved, replaced or not movable: bound the one we have in place
 
 
 def remove(path: str) -> None:

@@ -272,3 +272,19 @@ def test_the_daemons_log_is_bounded_and_goes_with_a_clean_stop(folder: str, monk
     assert sorted(os.listdir(folder)) == ["d.sock.log"]
     with open(log) as f:
         assert "stopped; removed 0 segment(s)" in f.read()
+
+
+def test_the_log_stays_bounded_when_it_cannot_move_aside(folder: str, monkeypatch: Any) -> None:
+    endpoint = f"ipc://{folder}/d.sock"
+    os.mkdir(config.log_path(endpoint) + ".1")  # (planted: nothing can be renamed onto it)
+    monkeypatch.setenv(config.ENV_ENDPOINT, endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    _daemon_start(endpoint, "--log-level", "DEBUG", "--log-max-bytes", "4KiB")
+    try:
+        for i in range(60):
+            ndsharray.NdShArray(f"log/t{i}", np.zeros(2), "w").close()
+        assert os.path.getsize(config.log_path(endpoint)) <= 4096 + 1024
+    finally:
+        transport.close_all()
+        assert cli("daemon", "stop").exit_code == 0
+    assert sorted(os.listdir(folder)) == ["d.sock.log.1"]  # (the planted folder is not ours to remove)
