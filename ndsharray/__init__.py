@@ -12,7 +12,7 @@ Reader (any other process)::
 
 from ._version import __version__
 from .admin import TagInfo, daemon_stats, list_tags, remove_tag, tag_info
-from .client import NdShArray
+from .client import NdShArray, close_all
 from .dtypes import shareable, supported_types
 from .errors import (
     CorruptSegmentError,
@@ -37,5 +37,5 @@ __all__ = [
     "TagBusyError", "TagInfo", "TagNotFoundError", "TagRemovedError", "UnsafeFileError",
     "UnsupportedDtypeError",
     "WriterStalledError", "__version__",
-    "daemon_stats", "list_tags", "remove_tag", "shareable", "supported_types", "tag_info",
+    "close_all", "daemon_stats", "list_tags", "remove_tag", "shareable", "supported_types", "tag_info",
 ]

@@ -35,6 +35,7 @@ from .errors import (
     TagRemovedError,
     WriterStalledError,
 )
+from .holders import busy_in_this_process, creation_site
 from .protocol import check_tag
 from .segment import (
     ENV_SHM_DIR,
@@ -132,6 +133,7 @@ class NdShArray:
         self._stale = False  # set when a restarted daemon no longer knows our segment
         self._misses = 0  # reader: lookups in a row that found no segment
         self._last_lookup = 0.0
+        self._site = creation_site()  # where the user's code made it, for a TagBusyError
         self._open()
         _live.add(self)
         if array is not None and array.size:
@@ -153,7 +155,13 @@ class NdShArray:
                 _keeper.keeper.post(self._conn, "attach", tag=self._tag, pid=self._pid, token=self._token)
                 return
         op = "claim" if self._access == "w" else "attach"
-        res = self._conn.request(op, tag=self._tag, pid=self._pid, token=self._token)
+        try:
+            res = self._conn.request(op, tag=self._tag, pid=self._pid, token=self._token)
+        except TagBusyError as exc:
+            mine = busy_in_this_process(self._tag, self._endpoint, _live)
+            if mine is not None:
+                raise mine from exc
+            raise
         self._closed = False
         if self._access == "w":
             self._offered = res["segment"]  # a dead writer's segment we may continue in
@@ -816,10 +824,14 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-@atexit.register
-def _close_all() -> None:
+def close_all() -> None:
+    """Close every open NdShArray of this process (as interpreter exit does): a notebook's
+    way out of handles it no longer has names for."""
     for handle in list(_live):
         try:
             handle.close()
         except Exception:
             pass
+
+
+atexit.register(close_all)

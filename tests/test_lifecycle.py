@@ -157,3 +157,28 @@ def test_a_recovered_orphan_expires_after_the_retention_time(folder: str, monkey
         assert seg not in our_segments(d.prefix)
     finally:
         assert d.stop() == 0
+
+
+# ---- a notebook re-running its writer cell (first-time user, item 2) -----------------------
+
+
+def test_a_writer_cell_run_twice_is_told_which_handle_of_this_process_holds_the_tag(
+        daemon: Daemon, puppets: Any) -> None:
+    cell = compile("w = ndsharray.NdShArray('jup/x', np.zeros(3), 'w')", "<cell 1>", "exec")
+    ns: dict[str, Any] = {"np": np, "ndsharray": ndsharray}
+    exec(cell, ns)
+    with pytest.raises(ndsharray.TagBusyError) as err:
+        exec(cell, ns)  # the same cell again: `w` still holds the tag
+    msg = str(err.value)
+    assert f"this same process (pid {os.getpid()})" in msg, msg
+    assert "created at <cell 1>:1, bound to w" in msg and "w.close()" in msg, msg
+    assert "ndsharray.close_all()" in msg, msg
+    ndsharray.close_all()  # the way out it names
+    assert ns["w"].closed
+    exec(cell, ns)  # now the cell runs
+    ns["w"].close()
+    other = puppets()
+    other(op="open", name="w", tag="jup/x", rw="w")
+    with pytest.raises(ndsharray.TagBusyError) as err:
+        ndsharray.NdShArray("jup/x", r_w="w")  # held by another process: the daemon's words
+    assert f"pid {other.pid}" in str(err.value) and "same process" not in str(err.value)
