@@ -179,6 +179,12 @@ class NdShArray:
         op = "claim" if self._access == "w" else "attach"
         try:
             info = self._conn.request(op, tag=self._tag, pid=self._pid, token=self._token)["segment"]
+            if self._closed:
+                # close() ran meanwhile (it does not wait for the keeper): its release may
+                # have reached the daemon before this claim, so send another after it.
+                self._conn.post("release" if self._access == "w" else "detach", tag=self._tag,
+                                token=self._token)
+                return
         except TagBusyError:
             # Another writer claimed the tag while the daemon was away: our next write asks
             # for a generation and gets TagRemovedError saying it was taken over.
@@ -737,12 +743,10 @@ class NdShArray:
             # blocking IPC here; the keeper thread sends it.
             _keeper.keeper.defer(self._conn, op, self._tag, self._token)
             return
-        try:
-            # No auto-start and no retries: a stopped daemon has nothing to release.
-            self._conn.request(op, tag=self._tag, token=self._token, autostart=False, retries=0)
-        except NdShArrayError as exc:
-            # The daemon notices our death anyway; closing must not fail because of it.
-            log.debug("could not %s %r: %s", op, self._tag, exc)
+        # Never waits for a daemon that is down or restarting (a stopped one has nothing to
+        # release, a restarting one gets it before this process's next request); never
+        # fails (the daemon notices our death anyway).
+        self._conn.send_or_post(op, tag=self._tag, token=self._token)
 
     def __enter__(self) -> NdShArray:
         return self

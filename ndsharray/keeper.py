@@ -36,19 +36,16 @@ class Registrant(Protocol):
 
 
 def daemon_identity(endpoint: str) -> str | None:
-    """The running daemon's lock-file content (pid and start time), or None if none runs."""
-    if not transport.daemon_running(endpoint):
-        return None
-    try:
-        with open(config.lock_path(endpoint)) as f:
-            return f.read()
-    except OSError:
-        return None
+    """The running daemon's identity (pid and start time), or None if none runs."""
+    state = transport.daemon_state(endpoint)
+    return None if state is None else state[0]
 
 
 class Keeper:
     def __init__(self) -> None:
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # held while re-registering, which waits for a daemon
+        # Only for the set itself: close() (untrack) must never wait for a daemon.
+        self._handles_lock = threading.Lock()
         self._handles: weakref.WeakSet[Registrant] = weakref.WeakSet()
         self._seen: dict[str, str | None] = {}
         self._started = False
@@ -57,8 +54,9 @@ class Keeper:
     def track(self, handle: Registrant, registered: bool = True) -> None:
         """Watch ``handle``'s daemon from now on. ``registered=False``: its registration is
         posted, not yet sent; the thread notes the daemon's identity before sending it."""
-        with self._lock:
+        with self._handles_lock:
             self._handles.add(handle)
+        with self._lock:
             if registered and handle._endpoint not in self._seen:
                 self._seen[handle._endpoint] = daemon_identity(handle._endpoint)
             if not self._started or self._pid != os.getpid():
@@ -81,8 +79,12 @@ class Keeper:
         conn.post(op, autostart=True, **args)
 
     def untrack(self, handle: Registrant) -> None:
-        with self._lock:
+        with self._handles_lock:
             self._handles.discard(handle)
+
+    def _live(self, endpoint: str | None = None) -> list[Registrant]:
+        with self._handles_lock:
+            return [h for h in self._handles if not h._closed and endpoint in (None, h._endpoint)]
 
     def check(self, endpoint: str) -> str | None:
         """Re-register this process's handles on ``endpoint`` if its daemon changed; returns
@@ -102,7 +104,7 @@ class Keeper:
                 ident = daemon_identity(endpoint)
             self._seen[endpoint] = ident
             try:
-                for handle in [h for h in self._handles if h._endpoint == endpoint and not h._closed]:
+                for handle in self._live(endpoint):
                     handle._reregister()
             except DaemonUnavailableError:
                 # The new daemon went away or did not answer: the next look tries again. (A
@@ -124,8 +126,9 @@ class Keeper:
                 log.warning("ndsharray keeper: %s", exc)
 
     def _round(self) -> None:
+        live = self._live()
         with self._lock:
-            endpoints = {h._endpoint for h in self._handles if not h._closed}
+            endpoints = {h._endpoint for h in live}
             for ep in endpoints - self._seen.keys():
                 self._seen[ep] = daemon_identity(ep)  # before its posted registrations go
             for ep in self._seen.keys() - endpoints:

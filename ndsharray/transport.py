@@ -51,13 +51,24 @@ _ERRORS: dict[str, type[DaemonError]] = {
 }
 
 
-def daemon_running(endpoint: str) -> bool:
-    """True when some process holds the endpoint's daemon lock."""
+# While a request waits for its reply, look this often whether the daemon it went to still
+# runs: one that died or was replaced will never answer, and nobody should wait out the
+# timeout for it (a lock-file read, only once a reply is late).
+WATCH = 0.05
+
+
+def daemon_state(endpoint: str) -> tuple[str, bool] | None:
+    """``(identity, serving)`` of the daemon holding the endpoint's lock, None if none does.
+
+    The lock file's first line (pid and start time) identifies a daemon: it changes with
+    every restart. A second line, ``serving``, is added once the daemon has recovered and
+    answers requests; until then it is starting (or restarting).
+    """
     lock = config.lock_path(endpoint)
     try:
         fd = safefs.open_checked(lock, os.O_RDONLY, owners=safefs.ANYONE, single_link=False)
     except FileNotFoundError:
-        return False
+        return None
     except UnsafeFileError:
         raise
     except PermissionError:
@@ -72,10 +83,16 @@ def daemon_running(endpoint: str) -> bool:
         safefs.check_daemon_files(lock, os.fstat(fd), config.ipc_path(endpoint))
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return True
+        ident, _, rest = os.pread(fd, 256, 0).decode(errors="replace").partition("\n")
+        return ident, rest.startswith("serving")
     finally:
         os.close(fd)
-    return False
+    return None
+
+
+def daemon_running(endpoint: str) -> bool:
+    """True when some process holds the endpoint's daemon lock."""
+    return daemon_state(endpoint) is not None
 
 
 # Run by `python -I -c`: -I ignores PYTHONPATH, PYTHONSTARTUP, the user's site-packages and
@@ -182,6 +199,17 @@ class Connection:
         (``deque.append`` takes no lock). Failures are logged, not raised."""
         self._posted.append((op, autostart, args))
 
+    def _cancel_posted(self, op: str, token: str) -> bool:
+        """Remove the posted ``op`` of the handle with ``token``; True if there was one."""
+        for item in list(self._posted):
+            if item[0] == op and item[2].get("token") == token:
+                try:
+                    self._posted.remove(item)
+                except ValueError:
+                    return False  # the keeper sent it meanwhile
+                return True
+        return False
+
     @property
     def has_posted(self) -> bool:
         return bool(self._posted)
@@ -191,9 +219,13 @@ class Connection:
         with self._lock:
             self._send_posted()
 
-    def _send_posted(self) -> None:
+    def _send_posted(self, patient: bool = True) -> None:
+        """``patient=False``: no auto-start and no retries (for a close(), which must not wait
+        for a daemon that died meanwhile; a reader's attach lost so is sent again when the
+        keeper re-registers it with the next daemon)."""
         while self._posted:
             op, autostart, args = self._posted.popleft()
+            autostart = autostart and patient
             try:
                 self._request(op, autostart, self.retries if autostart else 0, args)
             except NdShArrayError as exc:
@@ -215,9 +247,11 @@ class Connection:
             self._sock.close(0)
             self._sock = None
 
-    def _ensure_daemon(self, autostart: bool = True) -> None:
-        if daemon_running(self.endpoint):
-            return
+    def _ensure_daemon(self, autostart: bool = True) -> str:
+        """The identity of the daemon that runs, after starting one if allowed and needed."""
+        state = daemon_state(self.endpoint)
+        if state is not None:
+            return state[0]
         if not autostart:
             raise DaemonUnavailableError(
                 f"no ndsharrayd serves {self.endpoint}; a writer or reader starts one, or "
@@ -229,6 +263,37 @@ class Connection:
                 f"starting one; start it with: ndsharrayd --endpoint {self.endpoint}"
             )
         start_daemon(self.endpoint)
+        state = daemon_state(self.endpoint)
+        return "" if state is None else state[0]
+
+    def send_or_post(self, op: str, **args: Any) -> None:
+        """Send a request whose answer nobody needs (close()'s release or detach) without
+        waiting for a daemon that is down or restarting. No daemon runs: nothing to tell (a
+        successor learns from the segment headers, which a closing writer clears first).
+        One runs but does not serve yet, or another thread's request holds the connection
+        (it may be waiting for that daemon): post it; it goes before this process's next
+        request (the order that matters: a release before our next claim of the tag), or
+        with the keeper within its round. Otherwise send it now: a serving daemon answers
+        in a millisecond, and one that dies meanwhile ends the wait (WATCH)."""
+        if not self._lock.acquire(timeout=WATCH):
+            self.post(op, **args)
+            return
+        try:
+            if op == "detach" and self._cancel_posted("attach", args["token"]):
+                return  # a reader closed before its registration went: neither need go
+            state = daemon_state(self.endpoint)
+            if state is None:
+                log.debug("no daemon at %s to %s %r", self.endpoint, op, args.get("tag"))
+            elif not state[1]:
+                self.post(op, **args)
+            else:
+                self._send_posted(patient=False)
+                try:
+                    self._request(op, False, 0, args)
+                except NdShArrayError as exc:
+                    log.debug("could not %s %r: %s", op, args.get("tag"), exc)
+        finally:
+            self._lock.release()
 
     def request(self, op: str, *, autostart: bool = True, retries: int | None = None,
                 **args: Any) -> dict[str, Any]:
@@ -239,19 +304,30 @@ class Connection:
         retries = self.retries if retries is None else retries
         with self._lock:
             self._send_posted()
-            return self._request(op, autostart, retries, args)
+            result = self._request(op, autostart, retries, args)
+            if self._posted:  # (posted while we waited: a close() in another thread)
+                self._send_posted()
+            return result
 
     def _request(self, op: str, autostart: bool, retries: int, args: dict[str, Any]) -> dict[str, Any]:
-        self._ensure_daemon(autostart)  # a local lock-file check: restarts a dead daemon at once
+        ident = self._ensure_daemon(autostart)  # a local lock-file check: restarts a dead daemon at once
+        gone = False
         for attempt in range(retries + 1):
             req_id = next(self._ids)
             sock = self._socket()
             sock.send(encode_request(req_id, op, **args))
             deadline = time.monotonic() + self.timeout
+            gone = False
             while True:
                 left = deadline - time.monotonic()
-                if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                if left <= 0:
                     break
+                if not sock.poll(int(min(left, WATCH) * 1000) + 1, zmq.POLLIN):
+                    state = daemon_state(self.endpoint)
+                    if state is None or state[0] != ident:
+                        gone = True  # the daemon we asked died or was replaced: no answer comes
+                        break
+                    continue
                 data = sock.recv()
                 try:
                     reply = decode_reply(data)
@@ -262,10 +338,14 @@ class Connection:
                 if reply.ok:
                     return reply.result
                 raise _ERRORS.get(reply.code, DaemonError)(reply.code, reply.message)
-            # No answer in time: the daemon may have died or restarted.
+            # No answer in time, or none will come: the daemon may have died or restarted.
             self._drop_socket()
             if attempt < retries:
-                self._ensure_daemon(autostart)
+                ident = self._ensure_daemon(autostart)
+        if gone:
+            raise DaemonUnavailableError(
+                f"ndsharrayd at {self.endpoint} stopped before it answered {op!r}; the next "
+                "request starts a new one (unless NDSHARRAY_AUTOSTART=0)")
         raise DaemonUnavailableError(
             f"ndsharrayd at {self.endpoint} did not answer {op!r} within "
             f"{self.timeout:g} s, {retries + 1} times; is it overloaded or stuck? "

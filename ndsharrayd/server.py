@@ -110,6 +110,11 @@ class DaemonLock:
         os.pwrite(fd, f"{os.getpid()} {time.time_ns()}\n".encode(), 0)
         self.fd = fd
 
+    def mark_serving(self) -> None:
+        """Add "serving" to the lock file: clients closing handles while a daemon starts
+        queue their release instead of waiting for the answer (transport.daemon_state)."""
+        os.pwrite(self.fd, b"serving\n", os.fstat(self.fd).st_size)
+
     def release(self) -> None:
         # (and the clients' start lock: a starter holding it goes on, and two starters
         # that both get one are settled by this lock, as always)
@@ -412,6 +417,7 @@ class Daemon:
                 # swapped for a link in between would hand its target to the group.
                 safefs.chmod_socket(ipc, 0o600 if self.group is None else 0o660,
                                     -1 if self.group is None else self.group)
+            lock.mark_serving()
             log.info("ndsharrayd %s serving %s (pid %d)", __version__, self.endpoint, os.getpid())
             ready("ok")
             self._loop(sock, wake_r)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 import numpy as np
 import pytest
 from conftest import Daemon, our_segments, wait_until
+from test_crash import waiting_for_a_reply
 
 import ndsharray
 from ndsharray import admin, config, segment
@@ -182,3 +184,67 @@ def test_a_writer_cell_run_twice_is_told_which_handle_of_this_process_holds_the_
     with pytest.raises(ndsharray.TagBusyError) as err:
         ndsharray.NdShArray("jup/x", r_w="w")  # held by another process: the daemon's words
     assert f"pid {other.pid}" in str(err.value) and "same process" not in str(err.value)
+
+
+# ---- close() never waits for a daemon that is down or restarting (soak finding) ------------
+
+
+def test_a_close_in_flight_when_the_daemon_dies_returns_at_once(crashable: Daemon, puppets: Any) -> None:
+    with ndsharray.NdShArray("cam", np.zeros(4), "w") as w:
+        reader = puppets()
+        reader(op="open", name="r", tag="cam", rw="r")
+        assert reader(op="read", name="r", wait=10)["status"]
+        # (its registration is posted; a request of that process sends it first)
+        reader(op="open", name="other", tag="other", rw="r")
+        assert crashable.proc is not None
+        crashable.proc.send_signal(signal.SIGSTOP)  # the detach gets no answer...
+        assert reader.proc.stdin is not None
+        reader.proc.stdin.write('{"op": "close", "name": "r"}\n')
+        reader.proc.stdin.flush()
+        wait_until(lambda: waiting_for_a_reply(reader.pid), what="the reader's detach request")
+        t0 = time.monotonic()
+        crashable.proc.kill()  # ...and the daemon dies with it unanswered
+        crashable.proc.wait()
+        out = reader._line(30)
+        took = time.monotonic() - t0
+        print(f"close() returned {took * 1000:.0f} ms after the daemon died")
+        assert "error" not in out, out
+        assert took < 1.5, f"close() waited {took:.1f} s for a dead daemon (request timeout 3 s)"
+        # A camera loop reopening now loses no more than the restart: the reopen starts a
+        # new daemon, and frames flow again.
+        reader(op="open", name="r", tag="cam", rw="r")
+        w.write(np.ones(4))
+        got = reader(op="read", name="r", wait=10)
+        assert got["status"] and got["segment"] == w.ndarray_mmap_name
+        wait_until(lambda: (row := tag_row("cam")) and row.writer_pid == os.getpid(),
+                   what="a new daemon that knows the writer")
+
+
+def test_a_close_while_a_daemon_starts_does_not_wait_and_releases_before_the_next_claim(
+        crashable: Daemon, monkeypatch: pytest.MonkeyPatch, puppets: Any) -> None:
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")  # (the puppet's keeper starts no daemon)
+    writer = puppets()
+    writer.start_writer("cam", "u1", [4], 1)
+    kill_daemon(crashable)
+    crashable.proc = Daemon(crashable.folder).start().proc  # adopts the writer's segment
+    wait_until(lambda: (row := tag_row("cam")) and row.writer_pid == writer.pid, what="adoption")
+    # Make it a daemon that holds the lock but does not serve yet (recovering, say): stopped,
+    # and its lock file without the "serving" line it adds once it answers.
+    crashable.proc.send_signal(signal.SIGSTOP)
+    lock = config.lock_path(crashable.endpoint)
+    with open(lock) as f:
+        ident, serving = f.read().split("\n", 1)
+    assert serving == "serving\n"
+    os.truncate(lock, len(ident) + 1)
+    try:
+        t0 = time.monotonic()
+        writer(op="close", name="w")
+        took = time.monotonic() - t0
+        print(f"close() with the daemon not serving: {took * 1000:.0f} ms")
+        assert took < 1.0, f"close() waited {took:.1f} s for a daemon that was not serving"
+    finally:
+        crashable.proc.send_signal(signal.SIGCONT)
+    # The release was kept, not dropped: it reaches the daemon before the same process's
+    # next claim of the tag, which is granted.
+    writer(op="open", name="w", tag="cam", rw="w")
+    assert tag_row("cam").writer_pid == writer.pid
