@@ -31,6 +31,7 @@ from .client import NdShArray
 from .doctor import run_checks
 from .errors import NdShArrayError, TagRemovedError
 from .protocol import check_tag
+from .stranded import describe, stranded_tags
 from .table import render, terminal_width
 from .transport import daemon_running, start_daemon
 from .units import format_size as _size
@@ -139,6 +140,12 @@ def _ls_text(endpoint: str, prefix: str) -> str:
     tags = [t for t in tags if t.tag.startswith(prefix)]
     notes = "".join(f"\nnote: {n}" for n in broken)
     if not tags and not daemon_running(endpoint):
+        stranded = stranded_tags(endpoint)
+        if stranded:  # after `daemon stop`, clients go on without one: say so, and who
+            return describe(endpoint, stranded) + ":\n" + render(
+                ["TAG", "WRITER", "READERS"],
+                [[t.tag, " ".join(map(str, t.writer_pids)) or "-", " ".join(map(str, t.reader_pids)) or "-"]
+                 for t in stranded if t.tag.startswith(prefix)], terminal_width())[0]
         return f"no ndsharrayd runs at {endpoint}, so no tags - the first writer starts one"
     if not tags:
         where = f" under {prefix!r}" if prefix else ""

@@ -12,6 +12,7 @@ from . import config, safefs, segment, transport
 from .errors import NdShArrayError, UnsafeFileError
 from .procs import alive
 from .segment import parse_header, shm_dir
+from .stranded import describe, stranded_tags
 
 MIN_FREE = 256 * 1024 * 1024
 
@@ -29,6 +30,9 @@ def check_daemon(endpoint: str) -> Check:
     except UnsafeFileError as exc:  # (a folder others can write, a lock not ours)
         return Check("FAIL", "daemon", str(exc))
     if not running:
+        stranded = stranded_tags(endpoint)
+        if stranded:
+            return Check("WARN", "daemon", describe(endpoint, stranded))
         auto = "it starts by itself when a client needs it" if config.autostart_enabled() else \
             f"NDSHARRAY_AUTOSTART=0: start it with: ndsharrayd --endpoint {endpoint}"
         return Check("OK" if config.autostart_enabled() else "WARN", "daemon",

@@ -9,12 +9,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from arrays import digest, make_array
+from click.testing import CliRunner
 from conftest import Daemon, our_segments, wait_until
 from test_crash import waiting_for_a_reply
 
 import ndsharray
 from ndsharray import admin, config, segment
 from ndsharray import keeper as _keeper
+from ndsharray.cli import main
 
 
 @pytest.fixture
@@ -248,3 +251,37 @@ def test_a_close_while_a_daemon_starts_does_not_wait_and_releases_before_the_nex
     # next claim of the tag, which is granted.
     writer(op="open", name="w", tag="cam", rw="w")
     assert tag_row("cam").writer_pid == writer.pid
+
+
+# ---- `ndsharray daemon stop` with clients running (first-time user, item 3) ----------------
+
+
+def test_after_a_daemon_stop_data_flows_and_ls_and_doctor_say_who_streams(
+        daemon: Daemon, puppets: Any) -> None:
+    writer, reader = puppets(), puppets()
+    writer.start_writer("cam", "u1", [4], 1)
+    reader(op="open", name="r", tag="cam", rw="r")
+    assert reader(op="read", name="r", wait=10)["status"]
+    assert daemon.stop() == 0
+    # The running clients go on without the daemon: frames keep flowing...
+    writer(op="write", name="w", dtype="u1", shape=[4], seed=2)
+    got = reader(op="read", name="r", wait=10)
+    assert got["status"] and got["digest"] == digest(make_array("u1", (4,), 2))
+    # ...which ls and doctor say, naming the tag and the processes (the daemon cannot).
+    out = CliRunner().invoke(main, ["ls"]).output
+    assert "no ndsharrayd runs" in out and "'cam'" in out and "ndsharray daemon start" in out, out
+    row = next(line.split() for line in out.splitlines() if line.startswith("cam "))
+    assert row[1:] == [str(writer.pid), str(reader.pid)], out
+    doc = CliRunner().invoke(main, ["doctor"]).output
+    assert doc.startswith("WARN  daemon") and "'cam'" in doc and str(writer.pid) in doc, doc
+    # The next daemon (any new handle, or `ndsharray daemon start`, starts one) gets them
+    # back within a second; the writer continues in a fresh segment and readers follow.
+    daemon.proc = Daemon(daemon.folder).start().proc
+    wait_until(lambda: (row := tag_row("cam")) and row.writer_pid == writer.pid and row.readers == 1,
+               what="the running clients to re-register")
+    writer(op="write", name="w", dtype="u1", shape=[4], seed=3)
+    got = reader(op="read", name="r", wait=10)
+    assert got["status"] and got["digest"] == digest(make_array("u1", (4,), 3))
+    with ndsharray.NdShArray("cam", r_w="r") as late:
+        status, a = late.read(timeout=10)
+        assert status and digest(a) == digest(make_array("u1", (4,), 3))
