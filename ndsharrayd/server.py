@@ -13,7 +13,6 @@ import errno
 import fcntl
 import logging
 import math
-import mmap
 import os
 import resource
 import secrets
@@ -51,7 +50,6 @@ from ndsharray.segment import (
     latest_write,
     parse_header,
     reader_rows,
-    retire,
     segment_path,
     shape_problem,
     shm_dir,
@@ -60,6 +58,7 @@ from ndsharray.segment import (
 from ndsharray.segment import VERSION as SEGMENT_LAYOUT
 from ndsharray.units import format_size
 
+from . import safe_retire
 from .pointers import Pointers
 from .registry import Registry, TagRecord
 
@@ -175,11 +174,11 @@ class SegmentFiles:
         entry = self.headers.get(name)
         try:
             if entry is not None:
-                _retire_fd(entry[0], why)
+                safe_retire.retire(entry[0], why)
             else:  # a segment this daemon never opened (a predecessor's)
                 fd = os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
-                    _retire_fd(fd, why)
+                    safe_retire.retire(fd, why)
                 finally:
                     os.close(fd)
         except (OSError, ValueError) as exc:
@@ -293,19 +292,6 @@ class SegmentFiles:
             self.tags[name] = h.tag
             self.point(h.tag, name)
         return adopted, len(newest) - adopted, removed
-
-
-def _retire_fd(fd: int, why: int) -> None:
-    """Set the retired flag of the segment open at ``fd`` and wake its sleepers.
-
-    That takes atomic stores into a mapping: map only the first page, and only once fstat
-    shows the file still covers it. A process that shrinks the file in the microseconds
-    between the two can still make that store fault; it could as well kill the daemon.
-    """
-    if os.fstat(fd).st_size < mmap.PAGESIZE:
-        raise ValueError("the file no longer holds a header (truncated by another process)")
-    with mmap.mmap(fd, mmap.PAGESIZE) as mm:
-        retire(mm, why)
 
 
 def _raise_fd_limit() -> None:
