@@ -41,6 +41,7 @@ class ErrorCode(str, enum.Enum):
     NOT_WRITER = "NOT_WRITER"  # the caller is not the tag's writer
     NO_SPACE = "NO_SPACE"  # /dev/shm full or a byte quota reached
     LIMIT = "LIMIT"  # a configured limit (tags, clients) reached
+    FORBIDDEN = "FORBIDDEN"  # another user's tag (--group: members remove only their own)
     INTERNAL = "INTERNAL"  # a daemon bug; the daemon keeps serving
 
 

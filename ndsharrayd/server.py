@@ -307,6 +307,19 @@ def _raise_fd_limit() -> None:
             log.warning("could not raise the open-file limit from %d: %s", soft, exc)
 
 
+def _peer_credentials(frame: zmq.Frame) -> tuple[int, int, int] | None:
+    """(uid, gid, pid) of the process that connected, on an ipc endpoint: libzmq (built
+    with SO_PEERCRED) reports the peer as "<host>:<uid>:<gid>:<pid>". None when it does
+    not say."""
+    try:
+        parts = str(frame.get("Peer-Address")).rsplit(":", 3)
+    except (zmq.ZMQError, UnicodeError):
+        return None
+    if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]):
+        return None
+    return int(parts[1]), int(parts[2]), int(parts[3])
+
+
 class ForeignFile(Exception):
     """A file with our segment prefix that is not ours (another user's, or not a file)."""
 
@@ -354,6 +367,9 @@ class Daemon:
         self.requests = 0
         self.started = time.monotonic()
         self._stop = False
+        self._ipc = config.ipc_path(endpoint) is not None
+        self._peer: tuple[int, int, int] | None = None  # (uid, gid, pid) of the request being handled
+        self._writer_uids: dict[str, int] = {}  # tag -> uid of its last claimant
         self._pidfds: dict[int, int] = {}  # pid -> pidfd
         self._fd_pids: dict[int, int] = {}  # pidfd -> pid
         self._samples: dict[str, tuple[int, float, str]] = {}  # tag -> (writes, time, segment)
@@ -452,10 +468,11 @@ class Daemon:
                 if sock in events:
                     for _ in range(1000):  # drain, but let pidfds and signals in now and then
                         try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                            msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        self._handle_frames(sock, frames)
+                        self._peer = _peer_credentials(msg[-1]) if self._ipc else None
+                        self._handle_frames(sock, [f.bytes for f in msg])
                 now = time.monotonic()
                 if now - last_sweep >= 1.0:
                     last_sweep = now
@@ -560,10 +577,23 @@ class Daemon:
         now = time.monotonic()
         return [msg for msg, when in self._broken.values() if now - when < BROKEN_NOTE_S]
 
+    def _check_pid(self, pid: int, req_id: int) -> None:
+        """On ipc, the kernel tells who connected (SO_PEERCRED): a handle registers its own
+        process, never a made-up or another's pid (which would hold a tag for as long as
+        that process lives, or take over a writer's)."""
+        if self._peer is not None and pid != self._peer[2]:
+            raise RequestError(ErrorCode.BAD_REQUEST, (
+                f"field 'pid': {pid} is not the process asking (pid {self._peer[2]} by its "
+                "socket's credentials); a handle registers its own process (a client in "
+                "another pid namespace cannot share this daemon)"), req_id)
+
     def op_claim(self, req: Request) -> dict[str, Any]:
         a = req.args
+        self._check_pid(a["pid"], req.id)
         self._check_limits(a["tag"], req.id)
         rec = self.registry.claim(a["tag"], a["pid"], a["token"], _alive)
+        if self._peer is not None:
+            self._writer_uids[a["tag"]] = self._peer[0]
         self._broken.pop(a["tag"], None)  # a new writer: the old story is over
         return {"segment": rec.segment_info()}
 
@@ -637,6 +667,7 @@ class Daemon:
 
     def op_attach(self, req: Request) -> dict[str, Any]:
         a = req.args
+        self._check_pid(a["pid"], req.id)
         self._check_limits(a["tag"], req.id)
         rec = self.registry.attach(a["tag"], a["pid"], a["token"])
         return {"segment": rec.segment_info()}
@@ -653,6 +684,14 @@ class Daemon:
 
     def op_remove(self, req: Request) -> dict[str, Any]:
         rec = self.registry.tags.get(req.args["tag"])
+        if self._peer is not None and self._peer[0] not in (os.geteuid(), 0) and rec is not None \
+                and self._writer_uids.get(rec.tag) != self._peer[0]:
+            # --group: a member removes only tags a process of its own user wrote last.
+            raise RequestError(ErrorCode.FORBIDDEN, (
+                f"tag {rec.tag!r} was last written by another user (uid "
+                f"{self._writer_uids.get(rec.tag, os.geteuid())}); only that user or the "
+                f"daemon's owner (uid {os.geteuid()}) may remove it"), req.id)
+        self._writer_uids.pop(req.args["tag"], None)
         if rec is not None and rec.segment is None and rec.writer is None:
             # Only readers waiting for a first writer: no data and no writer to remove, and
             # dropping their registrations would only hide them from ls.
@@ -722,6 +761,8 @@ class Daemon:
         for pid in self.registry.pids() - self._pidfds.keys():
             if not _alive(pid):
                 self.registry.drop_pid(pid, now)
+        for tag in self._writer_uids.keys() - self.registry.tags.keys():
+            del self._writer_uids[tag]
         for name in self.registry.expire(now):
             log.info("removing idle segment %s", name)
             self.files.retire_and_unlink(name)

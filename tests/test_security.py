@@ -428,3 +428,103 @@ def test_a_group_daemon_restarted_by_a_client_is_shared_again(folder: str, monke
 def segment_file(name: str | None) -> str:
     assert name is not None
     return f"/dev/shm/{name}"
+
+
+def raw_request(endpoint: str, op: str, **args: Any) -> Any:
+    """One request from a bare DEALER socket of this process; the decoded reply."""
+    import json
+
+    import zmq
+
+    from ndsharray import protocol
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send(protocol.encode_request(7, op, **args))
+        assert sock.poll(10_000), "no reply"
+        return json.loads(sock.recv())
+    finally:
+        sock.close(0)
+
+
+@pytest.mark.parametrize("op", ["claim", "attach"])
+def test_a_registration_naming_another_process_is_refused(daemon: Any, op: str) -> None:
+    # Issue 11 item 11: a claim with a made-up pid (pid 1 never dies) held a tag for good,
+    # and naming a writer's pid took its tag over. On ipc the daemon knows the real pid.
+    bad = raw_request(daemon.endpoint, op, tag="t", pid=1, token="ab" * 8)
+    assert not bad["ok"] and bad["error"]["code"] == "BAD_REQUEST", bad
+    assert f"field 'pid': 1 is not the process asking (pid {os.getpid()}" in bad["error"]["message"]
+    good = raw_request(daemon.endpoint, op, tag="t", pid=os.getpid(), token="ab" * 8)
+    assert good["ok"], good
+    assert raw_request(daemon.endpoint, "release" if op == "claim" else "detach", tag="t", token="ab" * 8)["ok"]
+
+
+GROUP_REMOVER = """
+import os, sys
+import numpy as np
+import ndsharray
+from ndsharray import transport
+endpoint = sys.argv[1]
+ndsharray.list_tags(endpoint=endpoint)  # (imports what a request needs, as root)
+transport.close_all()
+os.setgid(int(sys.argv[2])); os.setuid(65534)
+try:
+    ndsharray.remove_tag("owners", endpoint=endpoint)
+    print("removed owners")
+except ndsharray.DaemonError as exc:
+    print(exc.code, exc)
+with ndsharray.NdShArray("mine", np.arange(3), "w", endpoint=endpoint):
+    pass
+ndsharray.remove_tag("mine", endpoint=endpoint)
+print("removed mine")
+"""
+
+
+@needs_root
+def test_a_group_member_removes_only_its_own_tags(folder: str) -> None:
+    # Issue 11 item 11: under --group any member could remove any tag.
+    from conftest import Daemon
+    group = any_group()
+    os.chown(folder, -1, group.gr_gid)
+    os.chmod(folder, 0o750)
+    d = Daemon(folder, "--group", group.gr_name).start()
+    try:
+        with ndsharray.NdShArray("owners", np.zeros(2), "w", endpoint=d.endpoint):
+            child = subprocess.run([sys.executable, "-c", GROUP_REMOVER, d.endpoint, str(group.gr_gid)],
+                                   capture_output=True, text=True, timeout=60,
+                                   env={**os.environ, config.ENV_AUTOSTART: "0"})
+            assert child.returncode == 0, child.stderr
+            lines = child.stdout.splitlines()
+            assert lines[0].startswith("FORBIDDEN tag 'owners' was last written by another user (uid 0)"), lines
+            assert lines[1] == "removed mine"
+            assert [t.tag for t in ndsharray.list_tags(d.endpoint)] == ["owners"]
+    finally:
+        transport.close_all()
+        assert d.stop() == 0
+
+
+OUTSIDER = """
+import os, socket, sys
+os.setgid(65534); os.setgroups([]); os.setuid(65534)
+for what, act in [("open", lambda: os.open(sys.argv[1], os.O_RDWR)), ("truncate", lambda: os.truncate(sys.argv[1], 0)),
+                  ("connect", lambda: socket.socket(socket.AF_UNIX).connect(sys.argv[2]))]:
+    try:
+        act()
+        print(what, "allowed")
+    except PermissionError:
+        print(what, "denied")
+"""
+
+
+@needs_root
+def test_by_default_another_user_can_neither_open_nor_truncate_a_segment(daemon: Any) -> None:
+    # Issue 11 item 6: truncating a mapped segment kills its users (SIGBUS). What is
+    # promised: by default nobody but you can; under --group every member can (README).
+    with ndsharray.NdShArray("t", np.zeros(1000), "w") as w:
+        seg = segment_file(w.ndarray_mmap_name)
+        child = subprocess.run([sys.executable, "-I", "-c", OUTSIDER, seg, daemon.endpoint[len("ipc://"):]],
+                               capture_output=True, text=True, timeout=60)
+        assert child.stdout.split("\n")[:3] == ["open denied", "truncate denied", "connect denied"], child
+        assert os.path.getsize(seg) > 0
