@@ -247,7 +247,7 @@ def test_a_zero_size_shape_hiding_an_overflow_is_corrupt(shape: tuple[int, ...],
 
 
 def test_readers_and_writers_refuse_a_hostile_shape_with_corrupt_segment_error() -> None:
-    name = f"nds-test-hostile-{os.getpid()}"
+    name = f"nds-{os.getuid()}-{'e' * 10}-{os.getpid():016x}"  # (handles open only daemon-made names)
     create_segment(name, tag="x", dtype_text="'|u1'", shape=(2**61, 2**61, 0), nslots=3,
                    generation=1, writer_pid=os.getpid())
     try:
