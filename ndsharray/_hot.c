@@ -405,6 +405,22 @@ static PyObject *reader_read(ReaderObject *r, PyObject *arg) {
     return pin_array(r, new_pin(r, slot)); /* on failure the pin is given back */
 }
 
+/* pin(last_count) -> Pin | None | int: latest() with its pin already held by the returned
+ * Pin object (the base of a view, or the source of a copy). Nothing runs between pinning
+ * and handing the pin to an object that gives it back when collected, so an exception
+ * raised in Python right after (KeyboardInterrupt from a signal handler) cannot leave a
+ * pin that nobody owns, as latest() followed by view() or unpin() could. */
+static PyObject *reader_pin(ReaderObject *r, PyObject *arg) {
+    unsigned long long last = PyLong_AsUnsignedLongLong(arg);
+    if (last == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    uint64_t count, stamp;
+    unsigned slot;
+    int got = reader_pin_latest(r, last, &count, &slot, &stamp);
+    if (got == 0) Py_RETURN_NONE;
+    if (got < 0) return PyLong_FromLong(got);
+    return new_pin(r, slot); /* on failure the pin is given back */
+}
+
 static PyObject *reader_view(ReaderObject *r, PyObject *arg) {
     long slot = PyLong_AsLong(arg);
     if (slot == -1 && PyErr_Occurred()) return NULL;
@@ -527,6 +543,7 @@ static PyGetSetDef reader_getset[] = {
 static PyMethodDef reader_methods[] = {
     {"latest", (PyCFunction)reader_latest, METH_O, "Pin the latest slot if it is newer than last_count."},
     {"read", (PyCFunction)reader_read, METH_O, "latest() and the view in one call."},
+    {"pin", (PyCFunction)reader_pin, METH_O, "latest() as a Pin object that holds the pin (None, or an int code)."},
     {"view", (PyCFunction)reader_view, METH_O, "A read-only buffer of a pinned slot that keeps the pin."},
     {"array", (PyCFunction)reader_array, METH_O, "The read-only array of a pinned slot, keeping the pin."},
     {"stop", (PyCFunction)reader_stop, METH_NOARGS, "End every wait() of this reader, now and for good."},
@@ -557,7 +574,10 @@ static PyTypeObject ReaderType = {
 typedef struct {
     PyObject_HEAD
     Py_buffer view; /* of the segment's mapping: while held, the mapping cannot be closed */
-    int has_view, closed, inflight;
+    int has_view;
+    int closed;  /* no new write starts (a newer generation replaced the segment, or the handle closed) */
+    int stopped; /* the handle closed: a write still in flight publishes nothing */
+    int deferred, handed; /* hand_over(): close() gave up waiting; the tag was handed back */
     uintptr_t base, rows;
     Py_ssize_t nbytes, header_size, stride;
     unsigned nslots;
@@ -629,15 +649,18 @@ static void writer_drop_view(WriterObject *w) {
     }
 }
 
+static inline int any_busy(WriterObject *w) { return (w->busy[0] | w->busy[1] | w->busy[2] | w->busy[3]) != 0; }
+
+/* The buffer export of the mapping is what keeps it mapped: hold it while any slot is
+ * acquired (a copy, in C or numpy, or a loan may still write there), let it go once the
+ * writer is closed and none is. */
+static void writer_maybe_drop_view(WriterObject *w) {
+    if (w->closed && !any_busy(w)) writer_drop_view(w);
+}
+
 static void writer_dealloc(WriterObject *w) {
     writer_drop_view(w);
     Py_TYPE(w)->tp_free((PyObject *)w);
-}
-
-static int writer_usable(WriterObject *w) {
-    if (w->has_view && !w->closed) return 1;
-    PyErr_SetString(PyExc_ValueError, "this segment writer is closed");
-    return 0;
 }
 
 static inline int is_busy(WriterObject *w, unsigned slot) { return (w->busy[slot >> 6] >> (slot & 63)) & 1; }
@@ -708,8 +731,10 @@ static unsigned long long writer_publish_slot(WriterObject *w, unsigned slot) {
     return count;
 }
 
+#define CLOSED_CODE (-3) /* acquire() of a closed writer; write() overtaken by close() */
+
 static PyObject *writer_acquire(WriterObject *w, PyObject *noargs) {
-    if (!writer_usable(w)) return NULL;
+    if (!w->has_view || w->closed) return PyLong_FromLong(CLOSED_CODE);
     return PyLong_FromLong(writer_acquire_slot(w));
 }
 
@@ -723,11 +748,20 @@ static long busy_slot_arg(WriterObject *w, PyObject *arg) {
     return slot;
 }
 
+/* publish(slot) -> the write count, or 0: the handle was closed (stop()) while the slot was
+ * being filled; it is given back unpublished. (A slot acquired before a plain close(), a
+ * newer generation replacing the segment, still publishes: no successor writes here.) */
 static PyObject *writer_publish(WriterObject *w, PyObject *arg) {
-    if (!writer_usable(w)) return NULL;
-    long slot = busy_slot_arg(w, arg);
+    long slot = busy_slot_arg(w, arg); /* busy: the mapping is still held */
     if (slot < 0) return NULL;
-    return PyLong_FromUnsignedLongLong(writer_publish_slot(w, (unsigned)slot));
+    if (w->stopped) {
+        set_busy(w, (unsigned)slot, 0);
+        writer_maybe_drop_view(w);
+        return PyLong_FromLong(0);
+    }
+    unsigned long long count = writer_publish_slot(w, (unsigned)slot);
+    writer_maybe_drop_view(w);
+    return PyLong_FromUnsignedLongLong(count);
 }
 
 /* release(slot): give back an acquired slot unpublished (its count stays 0). */
@@ -735,20 +769,101 @@ static PyObject *writer_release(WriterObject *w, PyObject *arg) {
     long slot = busy_slot_arg(w, arg);
     if (slot < 0) return NULL;
     set_busy(w, (unsigned)slot, 0);
+    writer_maybe_drop_view(w);
     Py_RETURN_NONE;
 }
 
-/* close(): no more writes; the mapping is released now, or by the last write in flight. */
+/* close(): no more writes start; the mapping is released now, or by the last write in
+ * flight, which still publishes (the segment was replaced by a newer generation). */
 static PyObject *writer_close(WriterObject *w, PyObject *noargs) {
     w->closed = 1;
-    if (w->inflight == 0) writer_drop_view(w);
+    writer_maybe_drop_view(w);
     Py_RETURN_NONE;
+}
+
+/* stop(): the handle closes (review defect 1). As close(), and a write still in flight
+ * publishes nothing: the tag is about to be handed back, and a successor writer taking
+ * over this segment must not find a second writer's frame in it. The caller then waits
+ * for busy to drop to 0 before the daemon hears of the release (see hand_over).
+ *
+ * Memory ordering, the reason waiting on `busy` is enough: a copying thread's stores into
+ * the slot (memcpy without the GIL, numpy's copy without the GIL, or a loan's writes)
+ * come before it takes the GIL back and clears its busy bit; the closing thread reads
+ * busy == 0 only while holding the GIL, taken after the copier released it. The GIL is a
+ * mutex (plus condition variable): its release/acquire pair orders every store before the
+ * release ahead of every load after the acquire, on x86-64 (TSO, and glibc ends a
+ * non-temporal memcpy with sfence) and on aarch64 alike (pthread mutexes use
+ * load-acquire/store-release or LSE atomics with those semantics). Only then does the
+ * closing thread send the release to the daemon, and the daemon grants the tag to a
+ * successor only after receiving it: each message passes through kernel socket buffers
+ * under locks (a release by the sender, an acquire by the receiver), so happens-before
+ * runs from our copy's last store to the successor's first store into that slot, on any
+ * architecture Linux supports. */
+static PyObject *writer_stop(WriterObject *w, PyObject *noargs) {
+    w->stopped = 1;
+    w->closed = 1;
+    writer_maybe_drop_view(w);
+    Py_RETURN_NONE;
+}
+
+/* hand_over(final) -> True exactly once: when the tag may go back to the daemon. close()
+ * calls it with final=True after waiting (bounded) for busy to drop to 0: True if it did;
+ * else the last overtaken write, which calls it with final=False after giving its slot
+ * back, gets True and sends the release itself. Under the GIL, so exactly one caller sees
+ * True, and never while a slot is still being filled. */
+static PyObject *writer_hand_over(WriterObject *w, PyObject *arg) {
+    int final = PyObject_IsTrue(arg);
+    if (final < 0) return NULL;
+    if (w->handed || !w->stopped) Py_RETURN_FALSE;
+    if (final) w->deferred = 1;
+    if (!w->deferred || any_busy(w)) Py_RETURN_FALSE;
+    w->handed = 1;
+    Py_RETURN_TRUE;
+}
+
+/* dirty_rows() -> indexes of reader rows that hold anything (a reader's pid, pins, figures);
+ * [] once closed. Read under the GIL while the mapping is held. */
+static PyObject *writer_dirty_rows(WriterObject *w, PyObject *noargs) {
+    PyObject *out = PyList_New(0);
+    if (out == NULL || !w->has_view || w->closed) return out;
+    uint32_t used = rows_used(w->base);
+    for (uint32_t r = 0; r < used; r++) {
+        uintptr_t row = w->rows + 64 * (uintptr_t)r;
+        uint64_t any = 0;
+        for (int k = 0; k < 8; k++) any |= atomic_load_explicit(u64_at(row, 8 * (size_t)k), memory_order_relaxed);
+        if (any == 0) continue;
+        PyObject *i = PyLong_FromUnsignedLong(r);
+        if (i == NULL || PyList_Append(out, i) < 0) {
+            Py_XDECREF(i);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(i);
+    }
+    return out;
+}
+
+/* clear_row(index) -> False if the writer was closed meanwhile (review defect 7): the
+ * caller took the row's lock through fcntl, which let other threads run, and one of them
+ * may have closed this writer. close() marks it closed (here, under the GIL) before it
+ * closes the fd that held the lock and before the mapping can go, so a writer found open
+ * here still holds both, and nothing can close it until this call returns. */
+static PyObject *writer_clear_row(WriterObject *w, PyObject *arg) {
+    long index = PyLong_AsLong(arg);
+    if (index == -1 && PyErr_Occurred()) return NULL;
+    if (index < 0 || index >= READER_ROWS) {
+        PyErr_SetString(PyExc_ValueError, "no such reader row");
+        return NULL;
+    }
+    if (!w->has_view || w->closed) Py_RETURN_FALSE;
+    reset_row(w->rows + 64 * (uintptr_t)index, 0);
+    Py_RETURN_TRUE;
 }
 
 /* write(array) -> write count, or 0: not here (another shape or dtype, not C-contiguous, a
  * dtype without a buffer format, a closed writer; the caller takes its general path), -1:
- * every slot is pinned, -2: the tag was removed. Nothing is changed unless a count is
- * returned. */
+ * every slot is pinned, -2: the tag was removed, -3: the handle was closed (stop()) in
+ * another thread while this copy ran. Nothing is published unless a count is returned. */
 static PyObject *writer_write(WriterObject *w, PyObject *arr) {
     if (!w->has_view || w->closed || w->format[0] == 0) return PyLong_FromLong(0);
     if (atomic_load_explicit(u32_at(w->base, OFF_RETIRED), memory_order_relaxed) == RETIRED_REMOVED)
@@ -772,26 +887,36 @@ static PyObject *writer_write(WriterObject *w, PyObject *arr) {
     }
     void *dst = (void *)(w->base + (uintptr_t)w->header_size + (uintptr_t)slot * (uintptr_t)w->stride);
     if (view.len >= GIL_FREE_COPY) {
-        w->inflight++; /* close() meanwhile leaves the mapping to us */
+        /* The slot is busy: close() meanwhile leaves the mapping to us, and stop() waits
+         * for busy to clear before the tag goes back to the daemon. */
         Py_BEGIN_ALLOW_THREADS
         memcpy(dst, view.buf, (size_t)view.len);
         Py_END_ALLOW_THREADS
-        w->inflight--;
     } else {
         memcpy(dst, view.buf, (size_t)view.len);
     }
     PyBuffer_Release(&view);
+    if (w->stopped) { /* overtaken by the handle's close(): give the slot back unpublished */
+        set_busy(w, (unsigned)slot, 0);
+        writer_maybe_drop_view(w);
+        return PyLong_FromLong(CLOSED_CODE);
+    }
     unsigned long long count = writer_publish_slot(w, (unsigned)slot);
-    if (w->closed && w->inflight == 0) writer_drop_view(w);
+    writer_maybe_drop_view(w);
     return PyLong_FromUnsignedLongLong(count);
 }
 
 static PyObject *writer_get_count(WriterObject *w, void *c) { return PyLong_FromUnsignedLongLong(w->count); }
 static PyObject *writer_get_latest(WriterObject *w, void *c) { return PyLong_FromLong(w->latest); }
+static PyObject *writer_get_busy(WriterObject *w, void *c) {
+    return PyLong_FromLong(__builtin_popcountll(w->busy[0]) + __builtin_popcountll(w->busy[1]) +
+                           __builtin_popcountll(w->busy[2]) + __builtin_popcountll(w->busy[3]));
+}
 
 static PyGetSetDef writer_getset[] = {
     {"count", (getter)writer_get_count, NULL, "writes published in this segment", NULL},
     {"latest", (getter)writer_get_latest, NULL, "slot of the latest write (-1: none)", NULL},
+    {"busy", (getter)writer_get_busy, NULL, "slots acquired and not yet published or given back (any thread)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -801,6 +926,10 @@ static PyMethodDef writer_methods[] = {
     {"publish", (PyCFunction)writer_publish, METH_O, "Publish an acquired slot; returns the write count."},
     {"release", (PyCFunction)writer_release, METH_O, "Give back an acquired slot unpublished."},
     {"close", (PyCFunction)writer_close, METH_NOARGS, "No more writes; let the mapping go."},
+    {"stop", (PyCFunction)writer_stop, METH_NOARGS, "The handle closes: close(), and writes in flight publish nothing."},
+    {"hand_over", (PyCFunction)writer_hand_over, METH_O, "True once, when the tag may go back to the daemon."},
+    {"dirty_rows", (PyCFunction)writer_dirty_rows, METH_NOARGS, "Reader rows that hold anything."},
+    {"clear_row", (PyCFunction)writer_clear_row, METH_O, "Clear a dead reader's row; False if closed meanwhile."},
     {NULL, NULL, 0, NULL},
 };
 

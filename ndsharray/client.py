@@ -13,11 +13,12 @@ import logging
 import os
 import secrets
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from .errors import (
 from .holders import busy_in_this_process, creation_site
 from .protocol import check_tag
 from .segment import (
+    CLOSED,
     ENV_SHM_DIR,
     MAX_SLOTS,
     RETIRED_REMOVED,
@@ -53,6 +55,10 @@ log = logging.getLogger("ndsharray")
 
 # A reader that finds no writer for this long says so once (a misspelt tag waits forever).
 MISSING_WARN_AFTER = 5.0
+
+# Longest close() waits for writes still copying in other threads before it hands the tag
+# back; past it, the last of those writes hands it back when its copy ends.
+CLOSE_DRAIN = 1.0
 
 # Longest single sleep of a waiting reader. Writes, retirement and close() wake it at once;
 # the slice is the safety net that re-checks its segment and handle anyway.
@@ -86,6 +92,7 @@ class NdShArray:
     _ended = False  # close() ran (_closed is also True before the handle is open)
     _fast: Any = None  # the current segment's _hot.Writer while this writer may use it
     _loaned = False  # inside a loan() block
+    _loan_thread: int | None = None  # the thread that opened it
     _rfast: SegmentReader | None = None  # a reader's segment, checked, while nothing changed
     _wseg: SegmentWriter | None = None
     _rseg: SegmentReader | None = None
@@ -294,6 +301,8 @@ class NdShArray:
                 return
             if count == -2:
                 self._removed()
+            if count == CLOSED:
+                self._overtaken(fast)
         if self._closed or self._access != "w" or self._pid != process_pid_holder.pid:
             self._check("w")  # raises, or reopens after a fork
         arr = array if type(array) is np.ndarray else _check_array(array)
@@ -303,11 +312,12 @@ class NdShArray:
             seg = self._new_generation(arr.dtype, arr.shape, self._slots)
         seg, i = self._acquire(seg)
         try:
-            np.copyto(seg.slots[i], arr, casting="no")
+            np.copyto(seg.slots[i], arr, casting="no")  # (without the GIL when large)
         except BaseException:
-            seg.release(i)
+            self._give_back(seg, i)
             raise
-        seg.publish(i)
+        if not seg.publish(i):
+            self._overtaken(seg.fast)
         self._valid = True
 
     @contextmanager
@@ -337,16 +347,36 @@ class NdShArray:
         seg, i = self._acquire(seg)
         buf = seg.slots[i][...]
         self._loaned = True
+        self._loan_thread = threading.get_ident()
         try:
             yield buf
         except BaseException:
-            seg.release(i)
+            self._give_back(seg, i)
             raise
         finally:
             self._loaned = False
+            self._loan_thread = None
             buf.flags.writeable = False
-        seg.publish(i)
+        if not seg.publish(i):  # close() ran meanwhile (the block's writes are not shown)
+            self._overtaken(seg.fast)
         self._valid = True
+
+    def _give_back(self, seg: SegmentWriter, i: int) -> None:
+        """Give an acquired slot back unpublished (a copy or loan block failed)."""
+        seg.release(i)
+        if seg.fast.hand_over(False):  # the last write close() waited for: hand the tag back
+            _keeper.keeper.defer(self._conn, "release", self._tag, self._token)
+
+    def _overtaken(self, fast: Any) -> NoReturn:
+        """close() in another thread overtook this write (its copy ran without the GIL, or
+        its loan() block was open): the slot went back unpublished, so that no successor
+        writer finds a second writer's frame in it. If close() stopped waiting for it, the
+        last such write hands the tag back to the daemon."""
+        if fast.hand_over(False):
+            _keeper.keeper.defer(self._conn, "release", self._tag, self._token)
+        raise HandleClosedError(
+            f"NdShArray {self._tag!r} was closed by another thread while this write copied; "
+            "nothing was published")
 
     def _no_loan_open(self, what: str) -> None:
         """The lent slot belongs to the current segment: nothing may replace it meanwhile."""
@@ -398,6 +428,11 @@ class NdShArray:
                     "the daemon with this process's environment, or set it alike here)"
                 ) from None
         self._stale = False
+        if self._ended:
+            # close() ran in another thread while this one asked for the segment (requests
+            # let other threads run): it is not ours to use.
+            seg.close()
+            raise HandleClosedError(f"NdShArray {self._tag!r} was closed while it wrote")
         old, self._wseg = self._wseg, seg
         self._fast = seg.fast
         if old is not None:
@@ -560,25 +595,20 @@ class NdShArray:
             seg = self._reader_segment()
             if seg is None:
                 return None
-        got = seg.latest(self._count)
-        if type(got) is not tuple:
-            if got is None:
-                self._rfast = seg
-                return None
+        # A Pin holds the pin from the moment it is taken: a KeyboardInterrupt anywhere
+        # below drops it with this frame, and the pin with it (review defect 7).
+        pin = seg.pin(self._count)
+        if pin is None:
+            self._rfast = seg
+            return None
+        if isinstance(pin, int):
             # Retired: a newer generation replaced it (or the tag was removed).
             if self._rfast is None:
                 return None  # and the daemon knows nothing newer yet
             self._rfast = None
             return self._read_general(copy)
-        self._rfast = seg  # checked: later reads go straight to latest()
-        i = got[1]
-        if copy:
-            try:
-                arr = seg.copy(i)
-            finally:
-                seg.unpin(i)
-        else:
-            arr = seg.view(i)
+        self._rfast = seg  # checked: later reads go straight to the C reader
+        arr = seg.copy(pin) if copy else seg.view_of(pin)
         return self._took(seg, arr)
 
     def _took(self, seg: SegmentReader, arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -730,14 +760,26 @@ class NdShArray:
         if not in_gc:
             _keeper.keeper.untrack(self)  # (the keeper's weak set forgets collected handles)
         wseg, rseg, self._wseg, self._rseg = self._wseg, self._rseg, None, None
+        handed = True
         if wseg is not None:
             self._written = int(wseg.fast.count)
-            wseg.close()
+            # Writes still copying into its slots in other threads publish nothing now, and
+            # the tag goes back only once they are done (review defect 1): a successor
+            # writer taking over this segment could pick a slot still being filled. (Not
+            # waiting for a loan() open in this very thread, nor in the collector: then no
+            # other thread can be writing through this handle.)
+            own_loan = self._loan_thread == threading.get_ident()
+            wseg.close(drain=0.0 if in_gc or own_loan else CLOSE_DRAIN)
+            handed = wseg.fast.hand_over(True)
         if rseg is not None:
             rseg.stop_waits()  # end a wait() or iteration in another thread
             rseg.close()
         self._last = _EMPTY
         op = "release" if self._access == "w" else "detach"
+        if not handed:
+            log.debug("closing the writer of %r: a write still copies in another thread; it "
+                      "hands the tag back when its copy ends", self._tag)
+            return
         if in_gc:
             # The collector may run inside a daemon request of this very thread: never do
             # blocking IPC here; the keeper thread sends it.

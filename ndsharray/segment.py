@@ -43,9 +43,10 @@ the file; locks need no bytes behind them) and keeps it while its fd is open, so
 whose lock is free belongs to nobody, even if a dead reader left pins in it. (That fd is
 never mapped: mmap keeps a duplicate of the fd it maps, which would keep the lock alive,
 in forked children too. A writer's same-shape write, pins, the may-sleep count and
-retire run in C; a writer holds a buffer export of its mapping, so closing it in one
-thread never unmaps a copy running in another. Two threads writing through one handle
-never get the same slot.)
+retire run in C; a writer holds a buffer export of its mapping while any slot is being
+filled, so closing it in one thread never unmaps a copy running in another, and a
+handle's close() waits for those copies before the tag goes back (see _hot.c, stop()).
+Two threads writing through one handle never get the same slot.)
 
 - writer: for a slot other than the latest (warmest first): store its write count 0,
   full fence, look at that slot's bit in every row in use; if none is set the slot is
@@ -86,13 +87,19 @@ import sys
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from . import _hot
 from .dtypes import MAX_DESCR_LEN, text_to_dtype
-from .errors import CorruptSegmentError, ResourceLimitError, SegmentGoneError, UnsafeFileError
+from .errors import (
+    CorruptSegmentError,
+    HandleClosedError,
+    ResourceLimitError,
+    SegmentGoneError,
+    UnsafeFileError,
+)
 
 if sys.byteorder != "little":  # pragma: no cover - every target platform is little-endian
     raise ImportError("ndsharray's segment layout assumes a little-endian machine")
@@ -549,6 +556,7 @@ class _Mapped:
 
 
 RETIRED = -3  # what SegmentReader.latest() says of a segment a newer generation replaced
+CLOSED = -3  # what the C writer's acquire() says once it is closed
 
 
 class SegmentReader(_Mapped):
@@ -594,11 +602,26 @@ class SegmentReader(_Mapped):
         """Pin the latest slot if its count differs from ``last_count``.
 
         Returns ``(count, slot, stamp_ns)`` with the slot pinned once, None when nothing
-        newer was published, or RETIRED. The caller must :meth:`unpin` or :meth:`view`.
+        newer was published, or RETIRED. The caller must :meth:`unpin` or :meth:`view`
+        (an exception in between leaves the pin held: prefer :meth:`pin`).
         """
         got = self._c.latest(last_count)
-        if got is None or type(got) is tuple or got == RETIRED:
+        if got is None or isinstance(got, tuple) or got == RETIRED:
             return got
+        self._corrupt(got)
+
+    def pin(self, last_count: int) -> _hot.Pin | int | None:
+        """The latest slot, pinned, if its count differs from ``last_count``: a Pin object
+        that holds the pin until it (and every view built on it) is collected; None when
+        nothing newer was published; RETIRED. Pinning and handing the pin to that object
+        happen in one C call, so no exception (a KeyboardInterrupt) can come between them.
+        ``count``, ``stamp`` and ``read_ns`` of ``self._c`` then describe the frame."""
+        got = self._c.pin(last_count)
+        if got is None or got == RETIRED or type(got) is not int:
+            return got
+        self._corrupt(got)
+
+    def _corrupt(self, got: int) -> NoReturn:
         pub = self.publish_word()
         if got == -1:
             raise CorruptSegmentError(
@@ -633,14 +656,18 @@ class SegmentReader(_Mapped):
         (with every array derived from it: numpy keeps the buffer's exporter as base)."""
         if not self._via_bytes:
             return self._c.array(i)
+        return self.view_of(self._c.view(i))
+
+    def view_of(self, pin: _hot.Pin) -> np.ndarray[Any, Any]:
+        """A read-only array of the slot ``pin`` holds, keeping it (as its base)."""
         arr: np.ndarray[Any, Any] = np.ndarray(
-            (self.layout.nbytes,), np.uint8, buffer=self._c.view(i))  # type: ignore[arg-type]
+            (self.layout.nbytes,), np.uint8, buffer=pin)  # type: ignore[arg-type]
         return arr.view(self.header.dtype).reshape(self.header.shape)
 
-    def copy(self, i: int) -> np.ndarray[Any, Any]:
-        lay = self.layout
-        start = lay.header_size + i * lay.stride
-        src = np.ndarray(self.header.shape, self.header.dtype, buffer=self.mm, offset=start)
+    def copy(self, pin: _hot.Pin) -> np.ndarray[Any, Any]:
+        """An owned, writable copy of the slot ``pin`` holds."""
+        src: np.ndarray[Any, Any] = np.ndarray(
+            self.header.shape, self.header.dtype, buffer=pin)  # type: ignore[arg-type]
         return src.copy()
 
     def close(self) -> None:
@@ -682,7 +709,6 @@ class SegmentWriter(_Mapped):
             np.ndarray(h.shape, h.dtype, buffer=self.mm, offset=h.layout.slot_offset(i))
             for i in range(self.nslots)
         ]
-        self.rows_addr = self.base_addr + h.layout.rows_offset
         # A restarted daemon reads the live writer's pid and key here to decide what to keep
         # and whom to grant the tag (the key first: a pid without it would be a writer
         # nobody could re-register as).
@@ -703,21 +729,47 @@ class SegmentWriter(_Mapped):
         )
 
     def try_acquire(self) -> int:
-        """A slot that is neither the latest nor pinned, its count zeroed; -1 if none is free."""
-        return self.fast.acquire()
+        """A slot that is neither the latest nor pinned, its count zeroed; -1 if none is free.
+        Raises HandleClosedError once the writer was closed (by another thread)."""
+        i = self.fast.acquire()
+        if i == CLOSED:
+            raise HandleClosedError(
+                f"the writer of {self.header.tag!r} was closed, or its segment replaced, by another "
+                "thread while this write waited for a free slot")
+        return i
 
     def reclaim_rows(self) -> int:
-        """Clear the rows of readers that died holding pins; returns how many."""
+        """Clear the rows of readers that died holding pins; returns how many.
+
+        Another thread may close this writer meanwhile (fcntl lets it run; review defect
+        7): the locks are taken through a duplicate of our fd, so close() cannot close the
+        file description (and drop a lock we rely on) under us, nor can its fd number be
+        reused by another file while we lock; and the row is cleared by the C writer,
+        which refuses once the writer is closed, so never through an unmapped mapping.
+        """
+        rows = self.fast.dirty_rows()  # ([] once closed)
+        if not rows:
+            return 0
+        try:
+            fd = os.dup(self.fd)
+        except OSError:
+            return 0  # closed by another thread
         freed = 0
-        used = min(READER_ROWS, int(_U32.unpack_from(self.mm, OFF_ROWS_USED)[0]))
-        for r in range(used):
-            row = ROW_SIZE * r + self.layout.rows_offset
-            if not any(self.mm[row : row + ROW_SIZE]):
-                continue
-            if self._try_lock(_row_lock(r, fcntl.F_WRLCK)):  # nobody holds it: its reader is gone
-                _hot.clear_row(self.rows_addr + ROW_SIZE * r)
-                fcntl.fcntl(self.fd, F_OFD_SETLK, _row_lock(r, fcntl.F_UNLCK))
+        try:
+            for r in rows:
+                try:
+                    fcntl.fcntl(fd, F_OFD_SETLK, _row_lock(r, fcntl.F_WRLCK))
+                except (BlockingIOError, PermissionError):
+                    continue  # its reader lives
+                if not self.fast.clear_row(r):
+                    # Closed meanwhile: stop. Our lock goes with the description when fd
+                    # closes (if self.fd was closed and its number reused before our dup,
+                    # fd is another file's, and unlocking could drop a lock of its own).
+                    return freed
+                fcntl.fcntl(fd, F_OFD_SETLK, _row_lock(r, fcntl.F_UNLCK))
                 freed += 1
+        finally:
+            os.close(fd)
         return freed
 
     def release(self, i: int) -> None:
@@ -732,18 +784,32 @@ class SegmentWriter(_Mapped):
         """Tell readers a newer generation replaced this segment, and wake blocked ones."""
         retire(self.mm, RETIRED_SUPERSEDED)
 
-    def close(self) -> None:
+    def close(self, drain: float | None = None) -> None:
+        """Stop writing. ``drain=None``: a newer generation replaced this segment; a write
+        still in flight in another thread publishes here, harmlessly. Otherwise the handle
+        closes and the tag will go back to the daemon: writes in flight publish nothing,
+        and this waits up to ``drain`` seconds (without the GIL) for their copies to end;
+        ``fast.hand_over(True)`` then says whether they did (see _hot.c, stop())."""
         if self.closed:
             return
+        if drain is None:
+            self.fast.close()
+        else:
+            self.fast.stop()
+            deadline = time.monotonic() + drain
+            pause = 0.0001
+            while self.fast.busy and time.monotonic() < deadline:
+                time.sleep(pause)  # lets the copying threads take the GIL and finish
+                pause = min(pause * 2, 0.005)
         # A restarted daemon must not adopt this segment for a writer that has gone.
         if (_U32.unpack_from(self.mm, OFF_WRITER_PID)[0] == _Process.pid
                 and self.mm[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES] == self._key):
             _U32.pack_into(self.mm, OFF_WRITER_PID, 0)
             self.mm[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES] = NO_KEY
-        self.slots = []
-        self.fast.close()
         self._close_fd()
+        # self.slots stays: a thread between acquiring a slot and copying into it still
+        # indexes it. The mapping goes with the last of them (and of loaned arrays).
         try:
             self.mm.close()
         except BufferError:
-            pass  # a loaned array, or a write in another thread, still uses it: unmapped with them
+            pass  # exported by the slot arrays (or a loan, or a write in flight): unmapped with them

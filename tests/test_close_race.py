@@ -1,0 +1,291 @@
+"""close() from another thread while a write still fills a slot (review defects 1 and 7).
+
+A write copies large frames without the GIL (the C one-call path's memcpy, numpy's
+copyto), and a loan() block fills its slot for as long as the user likes. If close() hands
+the tag back meanwhile, a successor writer takes over the same segment, picks the slot
+still being filled, and a reader gets a mixed frame whose pinned view keeps changing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import Daemon, wait_until
+
+import ndsharray
+from ndsharray import client
+
+ROWS, COLS = 4096, 2048  # 64 MiB of float64: a copy takes milliseconds (numpy's transposing one, far more)
+
+# A reader in its own process (no GIL shared with the race): every frame it gets must be
+# one value throughout (one complete write), and must still be when the next one arrives.
+WATCHER = textwrap.dedent("""
+    import json, select, sys, numpy as np, ndsharray
+    r = ndsharray.NdShArray(sys.argv[1], r_w="r")
+    print("ready", flush=True)
+    frames, torn, changed, values = 0, [], [], set()
+    held = None
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        status, v = r.read(timeout=0.02)
+        if not status:
+            continue
+        if held is not None and (held[0].min() != held[1] or held[0].max() != held[1]):
+            changed.append(held[1])  # a pinned view changed under us
+        frames += 1
+        lo, hi = float(v.min()), float(v.max())
+        if lo != hi:
+            torn.append((lo, hi))
+        values.add(lo)
+        held = (v, lo)
+    print(json.dumps({"frames": frames, "torn": torn, "changed": changed, "values": sorted(values)}), flush=True)
+""")
+
+
+def _successor(tag: str) -> ndsharray.NdShArray:
+    """A new writer of ``tag``, as soon as the daemon grants it (close() may leave the
+    release to a write still copying, if that copy outlasts CLOSE_DRAIN)."""
+    def claim() -> ndsharray.NdShArray | None:
+        try:
+            return ndsharray.NdShArray(tag, r_w="w", slots=3)
+        except ndsharray.TagBusyError:
+            return None
+    return wait_until(claim, what="the tag handed back")  # type: ignore[no-any-return]
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def in_child(call: str) -> None:
+    """Run ``call`` (a function of this module) in a child process: a crash of the code under
+    test (as before the fix: a segfault) fails this test instead of the whole run."""
+    script = f"import sys; sys.path.insert(0, {HERE!r}); import test_close_race as t; t.{call}; print('ok')"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (out.returncode, out.stderr[-3000:])
+
+
+@pytest.mark.parametrize("path", ["c_one_call", "numpy_copyto"])
+def test_close_waits_for_a_copy_in_flight_so_a_successor_never_shares_its_slot(daemon: Daemon, path: str) -> None:
+    in_child(f"race_close_with_copy_in_flight({path!r})")
+
+
+def race_close_with_copy_in_flight(path: str) -> None:
+    b_val = np.full((ROWS, COLS), 2.0)
+    # C-contiguous: the C one-call path, one memcpy without the GIL; Fortran order: np.copyto,
+    # transposing (slowly), without the GIL.
+    a_val = np.full((ROWS, COLS), 1.0, order="C" if path == "c_one_call" else "F")
+    overtaken = 0
+    for rnd in range(3):
+        tag = f"race{rnd}"
+        w = ndsharray.NdShArray(tag, r_w="w", slots=3)
+        for k in range(3):  # slots 0, 1, 0: the next write fills slot 1, which a successor picks first
+            w.write(np.full((ROWS, COLS), 0.5 + k / 8))
+        watcher = subprocess.Popen([sys.executable, "-c", WATCHER, tag], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        try:
+            assert watcher.stdout is not None and watcher.stdin is not None
+            assert watcher.stdout.readline().strip() == "ready"
+            segment = w.ndarray_mmap_name
+            started = threading.Event()
+            outcome: list[str] = []
+
+            def write_a(w: ndsharray.NdShArray = w, started: threading.Event = started,
+                        outcome: list[str] = outcome) -> None:
+                started.set()
+                try:
+                    w.write(a_val)  # the copy runs without the GIL: close() comes meanwhile
+                    outcome.append("published")
+                except ndsharray.HandleClosedError:
+                    outcome.append("overtaken")
+
+            t = threading.Thread(target=write_a)
+            t.start()
+            started.wait()
+            w.close()  # most likely while the other thread copies
+            w2 = _successor(tag)
+            try:
+                w2.write(b_val)
+                assert w2.ndarray_mmap_name == segment  # it took over the very segment
+                t.join()
+                with ndsharray.NdShArray(tag, r_w="r") as r:
+                    status, last = r.read(timeout=5)
+                    assert status and float(last[0, 0]) == 2.0 and float(last.min()) == 2.0
+                    del last
+            finally:
+                w2.close()
+            watcher.stdin.write("stop\n")
+            watcher.stdin.flush()
+            report = json.loads(watcher.stdout.readline())
+        finally:
+            if watcher.returncode is None and watcher.stdin is not None and not watcher.stdin.closed:
+                watcher.stdin.close()  # (ends its loop if the test failed before "stop")
+            watcher.wait(30)
+        assert not report["torn"], f"round {rnd}: mixed frames {report['torn'][:3]} ({outcome})"
+        assert not report["changed"], f"round {rnd}: pinned views changed {report['changed'][:3]} ({outcome})"
+        if outcome == ["overtaken"]:
+            overtaken += 1
+            assert 1.0 not in report["values"], "an overtaken write was published"
+        else:
+            assert outcome == ["published"]
+    # The race this test is about happened (close() came while the copy ran) at least once.
+    assert overtaken >= 1
+
+
+def test_close_during_a_loan_in_another_thread_hands_the_tag_back_when_the_block_ends(daemon: Daemon) -> None:
+    in_child("race_close_with_loan_open()")
+
+
+def race_close_with_loan_open() -> None:
+    client.CLOSE_DRAIN = 0.2  # close() stops waiting for the block soon (this child only)
+    w = ndsharray.NdShArray("lent", np.zeros(1024), "w", slots=3)
+    r = ndsharray.NdShArray("lent", r_w="r")
+    lent, go = threading.Event(), threading.Event()
+    outcome: list[str] = []
+
+    def fill() -> None:
+        try:
+            with w.loan() as buf:
+                buf[:512] = 1.0
+                lent.set()
+                go.wait(30)
+                buf[512:] = 1.0
+            outcome.append("published")
+        except ndsharray.HandleClosedError:
+            outcome.append("overtaken")
+
+    t = threading.Thread(target=fill)
+    t.start()
+    try:
+        assert lent.wait(10)
+        w.close()  # returns after CLOSE_DRAIN; the tag stays ours while the block fills its slot
+        with pytest.raises(ndsharray.TagBusyError):
+            ndsharray.NdShArray("lent", r_w="w")
+    finally:
+        go.set()
+        t.join()
+    assert outcome == ["overtaken"]
+    w2 = _successor("lent")  # handed back by the block's end
+    try:
+        w2.write(np.full(1024, 2.0))
+        status, v = r.read(timeout=5)
+        assert status and (v == 2.0).all() and r.write_count == 2  # the lent slot was never published
+    finally:
+        w2.close()
+        r.close()
+
+
+def test_close_inside_this_threads_own_loan_does_not_wait_and_publishes_nothing(daemon: Daemon) -> None:
+    w = ndsharray.NdShArray("own", np.zeros(8), "w")
+    t0 = time.monotonic()
+    with pytest.raises(ndsharray.HandleClosedError):
+        with w.loan() as buf:
+            buf[:] = 1.0
+            w.close()  # nobody else can end this block: no point waiting for it
+    assert time.monotonic() - t0 < client.CLOSE_DRAIN
+    w2 = _successor("own")
+    try:
+        with ndsharray.NdShArray("own", r_w="r") as r:
+            status, v = r.read()
+            assert status and (v == 0.0).all()  # the loan's frame was not published
+    finally:
+        w2.close()
+
+
+RECLAIM = textwrap.dedent("""
+    import fcntl, os, signal, subprocess, sys, numpy as np, ndsharray
+    from ndsharray import segment
+    # A reader dies holding a pin on each slot but the latest: the writer must reclaim rows.
+    w = ndsharray.NdShArray("reclaim", np.zeros(8), "w", slots=2, max_slots=2, write_timeout=1.0)
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    w.write(np.ones(8))  # the other slot; the reader pins the first one
+    child.kill(); child.wait()
+    real = fcntl.fcntl
+    armed = [True]
+    def racing_fcntl(fd, cmd, arg=0):
+        out = real(fd, cmd, arg)
+        if armed[0] and cmd == segment.F_OFD_SETLK and isinstance(arg, bytes):
+            kind, _, start, _, _ = segment._FLOCK.unpack(arg)
+            if kind == fcntl.F_WRLCK and start >= segment.LOCKS:
+                # The row lock was just taken, with the GIL released: another thread's
+                # close() runs now (here, in this thread, for a deterministic interleaving).
+                armed[0] = False
+                w.close()
+        return out
+    fcntl.fcntl = racing_fcntl
+    try:
+        w.write(np.full(8, 2.0))  # every slot but the latest is pinned by the dead reader
+        print("wrote")
+    except ndsharray.HandleClosedError:
+        print("closed")
+    assert not armed[0], "the race was not set up: reclaim_rows never locked a row"
+""")
+
+
+DEAD_READER = textwrap.dedent("""
+    import sys, ndsharray
+    r = ndsharray.NdShArray("reclaim", r_w="r")
+    held = r.read(timeout=5)[1]
+    print("held", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_reclaiming_a_dead_readers_row_while_another_thread_closes_does_not_crash(daemon: Daemon) -> None:
+    # In a child process, so that a crash fails this test instead of the whole run.
+    out = subprocess.run([sys.executable, "-c", RECLAIM, DEAD_READER], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "closed", (out.returncode, out.stdout, out.stderr[-2000:])
+
+
+@pytest.mark.parametrize("dtype, copy", [([("x", "<f8"), ("n", "<u4")], False), ("<f8", True),
+                                         ([("x", "<f8"), ("n", "<u4")], True)])
+def test_a_keyboard_interrupt_in_a_read_never_leaves_a_pin_behind(daemon: Daemon, dtype: Any, copy: bool) -> None:
+    # read(copy=True) and structured dtypes build their arrays in Python after the C reader
+    # pinned the slot: a KeyboardInterrupt (here from SIGALRM, at moments that sweep
+    # through the read) landing in between must not leave a pin nobody owns.
+    frames = [np.zeros(16, dtype) for _ in range(2)]
+    armed = [False]
+
+    def interrupt(signum: int, frame: Any) -> None:
+        if armed[0]:
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    # 3 slots: the reader's last view (kept for read()'s (False, last)) pins one.
+    w = ndsharray.NdShArray("kbd", frames[0], "w", slots=3, max_slots=3, write_timeout=0.5)
+    r = ndsharray.NdShArray("kbd", r_w="r")
+    interrupted = 0
+    try:
+        assert r.read(copy=copy)[0]  # past the first read's lookups
+        seg = r._rseg
+        assert seg is not None
+        rng = np.random.default_rng(7)
+        for k in range(3000):
+            w.write(frames[k % 2])
+            try:
+                armed[0] = True
+                signal.setitimer(signal.ITIMER_REAL, float(rng.uniform(1e-6, 60e-6)))
+                r.read(copy=copy)  # (the array goes at once)
+                armed[0] = False
+            except KeyboardInterrupt:
+                armed[0] = False
+                interrupted += 1
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        r.close()  # drops the last view: nothing of this reader holds a pin now
+        w.close()
+    assert interrupted > 100  # the interrupts did land inside reads
+    assert seg._c.pinned == 0  # (a pin nobody owns would also keep the reader's row forever)
