@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import difflib
 import logging
+import math
 import os
 import secrets
 import sys
@@ -22,7 +23,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from . import config, transport
+from . import config, ring, transport
 from . import keeper as _keeper
 from .dtypes import dtype_to_text
 from .errors import (
@@ -83,9 +84,10 @@ class NdShArray:
     as you hold it (or any view derived from it), because the writer will not reuse a slot
     that a reader still references. ``read(copy=True)`` returns an owned copy instead.
 
-    ``slots`` is the initial ring size; the writer grows the ring (up to ``max_slots``) when
-    readers keep old views alive, and raises :class:`WriterStalledError` after
-    ``write_timeout`` seconds if even that is not enough.
+    ``slots`` is the initial ring size (None: 3, or 2 for arrays over 64 MiB, see
+    :mod:`ndsharray.ring`); the writer grows the ring (up to ``max_slots``) when readers
+    keep old views alive, and raises :class:`WriterStalledError` after ``write_timeout``
+    seconds if even that is not enough.
     """
 
     _closed = True
@@ -107,7 +109,7 @@ class NdShArray:
         r_w: str | None = None,
         *,
         endpoint: str | None = None,
-        slots: int = 3,
+        slots: int | None = None,
         max_slots: int = 32,
         write_timeout: float = 2.0,
     ) -> None:
@@ -119,7 +121,7 @@ class NdShArray:
                     f"did you mean r_w={array!r}? The second positional argument is the array: "
                     f"write NdShArray({tag!r}, r_w={array!r})")
             raise ValueError(f"r_w must be 'r' (reader) or 'w' (writer), got {r_w!r}")
-        if not 2 <= slots <= MAX_SLOTS or not slots <= max_slots <= MAX_SLOTS:
+        if (slots is not None and not 2 <= slots <= MAX_SLOTS) or not (slots or 2) <= max_slots <= MAX_SLOTS:
             raise ValueError(f"need 2 <= slots <= max_slots <= {MAX_SLOTS}, got {slots}, {max_slots}")
         if array is not None and r_w.lower() != "w":
             raise ValueError("array= is only for writers (r_w='w'); a reader gets arrays from read()")
@@ -128,7 +130,7 @@ class NdShArray:
         self._tag = check_tag(tag)
         self._access = r_w.lower()
         self._endpoint = config.resolve_endpoint(endpoint)
-        self._slots = slots
+        self._slots = slots  # None: by the array's size (ring.initial_slots)
         self._max_slots = max_slots
         self._write_timeout = write_timeout
         self._last: np.ndarray[Any, Any] = _EMPTY
@@ -309,7 +311,7 @@ class NdShArray:
         seg = self._wseg
         if seg is None or self._stale or arr.dtype != seg.dtype or arr.shape != seg.shape:
             self._no_loan_open("change shape or dtype")
-            seg = self._new_generation(arr.dtype, arr.shape, self._slots)
+            seg = self._new_generation(arr.dtype, arr.shape, self._slots_for(arr.nbytes))
         seg, i = self._acquire(seg)
         try:
             np.copyto(seg.slots[i], arr, casting="no")  # (without the GIL when large)
@@ -341,7 +343,8 @@ class NdShArray:
             if want_shape is None or want_dtype is None:
                 raise ValueError("the first loan() of a writer needs both shape and dtype")
             if seg is None or want_dtype != seg.header.dtype or want_shape != seg.header.shape:
-                seg = self._new_generation(want_dtype, want_shape, self._slots)
+                nbytes = math.prod(want_shape) * want_dtype.itemsize
+                seg = self._new_generation(want_dtype, want_shape, self._slots_for(nbytes))
         elif seg is None:
             raise ValueError("the first loan() of a writer needs shape= and dtype=")
         seg, i = self._acquire(seg)
@@ -360,6 +363,10 @@ class NdShArray:
         if not seg.publish(i):  # close() ran meanwhile (the block's writes are not shown)
             self._overtaken(seg.fast)
         self._valid = True
+
+    def _slots_for(self, nbytes: int) -> int:
+        """The slot count of a new generation: as given, or as grown, or by the size."""
+        return self._slots if self._slots is not None else ring.initial_slots(nbytes, self._max_slots)
 
     def _give_back(self, seg: SegmentWriter, i: int) -> None:
         """Give an acquired slot back unpublished (a copy or loan block failed)."""
@@ -473,7 +480,8 @@ class NdShArray:
             # loan: the lent slot must stay in this segment to be published).
             h = seg.header
             try:
-                seg = self._new_generation(h.dtype, h.shape, min(self._max_slots, seg.nslots * 2))
+                seg = self._new_generation(h.dtype, h.shape,
+                                           ring.grown_slots(seg.nslots, h.layout.nbytes, self._max_slots))
             except (DaemonUnavailableError, ResourceLimitError) as exc:
                 log.debug("could not grow the ring of %r (%s); waiting for a free slot", self._tag, exc)
             else:

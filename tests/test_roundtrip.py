@@ -9,6 +9,7 @@ import pytest
 from arrays import digest, make_array
 
 import ndsharray
+from ndsharray import ring
 
 DTYPES: list[Any] = [
     "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16", "?",
@@ -206,3 +207,30 @@ def test_writer_stalls_with_clear_error_at_max_slots(daemon: Any) -> None:
         r.read()
         w.write(np.full(4, 2.0))
         assert r.read()[1].tolist() == [2.0] * 4
+
+
+def test_default_slots_keep_very_large_arrays_near_twice_their_size(daemon: Any) -> None:
+    # 1.1.4 took 1x (and tore frames); 3 slots made a 2 GB array cost 6 GB of /dev/shm.
+    big = ring.BIG_ARRAY_BYTES // 8 + 1  # float64 items: just over the threshold
+    cases = [("small", np.zeros(10), {}, 3), ("edge", np.zeros(ring.BIG_ARRAY_BYTES // 8), {}, 3),
+             ("big", np.zeros(big), {}, 2), ("big3", np.zeros(big), {"slots": 3}, 3),
+             ("small2", np.zeros(10), {"slots": 2}, 2), ("capped", np.zeros(10), {"max_slots": 2}, 2)]
+    for tag, a, kw, slots in cases:
+        with ndsharray.NdShArray(tag, a, "w", **kw) as w:
+            info = ndsharray.tag_info(tag)
+            assert (tag, info.slots) == (tag, slots)
+            assert info.size < (slots + 0.01) * a.nbytes + 64 * 1024  # what the README's table says
+            w.write(a)
+    with pytest.raises(ValueError, match="slots"):
+        ndsharray.NdShArray("bad", r_w="w", slots=3, max_slots=2)
+
+
+def test_a_very_large_arrays_ring_grows_one_slot_at_a_time(daemon: Any) -> None:
+    n = ring.BIG_ARRAY_BYTES // 8 + 1
+    with ndsharray.NdShArray("bigring", np.zeros(n), "w") as w, ndsharray.NdShArray("bigring", r_w="r") as r:
+        held = r.read()[1]  # the reader keeps the latest frame: the writer has one slot left
+        w.write(np.ones(n))
+        w.write(np.full(n, 2.0))  # the held slot is the only one not latest: grow
+        info = ndsharray.tag_info("bigring")
+        assert (info.slots, info.generation) == (3, 2)  # 2 -> 3, not 4
+        assert held[0] == 0.0 and r.read()[1][-1] == 2.0

@@ -1,0 +1,25 @@
+"""How many slots a tag's ring gets: enough for a reader to hold a frame while the writer
+goes on, without tripling the memory of very large arrays.
+
+A segment costs its slot count times the array's size in ``/dev/shm``. Three slots let a
+writer alternate between two while a reader holds the third (the latest it read); two are
+enough while readers keep up (each drops its frame when it reads the next). Above
+:data:`BIG_ARRAY_BYTES` an array starts with two slots (2x its size, as near the 1x of
+ndsharray 1.1.4 as a ring that never tears gets), and the ring grows one slot at a time when
+readers do hold frames, where smaller arrays double.
+"""
+
+from __future__ import annotations
+
+#: Arrays larger than this start with 2 slots instead of 3 (``slots=None``, the default).
+BIG_ARRAY_BYTES = 64 * 1024 * 1024
+
+
+def initial_slots(nbytes: int, max_slots: int) -> int:
+    """The slot count of a new ring for arrays of ``nbytes`` when the user gave none."""
+    return min(max_slots, 2 if nbytes > BIG_ARRAY_BYTES else 3)
+
+
+def grown_slots(nslots: int, nbytes: int, max_slots: int) -> int:
+    """The slot count of the next ring when readers pin every slot the writer could use."""
+    return min(max_slots, nslots + 1 if nbytes > BIG_ARRAY_BYTES else nslots * 2)
