@@ -220,7 +220,8 @@ def info(endpoint: str, tag: str, as_json: bool) -> None:
               help="Also write the frame as a PNG (needs Pillow: ndsharray[image]).")
 @click.option("--bgr", is_flag=True,
               help="With --png: the HxWx3/4 frame is BGR(A), OpenCV's channel order.")
-@click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait for a frame.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds to wait for a frame.")
 @click.pass_obj
 def show(endpoint: str, tag: str, png: str | None, bgr: bool, timeout: float) -> None:
     """Statistics and a preview of TAG's latest frame."""
@@ -252,7 +253,8 @@ def show(endpoint: str, tag: str, png: str | None, bgr: bool, timeout: float) ->
 @click.option("--frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after S seconds.")
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the first frame.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds to wait for the first frame.")
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after this many seconds without a new frame (the writer stopped).")
 @click.pass_obj

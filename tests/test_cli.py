@@ -127,6 +127,11 @@ def test_show_prints_stats_and_writes_a_png(daemon: Daemon, folder: str) -> None
         assert np.array_equal(pixels, to_uint8_image(gray))
     bad = CliRunner().invoke(main, ["show", "nothing", "--timeout", "0.1"])
     assert bad.exit_code == 1 and "no frame under 'nothing'" in bad.output
+    for cmd in (["show", "x"], ["record", "x", os.path.join(folder, "x.npz")]):
+        # read() refuses a negative timeout: the CLI says so in its own terms.
+        bad = CliRunner().invoke(main, [*cmd, "--timeout", "-1"])
+        assert bad.exit_code == 2 and "--timeout" in bad.output and bad.exception is not None
+        assert not isinstance(bad.exception, ValueError)
 
 
 def test_to_uint8_image_rules() -> None:
