@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -52,9 +53,35 @@ while True:
 TAGS = ["chaos/a", "chaos/b"]
 
 
-def spawn(code: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+class Proc:
+    """A child running ``code``; a thread collects its stdout lines as they come."""
+
+    def __init__(self, code: str, *args: str) -> None:
+        self.p = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._pump = threading.Thread(target=self._read, daemon=True)
+        self._pump.start()
+
+    def _read(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self.lines.append(line.strip())
+
+    def checked(self) -> int:
+        """Frames this reader has verified, by its latest report."""
+        counts = [int(x.split()[-1]) for x in self.lines if x.startswith("checked")]
+        return counts[-1] if counts else 0
+
+    def kill(self) -> None:
+        self.p.kill()
+
+    def finish(self) -> str:
+        """Kill, reap, and return stderr (stdout is in ``lines``)."""
+        self.p.kill()
+        _, err = self.p.communicate(timeout=30)
+        self._pump.join(30)
+        return err
 
 
 def test_chaos(folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,11 +89,14 @@ def test_chaos(folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
     monkeypatch.setenv(config.ENV_AUTOSTART, "1")
     rng = random.Random(1234)
-    writers = {tag: spawn(WRITER, tag, str(0)) for tag in TAGS}
-    readers = [spawn(READER, *TAGS) for _ in range(3)]
-    finished: list[subprocess.Popen[str]] = []
+    writers = {tag: Proc(WRITER, tag, str(0)) for tag in TAGS}
+    readers = [Proc(READER, *TAGS) for _ in range(3)]
+    finished: list[Proc] = []
     kills = {"writer": 0, "reader": 0, "daemon": 0}
+    errors: list[str] = []
     try:
+        # Frames flow before the chaos starts (a loaded machine starts Pythons slowly).
+        wait_until(lambda: all(r.checked() for r in readers), timeout=60, what="first frames")
         end = time.monotonic() + 8
         while time.monotonic() < end:
             time.sleep(rng.uniform(0.2, 0.5))
@@ -76,12 +106,12 @@ def test_chaos(folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
                 writers[tag].kill()
                 finished.append(writers[tag])
                 # The successor continues far ahead, so its frames differ from the dead one's.
-                writers[tag] = spawn(WRITER, tag, str(rng.randrange(10**6, 10**9)))
+                writers[tag] = Proc(WRITER, tag, str(rng.randrange(10**6, 10**9)))
             elif victim == "reader":
                 k = rng.randrange(len(readers))
                 readers[k].kill()
                 finished.append(readers[k])
-                readers[k] = spawn(READER, *TAGS)
+                readers[k] = Proc(READER, *TAGS)
             else:
                 pid = admin.daemon_pid(d.endpoint)
                 if pid is None:
@@ -91,27 +121,25 @@ def test_chaos(folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
                     d.proc.wait()
                 wait_until(lambda p=pid: pid_gone(p), what="killed daemon to be gone")
             kills[victim] += 1
-        # Let the last incarnations run a moment under the final daemon, then stop everyone.
+        # After the chaos, every reader still running verifies new frames of both tags'
+        # last writers, under the last daemon: everything recovered by itself.
         wait_until(lambda: admin.daemon_pid(d.endpoint) is not None, what="a daemon at the end")
-        time.sleep(0.5)
+        after = [r.checked() for r in readers]
+        wait_until(lambda: all(r.checked() > n + 10 for r, n in zip(readers, after, strict=True)),
+                   timeout=60, what="every reader to verify frames after the chaos")
     finally:
-        alive = list(writers.values()) + readers
-        for p in alive:
-            p.kill()
-        procs = alive + finished
-        outputs = [p.communicate(timeout=30) for p in procs]
+        procs = list(writers.values()) + readers + finished
+        errors = [p.finish() for p in procs]
         if d.proc is not None and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
         admin.stop_daemon(d.endpoint)
-    bad = [line for out, _ in outputs for line in out.splitlines() if line.startswith("BAD")]
-    reader_outs = [out for p, (out, _) in zip(procs, outputs, strict=True) if "checked" in out]
-    checked = sum(int(out.split()[-1]) for out in reader_outs)
+    bad = [line for p in procs for line in p.lines if line.startswith("BAD")]
+    checked = sum(p.checked() for p in procs)
     print(f"chaos: killed {kills}, frames checked {checked}, bad {len(bad)}, "
           f"segments left {len(our_segments(d.prefix))}")
     assert not bad, bad[:5]
-    assert checked > 200  # how many depends on the machine; every one of them was verified
     assert kills["daemon"] >= 1 and kills["writer"] >= 1 and kills["reader"] >= 1
     assert not our_segments(d.prefix)
-    stderr = [err for _, err in outputs if "Traceback" in err and "KeyboardInterrupt" not in err]
+    stderr = [err for err in errors if "Traceback" in err and "KeyboardInterrupt" not in err]
     assert not stderr, stderr[0][-2000:]
