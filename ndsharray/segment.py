@@ -23,7 +23,7 @@ Layout (little-endian; every field naturally aligned)::
     72      8     creation time, CLOCK_MONOTONIC ns
     80      2     tag length in bytes (UTF-8)
     82      2     dtype description length (ASCII, see ndsharray.dtypes)
-    84      4     reserved (zero)
+    84      4     pid of the writer that last closed this segment (0: none; ls after a restart)
     88      16    writer key: first 16 bytes of SHA-256 of the writer's token (zero once it
                   closed); a restarted daemon grants the tag only to the holder of that token
     104     24    reserved (zero)
@@ -127,6 +127,7 @@ OFF_RETIRED = 52
 RETIRED_SUPERSEDED = 1  # a newer generation replaced this segment: readers re-resolve
 RETIRED_REMOVED = 2  # the tag was removed (ndsharray rm): its writer must stop
 OFF_NOTIFY = 56
+OFF_CLOSED_PID = 84
 OFF_WRITER_KEY = 88
 KEY_BYTES = 16
 NO_KEY = bytes(KEY_BYTES)
@@ -306,6 +307,7 @@ class Header:
     # As read (they change; for a restarting daemon): the writer's key and the retired word.
     writer_key: bytes = NO_KEY
     retired: int = 0
+    closed_pid: int = 0
 
 
 def parse_header(buf: Any, size: int, name: str = "?") -> Header:
@@ -363,7 +365,7 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
         raise bad("shape", f"{shape} of {dtype} is not {nbytes} bytes")
     return Header(layout, generation, writer_pid, created, tag, dtype_text, dtype,
                   tuple(int(n) for n in shape), bytes(buf[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES]),
-                  retired)
+                  retired, int(_U32.unpack_from(buf, OFF_CLOSED_PID)[0]))
 
 
 # numpy indexes bytes with a signed 64-bit npy_intp (so does _hot.c).
@@ -804,6 +806,7 @@ class SegmentWriter(_Mapped):
         # A restarted daemon must not adopt this segment for a writer that has gone.
         if (_U32.unpack_from(self.mm, OFF_WRITER_PID)[0] == _Process.pid
                 and self.mm[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES] == self._key):
+            _U32.pack_into(self.mm, OFF_CLOSED_PID, _Process.pid)  # (who: for ls after a restart)
             _U32.pack_into(self.mm, OFF_WRITER_PID, 0)
             self.mm[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES] = NO_KEY
         self._close_fd()

@@ -130,15 +130,15 @@ class Registry:
 
     def keep_orphan(
         self, tag: str, *, segment: str, generation: int, dtype: str, shape: tuple[int, ...],
-        nbytes: int, slots: int, size: int, last_writer_pid: int, now: float,
+        nbytes: int, slots: int, size: int, last_writer_pid: int, left: str, now: float,
     ) -> TagRecord:
-        """Rebuild the record of a tag whose writer closed (``last_writer_pid`` 0: the header
-        does not keep its pid) or died before the restart: its last frame stays readable
-        for ``orphan_ttl`` from now, as it would have without the restart."""
+        """Rebuild the record of a tag whose writer closed or died (``left``) before the
+        restart: its last frame stays readable for ``orphan_ttl`` from now, as it would have
+        without the restart."""
         rec = self.tags[tag] = TagRecord(
             tag, generation=generation, segment=segment, dtype=dtype, shape=shape,
             nbytes=nbytes, slots=slots, size=size, last_writer_pid=last_writer_pid,
-            writer_left="died" if last_writer_pid else "closed", idle_since=now,
+            writer_left=left, idle_since=now,
         )
         return rec
 

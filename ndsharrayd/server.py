@@ -286,7 +286,8 @@ class SegmentFiles:
             else:
                 registry.keep_orphan(h.tag, segment=name, generation=gen, dtype=h.dtype_text,
                                      shape=h.shape, nbytes=h.layout.nbytes, slots=h.layout.nslots,
-                                     size=size, last_writer_pid=h.writer_pid, now=now)
+                                     size=size, last_writer_pid=h.writer_pid or h.closed_pid,
+                                     left="died" if h.writer_pid else "closed", now=now)
             self.headers[name] = (os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC),
                                   h.layout)
             self.tags[name] = h.tag

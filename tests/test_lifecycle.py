@@ -141,6 +141,7 @@ def test_a_closed_writers_last_frame_stays_readable_across_a_daemon_crash(
     closed, died = tag_row("kept"), tag_row("died")
     assert (closed.segment, closed.writer_pid, closed.writer_left) == (seg, None, "closed")
     assert (died.segment, died.writer_pid, died.writer_left) == (dead_seg, None, "died")
+    assert (closed.last_writer_pid, died.last_writer_pid) == (os.getpid(), dead.pid)  # (ls: who)
     with ndsharray.NdShArray("kept", r_w="r") as r:  # a late reader gets the last frame
         status, a = r.read()
         assert status and a.tolist() == [0.0, 1.0, 2.0, 3.0]
