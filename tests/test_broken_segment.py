@@ -22,6 +22,7 @@ from ndsharray.cli import main
 def test_ls_after_a_segment_was_truncated_to_nothing(daemon: Daemon) -> None:
     w = ndsharray.NdShArray("trunc/a", np.arange(1000.0), "w")
     name = w.ndarray_mmap_name
+    assert name is not None
     w.close()  # the tag stays, with its last frame, for --orphan-ttl
     with ndsharray.NdShArray("trunc/ok", np.ones(4), "w"):
         os.truncate(segment.segment_path(name), 0)
@@ -47,11 +48,16 @@ def test_writer_and_reader_of_a_shrunk_segment_are_told(daemon: Daemon, caplog: 
             ndsharray.NdShArray("trunc/b", r_w="r") as r:
         assert r.read(copy=True)[0]
         name = w.ndarray_mmap_name
+        assert name is not None
         header = os.stat(segment.segment_path(name)).st_size - 3 * 4096 * 8
         os.truncate(segment.segment_path(name), header)
         wait_until(lambda: not os.path.exists(segment.segment_path(name)), what="the daemon to remove it")
         with pytest.raises(ndsharray.TagRemovedError, match="broke its segment"):
             w.write(np.arange(4096.0))
+        # The daemon's own answer to that writer's next request for a segment says why.
+        with pytest.raises(ndsharray.TagRemovedError, match=f"segment {name} is broken: its file is"):
+            w._conn.request("generation", tag="trunc/b", pid=os.getpid(), token=w._token,
+                            dtype="'<f8'", shape=[5], slots=3)
         with caplog.at_level(logging.WARNING, logger="ndsharray"):
             assert r.read()[0] is False
         assert any("is broken: its file is" in m for m in caplog.messages), caplog.messages
@@ -103,7 +109,8 @@ def test_the_daemons_retire_sets_the_flag_and_wakes_a_futex_sleeper(folder: str)
     from ndsharray.segment import OFF_NOTIFY, OFF_RETIRED, mapping_address
     from ndsharrayd import safe_retire
 
-    if safe_retire._SYS_FUTEX is None:
+    sys_futex = safe_retire._SYS_FUTEX
+    if sys_futex is None:
         pytest.skip("no futex syscall number for this machine: the fallback is _hot.retire")
     path = os.path.join("/dev/shm", f"ndst-retire-{os.getpid()}")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -122,13 +129,13 @@ def test_the_daemons_retire_sets_the_flag_and_wakes_a_futex_sleeper(folder: str)
         def sleeper() -> None:  # FUTEX_WAIT on the notify word while it is 0, for up to 10 s
             tids.append(threading.get_native_id())
             t0 = time.monotonic()
-            libc.syscall(ctypes.c_long(safe_retire._SYS_FUTEX), ctypes.c_void_p(mapping_address(mm) + OFF_NOTIFY),
+            libc.syscall(ctypes.c_long(sys_futex), ctypes.c_void_p(mapping_address(mm) + OFF_NOTIFY),
                          ctypes.c_long(0), ctypes.c_long(0), ctypes.byref(Timespec(10, 0)), None, ctypes.c_long(0))
             woke.append(time.monotonic() - t0)
 
         def in_futex_wait(tid: int) -> bool:  # (a wake sent before it sleeps would prove nothing)
             with open(f"/proc/self/task/{tid}/syscall") as f:
-                return f.read().split()[0] == str(safe_retire._SYS_FUTEX)
+                return f.read().split()[0] == str(sys_futex)
 
         # Three sleepers, one retire: every one must wake (the kernel wakes one even when
         # asked for none, so one sleeper would not tell).
