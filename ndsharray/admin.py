@@ -97,6 +97,9 @@ def daemon_pid(endpoint: str | None = None) -> int | None:
     return None if found is None else found[0]
 
 
+LOCK_WRITE_GRACE = 0.5  # seconds a lock's holder may take to write its pid into it
+
+
 def _lock_holder(ep: str) -> tuple[int, os.stat_result] | None:
     """(pid, the lock file's stat) of the process that holds ``ep``'s lock and is the one
     its content names; None when nobody holds it. Raises :class:`UnsafeFileError` when the
@@ -106,13 +109,20 @@ def _lock_holder(ep: str) -> tuple[int, os.stat_result] | None:
         fd = safefs.open_checked(path, os.O_RDONLY, owners=safefs.ANYONE, single_link=False)
     except FileNotFoundError:
         return None
+    # A starting daemon takes the lock, then writes its pid: until then the file is empty or
+    # names its dead predecessor. Give it a moment before calling the lock a stranger's.
+    deadline = time.monotonic() + LOCK_WRITE_GRACE
     try:
         st = os.fstat(fd)
-        try:
-            pid = int((os.pread(fd, 64, 0).split() or [b"0"])[0])
-        except ValueError:
-            pid = 0
-        holders = safefs.flock_holders(st)
+        while True:
+            try:
+                pid = int((os.pread(fd, 64, 0).split() or [b"0"])[0])
+            except ValueError:
+                pid = 0
+            holders = safefs.flock_holders(st)
+            if not holders or pid in holders or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
     finally:
         os.close(fd)
     if not holders:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -286,3 +288,24 @@ def test_after_a_daemon_stop_data_flows_and_ls_and_doctor_say_who_streams(
     with ndsharray.NdShArray("cam", r_w="r") as late:
         status, a = late.read(timeout=10)
         assert status and digest(a) == digest(make_array("u1", (4,), 3))
+
+
+def test_a_daemon_that_has_locked_but_not_yet_written_its_pid_is_not_taken_for_a_stranger(
+        folder: str) -> None:
+    # A starting daemon takes the lock first and writes its pid just after; a restart leaves
+    # the dead predecessor's pid there meanwhile. Polling daemon_pid() across a restart (as
+    # test_daemon_sigkill_data_keeps_flowing_and_registry_is_rebuilt does) hit that window
+    # and got UnsafeFileError ("names pid N but is locked by ...").
+    endpoint = f"ipc://{folder}/d.sock"
+    fd = os.open(config.lock_path(endpoint), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"999999999 1\n")  # a predecessor's identity
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        writer = threading.Timer(0.1, lambda: (os.ftruncate(fd, 0), os.pwrite(fd, f"{os.getpid()} 2\n".encode(), 0)))
+        writer.start()
+        try:
+            assert admin.daemon_pid(endpoint) == os.getpid()
+        finally:
+            writer.join()
+    finally:
+        os.close(fd)
