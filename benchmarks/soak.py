@@ -334,8 +334,11 @@ def orchestrate(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    here = os.path.dirname(os.path.abspath(__file__))
+    rev = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty"], capture_output=True,
+                         text=True, check=False).stdout.strip() or "unknown"
     print(f"soak: {args.minutes:g} min at {ep} (segments {prefix}*), {args.hz:g} Hz 720p writer, "
-          f"daemon SIGKILL every {args.kill_every:g} s")
+          f"daemon SIGKILL every {args.kill_every:g} s; code {rev} in {os.path.dirname(here)}")
     start_snap: dict[str, Any] | None = None
     try:
         transport.start_daemon(ep)
