@@ -172,27 +172,31 @@ def test_record_then_replay_round_trips_every_frame(daemon: Daemon, folder: str,
     assert first <= 10 and np.array_equal(got, np.stack(frames[first:first + 30]))
     if suffix == ".npz":
         assert stamps is not None and stamps[0] == 0 and (np.diff(stamps) > 0).all()
-    # Replay into another tag; a reader that was there before sees every frame. The tag is
-    # primed with one frame of the same shape and dtype, so the replay takes over its segment
-    # and the reader sleeps in it from the first replayed frame on.
+    # Replay into another tag; every frame must be published, in order. The tag is primed
+    # with one frame of the same shape and dtype, so the replay takes over its segment and
+    # continues its write count: the n-th replayed frame is write n + 1. A reader that was
+    # there before checks each frame it gets against its count (on a loaded machine it may
+    # sleep through one; the counts still show that each was published, none skipped).
     with ndsharray.NdShArray("again", np.full((8, 6), -1, np.int16), "w"):
         pass
     with ndsharray.NdShArray("again", r_w="r") as r:
-        assert int(r.read()[1][0, 0]) == -1
-        seen: list[int] = []
+        assert int(r.read()[1][0, 0]) == -1 and r.write_count == 1
+        seen: list[tuple[int, int]] = []  # (write count, frame value)
 
         def collect() -> None:
             for frame in r:
-                seen.append(int(frame[0, 0]))
-                if seen[-1] == first + 29:
+                seen.append((r.write_count, int(frame[0, 0])))
+                if r.write_count >= 31:
                     return
 
         t = threading.Thread(target=collect, daemon=True)
         t.start()
-        out2 = run("replay", path, "again", "--rate", "25")  # (40 ms apart: a slow reader keeps up)
+        out2 = run("replay", path, "again", "--rate", "25")  # (40 ms apart: a reader keeps up)
         t.join(30)
         assert out2.returncode == 0 and "replayed 30 frames" in out2.stdout
-        assert seen == list(range(first, first + 30)), f"replayed frames missing: {seen}"
+        assert seen and seen[-1] == (31, first + 29), seen
+        assert all(value == first + count - 2 for count, value in seen), f"frames out of place: {seen}"
+        assert [c for c, _ in seen] == sorted({c for c, _ in seen}), seen
 
 
 def test_rm_removes_the_tag_and_stops_its_writer(daemon: Daemon) -> None:
