@@ -46,6 +46,9 @@ class Keeper:
         self._lock = threading.RLock()  # held while re-registering, which waits for a daemon
         # Only for the set itself: close() (untrack) must never wait for a daemon.
         self._handles_lock = threading.Lock()
+        # For _seen and the thread's start, never held across a wait: opening a handle
+        # (track) must not wait for a restart that _lock may be holding for a second.
+        self._state_lock = threading.Lock()
         self._handles: weakref.WeakSet[Registrant] = weakref.WeakSet()
         self._seen: dict[str, str | None] = {}
         self._started = False
@@ -56,7 +59,10 @@ class Keeper:
         posted, not yet sent; the thread notes the daemon's identity before sending it."""
         with self._handles_lock:
             self._handles.add(handle)
-        with self._lock:
+        # Not under _lock: a reader found through its pointer needs no daemon, so it must
+        # not wait while this thread starts one and re-registers (a restart stalled every
+        # reopening reader for as long). Its posted attach reaches the new daemon anyway.
+        with self._state_lock:
             if registered and handle._endpoint not in self._seen:
                 self._seen[handle._endpoint] = daemon_identity(handle._endpoint)
             if not self._started or self._pid != os.getpid():
@@ -127,7 +133,7 @@ class Keeper:
 
     def _round(self) -> None:
         live = self._live()
-        with self._lock:
+        with self._lock, self._state_lock:
             endpoints = {h._endpoint for h in live}
             for ep in endpoints - self._seen.keys():
                 self._seen[ep] = daemon_identity(ep)  # before its posted registrations go

@@ -1,0 +1,72 @@
+"""Data keeps flowing while the daemon restarts: a same-shape writer and its readers, even
+readers that open new handles meanwhile, never wait for the daemon (issue 10, "Found by a
+10-minute soak": a camera loop that reopens its handle loses no more than the restart).
+
+The restart is held up on purpose (the test holds the start lock every starter takes), so
+that a client step waiting for it shows up as a multi-second stall, not as noise."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import Daemon, our_segments, wait_until
+
+from ndsharray import admin, config
+
+
+@pytest.fixture
+def crashable(folder: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
+    """A daemon the test SIGKILLs; the clients auto-start its successor."""
+    d = Daemon(folder).start()
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop()
+    admin.stop_daemon(d.endpoint)  # the successor a client started
+    assert not our_segments(d.prefix)
+
+
+def has_open(pid: int, path: str) -> bool:
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(os.path.join(fd_dir, fd)) == path:
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def test_a_reader_opened_while_the_daemon_restarts_waits_for_nothing(crashable: Daemon, puppets: Any) -> None:
+    writer, reader = puppets(), puppets()
+    # Opened before the tag has data: registered by its own request, so nothing is left
+    # for the keeper to send, and after the kill the keeper itself restarts the daemon.
+    reader(op="open", name="r", tag="cam", rw="r")
+    seg = writer.start_writer("cam", "u1", [8], 1)
+    assert reader(op="read", name="r", wait=10)["status"]
+    start_lock = config.lock_path(crashable.endpoint) + ".start"
+    hold = os.open(start_lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(hold, fcntl.LOCK_EX)  # every starter now waits until we let go
+        assert crashable.proc is not None
+        crashable.proc.kill()
+        crashable.proc.wait()
+        # The reader's keeper notices within its round and starts a successor: it waits
+        # for the start lock, holding whatever it holds while it restarts the daemon.
+        wait_until(lambda: has_open(reader.pid, start_lock), what="the reader's keeper to start a daemon")
+        writer(op="write", name="w", dtype="u1", shape=[8], seed=2)  # the hot path
+        # A new handle found through the tag's pointer needs no daemon: it opens and reads
+        # at once (a deadline far beyond noise, far below the start lock's 20 s).
+        out = reader.send(timeout=5, op="open", name="r2", tag="cam", rw="r")
+        assert "error" not in out, out
+        got = reader.send(timeout=5, op="read", name="r2", wait=4)
+        assert got["ok"]["status"] and got["ok"]["segment"] == seg
+        assert admin.daemon_pid() is None  # all that without a daemon: we still hold it up
+    finally:
+        os.close(hold)
+    wait_until(lambda: admin.daemon_pid() not in (None, crashable.proc.pid), what="the successor")
