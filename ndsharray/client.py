@@ -366,7 +366,16 @@ class NdShArray:
 
     def _slots_for(self, nbytes: int) -> int:
         """The slot count of a new generation: as given, or as grown, or by the size."""
-        return self._slots if self._slots is not None else ring.initial_slots(nbytes, self._max_slots)
+        if self._slots is not None:
+            return self._slots
+        free = None
+        if nbytes > ring.BIG_ARRAY_BYTES:  # (a statvfs only where it can change the answer)
+            try:
+                st = os.statvfs(shm_dir())
+                free = st.f_bavail * st.f_frsize
+            except OSError:
+                pass
+        return ring.initial_slots(nbytes, self._max_slots, free)
 
     def _give_back(self, seg: SegmentWriter, i: int) -> None:
         """Give an acquired slot back unpublished (a copy or loan block failed)."""
@@ -475,6 +484,7 @@ class NdShArray:
             i = seg.try_acquire()
             if i >= 0:
                 return seg, i
+        grow_failed = ""
         if seg.nslots < self._max_slots and not self._loaned:
             # Pins that persist are views readers keep: give them more room (not under a
             # loan: the lent slot must stay in this segment to be published).
@@ -484,6 +494,7 @@ class NdShArray:
                                            ring.grown_slots(seg.nslots, h.layout.nbytes, self._max_slots))
             except (DaemonUnavailableError, ResourceLimitError) as exc:
                 log.debug("could not grow the ring of %r (%s); waiting for a free slot", self._tag, exc)
+                grow_failed = f"; growing the ring to more slots failed: {exc}"
             else:
                 self._slots = seg.nslots
                 i = seg.try_acquire()
@@ -503,7 +514,7 @@ class NdShArray:
         raise WriterStalledError(
             f"tag {self._tag!r}: all {seg.nslots} slots stayed pinned by readers{lent} for "
             f"{self._write_timeout:g} s; readers hold on to old arrays - drop them, read with "
-            "copy=True, or raise max_slots"
+            f"copy=True, or raise max_slots{grow_failed}"
         )
 
     # ---- reading ----------------------------------------------------------------------

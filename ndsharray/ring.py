@@ -7,6 +7,12 @@ enough while readers keep up (each drops its frame when it reads the next). Abov
 :data:`BIG_ARRAY_BYTES` an array starts with two slots (2x its size, as near the 1x of
 ndsharray 1.1.4 as a ring that never tears gets), and the ring grows one slot at a time when
 readers do hold frames, where smaller arrays double.
+
+Growing maps the new ring beside the old one until the writer switches, so a 2-slot ring
+of a big array needs room for 5 arrays at that moment. Where ``/dev/shm`` has room for 3
+but not 5, a 2-slot start would leave a writer whose reader holds a frame with nowhere to
+go (WriterStalledError) where 3 slots from the start never need to grow: such arrays start
+with 3.
 """
 
 from __future__ import annotations
@@ -15,9 +21,13 @@ from __future__ import annotations
 BIG_ARRAY_BYTES = 64 * 1024 * 1024
 
 
-def initial_slots(nbytes: int, max_slots: int) -> int:
-    """The slot count of a new ring for arrays of ``nbytes`` when the user gave none."""
-    return min(max_slots, 2 if nbytes > BIG_ARRAY_BYTES else 3)
+def initial_slots(nbytes: int, max_slots: int, free_bytes: int | None = None) -> int:
+    """The slot count of a new ring for arrays of ``nbytes`` when the user gave none;
+    ``free_bytes``: what ``/dev/shm`` has free now (None: unknown, as if plenty)."""
+    two = nbytes > BIG_ARRAY_BYTES
+    if two and free_bytes is not None and 3 * nbytes <= free_bytes < 5 * nbytes:
+        two = False  # room for 3 slots, but not for growing from 2 to 3
+    return min(max_slots, 2 if two else 3)
 
 
 def grown_slots(nslots: int, nbytes: int, max_slots: int) -> int:

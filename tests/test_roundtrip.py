@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from typing import Any
 
 import numpy as np
 import pytest
 from arrays import digest, make_array
+from conftest import Daemon
 
 import ndsharray
 from ndsharray import ring
@@ -234,3 +237,45 @@ def test_a_very_large_arrays_ring_grows_one_slot_at_a_time(daemon: Any) -> None:
         info = ndsharray.tag_info("bigring")
         assert (info.slots, info.generation) == (3, 2)  # 2 -> 3, not 4
         assert held[0] == 0.0 and r.read()[1][-1] == 2.0
+
+
+def test_a_big_array_starts_with_3_slots_where_growing_from_2_would_not_fit() -> None:
+    big = ring.BIG_ARRAY_BYTES + 1
+    assert ring.initial_slots(big, 32) == 2  # free space unknown: as if plenty
+    assert ring.initial_slots(big, 32, 10 * big) == 2
+    assert ring.initial_slots(big, 32, 4 * big) == 3  # 3 fit, the 2 + 3 of a growth do not
+    assert ring.initial_slots(big, 32, 2 * big) == 2  # not even 3 fit: the smallest ring
+    assert ring.initial_slots(big, 2, 4 * big) == 2  # max_slots still caps it
+    assert ring.initial_slots(1000, 32, 0) == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mounts a small tmpfs as the shared-memory folder")
+def test_a_held_frame_never_stalls_a_big_arrays_writer_where_shm_fits_3_slots(
+        folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A /dev/shm with room for 4 frames: 3 slots fit, growing 2 -> 3 (5 at once) does not.
+    # Started with 2 slots, a reader holding its frame left the writer nowhere to write.
+    n = (ring.BIG_ARRAY_BYTES + 8 * 4096) // 8
+    shm = os.path.join(folder, "shm")
+    os.mkdir(shm)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={4 * 8 * n + (1 << 20)}", "tmpfs", shm],
+                      capture_output=True).returncode:
+        pytest.skip("could not mount a tmpfs here (no CAP_SYS_ADMIN)")
+    try:
+        monkeypatch.setenv("NDSHARRAY_SHM_DIR", shm)
+        d = Daemon(folder).start()
+        monkeypatch.setenv(ndsharray.config.ENV_ENDPOINT, d.endpoint)
+        monkeypatch.setenv(ndsharray.config.ENV_AUTOSTART, "0")
+        try:
+            with ndsharray.NdShArray("big", np.zeros(n), "w", write_timeout=0.5) as w, \
+                    ndsharray.NdShArray("big", r_w="r") as r:
+                held = r.read()[1]  # a reader keeps this frame for the whole test
+                for k in range(1, 5):
+                    w.write(np.full(n, float(k)))
+                assert ndsharray.tag_info("big").slots == 3
+                assert held[0] == 0.0 and r.read()[1][0] == 4.0
+                del held
+        finally:
+            ndsharray.transport.close_all()
+            assert d.stop() == 0, d.read_log()
+    finally:
+        subprocess.run(["umount", "-l", shm], check=True)
