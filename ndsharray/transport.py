@@ -16,6 +16,7 @@ import atexit
 import collections
 import fcntl
 import itertools
+import json
 import logging
 import os
 import subprocess
@@ -26,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from . import config, procs, safefs
+from . import config, daemonpath, procs, safefs
 from .errors import (
     DaemonError,
     DaemonUnavailableError,
@@ -95,21 +96,12 @@ def daemon_running(endpoint: str) -> bool:
     return daemon_state(endpoint) is not None
 
 
-# Run by `python -I -c`: -I ignores PYTHONPATH, PYTHONSTARTUP, the user's site-packages and
-# does not put the current folder on sys.path, so no ndsharrayd.py planted in a shared
-# working folder (/tmp, /dev/shm) or named by the environment runs in its place. The folder
-# holding *this* ndsharray (ndsharrayd is installed beside it, editable or not) goes first
-# on sys.path instead. argv[1] stays "ndsharrayd": tools that look for the daemon by its
-# command line (ps, the tests' checks for stray daemons) still see the name.
-_DAEMON_MAIN = ("import sys; home = sys.argv.pop(2); sys.argv[0] = sys.argv.pop(1); "
-                "sys.path.insert(0, home); from ndsharrayd.__main__ import main; main()")
-
-
 def daemon_command(*args: str) -> list[str]:
     """The argv that starts this installation's ndsharrayd with ``args``, immune to the
-    caller's working folder and Python path settings."""
-    home = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return [sys.executable, "-I", "-c", _DAEMON_MAIN, "ndsharrayd", home, *args]
+    caller's working folder and Python path settings (``python -I``), yet finding the
+    dependencies where this process found them (see daemonpath)."""
+    return [sys.executable, "-I", "-c", daemonpath.MAIN, "ndsharrayd",
+            json.dumps(daemonpath.folders()), *args]
 
 
 def start_daemon(endpoint: str, timeout: float = 20.0) -> None:
@@ -136,12 +128,22 @@ def start_daemon(endpoint: str, timeout: float = 20.0) -> None:
             if proc.returncode != config.EXIT_DAEMON_KILLED_STARTING or daemon_running(endpoint):
                 break
         if proc.returncode != 0 and not daemon_running(endpoint):
+            # Nobody runs: the start lock is ours to remove (a daemon removes it when it
+            # stops; one that never started must not leave it either).
+            _unlink_quietly(start_lock)
             raise DaemonUnavailableError(
                 f"could not start ndsharrayd at {endpoint}: "
                 f"{proc.stderr.decode(errors='replace').strip() or 'exit ' + str(proc.returncode)}"
             )
     finally:
         os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _previous_group(endpoint: str) -> int | None:
