@@ -263,7 +263,7 @@ def record_cmd(endpoint: str, tag: str, file: str, frames: int | None, seconds: 
     """Capture every frame of TAG into FILE (.npy stacked, or .npz with timestamps)."""
     recording.check_path(file)  # before saying "recording"
     if frames is not None:
-        with click.progressbar(length=frames, label=f"recording {tag}", file=click.get_text_stream("stderr")) as bar:
+        with click.progressbar(length=frames, label=f"recording {tag}", file=sys.stderr) as bar:
             last = [0]
 
             def step(n: int) -> None:
@@ -291,7 +291,7 @@ def record_cmd(endpoint: str, tag: str, file: str, frames: int | None, seconds: 
 def replay_cmd(endpoint: str, file: str, tag: str, rate: float | None, loop: bool) -> None:
     """Publish the frames of a recording under TAG (with a progress line on a terminal)."""
     done = [0]
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     live = out.isatty()  # scripts and pipes get the one final line, as always
     start = last = time.monotonic()
 
