@@ -27,12 +27,21 @@ class Pointers:
         self._targets: dict[str, str] = {}  # tag -> segment name
 
     def reset(self) -> None:
-        """Start from an empty folder: a crashed daemon's pointers may name dead segments."""
-        shutil.rmtree(self.folder, ignore_errors=True)
-        os.mkdir(self.folder, self._mode)
+        """Take over the folder a crashed daemon left, if it is ours, else start an empty one.
+
+        Its pointers stay while recovery runs (which points every tag it keeps again, then
+        ``prune()`` removes the rest): a reader opening its handle meanwhile still finds a
+        live writer's segment without asking the daemon, which is not serving yet. Emptying
+        the folder first made such a reader wait for the whole restart. A stale pointer is
+        harmless meanwhile: it names a segment that is retired or gone, which readers check.
+        """
+        fd = self._open_own()
+        if fd is None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            os.mkdir(self.folder, self._mode)
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         # Mode and group set through the folder's fd, never by path (a name swapped for a
         # link in between would hand its target to the group); umask must not narrow it.
-        fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             if os.fstat(fd).st_uid != os.geteuid():
                 raise PermissionError(f"{self.folder} was replaced by another user's folder; "
@@ -43,6 +52,36 @@ class Pointers:
         finally:
             os.close(fd)
         self._targets.clear()
+
+    def _open_own(self) -> int | None:
+        """An fd of the existing folder if it is a real folder of ours (not a link), else None."""
+        try:
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        if os.fstat(fd).st_uid != os.geteuid():
+            os.close(fd)
+            return None
+        return fd
+
+    def prune(self) -> None:
+        """Remove every entry but the pointers set since ``reset()``: those of tags the
+        previous daemon knew and recovery did not keep, and leftovers of its crash. Through
+        the folder's fd, so that a folder swapped meanwhile never makes us delete elsewhere."""
+        keep = {config.pointer_name(tag) for tag in self._targets}
+        fd = self._open_own()
+        if fd is None:
+            return
+        try:
+            for entry in os.listdir(fd):
+                if entry in keep:
+                    continue
+                try:
+                    os.unlink(entry, dir_fd=fd)
+                except OSError as exc:  # (a folder: nothing of ours makes one here)
+                    log.warning("could not remove %r from %s: %s", entry, self.folder, exc)
+        finally:
+            os.close(fd)
 
     def set(self, tag: str, segment: str) -> None:
         path = os.path.join(self.folder, config.pointer_name(tag))

@@ -410,6 +410,7 @@ class Daemon:
         try:
             self.files.pointers.reset()
             adopted, orphans, removed = self.files.recover(self.registry)
+            self.files.pointers.prune()  # (kept through recovery: see Pointers.reset)
             if adopted or orphans or removed:
                 log.warning("found segments of a daemon that did not stop cleanly: adopted %d "
                             "(live writers), kept %d of gone writers for --orphan-ttl, removed %d",

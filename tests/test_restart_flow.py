@@ -70,3 +70,29 @@ def test_a_reader_opened_while_the_daemon_restarts_waits_for_nothing(crashable: 
     finally:
         os.close(hold)
     wait_until(lambda: admin.daemon_pid() not in (None, crashable.proc.pid), what="the successor")
+
+
+def test_a_daemon_restart_leaves_a_live_writers_tag_pointer_in_place(crashable: Daemon, puppets: Any) -> None:
+    # A restarted daemon emptied the pointer folder before it recovered the segments: a
+    # reader opening its handle in between found no pointer and asked the daemon, which
+    # was not serving yet, so it waited for the rest of the restart. The folder (and in it
+    # the pointer of every tag whose writer lives) must stay through the restart.
+    writer = puppets()
+    seg = writer.start_writer("cam", "u1", [8], 1)
+    folder = config.pointer_dir(crashable.endpoint)
+    link = os.path.join(folder, config.pointer_name("cam"))
+    held = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)  # (its inode stays ours to stat)
+    try:
+        assert crashable.proc is not None
+        crashable.proc.kill()
+        crashable.proc.wait()
+        writer(op="write", name="w", dtype="u1", shape=[8], seed=2)  # the keeper restarts it
+        wait_until(lambda: admin.daemon_pid() not in (None, crashable.proc.pid), what="the successor")
+        wait_until(lambda: [t.writer_pid for t in admin.list_tags()] == [writer.pid],
+                   what="the successor to adopt the writer's segment")
+        st = os.fstat(held)
+        assert st.st_nlink > 0, "the restarted daemon removed the tag pointer folder"
+        assert (st.st_dev, st.st_ino) == (os.stat(folder).st_dev, os.stat(folder).st_ino)
+        assert os.readlink(link) == seg
+    finally:
+        os.close(held)
