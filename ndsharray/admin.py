@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import config, procs, safefs, transport
+from . import config, lockfile, procs, safefs, transport
 from .errors import DaemonUnavailableError, TagNotFoundError, UnsafeFileError
 
 
@@ -115,10 +115,7 @@ def _lock_holder(ep: str) -> tuple[int, os.stat_result] | None:
     try:
         st = os.fstat(fd)
         while True:
-            try:
-                pid = int((os.pread(fd, 64, 0).split() or [b"0"])[0])
-            except ValueError:
-                pid = 0
+            pid = lockfile.parse(os.pread(fd, 256, 0)).pid
             holders = safefs.flock_holders(st)
             if not holders or pid in holders or time.monotonic() > deadline:
                 break

@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from . import config, daemonpath, procs, safefs
+from . import config, daemonpath, lockfile, procs, safefs
 from .errors import (
     DaemonError,
     DaemonUnavailableError,
@@ -63,7 +63,7 @@ def daemon_state(endpoint: str) -> tuple[str, bool] | None:
 
     The lock file's first line (pid and start time) identifies a daemon: it changes with
     every restart. A second line, ``serving``, is added once the daemon has recovered and
-    answers requests; until then it is starting (or restarting).
+    answers requests; until then it is starting (or restarting). See lockfile.
     """
     lock = config.lock_path(endpoint)
     try:
@@ -84,8 +84,8 @@ def daemon_state(endpoint: str) -> tuple[str, bool] | None:
         safefs.check_daemon_files(lock, os.fstat(fd), config.ipc_path(endpoint))
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        ident, _, rest = os.pread(fd, 256, 0).decode(errors="replace").partition("\n")
-        return ident, rest.startswith("serving")
+        content = lockfile.parse(os.pread(fd, 256, 0))
+        return content.ident, content.serving
     finally:
         os.close(fd)
     return None
@@ -148,7 +148,7 @@ def _unlink_quietly(path: str) -> None:
 
 def _previous_group(endpoint: str) -> int | None:
     """The group a daemon of ours that died at ``endpoint`` shared with (its lock file is
-    left, group-readable): a client restarting it shares with the same group, or the
+    left, naming the group): a client restarting it shares with the same group, or the
     group's members would lose the daemon. None when there was none or it was private."""
     try:
         fd = safefs.open_checked(config.lock_path(endpoint), os.O_RDONLY, single_link=False)
@@ -156,8 +156,13 @@ def _previous_group(endpoint: str) -> int | None:
         return None
     try:
         st = os.fstat(fd)
+        content = lockfile.parse(os.pread(fd, 256, 0))
     finally:
         os.close(fd)
+    if content.known:
+        return content.group
+    # Empty (killed before it wrote), or an older daemon's: its mode says (and a daemon
+    # sets the mode before it writes).
     return st.st_gid if st.st_mode & 0o040 else None
 
 

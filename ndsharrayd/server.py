@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from ndsharray import config, safefs
+from ndsharray import config, lockfile, safefs
 from ndsharray._version import __version__
 from ndsharray.dtypes import text_to_dtype
 from ndsharray.errors import CorruptSegmentError
@@ -74,9 +74,13 @@ class AlreadyRunning(Exception):
 
 
 class DaemonLock:
-    """An exclusive ``flock`` on the endpoint's lock file: one daemon per endpoint."""
+    """An exclusive ``flock`` on the endpoint's lock file: one daemon per endpoint.
 
-    def __init__(self, path: str) -> None:
+    ``group``: the --group the daemon shares with, recorded in the file's mode, group and
+    content (a client restarting a dead daemon shares with the same group); None: private,
+    and a file an earlier --group daemon left is made private again."""
+
+    def __init__(self, path: str, group: int | None = None) -> None:
         self.path = path
         while True:
             # Beside the socket, where a --group's members may write: a link planted there
@@ -93,7 +97,7 @@ class DaemonLock:
                     if time.monotonic() < deadline:
                         time.sleep(0.01)
                         continue
-                    holder = (os.pread(fd, 64, 0).decode(errors="replace").split() or ["?"])[0]
+                    holder = lockfile.parse(os.pread(fd, 256, 0)).pid or "?"
                     os.close(fd)
                     raise AlreadyRunning(f"a daemon (pid {holder}) already serves this endpoint") from None
             # The previous holder may have unlinked the file between our open and our lock.
@@ -104,15 +108,20 @@ class DaemonLock:
             if same:
                 break
             os.close(fd)
+        # Group members check the lock before each request (safefs.check_daemon_files), so
+        # the mode goes before the content; a private daemon takes back a file a --group
+        # predecessor left (0640 with its group), or it would be shared from then on.
+        os.fchown(fd, -1, os.getegid() if group is None else group)
+        os.fchmod(fd, 0o600 if group is None else 0o640)
         os.ftruncate(fd, 0)
-        # pid and start time: clients compare this to notice a restarted daemon.
-        os.pwrite(fd, f"{os.getpid()} {time.time_ns()}\n".encode(), 0)
+        # Clients compare this line to notice a restarted daemon (lockfile).
+        os.pwrite(fd, lockfile.identity_line(os.getpid(), time.time_ns(), group), 0)
         self.fd = fd
 
     def mark_serving(self) -> None:
         """Add "serving" to the lock file: clients closing handles while a daemon starts
         queue their release instead of waiting for the answer (transport.daemon_state)."""
-        os.pwrite(self.fd, b"serving\n", os.fstat(self.fd).st_size)
+        os.pwrite(self.fd, lockfile.SERVING, os.fstat(self.fd).st_size)
 
     def release(self) -> None:
         # (and the clients' start lock: a starter holding it goes on, and two starters
@@ -394,10 +403,7 @@ class Daemon:
         if ipc is not None:  # nobody beyond us (and our --group) may replace socket or lock
             safefs.check_endpoint_folder(os.path.dirname(ipc) or ".", os.geteuid(), self.group)
         _raise_fd_limit()
-        lock = DaemonLock(config.lock_path(self.endpoint))
-        if self.group is not None:  # clients of the group check the lock before each request
-            os.fchown(lock.fd, -1, self.group)
-            os.fchmod(lock.fd, 0o640)
+        lock = DaemonLock(config.lock_path(self.endpoint), self.group)
         ctx = zmq.Context()
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)

@@ -3,10 +3,13 @@ only on PYTHONPATH, a lock file a --group daemon left, a kernel without pidfd_op
 
 from __future__ import annotations
 
+import grp
 import os
 import subprocess
 import sys
+from typing import Any
 
+import numpy as np
 import pytest
 
 import ndsharray
@@ -55,3 +58,74 @@ def test_a_daemon_that_cannot_start_says_why_and_leaves_no_start_lock(folder: st
         transport.start_daemon(endpoint)
     assert not os.path.exists(config.lock_path(endpoint) + ".start")
     assert not transport.daemon_running(endpoint)
+
+
+def other_group() -> int:
+    """A group other than ours the test can give a file to (any, as root)."""
+    if os.geteuid() == 0:
+        gids = [g.gr_gid for g in grp.getgrall() if g.gr_gid != os.getegid()]
+    else:
+        gids = [g for g in os.getgroups() if g != os.getegid()]
+    if not gids:
+        pytest.skip("needs root or a second group")
+    return 65534 if 65534 in gids else gids[0]
+
+
+def test_a_private_daemon_takes_back_a_lock_file_a_group_daemon_left(folder: str, monkeypatch: Any) -> None:
+    # Review finding: a private daemon kept the 0640 group lock file a crashed --group daemon
+    # left, and the next auto-start read "shared" from its mode and shared with that group.
+    from conftest import Daemon
+    gid = other_group()
+    endpoint = f"ipc://{folder}/d.sock"
+    lock = config.lock_path(endpoint)
+    with open(lock, "w"):
+        pass
+    os.chown(lock, -1, gid)
+    os.chmod(lock, 0o640)
+    d = Daemon(folder).start()  # private: no --group
+    assert d.proc is not None
+    try:
+        st = os.stat(lock)
+        assert (st.st_mode & 0o777, st.st_gid) == (0o600, os.getegid())
+        with open(lock) as f:
+            assert f.readline().split()[2:] == ["private"]
+    finally:
+        d.proc.kill()  # its lock file stays: the next client restarts it
+        d.proc.wait(15)
+    monkeypatch.setenv(config.ENV_ENDPOINT, endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
+    try:
+        with ndsharray.NdShArray("t", np.zeros(2), "w") as w:
+            sock = os.stat(endpoint[len("ipc://"):])
+            assert (sock.st_mode & 0o777, sock.st_gid) == (0o600, os.getegid())
+            seg = os.stat(f"/dev/shm/{w.ndarray_mmap_name}")
+            assert seg.st_mode & 0o777 == 0o600
+            with open(lock) as f:
+                assert f.readline().split()[2:] == ["private"]
+    finally:
+        admin.stop_daemon(endpoint)
+
+
+def test_a_client_restarts_a_group_daemon_by_the_group_its_lock_file_names(folder: str, monkeypatch: Any) -> None:
+    from conftest import Daemon
+    gid = other_group()
+    os.chown(folder, -1, gid)
+    os.chmod(folder, 0o750)
+    d = Daemon(folder, "--group", str(gid)).start()
+    assert d.proc is not None
+    lock = config.lock_path(d.endpoint)
+    try:
+        with open(lock) as f:
+            assert f.readline().split()[2:] == [f"group={gid}"]
+    finally:
+        d.proc.kill()
+        d.proc.wait(15)
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
+    try:
+        with ndsharray.NdShArray("t", np.zeros(2), "w"):
+            with open(lock) as f:
+                assert f.readline().split()[2:] == [f"group={gid}"]
+            assert (os.stat(lock).st_mode & 0o777, os.stat(lock).st_gid) == (0o640, gid)
+    finally:
+        admin.stop_daemon(d.endpoint)
