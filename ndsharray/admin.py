@@ -132,6 +132,21 @@ def _lock_holder(ep: str) -> tuple[int, os.stat_result] | None:
     return pid, st
 
 
+_GONE = -1
+_NO_PIDFD = -2
+
+
+def _pidfd_open(pid: int) -> int:
+    """A pidfd for ``pid``; ``_GONE`` if it exited; ``_NO_PIDFD`` where the kernel has none
+    (ENOSYS before Linux 5.3, EPERM under older Docker seccomp profiles)."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return _GONE
+    except (OSError, AttributeError):
+        return _NO_PIDFD
+
+
 def stop_daemon(endpoint: str | None = None, timeout: float = 10.0) -> int | None:
     """SIGTERM the endpoint's daemon and wait until it has removed its segments and socket.
 
@@ -147,18 +162,27 @@ def stop_daemon(endpoint: str | None = None, timeout: float = 10.0) -> int | Non
     if found is None:
         return None
     pid, st = found
+    pidfd = _pidfd_open(pid)
     try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        pidfd = -1  # gone already: wait for its lock below
-    try:
-        if pidfd >= 0:
-            owner = os.stat(f"/proc/{pid}").st_uid
-            if owner != st.st_uid or pid not in safefs.flock_holders(st):
-                raise UnsafeFileError(
-                    f"{config.lock_path(ep)} belongs to uid {st.st_uid} but its holder, pid {pid}, "
-                    f"runs as uid {owner}: not this endpoint's daemon; nothing was signalled")
-            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        if pidfd != _GONE:
+            try:
+                owner = os.stat(f"/proc/{pid}").st_uid
+            except FileNotFoundError:
+                owner = -1  # exited meanwhile: wait for its lock below
+            if owner >= 0:
+                if owner != st.st_uid or pid not in safefs.flock_holders(st):
+                    raise UnsafeFileError(
+                        f"{config.lock_path(ep)} belongs to uid {st.st_uid} but its holder, pid {pid}, "
+                        f"runs as uid {owner}: not this endpoint's daemon; nothing was signalled")
+                if pidfd == _NO_PIDFD:
+                    # No pidfd on this kernel: the pid was checked just above (lock holder,
+                    # owner); only a reuse within these microseconds could be hit.
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                else:
+                    signal.pidfd_send_signal(pidfd, signal.SIGTERM)
     finally:
         if pidfd >= 0:
             os.close(pidfd)

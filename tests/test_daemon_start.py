@@ -129,3 +129,30 @@ def test_a_client_restarts_a_group_daemon_by_the_group_its_lock_file_names(folde
             assert (os.stat(lock).st_mode & 0o777, os.stat(lock).st_gid) == (0o640, gid)
     finally:
         admin.stop_daemon(d.endpoint)
+
+
+NO_PIDFD = """
+import errno, os, sys
+how = sys.argv.pop(1)
+def pidfd_open(pid, flags=0):
+    raise OSError(getattr(errno, how), os.strerror(getattr(errno, how)))
+if how == "missing":
+    del os.pidfd_open
+else:
+    os.pidfd_open = pidfd_open
+from ndsharray.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("how", ["ENOSYS", "EPERM", "missing"])
+def test_daemon_stop_works_without_pidfd_open(daemon: Any, how: str) -> None:
+    # Review finding: `ndsharray daemon stop` crashed where pidfd_open is unavailable (ENOSYS
+    # before Linux 5.3, EPERM under older Docker seccomp profiles).
+    assert daemon.proc is not None
+    stop = subprocess.run([sys.executable, "-c", NO_PIDFD, how, "--endpoint", daemon.endpoint, "daemon", "stop"],
+                          capture_output=True, text=True, timeout=60)
+    assert stop.returncode == 0, stop.stderr
+    assert f"stopped ndsharrayd pid {daemon.proc.pid}" in stop.stdout
+    assert daemon.proc.wait(15) == 0
+    assert not transport.daemon_running(daemon.endpoint)
