@@ -28,7 +28,7 @@ import zmq
 from ndsharray import config, lockfile, safefs
 from ndsharray._version import __version__
 from ndsharray.dtypes import text_to_dtype
-from ndsharray.errors import CorruptSegmentError
+from ndsharray.errors import CorruptSegmentError, UnsafeFileError
 from ndsharray.procs import alive as _alive
 from ndsharray.protocol import (
     MAX_MESSAGE_BYTES,
@@ -284,24 +284,41 @@ class SegmentFiles:
                     newest[h.tag] = (h.generation, name, h, size)
             else:
                 newest[h.tag] = (h.generation, name, h, size)
-        adopted = 0
+        adopted = orphans = 0
         now = time.monotonic()
         for gen, name, h, size in newest.values():
+            # Opened before the registry hears of it: a segment that went away since its
+            # header was read (removed by hand, say) must cost its tag, not the daemon's start.
+            path = segment_path(name)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                log.warning("dropping tag %r: its segment %r went away or cannot be opened "
+                            "during recovery: %r", h.tag, name, str(exc))
+                self.unlink(name)  # (if it is still there: unusable, and nobody's any more)
+                removed += 1
+                continue
+            try:
+                safefs.check_fd(fd, path)  # still ours: the name may have been made anew
+            except UnsafeFileError as exc:
+                os.close(fd)
+                log.warning("leaving alone a file that is not this daemon's: %r", str(exc))
+                continue
             if h.writer_pid and _alive(h.writer_pid):
                 adopted += 1
                 registry.adopt(h.tag, segment=name, generation=gen, dtype=h.dtype_text, shape=h.shape,
                                nbytes=h.layout.nbytes, slots=h.layout.nslots, size=size,
                                writer_pid=h.writer_pid, writer_key=h.writer_key)
             else:
+                orphans += 1
                 registry.keep_orphan(h.tag, segment=name, generation=gen, dtype=h.dtype_text,
                                      shape=h.shape, nbytes=h.layout.nbytes, slots=h.layout.nslots,
                                      size=size, last_writer_pid=h.writer_pid or h.closed_pid,
                                      left="died" if h.writer_pid else "closed", now=now)
-            self.headers[name] = (os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC),
-                                  h.layout)
+            self.headers[name] = (fd, h.layout)
             self.tags[name] = h.tag
             self.point(h.tag, name)
-        return adopted, len(newest) - adopted, removed
+        return adopted, orphans, removed
 
 
 def _raise_fd_limit() -> None:

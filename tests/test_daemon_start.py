@@ -156,3 +156,61 @@ def test_daemon_stop_works_without_pidfd_open(daemon: Any, how: str) -> None:
     assert f"stopped ndsharrayd pid {daemon.proc.pid}" in stop.stdout
     assert daemon.proc.wait(15) == 0
     assert not transport.daemon_running(daemon.endpoint)
+
+
+# Runs ndsharrayd with one segment removed between the daemon's two opens of it during
+# recovery (read its header, then open it for good): the race made certain, by the kernel's
+# own ENOENT.
+VANISHING = """
+import os, sys
+target = "/dev/shm/" + sys.argv.pop(1)
+real_open = os.open
+def racing_open(path, flags, *args, **kw):
+    global target
+    if path == target and flags & os.O_RDWR:
+        target = None
+        os.unlink(path)
+    return real_open(path, flags, *args, **kw)
+os.open = racing_open
+sys.argv[0] = "ndsharrayd"
+from ndsharrayd.__main__ import main
+main()
+"""
+
+
+def test_a_segment_that_goes_away_during_recovery_costs_its_tag_not_the_daemon(
+        folder: str, monkeypatch: Any) -> None:
+    from conftest import Daemon, wait_until
+    a = Daemon(folder).start()
+    assert a.proc is not None
+    monkeypatch.setenv(config.ENV_ENDPOINT, a.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    kept = ndsharray.NdShArray("kept", np.arange(4.0), "w")
+    lost = ndsharray.NdShArray("lost", np.arange(4.0), "w")
+    lost_seg = lost.ndarray_mmap_name
+    assert lost_seg is not None
+    a.proc.kill()
+    a.proc.wait(15)
+    log_path = os.path.join(folder, "b.log")
+    with open(log_path, "wb") as log:
+        b = subprocess.Popen([sys.executable, "-c", VANISHING, lost_seg, "--endpoint", a.endpoint],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        def read_log() -> str:
+            with open(log_path) as f:
+                return f.read()
+        wait_until(lambda: f"(pid {b.pid})" in read_log() or b.poll() is not None, what="daemon serving")
+        assert b.poll() is None, read_log()
+        assert f"segment {lost_seg!r} went away" in read_log()
+        assert not os.path.exists(f"/dev/shm/{lost_seg}")
+        assert admin.tag_info("kept").writer_pid == os.getpid()  # the others are adopted as ever
+        kept.write(np.ones(4))
+        with ndsharray.NdShArray("kept", r_w="r") as r:
+            ok, arr = r.read()
+            assert ok and arr.tolist() == [1.0] * 4
+    finally:
+        kept.close()
+        lost.close()
+        transport.close_all()
+        b.terminate()
+        assert b.wait(15) == 0, read_log()
