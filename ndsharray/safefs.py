@@ -19,6 +19,7 @@ import grp
 import os
 import pwd
 import stat
+import time
 from collections.abc import Collection
 
 from .errors import UnsafeFileError
@@ -182,13 +183,27 @@ def check_endpoint_folder(folder: str, owner: int, shared_gid: int | None) -> No
             f"daemon's socket and lock file; chmod g-w {folder}, or {way_out}")
 
 
+# _private_group's answers: (gid, uid) -> (answer, until when). check_endpoint_folder runs
+# on every request and every WATCH poll (20 times a second while a reply is late), and
+# with sssd or LDAP each NSS lookup may go to the network. Group changes reach a running
+# process within PRIVATE_GROUP_TTL seconds.
+PRIVATE_GROUP_TTL = 10.0
+_private_groups: dict[tuple[int, int], tuple[bool, float]] = {}
+
+
 def _private_group(gid: int, uid: int) -> bool:
     """A user's own group (Debian's user private groups: umask 002 makes 0775 folders)."""
+    now = time.monotonic()
+    known = _private_groups.get((gid, uid))
+    if known is not None and now < known[1]:
+        return known[0]
     try:
         user = pwd.getpwuid(uid)
-        return user.pw_gid == gid and set(grp.getgrgid(gid).gr_mem) <= {user.pw_name}
+        answer = user.pw_gid == gid and set(grp.getgrgid(gid).gr_mem) <= {user.pw_name}
     except KeyError:
-        return False
+        answer = False
+    _private_groups[(gid, uid)] = (answer, now + PRIVATE_GROUP_TTL)  # (a dict store: thread-safe)
+    return answer
 
 
 def _group_name(gid: int) -> str:

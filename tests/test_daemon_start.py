@@ -214,3 +214,26 @@ def test_a_segment_that_goes_away_during_recovery_costs_its_tag_not_the_daemon(
         transport.close_all()
         b.terminate()
         assert b.wait(15) == 0, read_log()
+
+
+def test_a_user_private_group_folder_is_not_looked_up_on_every_request(folder: str, monkeypatch: Any) -> None:
+    # Review finding: with the endpoint folder writable by the user's own group (umask 002),
+    # every request and every 50 ms watch poll called getpwuid/getgrgid (sssd, LDAP: the
+    # network). The answer is kept for a while.
+    from ndsharray import safefs
+    if [m for m in grp.getgrgid(os.getegid()).gr_mem if m != pwd_name()]:
+        pytest.skip("our primary group has other members: not a user private group")
+    os.chown(folder, -1, os.getegid())
+    os.chmod(folder, 0o770)
+    calls: list[int] = []
+    real = safefs.pwd.getpwuid
+    monkeypatch.setattr(safefs.pwd, "getpwuid", lambda uid: calls.append(uid) or real(uid))
+    monkeypatch.setattr(safefs, "_private_groups", {}, raising=False)  # (a fresh cache)
+    for _ in range(50):
+        safefs.check_endpoint_folder(folder, os.geteuid(), None)  # (as each request does)
+    assert calls == [os.geteuid()]
+
+
+def pwd_name() -> str:
+    import pwd
+    return pwd.getpwuid(os.geteuid()).pw_name
