@@ -32,13 +32,16 @@ def crashable(folder: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
 
 
 def has_open(pid: int, path: str) -> bool:
+    """True while process ``pid`` has ``path`` open (compared by inode, not by name)."""
+    st = os.stat(path)
     fd_dir = f"/proc/{pid}/fd"
     for fd in os.listdir(fd_dir):
         try:
-            if os.readlink(os.path.join(fd_dir, fd)) == path:
-                return True
+            other = os.stat(os.path.join(fd_dir, fd))
         except OSError:
-            pass
+            continue  # closed meanwhile
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return True
     return False
 
 
