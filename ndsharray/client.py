@@ -143,6 +143,10 @@ class NdShArray:
         self._misses = 0  # reader: lookups in a row that found no segment
         self._last_lookup = 0.0
         self._site = creation_site()  # where the user's code made it, for a TagBusyError
+        # Makes close() and a writer's switch to a new segment one step each for other
+        # threads (review of defect 1): see _install. Reentrant: a signal handler of this
+        # thread may close the handle while this thread is inside (see _install).
+        self._swap = threading.RLock()
         self._open()
         _live.add(self)
         if array is not None and array.size:
@@ -444,17 +448,39 @@ class NdShArray:
                     "the daemon with this process's environment, or set it alike here)"
                 ) from None
         self._stale = False
-        if self._ended:
-            # close() ran in another thread while this one asked for the segment (requests
-            # let other threads run): it is not ours to use.
-            seg.close()
-            raise HandleClosedError(f"NdShArray {self._tag!r} was closed while it wrote")
-        old, self._wseg = self._wseg, seg
-        self._fast = seg.fast
+        old = self._install(seg)
         if old is not None:
             old.retire()  # the daemon does too, unless it lost track of it in a restart
             old.close()
         return seg
+
+    def _install(self, seg: SegmentWriter) -> SegmentWriter | None:
+        """Make ``seg`` the segment writes go to; returns the one it replaces.
+
+        Under ``_swap``, as close() takes the segment and marks the handle ended: checking
+        ``_ended`` and installing ``seg`` must be one step for other threads. Were they two,
+        a close() between them would take the old segment, hand the tag back and return,
+        and this handle would go on publishing into ``seg``, which a successor writer then
+        takes over (defect 1 again). With the lock, close() either came first (we see
+        ``_ended``, and ``seg``, which no other thread has seen, is closed here: its fd and
+        writer pid go with it) or comes after (it takes ``seg`` and stops it).
+
+        A signal handler of this very thread that closes the handle could still run inside
+        (the lock is reentrant, or it would deadlock): ``_wseg`` is stored before ``_fast``,
+        so a handler running after that store takes and stops ``seg``, and a ``_fast`` stored
+        after it is a stopped writer that refuses every write. Between the check and the
+        store only attribute loads and stores run, where CPython runs no handler (it does
+        at calls, function entry and backward jumps).
+        """
+        with self._swap:
+            if not self._ended:
+                old, self._wseg = self._wseg, seg
+                self._fast = seg.fast
+                return old
+        # close() ran in another thread while this one asked for the segment (requests
+        # let other threads run): it is not ours to use.
+        seg.close()
+        raise HandleClosedError(f"NdShArray {self._tag!r} was closed while it wrote")
 
     def _take_over(self, name: str) -> SegmentWriter | None:
         """Open the segment a previous writer of the tag left (offered by our claim), or None
@@ -772,13 +798,18 @@ class NdShArray:
     def _close(self, in_gc: bool) -> None:
         if self._closed:
             return
-        self._closed = self._ended = True
-        self._fast = self._rfast = None
         if self._pid != current_pid():
-            return  # the parent's registration and locks are not ours to release
+            # The parent's registration and locks are not ours to release (nor its _swap:
+            # a thread of the parent may have held it at the fork).
+            self._closed = self._ended = True
+            self._fast = self._rfast = None
+            return
+        with self._swap:  # one step for a writer installing a new segment (see _install)
+            self._closed = self._ended = True
+            self._fast = self._rfast = None
+            wseg, rseg, self._wseg, self._rseg = self._wseg, self._rseg, None, None
         if not in_gc:
             _keeper.keeper.untrack(self)  # (the keeper's weak set forgets collected handles)
-        wseg, rseg, self._wseg, self._rseg = self._wseg, self._rseg, None, None
         handed = True
         if wseg is not None:
             self._written = int(wseg.fast.count)
@@ -884,6 +915,7 @@ def _after_fork_in_child() -> None:
     # the general path, which refuses it.
     for handle in list(_live):
         handle._fast = handle._rfast = None
+        handle._swap = threading.RLock()  # a parent's thread may have held it at the fork
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -289,3 +289,119 @@ def test_a_keyboard_interrupt_in_a_read_never_leaves_a_pin_behind(daemon: Daemon
         w.close()
     assert interrupted > 100  # the interrupts did land inside reads
     assert seg._c.pinned == 0  # (a pin nobody owns would also keep the reader's row forever)
+
+
+class _ClosedAtTheCheck(ndsharray.NdShArray):
+    """A writer whose first look at ``_ended`` in the armed thread (the check before a new
+    segment is installed) lets another thread's close() run right there: the window of
+    review item 1, which is a few bytecodes wide in the real code."""
+
+    armed: threading.Thread | None = None
+    closer: threading.Thread | None = None
+
+    @property  # type: ignore[override]
+    def _ended(self) -> bool:
+        ended: bool = self.__dict__.get("_ended_v", False)
+        if self.armed is not None and threading.current_thread() is self.armed:
+            self.armed = None
+            closer = threading.Thread(target=self.close)
+            self.closer = closer
+            watched = self.__dict__.get("_swap")
+            closer.start()
+            # Until close() is done, or waits for this thread to finish the switch (the
+            # fix); either way it runs no earlier than in the window.
+            wait_until(lambda: not closer.is_alive() or (isinstance(watched, _Watched) and watched.contended.is_set()),
+                       what="close() done or waiting")
+        return ended
+
+    @_ended.setter
+    def _ended(self, value: bool) -> None:
+        self.__dict__["_ended_v"] = value
+
+
+class _Watched:
+    """A lock that notes when another thread has to wait for it."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.contended = threading.Event()
+
+    def __enter__(self) -> _Watched:
+        if not self.lock.acquire(blocking=False):
+            self.contended.set()
+            self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def _segment_fds() -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if "/nds-" in target:
+            out.append(target)
+    return out
+
+
+@pytest.mark.parametrize("when", ["first_write", "new_shape", "ring_growth"])
+def test_close_racing_a_switch_to_a_new_segment_leaves_no_writer_behind(daemon: Daemon, when: str) -> None:
+    # Review item 1: close() in another thread right after the writer checked _ended and
+    # before it installed its new segment took the old one, handed the tag back and
+    # returned; the "closed" handle then published into the new segment, which the next
+    # writer of the tag took over.
+    assert not _segment_fds()
+    w = _ClosedAtTheCheck("nsw", r_w="w", slots=2, max_slots=3)
+    if "_swap" in w.__dict__:
+        w.__dict__["_swap"] = _Watched(w.__dict__["_swap"])
+    held = []
+    reader = None
+    if when != "first_write":
+        w.write(np.full(1000, 1, np.int64))
+    if when == "ring_growth":
+        # A reader keeps both slots pinned: the next write grows the ring (a new segment).
+        reader = ndsharray.NdShArray("nsw", r_w="r")
+        held.append(reader.read(timeout=5)[1])
+        w.write(np.full(1000, 1, np.int64))
+        held.append(reader.read(timeout=5)[1])
+        assert len(held) == 2 and held[1] is not held[0]
+    frame = np.full(2000 if when == "new_shape" else 1000, 1, np.int64)
+    outcome: list[str] = []
+
+    def write() -> None:
+        try:
+            w.write(frame)
+            outcome.append("published")  # before close() took the segment: allowed
+        except ndsharray.HandleClosedError:
+            outcome.append("closed")
+
+    t = threading.Thread(target=write)
+    w.armed = t
+    t.start()
+    t.join(30)
+    assert w.armed is None and w.closer is not None, "the race was not set up"
+    w.closer.join(30)
+    assert w.closed and len(outcome) == 1
+    del held[:]
+    if reader is not None:
+        reader.close()
+    # Nothing of the closed handle is left: no segment fd, no writer that still publishes.
+    assert w._fast is None and w._wseg is None and not _segment_fds()
+    with pytest.raises(ndsharray.HandleClosedError):
+        w.write(frame)
+    w2 = _successor("nsw")
+    try:
+        w2.write(np.full(frame.shape, 9, np.int64))
+        with ndsharray.NdShArray("nsw", r_w="r") as r:
+            status, v = r.read(timeout=5)
+            assert status and (v == 9).all()
+            count = r.write_count
+            with pytest.raises(ndsharray.HandleClosedError):
+                w.write(frame)
+            assert not r.read()[0] and r.write_count == count  # the closed handle published nothing
+    finally:
+        w2.close()
