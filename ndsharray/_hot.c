@@ -577,7 +577,7 @@ typedef struct {
     int has_view;
     int closed;  /* no new write starts (a newer generation replaced the segment, or the handle closed) */
     int stopped; /* the handle closed: a write still in flight publishes nothing */
-    int deferred, handed; /* hand_over(): close() gave up waiting; the tag was handed back */
+    int deferred, handed; /* hand_over(): close() gave up waiting; who handed the tag back */
     uintptr_t base, rows;
     Py_ssize_t nbytes, header_size, stride;
     unsigned nslots;
@@ -731,6 +731,9 @@ static unsigned long long writer_publish_slot(WriterObject *w, unsigned slot) {
     return count;
 }
 
+#define HANDED_BY_CLOSE 1 /* WriterObject.handed: close() sends the release */
+#define HANDED_BY_WRITE 2 /* the last overtaken write does */
+
 #define CLOSED_CODE (-3) /* acquire() of a closed writer; write() overtaken by close() */
 
 static PyObject *writer_acquire(WriterObject *w, PyObject *noargs) {
@@ -806,18 +809,24 @@ static PyObject *writer_stop(WriterObject *w, PyObject *noargs) {
     Py_RETURN_NONE;
 }
 
-/* hand_over(final) -> True exactly once: when the tag may go back to the daemon. close()
- * calls it with final=True after waiting (bounded) for busy to drop to 0: True if it did;
- * else the last overtaken write, which calls it with final=False after giving its slot
- * back, gets True and sends the release itself. Under the GIL, so exactly one caller sees
- * True, and never while a slot is still being filled. */
+/* hand_over(final) -> True when the caller sends the tag back to the daemon, never while a
+ * slot is still being filled. close() calls it with final=True after waiting (bounded) for
+ * busy to drop to 0: True if it did; else the last overtaken write, which calls it with
+ * final=False after giving its slot back, gets True and sends the release itself. Under
+ * the GIL, so only one of the two parties (close(), or one write) ever sees True.
+ *
+ * close() may ask again (final=True) and then gets the same answer: a KeyboardInterrupt
+ * can land between this call's return and the use of its result, and close()'s handler
+ * then asks again so the release is still sent (review item 2). The release is
+ * idempotent at the daemon (it names this handle's token), so a second one is harmless. */
 static PyObject *writer_hand_over(WriterObject *w, PyObject *arg) {
     int final = PyObject_IsTrue(arg);
     if (final < 0) return NULL;
-    if (w->handed || !w->stopped) Py_RETURN_FALSE;
+    if (!w->stopped) Py_RETURN_FALSE;
+    if (w->handed) return PyBool_FromLong(final && w->handed == HANDED_BY_CLOSE);
     if (final) w->deferred = 1;
     if (!w->deferred || any_busy(w)) Py_RETURN_FALSE;
-    w->handed = 1;
+    w->handed = final ? HANDED_BY_CLOSE : HANDED_BY_WRITE;
     Py_RETURN_TRUE;
 }
 

@@ -808,8 +808,25 @@ class NdShArray:
             self._closed = self._ended = True
             self._fast = self._rfast = None
             wseg, rseg, self._wseg, self._rseg = self._wseg, self._rseg, None, None
-        if not in_gc:
-            _keeper.keeper.untrack(self)  # (the keeper's weak set forgets collected handles)
+        op = "release" if self._access == "w" else "detach"
+        try:
+            if not in_gc:
+                _keeper.keeper.untrack(self)  # (the keeper's weak set forgets collected handles)
+            self._let_go(wseg, rseg, op, in_gc)
+        except BaseException:
+            # Interrupted (a KeyboardInterrupt while close() waited up to CLOSE_DRAIN for a
+            # write in flight, say; review item 2): _closed is set, so no later close() will
+            # try again. The tag still goes back: by the keeper now if no write is in
+            # flight, else by the last such write when its copy ends (hand_over(True) tells
+            # it close() stopped waiting). Asking again is safe: hand_over(True) repeats
+            # its answer to close(), and a second release or detach is a no-op.
+            if wseg is None or wseg.fast.hand_over(True):
+                _keeper.keeper.defer(self._conn, op, self._tag, self._token)
+            raise
+
+    def _let_go(self, wseg: SegmentWriter | None, rseg: SegmentReader | None, op: str, in_gc: bool) -> None:
+        """close()'s work once the handle is marked closed: stop the segments, then tell the
+        daemon (a writer: once no write is in flight any more)."""
         handed = True
         if wseg is not None:
             self._written = int(wseg.fast.count)
@@ -825,7 +842,6 @@ class NdShArray:
             rseg.stop_waits()  # end a wait() or iteration in another thread
             rseg.close()
         self._last = _EMPTY
-        op = "release" if self._access == "w" else "detach"
         if not handed:
             log.debug("closing the writer of %r: a write still copies in another thread; it "
                       "hands the tag back when its copy ends", self._tag)

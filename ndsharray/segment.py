@@ -794,15 +794,23 @@ class SegmentWriter(_Mapped):
         ``fast.hand_over(True)`` then says whether they did (see _hot.c, stop())."""
         if self.closed:
             return
-        if drain is None:
-            self.fast.close()
-        else:
-            self.fast.stop()
-            deadline = time.monotonic() + drain
-            pause = 0.0001
-            while self.fast.busy and time.monotonic() < deadline:
-                time.sleep(pause)  # lets the copying threads take the GIL and finish
-                pause = min(pause * 2, 0.005)
+        try:
+            if drain is None:
+                self.fast.close()
+            else:
+                self.fast.stop()
+                deadline = time.monotonic() + drain
+                pause = 0.0001
+                while self.fast.busy and time.monotonic() < deadline:
+                    time.sleep(pause)  # lets the copying threads take the GIL and finish
+                    pause = min(pause * 2, 0.005)
+        finally:
+            # Also when a KeyboardInterrupt ends the wait (review item 2): the writes in
+            # flight keep the mapping (they hold the C writer's export), not the fd.
+            self._forget()
+
+    def _forget(self) -> None:
+        """The end of close(): clear our pid and key, close the fd and the mapping."""
         # A restarted daemon must not adopt this segment for a writer that has gone.
         if (_U32.unpack_from(self.mm, OFF_WRITER_PID)[0] == _Process.pid
                 and self.mm[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES] == self._key):

@@ -405,3 +405,65 @@ def test_close_racing_a_switch_to_a_new_segment_leaves_no_writer_behind(daemon: 
             assert not r.read()[0] and r.write_count == count  # the closed handle published nothing
     finally:
         w2.close()
+
+
+@pytest.mark.parametrize("write_ends", ["after_the_interrupt", "before_the_interrupt"])
+def test_a_keyboard_interrupt_while_close_waits_for_a_write_still_hands_the_tag_back(
+        daemon: Daemon, write_ends: str) -> None:
+    in_child(f"interrupted_close({write_ends!r})")  # (a stray KeyboardInterrupt stays there)
+
+
+def interrupted_close(write_ends: str) -> None:
+    # Review item 2: a KeyboardInterrupt while close() waited for a write in flight left
+    # the tag with this process for good (no hand_over, no release, no second close()),
+    # and the segment's fd open with our pid still in its header.
+    from ndsharray import segment
+    w = ndsharray.NdShArray("kbc", np.zeros(1024), "w", slots=3)
+    lent, go = threading.Event(), threading.Event()
+    outcome: list[str] = []
+
+    def fill() -> None:
+        try:
+            with w.loan() as buf:
+                lent.set()
+                go.wait(30)
+                buf[:] = 1.0
+            outcome.append("published")
+        except ndsharray.HandleClosedError:
+            outcome.append("overtaken")
+
+    t = threading.Thread(target=fill)
+    t.start()
+    assert lent.wait(10)
+    real_time = segment.time
+
+    def interrupting_sleep(seconds: float) -> None:
+        segment.time = real_time  # (once)
+        if write_ends == "before_the_interrupt":
+            go.set()
+            t.join()
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, while close() waits for the loan
+        real_time.sleep(seconds)
+
+    segment.time = type("T", (), {"monotonic": staticmethod(real_time.monotonic),
+                                  "sleep": staticmethod(interrupting_sleep)})  # type: ignore[assignment]
+    try:
+        w.close()
+        raise AssertionError("close() was not interrupted")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        segment.time = real_time
+    assert w.closed
+    go.set()
+    t.join()
+    assert outcome == ["overtaken"]
+    assert not _segment_fds()  # close()'s end ran: the fd went (and our pid from the header)
+    w2 = _successor("kbc")  # handed back by the write, or by close()'s handler
+    try:
+        w2.write(np.full(1024, 2.0))
+        with ndsharray.NdShArray("kbc", r_w="r") as r:
+            status, v = r.read(timeout=5)
+            assert status and (v == 2.0).all() and r.write_count == 2  # the lent slot was never published
+    finally:
+        w2.close()
