@@ -736,8 +736,13 @@ static unsigned long long writer_publish_slot(WriterObject *w, unsigned slot) {
 
 #define CLOSED_CODE (-3) /* acquire() of a closed writer; write() overtaken by close() */
 
+/* acquire() -> a slot now busy, -1: none is free, -2: the tag was removed, -3: closed.
+ * The retired word is read here, where the mapping is known to be held: from Python, a
+ * close() in another thread could unmap it between a check and the read. */
 static PyObject *writer_acquire(WriterObject *w, PyObject *noargs) {
     if (!w->has_view || w->closed) return PyLong_FromLong(CLOSED_CODE);
+    if (atomic_load_explicit(u32_at(w->base, OFF_RETIRED), memory_order_relaxed) == RETIRED_REMOVED)
+        return PyLong_FromLong(-2);
     return PyLong_FromLong(writer_acquire_slot(w));
 }
 

@@ -43,7 +43,7 @@ from .segment import (
     CLOSED,
     ENV_SHM_DIR,
     MAX_SLOTS,
-    RETIRED_REMOVED,
+    REMOVED,
     SegmentReader,
     SegmentWriter,
     current_pid,
@@ -406,12 +406,18 @@ class NdShArray:
 
     def _acquire(self, seg: SegmentWriter) -> tuple[SegmentWriter, int]:
         """Lock a free slot of ``seg`` (or of a grown ring) for the next write."""
-        if seg.retired() == RETIRED_REMOVED:
-            self._removed()
-        i = seg.try_acquire()
+        i = self._try_acquire(seg)
         if i < 0:
             return self._acquire_slow(seg)
         return seg, i
+
+    def _try_acquire(self, seg: SegmentWriter) -> int:
+        """A free slot of ``seg`` or -1. (Asks the C writer whether the tag was removed: a
+        close() in another thread may have unmapped ``seg`` since this thread got it.)"""
+        i = seg.try_acquire()
+        if i == REMOVED:
+            self._removed()
+        return i
 
     def _removed(self) -> None:
         raise TagRemovedError("NOT_WRITER",
@@ -500,14 +506,14 @@ class NdShArray:
         """Every slot but the latest is pinned: free dead readers' pins, wait a moment, then
         grow the ring."""
         if seg.reclaim_rows():
-            i = seg.try_acquire()
+            i = self._try_acquire(seg)
             if i >= 0:
                 return seg, i
         # A reader holds two pins for a moment while it swaps views; that passes quickly.
         spin_until = time.monotonic() + 0.002
         while time.monotonic() < spin_until:
             os.sched_yield()
-            i = seg.try_acquire()
+            i = self._try_acquire(seg)
             if i >= 0:
                 return seg, i
         grow_failed = ""
@@ -523,7 +529,7 @@ class NdShArray:
                 grow_failed = f"; growing the ring to more slots failed: {exc}"
             else:
                 self._slots = seg.nslots
-                i = seg.try_acquire()
+                i = self._try_acquire(seg)
                 if i >= 0:
                     return seg, i
         deadline = time.monotonic() + self._write_timeout
@@ -533,7 +539,7 @@ class NdShArray:
             tries += 1
             if tries % 20 == 0:
                 seg.reclaim_rows()  # a reader may have died meanwhile (or its last fd closed)
-            i = seg.try_acquire()
+            i = self._try_acquire(seg)
             if i >= 0:
                 return seg, i
         lent = " (one is lent out by the open loan() block)" if self._loaned else ""

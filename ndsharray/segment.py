@@ -557,6 +557,7 @@ class _Mapped:
         self.closed = True
 
 
+REMOVED = -2  # what the C writer's acquire() says once the tag was removed
 RETIRED = -3  # what SegmentReader.latest() says of a segment a newer generation replaced
 CLOSED = -3  # what the C writer's acquire() says once it is closed
 
@@ -731,8 +732,9 @@ class SegmentWriter(_Mapped):
         )
 
     def try_acquire(self) -> int:
-        """A slot that is neither the latest nor pinned, its count zeroed; -1 if none is free.
-        Raises HandleClosedError once the writer was closed (by another thread)."""
+        """A slot that is neither the latest nor pinned, its count zeroed; -1 if none is free,
+        REMOVED if the tag was removed. Raises HandleClosedError once the writer was closed
+        (by another thread)."""
         i = self.fast.acquire()
         if i == CLOSED:
             raise HandleClosedError(

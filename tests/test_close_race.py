@@ -467,3 +467,23 @@ def interrupted_close(write_ends: str) -> None:
             assert status and (v == 2.0).all() and r.write_count == 2  # the lent slot was never published
     finally:
         w2.close()
+
+
+def test_close_between_a_new_segment_and_its_first_slot_says_closed(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by the test above under load: close() in another thread right after a write
+    # installed its new segment unmapped it, and the write's check of the segment's
+    # retired word raised "ValueError: mmap closed or invalid".
+    w = ndsharray.NdShArray("nsw2", r_w="w")
+    real = client.NdShArray._acquire
+
+    def closed_first(self: ndsharray.NdShArray, seg: Any) -> Any:
+        t = threading.Thread(target=self.close)
+        t.start()
+        t.join(30)
+        return real(self, seg)
+
+    monkeypatch.setattr(client.NdShArray, "_acquire", closed_first)
+    with pytest.raises(ndsharray.HandleClosedError):
+        w.write(np.zeros(1000))
+    assert w.closed and not _segment_fds()
