@@ -52,6 +52,9 @@ _ERRORS: dict[str, type[DaemonError]] = {
 }
 
 
+# daemon_state's identity of a daemon that holds the lock but has not written who it is.
+STARTING = ""
+
 # While a request waits for its reply, look this often whether the daemon it went to still
 # runs: one that died or was replaced will never answer, and nobody should wait out the
 # timeout for it (a lock-file read, only once a reply is late).
@@ -85,10 +88,27 @@ def daemon_state(endpoint: str) -> tuple[str, bool] | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         content = lockfile.parse(os.pread(fd, 256, 0))
+        if not _exists(content.pid):
+            # Held, but by a daemon that has not written who it is yet: the file is empty or
+            # still names its dead predecessor (maybe even "serving"). It is starting.
+            return STARTING, False
         return content.ident, content.serving
     finally:
         os.close(fd)
     return None
+
+
+def _exists(pid: int) -> bool:
+    """One kill(pid, 0): False for a pid that no process has (a zombie still counts)."""
+    if not 0 < pid < 1 << 22:
+        return False  # (0 would mean our process group)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # (another user's: a --group daemon)
+    return True
 
 
 def daemon_running(endpoint: str) -> bool:
@@ -331,7 +351,9 @@ class Connection:
                     break
                 if not sock.poll(int(min(left, WATCH) * 1000) + 1, zmq.POLLIN):
                     state = daemon_state(self.endpoint)
-                    if state is None or state[0] != ident:
+                    if ident == STARTING and state is not None:
+                        ident = state[0]  # sent while it started: it has now said who it is
+                    elif state is None or state[0] != ident:
                         gone = True  # the daemon we asked died or was replaced: no answer comes
                         break
                     continue

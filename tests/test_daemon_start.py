@@ -4,6 +4,7 @@ only on PYTHONPATH, a lock file a --group daemon left, a kernel without pidfd_op
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import subprocess
 import sys
@@ -237,3 +238,65 @@ def test_a_user_private_group_folder_is_not_looked_up_on_every_request(folder: s
 def pwd_name() -> str:
     import pwd
     return pwd.getpwuid(os.geteuid()).pw_name
+
+
+# Runs ndsharrayd pausing right after it takes the endpoint's lock, before it writes who it
+# is: the window in which the lock file still names its killed predecessor, as "serving".
+SLOW_LOCK = """
+import fcntl, sys, time
+pause = float(sys.argv.pop(1))
+real_flock = fcntl.flock
+def flock(fd, op):
+    global pause
+    real_flock(fd, op)
+    if op & fcntl.LOCK_EX and pause:
+        time.sleep(pause)
+        pause = 0
+fcntl.flock = flock
+sys.argv[0] = "ndsharrayd"
+from ndsharrayd.__main__ import main
+main()
+"""
+
+
+def test_a_close_while_the_next_daemon_takes_the_lock_reaches_that_daemon(
+        folder: str, monkeypatch: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # Review suspicion: between a restarting daemon's flock and its write, the lock file still
+    # named the dead predecessor as serving; close() sent its release to it, saw the identity
+    # change, called the daemon gone and dropped the release (retries=0).
+    from conftest import Daemon, wait_until
+    caplog.set_level(logging.DEBUG, logger="ndsharray")
+    a = Daemon(folder).start()
+    assert a.proc is not None
+    monkeypatch.setenv(config.ENV_ENDPOINT, a.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    w = ndsharray.NdShArray("t", np.arange(4.0), "w")
+    a.proc.kill()
+    a.proc.wait(15)
+    lock = config.lock_path(a.endpoint)
+    log_path = os.path.join(folder, "b.log")
+    with open(log_path, "wb") as log:
+        b = subprocess.Popen([sys.executable, "-c", SLOW_LOCK, "1.0", "--endpoint", a.endpoint],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def read_log() -> str:
+        with open(log_path) as f:
+            return f.read()
+    try:
+        wait_until(lambda: transport.daemon_running(a.endpoint) or b.poll() is not None, what="lock taken")
+        with open(lock) as f:
+            assert f.read().split()[0] == str(a.proc.pid), "the daemon wrote its pid already: no window"
+        w.close()
+        wait_until(lambda: f"(pid {b.pid})" in read_log() or b.poll() is not None, what="daemon serving")
+        assert b.poll() is None, read_log()
+        conn = transport.connection(a.endpoint)
+        wait_until(lambda: not conn.has_posted, what="the keeper to send what close() posted")
+        # The release, then this (and maybe the keeper's re-registration of w, had its round
+        # come before the close): nothing dropped on the way.
+        assert admin.daemon_stats(a.endpoint)["requests"] >= 2
+        assert not [r for r in caplog.records if "could not release" in r.getMessage()]
+    finally:
+        w.close()
+        transport.close_all()
+        b.terminate()
+        assert b.wait(15) == 0, read_log()
