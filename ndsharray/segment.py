@@ -84,6 +84,7 @@ import re
 import stat
 import struct
 import sys
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -490,6 +491,10 @@ class _Mapped:
 
     def __init__(self, name: str, writable: bool) -> None:
         self.name = name
+        # Held while self.fd is closed, and while reclaim_rows duplicates it: os.close and
+        # os.dup both let other threads run, so without it a dup could take a number that
+        # close() just freed and another thread's open() reused (review item 3).
+        self._fd_lock = threading.RLock()  # (reentrant: a closing view's callback may run inside)
         # Names come from the daemon's replies and the tag pointers: never a path.
         owner = check_segment_name(name)
         try:
@@ -551,9 +556,10 @@ class _Mapped:
             raise
 
     def _close_fd(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # drops every OFD lock this handle held: a reader's row
-            self.fd = -1
+        with self._fd_lock:
+            fd, self.fd = self.fd, -1  # (-1 first: nobody uses the number once it is closed)
+            if fd >= 0:
+                os.close(fd)  # drops every OFD lock this handle held: a reader's row
         self.closed = True
 
 
@@ -750,12 +756,15 @@ class SegmentWriter(_Mapped):
         file description (and drop a lock we rely on) under us, nor can its fd number be
         reused by another file while we lock; and the row is cleared by the C writer,
         which refuses once the writer is closed, so never through an unmapped mapping.
+        The duplicate is made under ``_fd_lock``, which close() holds to close the fd: so
+        it is of our segment's file, never of a file that reused the number (review item 3).
         """
         rows = self.fast.dirty_rows()  # ([] once closed)
         if not rows:
             return 0
         try:
-            fd = os.dup(self.fd)
+            with self._fd_lock:
+                fd = os.dup(self.fd)  # (-1 once closed: EBADF)
         except OSError:
             return 0  # closed by another thread
         freed = 0

@@ -487,3 +487,65 @@ def test_close_between_a_new_segment_and_its_first_slot_says_closed(
     with pytest.raises(ndsharray.HandleClosedError):
         w.write(np.zeros(1000))
     assert w.closed and not _segment_fds()
+
+
+DUP_RACE = textwrap.dedent("""
+    import os, subprocess, sys, threading, time, numpy as np, ndsharray
+    sys.path.insert(0, sys.argv[2])
+    from test_close_race import _Watched
+    # A reader dies holding a pin on each slot but the latest: the writer must reclaim rows.
+    w = ndsharray.NdShArray("reclaim", np.zeros(8), "w", slots=2, max_slots=2, write_timeout=1.0)
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    w.write(np.ones(8))  # the other slot; the reader pins the first one
+    child.kill(); child.wait()
+    seg = w._wseg
+    number, inode = seg.fd, os.fstat(seg.fd).st_ino
+    if hasattr(seg, "_fd_lock"):
+        seg._fd_lock = _Watched(seg._fd_lock)
+    real_dup, duplicated = os.dup, []
+    def racing_dup(fd):
+        if fd != number or duplicated:
+            return real_dup(fd)
+        # os.dup lets other threads run: one closes the writer, and its fd number is
+        # taken by the next file another thread opens (here /dev/null, at that number).
+        def close_and_reuse():
+            null = os.open("/dev/null", os.O_RDWR)
+            w.close()
+            os.dup2(null, number)
+            os.close(null)
+        t = threading.Thread(target=close_and_reuse)
+        t.start()
+        watched = getattr(seg, "_fd_lock", None)
+        deadline = time.monotonic() + 30
+        while t.is_alive() and not (isinstance(watched, _Watched) and watched.contended.is_set()):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        try:
+            out = real_dup(fd)
+        except OSError:
+            duplicated.append("EBADF")  # closed first: reclaim_rows gives up, fine
+            raise
+        duplicated.append(os.fstat(out).st_ino)
+        return out
+    os.dup = racing_dup
+    try:
+        w.write(np.full(8, 2.0))  # every slot but the latest is pinned by the dead reader
+    except ndsharray.HandleClosedError:
+        pass
+    os.dup = real_dup
+    assert duplicated, "the race was not set up: reclaim_rows never duplicated the fd"
+    assert duplicated[0] in ("EBADF", inode), "reclaim_rows duplicated another file's fd"
+    w.close()
+    print("ok")
+""")
+
+
+def test_reclaim_rows_never_duplicates_a_reused_fd_number(daemon: Daemon) -> None:
+    # Review item 3: close() in another thread closed the segment's fd (os.close lets
+    # other threads run) while reclaim_rows was about to duplicate it; a file opened
+    # meanwhile got the number, and reclaim_rows locked that file instead.
+    out = subprocess.run([sys.executable, "-c", DUP_RACE, DEAD_READER, HERE], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (out.returncode, out.stdout, out.stderr[-2000:])
