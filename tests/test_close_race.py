@@ -84,7 +84,9 @@ def race_close_with_copy_in_flight(path: str) -> None:
     # transposing (slowly), without the GIL.
     a_val = np.full((ROWS, COLS), 1.0, order="C" if path == "c_one_call" else "F")
     overtaken = 0
-    for rnd in range(3):
+    for rnd in range(8):  # 3 rounds, and more (bounded) until close() overtook a copy once
+        if rnd >= 3 and overtaken:
+            break
         tag = f"race{rnd}"
         w = ndsharray.NdShArray(tag, r_w="w", slots=3)
         for k in range(3):  # slots 0, 1, 0: the next write fills slot 1, which a successor picks first
@@ -104,8 +106,10 @@ def race_close_with_copy_in_flight(path: str) -> None:
                 try:
                     w.write(a_val)  # the copy runs without the GIL: close() comes meanwhile
                     outcome.append("published")
-                except ndsharray.HandleClosedError:
-                    outcome.append("overtaken")
+                except ndsharray.HandleClosedError as exc:
+                    # Overtaken only if close() came while the copy ran; it may also have
+                    # come before the write started (review item 5).
+                    outcome.append("overtaken" if "while this write copied" in str(exc) else "closed first")
 
             t = threading.Thread(target=write_a)
             t.start()
@@ -133,11 +137,11 @@ def race_close_with_copy_in_flight(path: str) -> None:
         assert not report["changed"], f"round {rnd}: pinned views changed {report['changed'][:3]} ({outcome})"
         if outcome == ["overtaken"]:
             overtaken += 1
-            assert 1.0 not in report["values"], "an overtaken write was published"
-        else:
-            assert outcome == ["published"]
+        if outcome != ["published"]:
+            assert outcome in (["overtaken"], ["closed first"])
+            assert 1.0 not in report["values"], f"a write close() stopped was published ({outcome})"
     # The race this test is about happened (close() came while the copy ran) at least once.
-    assert overtaken >= 1
+    assert overtaken >= 1, f"close() never came while a copy ran, in {rnd + 1} rounds"
 
 
 def test_close_during_a_loan_in_another_thread_hands_the_tag_back_when_the_block_ends(daemon: Daemon) -> None:
