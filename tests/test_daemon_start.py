@@ -300,3 +300,23 @@ def test_a_close_while_the_next_daemon_takes_the_lock_reaches_that_daemon(
         transport.close_all()
         b.terminate()
         assert b.wait(15) == 0, read_log()
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o1777])
+def test_the_daemon_gets_a_dependency_folder_only_if_not_everyones(folder: str, monkeypatch: Any, mode: int) -> None:
+    # A dependency the client found ahead of the standard library (PYTHONPATH) goes first on
+    # the daemon's sys.path; unless its folder is world-writable (/tmp as sys.path[0]): a
+    # click.py planted there must not become the daemon's.
+    from ndsharray import daemonpath
+    where = os.path.join(folder, "deps")
+    os.makedirs(os.path.join(where, "fakedep"))
+    with open(os.path.join(where, "fakedep", "__init__.py"), "w"):
+        pass
+    os.chmod(where, mode)
+    monkeypatch.syspath_prepend(where)
+    monkeypatch.delitem(sys.modules, "fakedep", raising=False)
+    monkeypatch.setattr(daemonpath, "DEPENDENCIES", (*daemonpath.DEPENDENCIES, "fakedep"))
+    front, back = daemonpath.folders()
+    assert front[0] == os.path.dirname(os.path.dirname(os.path.abspath(ndsharray.__file__)))
+    assert (where in front) == (mode == 0o755)
+    assert where not in back
