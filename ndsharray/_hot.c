@@ -587,6 +587,11 @@ typedef struct {
     unsigned long long count;
     int latest, prev;
     uint64_t busy[4]; /* slots acquired and not yet published or released (any thread) */
+    /* Per slot, who took it through acquire() and when (hot_epoch): abandon() gives back the
+     * slots a thread took after a mark() if an exception (a KeyboardInterrupt) lost the
+     * index on its way to the caller's except clause (review item 4). */
+    unsigned long owner[256];
+    unsigned long long taken[256];
     unsigned char order[256]; /* slots to try, warmest first, for (latest, prev) */
     int order_len, order_key_latest, order_key_prev;
 } WriterObject;
@@ -704,6 +709,7 @@ static long writer_acquire_slot(WriterObject *w) {
         if (!pinned) {
             atomic_thread_fence(memory_order_seq_cst);
             set_busy(w, slot, 1);
+            w->owner[slot] = 0; /* (acquire() says whose; write()'s own stay nobody's) */
             return slot;
         }
     }
@@ -739,11 +745,39 @@ static unsigned long long writer_publish_slot(WriterObject *w, unsigned slot) {
 /* acquire() -> a slot now busy, -1: none is free, -2: the tag was removed, -3: closed.
  * The retired word is read here, where the mapping is known to be held: from Python, a
  * close() in another thread could unmap it between a check and the read. */
+static unsigned long long hot_epoch; /* acquire() calls so far, all writers (under the GIL) */
+
 static PyObject *writer_acquire(WriterObject *w, PyObject *noargs) {
     if (!w->has_view || w->closed) return PyLong_FromLong(CLOSED_CODE);
     if (atomic_load_explicit(u32_at(w->base, OFF_RETIRED), memory_order_relaxed) == RETIRED_REMOVED)
         return PyLong_FromLong(-2);
-    return PyLong_FromLong(writer_acquire_slot(w));
+    long slot = writer_acquire_slot(w);
+    if (slot >= 0) {
+        w->owner[slot] = PyThread_get_thread_ident();
+        w->taken[slot] = ++hot_epoch;
+    }
+    return PyLong_FromLong(slot);
+}
+
+/* mark() -> the epoch to pass to abandon(): slots acquired after this call are newer. */
+static PyObject *hot_mark(PyObject *self, PyObject *noargs) { return PyLong_FromUnsignedLongLong(hot_epoch); }
+
+/* abandon(mark) -> how many slots it gave back: those still busy that this thread took
+ * through acquire() after mark() returned ``mark`` (an open loan() taken before the mark,
+ * and other threads' slots, stay). Unpublished, as release() does. */
+static PyObject *writer_abandon(WriterObject *w, PyObject *arg) {
+    unsigned long long mark = PyLong_AsUnsignedLongLong(arg);
+    if (mark == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    unsigned long me = PyThread_get_thread_ident();
+    long n = 0;
+    for (unsigned slot = 0; slot < w->nslots; slot++) {
+        if (is_busy(w, slot) && w->owner[slot] == me && w->taken[slot] > mark) {
+            set_busy(w, slot, 0);
+            n++;
+        }
+    }
+    if (n) writer_maybe_drop_view(w);
+    return PyLong_FromLong(n);
 }
 
 static long busy_slot_arg(WriterObject *w, PyObject *arg) {
@@ -942,6 +976,7 @@ static PyMethodDef writer_methods[] = {
     {"close", (PyCFunction)writer_close, METH_NOARGS, "No more writes; let the mapping go."},
     {"stop", (PyCFunction)writer_stop, METH_NOARGS, "The handle closes: close(), and writes in flight publish nothing."},
     {"hand_over", (PyCFunction)writer_hand_over, METH_O, "True once, when the tag may go back to the daemon."},
+    {"abandon", (PyCFunction)writer_abandon, METH_O, "Give back the busy slots this thread acquired after mark."},
     {"dirty_rows", (PyCFunction)writer_dirty_rows, METH_NOARGS, "Reader rows that hold anything."},
     {"clear_row", (PyCFunction)writer_clear_row, METH_O, "Clear a dead reader's row; False if closed meanwhile."},
     {NULL, NULL, 0, NULL},
@@ -963,6 +998,7 @@ static PyTypeObject WriterType = {
 static PyMethodDef methods[] = {
     {"address", hot_address, METH_O, "Address of a buffer's first byte."},
     {"retire", hot_retire, METH_VARARGS, "Flag a segment retired and wake its sleepers."},
+    {"mark", hot_mark, METH_NOARGS, "The acquisition epoch, for Writer.abandon()."},
     {"claim_row", hot_claim_row, METH_VARARGS, "Initialise a reader row just locked."},
     {"clear_row", hot_clear_row, METH_VARARGS, "Clear a dead reader's row."},
     {NULL, NULL, 0, NULL},

@@ -46,6 +46,8 @@ from .segment import (
     REMOVED,
     SegmentReader,
     SegmentWriter,
+    abandon,
+    acquisitions,
     current_pid,
     is_segment_name,
     process_pid_holder,
@@ -316,13 +318,15 @@ class NdShArray:
         if seg is None or self._stale or arr.dtype != seg.dtype or arr.shape != seg.shape:
             self._no_loan_open("change shape or dtype")
             seg = self._new_generation(arr.dtype, arr.shape, self._slots_for(arr.nbytes))
-        seg, i = self._acquire(seg)
-        try:
+        mark = acquisitions()
+        try:  # (the acquire too: see _abandon)
+            seg, i = self._acquire(seg)
             np.copyto(seg.slots[i], arr, casting="no")  # (without the GIL when large)
+            count = seg.fast.publish(i)
         except BaseException:
-            self._give_back(seg, i)
+            self._abandon(mark)
             raise
-        if not seg.publish(i):
+        if not count:
             self._overtaken(seg.fast)
         self._valid = True
 
@@ -351,20 +355,32 @@ class NdShArray:
                 seg = self._new_generation(want_dtype, want_shape, self._slots_for(nbytes))
         elif seg is None:
             raise ValueError("the first loan() of a writer needs shape= and dtype=")
-        seg, i = self._acquire(seg)
-        buf = seg.slots[i][...]
-        self._loaned = True
-        self._loan_thread = threading.get_ident()
+        mark = acquisitions()
+        try:  # (see _abandon)
+            seg, i = self._acquire(seg)
+            buf = seg.slots[i][...]
+            self._loaned = True
+            self._loan_thread = threading.get_ident()
+        except BaseException:
+            self._loaned = False
+            self._loan_thread = None
+            self._abandon(mark)
+            raise
         try:
             yield buf
         except BaseException:
-            self._give_back(seg, i)
+            self._abandon(mark)  # the lent slot, unpublished
             raise
         finally:
             self._loaned = False
             self._loan_thread = None
             buf.flags.writeable = False
-        if not seg.publish(i):  # close() ran meanwhile (the block's writes are not shown)
+        try:
+            count = seg.fast.publish(i)
+        except BaseException:
+            self._abandon(mark)
+            raise
+        if not count:  # close() ran meanwhile (the block's writes are not shown)
             self._overtaken(seg.fast)
         self._valid = True
 
@@ -381,11 +397,16 @@ class NdShArray:
                 pass
         return ring.initial_slots(nbytes, self._max_slots, free)
 
-    def _give_back(self, seg: SegmentWriter, i: int) -> None:
-        """Give an acquired slot back unpublished (a copy or loan block failed)."""
-        seg.release(i)
-        if seg.fast.hand_over(False):  # the last write close() waited for: hand the tag back
-            _keeper.keeper.defer(self._conn, "release", self._tag, self._token)
+    def _abandon(self, mark: int) -> None:
+        """Give back, unpublished, the slots this thread acquired for this handle since
+        ``mark`` and still holds: a copy or loan block failed, or an exception came between
+        an acquire and the code that would publish or give back its slot (review item 4: a
+        KeyboardInterrupt can land wherever Python code runs, and the slot index it carried
+        is then lost, while the C writer still has the slot busy: no write would use it,
+        and close() would wait for it and never hand the tag back)."""
+        for fast in abandon(mark, self._token):
+            if fast.hand_over(False):  # the last write close() waited for: hand the tag back
+                _keeper.keeper.defer(self._conn, "release", self._tag, self._token)
 
     def _overtaken(self, fast: Any) -> NoReturn:
         """close() in another thread overtook this write (its copy ran without the GIL, or

@@ -563,6 +563,20 @@ class _Mapped:
         self.closed = True
 
 
+acquisitions = _hot.mark  # the acquisition epoch: abandon(acquisitions(), token) after a failure
+
+
+def abandon(mark: int, token: str) -> list[Any]:
+    """Give back the slots this thread acquired since ``mark`` from the segments of the
+    writer ``token`` and still holds; returns the C writers that gave any back."""
+    key = writer_key(token)
+    out = []
+    for m in list(_open_segments):
+        if isinstance(m, SegmentWriter) and m._key == key and m.fast.abandon(mark):
+            out.append(m.fast)
+    return out
+
+
 REMOVED = -2  # what the C writer's acquire() says once the tag was removed
 RETIRED = -3  # what SegmentReader.latest() says of a segment a newer generation replaced
 CLOSED = -3  # what the C writer's acquire() says once it is closed

@@ -553,3 +553,56 @@ def test_reclaim_rows_never_duplicates_a_reused_fd_number(daemon: Daemon) -> Non
     out = subprocess.run([sys.executable, "-c", DUP_RACE, DEAD_READER, HERE], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (out.returncode, out.stdout, out.stderr[-2000:])
+
+
+def _interrupt_after_acquire(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make the next slot acquire raise KeyboardInterrupt just after the C writer took the
+    slot: where a Ctrl-C lands when the eval loop checks for signals as the call returns."""
+    from ndsharray import segment
+    real = segment.SegmentWriter.try_acquire
+    taken: list[int] = []
+
+    def try_acquire(seg: Any) -> int:
+        i = real(seg)
+        if not taken and i >= 0:
+            taken.append(i)
+            raise KeyboardInterrupt
+        return i
+
+    monkeypatch.setattr(segment.SegmentWriter, "try_acquire", try_acquire)
+    return taken
+
+
+@pytest.mark.parametrize("how", ["write", "loan", "write_inside_a_loan"])
+def test_an_interrupt_right_after_a_slot_is_taken_gives_it_back(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    # Review item 4: a KeyboardInterrupt between the C acquire and the code that publishes
+    # or gives back the slot left it busy for good: close() then waited CLOSE_DRAIN for it
+    # and never handed the tag back.
+    w = ndsharray.NdShArray("kbs", np.zeros(1000), "w", slots=3)
+    fast = w._fast
+    odd = np.zeros(2000)[::2]  # not contiguous: write() takes its Python path
+    if how == "write_inside_a_loan":
+        with w.loan() as buf:
+            taken = _interrupt_after_acquire(monkeypatch)
+            with pytest.raises(KeyboardInterrupt):
+                w.write(odd)
+            assert taken and fast.busy == 1  # the lent slot only
+            buf[:] = 7.0
+        with ndsharray.NdShArray("kbs", r_w="r") as r:
+            status, v = r.read(timeout=5)
+            assert status and (v == 7.0).all()  # the loan still published
+    else:
+        taken = _interrupt_after_acquire(monkeypatch)
+        with pytest.raises(KeyboardInterrupt):
+            if how == "write":
+                w.write(odd)
+            else:
+                with w.loan():
+                    raise AssertionError("the loan never starts")
+        assert taken
+    assert fast.busy == 0
+    t0 = time.monotonic()
+    w.close()
+    assert time.monotonic() - t0 < client.CLOSE_DRAIN  # nothing left to wait for
+    ndsharray.NdShArray("kbs", r_w="w").close()  # handed back by close() itself
