@@ -764,7 +764,9 @@ static PyObject *hot_mark(PyObject *self, PyObject *noargs) { return PyLong_From
 
 /* abandon(mark) -> how many slots it gave back: those still busy that this thread took
  * through acquire() after mark() returned ``mark`` (an open loan() taken before the mark,
- * and other threads' slots, stay). Unpublished, as release() does. */
+ * and other threads' slots, stay). Unpublished, as release() does. owner, taken and
+ * hot_epoch are only touched under the GIL (in this process), so they need no ordering of
+ * their own; the slot goes back to the protocol exactly as release() gives it back. */
 static PyObject *writer_abandon(WriterObject *w, PyObject *arg) {
     unsigned long long mark = PyLong_AsUnsignedLongLong(arg);
     if (mark == (unsigned long long)-1 && PyErr_Occurred()) return NULL;

@@ -606,3 +606,29 @@ def test_an_interrupt_right_after_a_slot_is_taken_gives_it_back(
     w.close()
     assert time.monotonic() - t0 < client.CLOSE_DRAIN  # nothing left to wait for
     ndsharray.NdShArray("kbs", r_w="w").close()  # handed back by close() itself
+
+
+def test_close_while_a_write_asks_for_its_new_segment_leaves_no_fd_of_it(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The other side of review item 1: close() in another thread ran to its end while the
+    # write asked the daemon for a new segment; the write must close that segment itself
+    # (its fd, and our pid in its header) and say the handle was closed.
+    w = ndsharray.NdShArray("ncs", r_w="w")
+    real = client.SegmentWriter
+    made: list[Any] = []
+
+    def segment_then_close(*args: Any, **kw: Any) -> Any:
+        seg = real(*args, **kw)
+        made.append(seg)
+        t = threading.Thread(target=w.close)
+        t.start()
+        t.join(30)
+        assert not t.is_alive()
+        return seg
+
+    monkeypatch.setattr(client, "SegmentWriter", segment_then_close)
+    with pytest.raises(ndsharray.HandleClosedError):
+        w.write(np.zeros(1000))
+    assert made and made[0].closed and w._wseg is None and w._fast is None
+    assert not _segment_fds()
+    ndsharray.NdShArray("ncs", r_w="w").close()  # the tag went back
