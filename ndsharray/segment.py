@@ -732,6 +732,11 @@ class SegmentWriter(_Mapped):
             np.ndarray(h.shape, h.dtype, buffer=self.mm, offset=h.layout.slot_offset(i))
             for i in range(self.nslots)
         ]
+        # numpy keeps the mmap as these arrays' base but holds no export of it, so close()'s
+        # mm.close() would unmap the memory under an array still alive (a loan() array kept
+        # past its block: SIGSEGV at its next access). This export makes mm.close() refuse;
+        # the mapping then goes when the mmap object does, after the last array of it.
+        self._keep_mapped = memoryview(self.mm)
         # A restarted daemon reads the live writer's pid and key here to decide what to keep
         # and whom to grant the tag (the key first: a pid without it would be a writer
         # nobody could re-register as).

@@ -630,5 +630,18 @@ def test_close_while_a_write_asks_for_its_new_segment_leaves_no_fd_of_it(
     with pytest.raises(ndsharray.HandleClosedError):
         w.write(np.zeros(1000))
     assert made and made[0].closed and w._wseg is None and w._fast is None
+    del made[:]  # (an mmap keeps an fd of its own while it lives)
     assert not _segment_fds()
     ndsharray.NdShArray("ncs", r_w="w").close()  # the tag went back
+
+
+def test_a_loan_array_kept_past_close_stays_readable(daemon: Daemon) -> None:
+    in_child("loan_kept_past_close()")  # (before the fix: SIGSEGV)
+
+
+def loan_kept_past_close() -> None:
+    w = ndsharray.NdShArray("kept", np.zeros(1000), "w")
+    with w.loan() as buf:
+        buf[:] = 1.0
+    w.close()
+    assert float(buf.sum()) == 1000.0  # read-only now, and still mapped
