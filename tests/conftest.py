@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ndsharray import config, transport
+from ndsharray import admin, config, transport
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHM = "/dev/shm"
@@ -163,6 +163,20 @@ def daemon(folder: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
     assert not os.path.exists(d.endpoint[6:]), "daemon left its socket file"
     assert not os.path.exists(config.pointer_dir(d.endpoint)), "daemon left its tag pointers"
     assert "Traceback" not in log, log
+
+
+@pytest.fixture
+def crashable(folder: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
+    """A daemon that tests may SIGKILL; clients may auto-start its successor, which the
+    fixture stops too."""
+    d = Daemon(folder).start()
+    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop()
+    admin.stop_daemon(d.endpoint)
+    assert not our_segments(d.prefix)
 
 
 class Puppet:

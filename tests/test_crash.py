@@ -18,19 +18,6 @@ import ndsharray
 from ndsharray import admin, config
 
 
-@pytest.fixture
-def crashable(folder: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A daemon that tests may SIGKILL; clients may auto-start its successor."""
-    d = Daemon(folder).start()
-    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
-    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop()
-    admin.stop_daemon(d.endpoint)  # a successor started by a client
-    assert not our_segments(d.prefix)
-
-
 def tag_row(tag: str) -> Any:
     return next((t for t in ndsharray.list_tags() if t.tag == tag), None)
 

@@ -22,19 +22,6 @@ from ndsharray import keeper as _keeper
 from ndsharray.cli import main
 
 
-@pytest.fixture
-def crashable(folder: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A daemon that tests may SIGKILL; clients may auto-start its successor."""
-    d = Daemon(folder).start()
-    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
-    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop()
-    admin.stop_daemon(d.endpoint)  # a successor started by a client
-    assert not our_segments(d.prefix)
-
-
 def kill_daemon(d: Daemon) -> int:
     """SIGKILL the daemon that serves ``d``'s endpoint now (the first, or a successor a
     client started); returns its pid once it is gone."""

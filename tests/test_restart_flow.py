@@ -9,26 +9,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from conftest import Daemon, our_segments, wait_until
+from conftest import Daemon, wait_until
 
 from ndsharray import admin, config
-
-
-@pytest.fixture
-def crashable(folder: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
-    """A daemon the test SIGKILLs; the clients auto-start its successor."""
-    d = Daemon(folder).start()
-    monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
-    monkeypatch.setenv(config.ENV_AUTOSTART, "1")
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop()
-    admin.stop_daemon(d.endpoint)  # the successor a client started
-    assert not our_segments(d.prefix)
 
 
 def has_open(pid: int, path: str) -> bool:
