@@ -864,7 +864,8 @@ static PyObject *writer_hand_over(WriterObject *w, PyObject *arg) {
     int final = PyObject_IsTrue(arg);
     if (final < 0) return NULL;
     if (!w->stopped) Py_RETURN_FALSE;
-    if (w->handed) return PyBool_FromLong(final && w->handed == HANDED_BY_CLOSE);
+    if (w->handed) /* the same answer to the same party again (an interrupt may have lost it) */
+        return PyBool_FromLong(final ? w->handed == HANDED_BY_CLOSE : w->handed == HANDED_BY_WRITE);
     if (final) w->deferred = 1;
     if (!w->deferred || any_busy(w)) Py_RETURN_FALSE;
     w->handed = final ? HANDED_BY_CLOSE : HANDED_BY_WRITE;

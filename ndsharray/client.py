@@ -8,6 +8,7 @@ open, close or change shape/dtype/slot count: a same-shape write or read never d
 from __future__ import annotations
 
 import atexit
+import contextlib
 import difflib
 import logging
 import math
@@ -369,7 +370,9 @@ class NdShArray:
         try:
             yield buf
         except BaseException:
-            self._abandon(mark)  # the lent slot, unpublished
+            # The lent slot, unpublished: by its index, since the block may end in another
+            # thread (abandon() knows only this thread's slots), or in the collector.
+            self._give_back(seg, i)
             raise
         finally:
             self._loaned = False
@@ -407,6 +410,13 @@ class NdShArray:
         for fast in abandon(mark, self._token):
             if fast.hand_over(False):  # the last write close() waited for: hand the tag back
                 _keeper.keeper.defer(self._conn, "release", self._tag, self._token)
+
+    def _give_back(self, seg: SegmentWriter, i: int) -> None:
+        """Give lent slot ``i`` back unpublished, from whichever thread ends the loan."""
+        with contextlib.suppress(ValueError):  # (not busy: nothing to give back)
+            seg.fast.release(i)
+        if seg.fast.hand_over(False):  # the last write close() waited for: hand the tag back
+            _keeper.keeper.defer(self._conn, "release", self._tag, self._token)
 
     def _overtaken(self, fast: Any) -> NoReturn:
         """close() in another thread overtook this write (its copy ran without the GIL, or
@@ -835,6 +845,11 @@ class NdShArray:
             self._closed = self._ended = True
             self._fast = self._rfast = None
             wseg, rseg, self._wseg, self._rseg = self._wseg, self._rseg, None, None
+            if wseg is not None:
+                # Writes in flight publish nothing from now on, and hand_over() below means
+                # something even if an interrupt comes before _let_go (one C call: no Python
+                # signal handler runs inside it).
+                wseg.fast.stop()
         op = "release" if self._access == "w" else "detach"
         try:
             if not in_gc:
@@ -849,6 +864,16 @@ class NdShArray:
             # its answer to close(), and a second release or detach is a no-op.
             if wseg is None or wseg.fast.hand_over(True):
                 _keeper.keeper.defer(self._conn, op, self._tag, self._token)
+            # The handle forgot its segments: close them here or their fds (and a reader's
+            # row lock) would stay until the process exits.
+            if wseg is not None and not wseg.closed:
+                with contextlib.suppress(Exception):
+                    wseg.close(drain=0.0)
+            if rseg is not None:
+                with contextlib.suppress(Exception):
+                    rseg.stop_waits()
+                    rseg.close()
+            self._last = _EMPTY  # (its pin keeps a reader's segment open)
             raise
 
     def _let_go(self, wseg: SegmentWriter | None, rseg: SegmentReader | None, op: str, in_gc: bool) -> None:

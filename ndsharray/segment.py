@@ -568,12 +568,17 @@ acquisitions = _hot.mark  # the acquisition epoch: abandon(acquisitions(), token
 
 def abandon(mark: int, token: str) -> list[Any]:
     """Give back the slots this thread acquired since ``mark`` from the segments of the
-    writer ``token`` and still holds; returns the C writers that gave any back."""
+    writer ``token`` and still holds; returns every C writer of that token, so the caller
+    can ask each whether the tag is now its to hand back (an interrupt may also land after
+    a stopped publish() gave its slot back itself, with nothing left to abandon)."""
     key = writer_key(token)
     out = []
     for m in list(_open_segments):
-        if isinstance(m, SegmentWriter) and m._key == key and m.fast.abandon(mark):
-            out.append(m.fast)
+        # (getattr: a SegmentWriter whose __init__ failed half-way has no key or writer)
+        fast = getattr(m, "fast", None)
+        if isinstance(m, SegmentWriter) and getattr(m, "_key", None) == key and fast is not None:
+            fast.abandon(mark)
+            out.append(fast)
     return out
 
 

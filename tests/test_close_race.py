@@ -645,3 +645,97 @@ def loan_kept_past_close() -> None:
         buf[:] = 1.0
     w.close()
     assert float(buf.sum()) == 1000.0  # read-only now, and still mapped
+
+
+# ---- found by the second review: a tag that stayed busy until the process exited ----------
+
+def _segment_fds() -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if "/nds-" in target:
+            out.append(target)
+    return out
+
+
+def _claim_again(tag: str) -> Any:
+    """A new writer of ``tag`` once the old one's release reached the daemon, else None."""
+    try:
+        return ndsharray.NdShArray(tag, np.zeros(4), "w")
+    except ndsharray.TagBusyError:
+        return None
+
+
+def test_a_loan_ended_by_an_exception_in_another_thread_gives_its_slot_back(daemon: Daemon) -> None:
+    # (A loan's generator may also be finalized by the collector in another thread.) The
+    # slot went back only if this thread had taken it, so it stayed busy: close() waited
+    # its full drain and nobody ever handed the tag back.
+    w = ndsharray.NdShArray("lx", np.zeros(4), "w")
+    cm = w.loan()
+    cm.__enter__()
+
+    def end_it() -> None:
+        try:
+            cm.__exit__(RuntimeError, RuntimeError("failed in the block"), None)
+        except RuntimeError:
+            pass
+
+    t = threading.Thread(target=end_it)
+    t.start()
+    t.join()
+    assert w._wseg is not None and w._wseg.fast.busy == 0
+    w.close()
+    w2 = wait_until(lambda: _claim_again("lx"), timeout=5, what="the tag to be handed back")
+    w2.close()
+
+
+def test_an_interrupt_early_in_close_still_frees_the_tag_and_the_segment_fds(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A KeyboardInterrupt (Ctrl-C in a Jupyter kernel) before close() had stopped the writer
+    # and closed the segments: the tag stayed taken and the fds open until the process ended.
+    w = ndsharray.NdShArray("ei", np.zeros(4), "w")
+    r = ndsharray.NdShArray("ei", r_w="r")
+    assert r.read()[0]
+    name = w.ndarray_mmap_name
+    assert name is not None and any(name in f for f in _segment_fds())
+
+    def interrupted(handle: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(client._keeper.keeper, "untrack", interrupted)
+        for h in (r, w):
+            with pytest.raises(KeyboardInterrupt):
+                h.close()
+    assert h.closed and not [f for f in _segment_fds() if name in f]
+    w2 = wait_until(lambda: _claim_again("ei"), timeout=5, what="the tag to be handed back")
+    w2.close()
+
+
+def test_an_interrupt_right_after_an_overtaken_loan_gave_its_slot_back_still_frees_the_tag(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    # close() in another thread stopped waiting for the open loan; the loan's publish() then
+    # gave the slot back itself, and an interrupt landing as it returned left nothing to
+    # abandon: nobody asked whether the tag was now this write's to hand back.
+    monkeypatch.setattr(client, "CLOSE_DRAIN", 0.05)
+    w = ndsharray.NdShArray("ol", np.zeros(4), "w")
+    closer = threading.Thread(target=w.close)
+
+    def interrupt_after_publish(frame: Any, event: str, arg: Any) -> None:
+        if event == "c_return" and getattr(arg, "__name__", "") == "publish":
+            sys.setprofile(None)
+            raise KeyboardInterrupt  # as Ctrl-C at the next check after the C call
+
+    with pytest.raises(KeyboardInterrupt):
+        with w.loan() as buf:
+            closer.start()
+            closer.join(10)  # close() gave up waiting for this loan
+            assert not closer.is_alive()
+            buf[:] = 1
+            sys.setprofile(interrupt_after_publish)
+    sys.setprofile(None)
+    w2 = wait_until(lambda: _claim_again("ol"), timeout=5, what="the tag to be handed back")
+    w2.close()
