@@ -374,15 +374,33 @@ static PyObject *pin_array(ReaderObject *r, PyObject *pin) {
     return arr;
 }
 
+/* The common start of latest(), read() and pin(): parse last_count and pin the latest slot.
+ * 1: *slot is pinned once for the caller. 0: return *other instead (None: nothing newer; an
+ * int: reader_pin_latest's code; NULL: an exception is set). */
+static int pin_latest_arg(ReaderObject *r, PyObject *arg, uint64_t *count, unsigned *slot, uint64_t *stamp,
+                          PyObject **other) {
+    unsigned long long last = PyLong_AsUnsignedLongLong(arg);
+    if (last == (unsigned long long)-1 && PyErr_Occurred()) {
+        *other = NULL;
+        return 0;
+    }
+    int got = reader_pin_latest(r, last, count, slot, stamp);
+    if (got > 0) return 1;
+    if (got == 0) {
+        Py_INCREF(Py_None);
+        *other = Py_None;
+    } else {
+        *other = PyLong_FromLong(got);
+    }
+    return 0;
+}
+
 /* latest(last_count) -> (count, slot, stamp) | None | int (see reader_pin_latest). */
 static PyObject *reader_latest(ReaderObject *r, PyObject *arg) {
-    unsigned long long last = PyLong_AsUnsignedLongLong(arg);
-    if (last == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     uint64_t count, stamp;
     unsigned slot;
-    int got = reader_pin_latest(r, last, &count, &slot, &stamp);
-    if (got == 0) Py_RETURN_NONE;
-    if (got < 0) return PyLong_FromLong(got);
+    PyObject *other;
+    if (!pin_latest_arg(r, arg, &count, &slot, &stamp, &other)) return other;
     r->pending[slot]++; /* for view() or unpin() */
     return Py_BuildValue("(KIK)", (unsigned long long)count, slot, (unsigned long long)stamp);
 }
@@ -391,17 +409,14 @@ static PyObject *reader_latest(ReaderObject *r, PyObject *arg) {
  * of the shape and dtype given at init; .count, .stamp and .read_ns then describe it. An
  * int is latest()'s error or retired code. */
 static PyObject *reader_read(ReaderObject *r, PyObject *arg) {
-    unsigned long long last = PyLong_AsUnsignedLongLong(arg);
-    if (last == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     if (r->descr == NULL) {
         PyErr_SetString(PyExc_TypeError, "this reader builds its views in Python");
         return NULL;
     }
     uint64_t count, stamp;
     unsigned slot;
-    int got = reader_pin_latest(r, last, &count, &slot, &stamp);
-    if (got == 0) Py_RETURN_NONE;
-    if (got < 0) return PyLong_FromLong(got);
+    PyObject *other;
+    if (!pin_latest_arg(r, arg, &count, &slot, &stamp, &other)) return other;
     return pin_array(r, new_pin(r, slot)); /* on failure the pin is given back */
 }
 
@@ -411,13 +426,10 @@ static PyObject *reader_read(ReaderObject *r, PyObject *arg) {
  * raised in Python right after (KeyboardInterrupt from a signal handler) cannot leave a
  * pin that nobody owns, as latest() followed by view() or unpin() could. */
 static PyObject *reader_pin(ReaderObject *r, PyObject *arg) {
-    unsigned long long last = PyLong_AsUnsignedLongLong(arg);
-    if (last == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     uint64_t count, stamp;
     unsigned slot;
-    int got = reader_pin_latest(r, last, &count, &slot, &stamp);
-    if (got == 0) Py_RETURN_NONE;
-    if (got < 0) return PyLong_FromLong(got);
+    PyObject *other;
+    if (!pin_latest_arg(r, arg, &count, &slot, &stamp, &other)) return other;
     return new_pin(r, slot); /* on failure the pin is given back */
 }
 

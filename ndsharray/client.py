@@ -308,7 +308,7 @@ class NdShArray:
             if count > 0:
                 self._valid = True
                 return
-            if count == -2:
+            if count == REMOVED:
                 self._removed()
             if count == CLOSED:
                 self._overtaken(fast)
@@ -408,23 +408,25 @@ class NdShArray:
         is then lost, while the C writer still has the slot busy: no write would use it,
         and close() would wait for it and never hand the tag back)."""
         for fast in abandon(mark, self._token):
-            if fast.hand_over(False):  # the last write close() waited for: hand the tag back
-                _keeper.keeper.defer(self._conn, "release", self._tag, self._token)
+            self._hand_back_if_last(fast)
 
     def _give_back(self, seg: SegmentWriter, i: int) -> None:
         """Give lent slot ``i`` back unpublished, from whichever thread ends the loan."""
         with contextlib.suppress(ValueError):  # (not busy: nothing to give back)
             seg.fast.release(i)
-        if seg.fast.hand_over(False):  # the last write close() waited for: hand the tag back
+        self._hand_back_if_last(seg.fast)
+
+    def _hand_back_if_last(self, fast: Any) -> None:
+        """After a write of a closed handle gave its slot back: if close() stopped waiting
+        for writes in flight and this was the last, the tag goes back to the daemon now."""
+        if fast.hand_over(False):
             _keeper.keeper.defer(self._conn, "release", self._tag, self._token)
 
     def _overtaken(self, fast: Any) -> NoReturn:
         """close() in another thread overtook this write (its copy ran without the GIL, or
         its loan() block was open): the slot went back unpublished, so that no successor
-        writer finds a second writer's frame in it. If close() stopped waiting for it, the
-        last such write hands the tag back to the daemon."""
-        if fast.hand_over(False):
-            _keeper.keeper.defer(self._conn, "release", self._tag, self._token)
+        writer finds a second writer's frame in it."""
+        self._hand_back_if_last(fast)
         raise HandleClosedError(
             f"NdShArray {self._tag!r} was closed by another thread while this write copied; "
             "nothing was published")

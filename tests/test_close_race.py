@@ -649,18 +649,6 @@ def loan_kept_past_close() -> None:
 
 # ---- found by the second review: a tag that stayed busy until the process exited ----------
 
-def _segment_fds() -> list[str]:
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if "/nds-" in target:
-            out.append(target)
-    return out
-
-
 def _claim_again(tag: str) -> Any:
     """A new writer of ``tag`` once the old one's release reached the daemon, else None."""
     try:
