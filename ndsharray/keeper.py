@@ -25,6 +25,7 @@ from .errors import DaemonUnavailableError
 
 log = logging.getLogger("ndsharray")
 INTERVAL = 0.2  # seconds between looks at the lock file (a local read, no request)
+_POSTED = "registration posted"  # never a lock file's content either
 _UNREGISTERED = "not registered"  # never a lock file's content (pid and start time)
 
 
@@ -108,6 +109,7 @@ class Keeper:
                     return self._seen[endpoint]
                 transport.start_daemon(endpoint)
                 ident = daemon_identity(endpoint)
+            first = self._seen[endpoint] == _POSTED
             self._seen[endpoint] = ident
             try:
                 for handle in self._live(endpoint):
@@ -117,7 +119,8 @@ class Keeper:
                 # refusal, such as --max-clients, would only be refused again every 0.2 s.)
                 self._seen[endpoint] = _UNREGISTERED
                 raise
-            log.info("re-registered with the new daemon at %s", endpoint)
+            if not first:
+                log.info("re-registered with the new daemon at %s", endpoint)
             return ident
 
     def _run(self) -> None:
@@ -136,7 +139,14 @@ class Keeper:
         with self._lock, self._state_lock:
             endpoints = {h._endpoint for h in live}
             for ep in endpoints - self._seen.keys():
-                self._seen[ep] = daemon_identity(ep)  # before its posted registrations go
+                # Only handles whose registration was posted (readers found through their
+                # tag's pointer) are here. The daemon they found may have stopped and
+                # another started since, and the posted attach reaches the new one, whose
+                # answer nobody reads: a reader would then wait on its old segment for
+                # good. So check() below re-registers them with whatever daemon runs now,
+                # which compares their segment with the one it knows (an attach twice is
+                # harmless).
+                self._seen[ep] = _POSTED
             for ep in self._seen.keys() - endpoints:
                 del self._seen[ep]
         transport.flush_all()
