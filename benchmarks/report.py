@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import subprocess
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 
 US = 1e-3  # samples are in ns; reports in us
 BIG = 720 * 1280 * 3  # "720p and above"
-OURS, RAW, OLD = "ndsharray", "raw", "ndsharray-1.1.4"
+OURS, RAW, OLD, IOX, LIMIT = "ndsharray", "raw", "ndsharray-1.1.4", "iceoryx2", "limit"
 
 # key, column, unit of the JSON value; "t" = microseconds
 FIGURES: list[tuple[str, str, str]] = [
@@ -52,14 +53,29 @@ def machine() -> dict[str, Any]:
         pass
     return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release(),
             "python": platform.python_version(), "numpy": np.__version__, "pyzmq": _version("pyzmq"),
-            "SharedArray": _version("SharedArray"), "ndsharray": _version("ndsharray")}
+            "SharedArray": _version("SharedArray"), "iceoryx2": _version("iceoryx2"),
+            "eclipse-ecal": _version("eclipse-ecal"), "ndsharray": _version("ndsharray"), "commit": _commit()}
+
+
+def _commit() -> str:
+    """The checkout's commit (with "+dirty" if it has uncommitted changes), or "?"."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return rev + ("+dirty" if dirty else "")
 
 
 def machine_line(m: dict[str, Any] | None = None) -> str:
     m = m or machine()
     return (f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, "
             f"numpy {m['numpy']}, pyzmq {m['pyzmq']}, SharedArray {m['SharedArray']}, "
-            f"ndsharray {m['ndsharray']} (ours) vs 1.1.4")
+            f"iceoryx2 {m.get('iceoryx2', '?')}, eclipse-ecal {m.get('eclipse-ecal', '?')}, "
+            f"ndsharray {m['ndsharray']} (ours, commit {m.get('commit', '?')}) vs 1.1.4")
 
 
 def stats(values: list[float], scale: float = 1.0) -> dict[str, float]:
@@ -198,6 +214,23 @@ def floors(data: dict[str, Any]) -> list[dict[str, Any]]:
 # ---- markdown -------------------------------------------------------------------------
 
 
+def headline(data: dict[str, Any]) -> list[str]:
+    """Issue 16's two figures: sustained frames/s against iceoryx2, e2e latency against one copy."""
+    lines = ["", "## Against iceoryx2, and against one copy", "",
+             "| size | sustained frames/s: ndsharray | iceoryx2 | ratio | e2e busy-poll: ndsharray "
+             "| one np.copyto (limit) | ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for s in data["sizes"]:
+        lab = s["label"]
+        o, i = _med(data, OURS, lab, "fps"), _med(data, IOX, lab, "fps")
+        lo, ll = _med(data, OURS, lab, "lat_busy"), _med(data, LIMIT, lab, "lat_busy")
+        cells = [f"{o:,.0f}" if o else "n/a", f"{i:,.0f}" if i else "n/a",
+                 f"{o / i:.2f}x" if o and i else "n/a", fmt_us(lo) if lo else "n/a",
+                 fmt_us(ll) if ll else "n/a", f"{lo / ll:.2f}x" if lo and ll else "n/a"]
+        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return lines
+
+
+
 def fmt_us(us: float) -> str:
     if us < 10:
         return f"{us:.2f} us"
@@ -236,6 +269,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [
         "# ndsharray benchmark", "",
         machine_line(data["machine"]), "",
+        f"Command: `{data.get('command', 'python benchmarks/run.py')}`", "",
         f"Wall time {data['wall_s']:.0f} s. Per size: repetitions (interleaved round-robin) {_per(p['reps'])}; "
         f"latency frames per phase and repetition {_per(p['n_lat'])}, after unmeasured {_per(p['warm'])}; "
         f"flat-out seconds per repetition {_per(p['sustain_s'])}. "
@@ -266,6 +300,7 @@ def markdown(data: dict[str, Any]) -> str:
                                        f"n/a [{notes.setdefault(cell['na'], chr(ord('a') + len(notes)))}]") + " |")
     if data.get("daemon_idle_cpu_pct") is not None:
         lines.append(f"| (ndsharrayd, same window) | {data['daemon_idle_cpu_pct']:.3f} % |")
+    lines += headline(data)
     lines += ["", "## Floors (ndsharray)", "", "| floor | measured | verdict |", "|---|---|---|"]
     for f in data["floors"]:
         verdict = {True: "PASS", False: "**FAIL**", None: "n/a"}[f["pass"]]
@@ -293,6 +328,8 @@ def markdown(data: dict[str, Any]) -> str:
                 extra["received/written"] = f"{row['received']}/{row['written']}"
             if extra and (extra.get("lost") or extra.get("retries") or impl in (OURS, OLD)):
                 lines.append(f"- {impl} @ {s['label']}: " + ", ".join(f"{k} {v}" for k, v in extra.items()))
+    for impl, hint in data.get("skipped", {}).items():
+        lines.append(f"- skipped: {impl} is not installed (to include it: `{hint}`)")
     for impl, errs in data["errors"].items():
         for lab, msg in errs.items():
             lines.append(f"- error: {impl} @ {lab}: {msg}")
@@ -301,6 +338,9 @@ def markdown(data: dict[str, Any]) -> str:
                  "(removed by run.py); leaked by the others: " + (", ".join(shm["leaked"]) or "none")
                  + ("; new files not from this run, left alone: " + ", ".join(shm["new_in_dev_shm_not_ours"])
                     if shm["new_in_dev_shm_not_ours"] else ""))
+    if shm.get("removed_ecal_registration"):
+        lines.append("- /dev/shm: eCAL's registration files, removed by run.py: "
+                     + ", ".join(shm["removed_ecal_registration"]))
     lines.append("- our ndsharrayd left running after the run: " + ("YES" if data["daemon_left_running"] else "no"))
     if (data.get("daemon_starts") or 1) > 1:
         lines.append(f"- WARNING: our private ndsharrayd was started {data['daemon_starts']} times during the run "

@@ -34,11 +34,10 @@ sys.path.insert(0, str(HERE))
 
 import measure  # noqa: E402
 import report  # noqa: E402
-from peers import ORDER  # noqa: E402
+from peers import NDS114_DIR, ORDER, REQUIRES  # noqa: E402
 from peers.base import Spec  # noqa: E402
 
-PEERS_DIR = HERE / ".peers"
-NDS114 = PEERS_DIR / "nds114"
+NDS114 = HERE.parent / NDS114_DIR
 SHM = "/dev/shm"
 
 # label, shape, dtype
@@ -74,21 +73,24 @@ QUICK = Plan(reps=(1, 1, 1, 1, 1), n_lat=(150, 100, 40, 30, 1), sustain_s=(0.25,
 # ---- setup of the peers -----------------------------------------------------------------
 
 
-def pip_install(*args: str) -> None:
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args]
-    print("+", " ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True)
+def missing_peers(impls: list[str]) -> dict[str, str]:
+    """Peers whose module is not installed -> the command that installs it.
 
-
-def ensure_peers() -> None:
-    """Install what the peers need: ndsharray 1.1.4 into .peers (its import name clashes with
-    ours), pyzmq, SharedArray and matplotlib into the environment if they are missing."""
-    if not (NDS114 / "ndsharray" / "__init__.py").exists():
-        pip_install("--no-deps", "--target", str(NDS114), "ndsharray==1.1.4")  # it imports only numpy
-    missing = [pkg for mod, pkg in (("zmq", "pyzmq"), ("SharedArray", "SharedArray"),
-                                    ("matplotlib", "matplotlib")) if importlib.util.find_spec(mod) is None]
-    if missing:
-        pip_install(*missing)
+    Nothing is installed while the benchmark runs (it would change the environment being
+    measured, and needs the network): a missing peer is skipped and reported.
+    """
+    out = {}
+    for impl in impls:
+        if impl not in REQUIRES:
+            continue
+        mod, hint = REQUIRES[impl]
+        if impl == "ndsharray-1.1.4":  # its import name clashes with ours: a folder of its own
+            found = (NDS114 / "ndsharray" / "__init__.py").exists()
+        else:
+            found = importlib.util.find_spec(mod) is not None
+        if not found:
+            out[impl] = hint
+    return out
 
 
 # ---- worker processes -------------------------------------------------------------------
@@ -451,9 +453,13 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    skipped = missing_peers(impls)
+    for impl, hint in skipped.items():
+        print(f"skipping {impl}: not installed (to include it: {hint})", flush=True)
+    impls = [name for name in impls if name not in skipped]
+
     t_start = time.monotonic()
     cpu0 = cpu_seconds()
-    ensure_peers()
     from ndsharray import config
     from ndsharray.admin import daemon_pid, stop_daemon
 
@@ -485,9 +491,11 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     key = f"{os.getpid()}-"
     old = remove_shm(lambda n: n.startswith("ndsb114-" + key))
+    ecal_domain = "ndsb_ecal_" + str(os.getpid())  # eCAL keeps its registration files (peers/ecal_shm.py)
+    ecal_left = remove_shm(lambda n: n.startswith(ecal_domain))
     new = sorted(set(os.listdir(SHM)) - shm_before)
     ours = [n for n in new if n.startswith((ours_prefix, "ndsb-raw-" + key, "ndsb-sa-" + key))]
-    leaks = {"removed_leftovers_of_ndsharray_1.1.4": old, "leaked": ours,
+    leaks = {"removed_leftovers_of_ndsharray_1.1.4": old, "removed_ecal_registration": ecal_left, "leaked": ours,
              "new_in_dev_shm_not_ours": [n for n in new if n not in ours]}
     remove_shm(lambda n: n in ours)
     still = daemon is not None and running(daemon)
@@ -502,10 +510,15 @@ def main() -> None:
 
     data = report.build(bench, SIZES, sizes, plan, wall, leaks, daemon_left=still)
     data["machine_load"] = load
+    data["skipped"] = skipped
+    data["command"] = " ".join(["python", "benchmarks/run.py", *sys.argv[1:]])
     md = report.markdown(data)
     (out / "results.md").write_text(md)
     (out / "results.json").write_text(json.dumps(data, indent=1))
-    report.plot(data, out / "latency_throughput.png")
+    if importlib.util.find_spec("matplotlib") is not None:
+        report.plot(data, out / "latency_throughput.png")
+    else:
+        print('no PNG: matplotlib is not installed (pip install -e ".[bench]")')
     print()
     print(md)
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'latency_throughput.png'}")

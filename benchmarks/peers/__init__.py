@@ -18,8 +18,21 @@ MODULES: dict[str, str] = {
     "SharedArray": "sharedarray",
     "pyzmq": "zmq_pubsub",
     "mp.Pipe": "mp_pipe",
+    "iceoryx2": "iox2",
+    "eCAL": "ecal_shm",
 }
 ORDER: list[str] = list(MODULES)
+
+# implementation -> (module its worker imports, how to get it). Nothing is installed while
+# the benchmark runs: a peer whose module is missing is skipped and reported with this hint.
+NDS114_DIR = "benchmarks/.peers/nds114"
+REQUIRES: dict[str, tuple[str, str]] = {
+    "ndsharray-1.1.4": ("ndsharray", f"pip install --no-deps --target {NDS114_DIR} ndsharray==1.1.4"),
+    "SharedArray": ("SharedArray", 'pip install -e ".[peers]"'),
+    "pyzmq": ("zmq", 'pip install -e ".[peers]"'),
+    "iceoryx2": ("iceoryx2", 'pip install -e ".[peers]"'),
+    "eCAL": ("ecal", 'pip install -e ".[peers]"'),
+}
 
 
 def load(impl: str) -> ModuleType:
