@@ -260,5 +260,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if skipped:
         terminalreporter.write_line(
             f"{len(skipped)} test(s) need root and did not run (uid {os.geteuid()}): the other-uid, "
-            "planted-file, --group and small-tmpfs checks of tests/test_hostile.py; CI runs them "
+            "planted-file, --group and small-tmpfs checks of tests/test_isolation.py and "
+            "tests/test_resource_limits.py; CI runs them "
             "as root (.ci/run)", yellow=True, bold=True)

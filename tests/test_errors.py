@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import wait_until
+from conftest import Daemon, wait_until
 
 import ndsharray
+from ndsharray import admin
 
 
 @pytest.mark.parametrize("r_w", [None, "", "rw", "x", 1])
@@ -136,3 +137,41 @@ def test_a_reader_of_a_tag_nobody_writes_says_so_once(daemon: Any, monkeypatch: 
         wait_until(lambda: r.read(timeout=0.1)[0] is False and said(), what="the warning")
         assert r.read(timeout=0.2)[0] is False
     assert len(said()) == 1 and "'camera/lfet'" in said()[0] and "similar tags with data: 'camera/left'" in said()[0]
+
+
+def test_absurd_shapes_get_a_clear_error(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("huge2", r_w="w") as w:
+        with pytest.raises(ndsharray.ResourceLimitError, match="check the shape"):
+            with w.loan(shape=(2**40, 2**20), dtype=np.float64):
+                pass
+
+
+def test_writer_of_a_removed_tag_gets_tag_removed_even_on_a_shape_change(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("gone2", np.zeros(3), "w") as w:
+        admin.remove_tag("gone2")
+        with pytest.raises(ndsharray.TagRemovedError):
+            w.write(np.zeros((5, 5)))
+
+
+def test_a_nan_or_negative_timeout_is_refused(daemon: Daemon) -> None:
+    with ndsharray.NdShArray("nan", np.zeros(2), "w") as w, ndsharray.NdShArray("nan", r_w="r") as r:
+        with pytest.raises(ValueError, match="NaN"):
+            r.read(timeout=float("nan"))
+        with pytest.raises(ValueError, match="NaN"):
+            r.wait(float("nan"))
+        for negative in (-1, -1.0, -0.001, np.float32(-2), -float("inf")):
+            with pytest.raises(ValueError, match="timeout is negative"):
+                r.read(timeout=negative)
+            with pytest.raises(ValueError, match="timeout is negative"):
+                r.wait(negative)
+        assert r.read(timeout=0)[0] and r.read(timeout=0.0)[0] is False and r.wait(0) is False
+        w.write(np.ones(2))  # a new frame on the segment this reader checked (its one-call path)
+        with pytest.raises(ValueError, match="NaN"):
+            r.read(timeout=float("nan"))
+        not_seconds: list[Any] = ["soon", "1", True, "", []]  # "1", True passed for 1 s; "" waited forever
+        for bad in not_seconds:
+            with pytest.raises(TypeError, match="number of seconds"):
+                r.read(timeout=bad)
+        with pytest.raises(ValueError, match="timeout is negative"):
+            r.read(timeout=-1.0)  # (the one-call path's pre-check sends it to the check too)
+        assert r.read(timeout=0.0)[1].tolist() == [1.0, 1.0]

@@ -279,3 +279,12 @@ def test_a_held_frame_never_stalls_a_big_arrays_writer_where_shm_fits_3_slots(
             assert d.stop() == 0, d.read_log()
     finally:
         subprocess.run(["umount", "-l", shm], check=True)
+
+
+def test_non_ascii_structured_field_names_work(daemon: Daemon) -> None:
+    dt = np.dtype([("température", "f4"), ("größe", "i2")])
+    a = np.zeros(3, dt)
+    a["température"] = [1.5, 2.5, 3.5]
+    with ndsharray.NdShArray("unicode", a, "w"), ndsharray.NdShArray("unicode", r_w="r") as r:
+        status, got = r.read()
+        assert status and got.dtype == dt and got["température"].tolist() == [1.5, 2.5, 3.5]
