@@ -5,46 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
 
 from . import config, lockfile, procs, safefs, transport
 from .errors import DaemonUnavailableError, TagNotFoundError, UnsafeFileError
-
-
-@dataclass(frozen=True)
-class TagInfo:
-    """One live tag as the daemon sees it (figures read from the segment header)."""
-
-    tag: str
-    dtype: str | None  # numpy's name, e.g. "uint8"; None before the first write
-    shape: tuple[int, ...] | None
-    nbytes: int
-    writer_pid: int | None  # None when no live writer holds the tag
-    last_writer_pid: int | None
-    readers: int
-    reader_pids: tuple[int, ...]
-    writes: int
-    last_write_age_s: float | None
-    generation: int
-    segment: str | None
-    slots: int
-    size: int  # bytes of the segment in /dev/shm
-    rate_hz: float | None = None  # writes per second over the daemon's last second
-    # From the readers' rows in the segment header (each reader notes the frame it read
-    # last): the worst write-to-read time of those frames, and the most writes any live
-    # reader is behind now. None without readers that read.
-    max_read_latency_s: float | None = None
-    max_behind: int | None = None
-    reader_stats: tuple[dict[str, Any], ...] = ()  # per reader: pid, latency_s, behind, read_age_s
-    writer_left: str | None = None  # how the last writer went: "closed" (close(), exit) or "died"
-
-    def as_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["shape"] = None if self.shape is None else list(self.shape)
-        d["reader_pids"] = list(self.reader_pids)
-        d["reader_stats"] = list(self.reader_stats)
-        return d
+from .protocol import LIST, REMOVE, STATS
+from .replies import Removed, Stats
+from .replies import TagInfo as TagInfo  # (the ls row: defined once, with the replies)
 
 
 def list_tags(endpoint: str | None = None) -> list[TagInfo]:
@@ -58,31 +24,17 @@ def list_tags_and_notes(endpoint: str | None = None) -> tuple[list[TagInfo], lis
     segment some process shrank: the daemon removes such a tag rather than crash)."""
     ep = config.resolve_endpoint(endpoint)
     try:
-        res = transport.connection(ep).request("list", autostart=False)
+        res = transport.connection(ep).request(LIST, autostart=False)
     except DaemonUnavailableError:
         if transport.daemon_running(ep):
             raise  # one runs but does not answer: say so
         return [], []
-    rows = res["tags"]
-    tags = [
-        TagInfo(
-            tag=r["tag"], dtype=r["dtype"],
-            shape=None if r["shape"] is None else tuple(r["shape"]),
-            nbytes=r["nbytes"], writer_pid=r["writer_pid"], last_writer_pid=r["last_writer_pid"],
-            readers=r["readers"], reader_pids=tuple(r["reader_pids"]), writes=r["writes"],
-            last_write_age_s=r["last_write_age_s"], generation=r["generation"],
-            segment=r["segment"], slots=r["slots"], size=r["size"], rate_hz=r.get("rate_hz"),
-            max_read_latency_s=r.get("max_read_latency_s"), max_behind=r.get("max_behind"),
-            reader_stats=tuple(r.get("reader_stats", ())), writer_left=r.get("writer_left"),
-        )
-        for r in rows
-    ]
-    return tags, [str(n) for n in res.get("broken", ())]
+    return list(res.tags), list(res.broken)
 
 
-def daemon_stats(endpoint: str | None = None) -> dict[str, Any]:
+def daemon_stats(endpoint: str | None = None) -> Stats:
     """The daemon's counters: requests served, tags, bytes in use, uptime."""
-    return transport.connection(endpoint).request("stats")
+    return transport.connection(endpoint).request(STATS)
 
 
 def daemon_pid(endpoint: str | None = None) -> int | None:
@@ -205,7 +157,7 @@ def tag_info(tag: str, endpoint: str | None = None) -> TagInfo:
     raise TagNotFoundError("NOT_FOUND", f"no tag {tag!r} at {config.resolve_endpoint(endpoint)} (see ndsharray ls)")
 
 
-def remove_tag(tag: str, endpoint: str | None = None) -> dict[str, Any]:
+def remove_tag(tag: str, endpoint: str | None = None) -> Removed:
     """Remove ``tag``: its segment is unlinked, its writer's next write raises
     :class:`TagRemovedError`, its readers keep the arrays they hold."""
-    return transport.connection(endpoint).request("remove", tag=tag, autostart=False)
+    return transport.connection(endpoint).request(REMOVE, tag=tag, autostart=False)

@@ -323,9 +323,9 @@ def replay_cmd(endpoint: str, file: str, tag: str, rate: float | None, loop: boo
 def rm(endpoint: str, tag: str) -> None:
     """Remove TAG: its writer gets an error on its next write; readers keep what they hold."""
     res = remove_tag(tag, endpoint)
-    data = "" if res["segment"] else " (it had no data yet)"
-    writer = f"; writer pid {res['writer_pid']} will get TagRemovedError on its next write" \
-        if res["writer_pid"] else ""
+    data = "" if res.segment else " (it had no data yet)"
+    writer = f"; writer pid {res.writer_pid} will get TagRemovedError on its next write" \
+        if res.writer_pid else ""
     click.echo(f"removed {tag}{data}{writer}")
 
 
@@ -353,8 +353,8 @@ def daemon_status(endpoint: str) -> None:
     if pid is None:
         raise click.ClickException(f"no daemon serves {endpoint}")
     stats = daemon_stats(endpoint)
-    click.echo(f"ndsharrayd pid {pid} serving {endpoint}: {stats['tags']} tag(s), "
-               f"{_size(stats['bytes'])} in segments, up {stats['uptime_s']:.0f} s")
+    click.echo(f"ndsharrayd pid {pid} serving {endpoint}: {stats.tags} tag(s), "
+               f"{_size(stats.bytes)} in segments, up {stats.uptime_s:.0f} s")
 
 
 @daemon_group.command("start")

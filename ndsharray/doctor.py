@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from . import config, safefs, segment, transport
 from .errors import NdShArrayError, UnsafeFileError
 from .procs import alive
+from .protocol import PING
 from .segment import parse_header, shm_dir
 from .stranded import describe, stranded_tags
 
@@ -38,17 +39,17 @@ def check_daemon(endpoint: str) -> Check:
         return Check("OK" if config.autostart_enabled() else "WARN", "daemon",
                      f"not running at {endpoint}; {auto}")
     try:
-        info = transport.Connection(endpoint, timeout=2.0, retries=0).request("ping")
+        info = transport.Connection(endpoint, timeout=2.0, retries=0).request(PING)
     except NdShArrayError as exc:
         return Check("FAIL", "daemon", f"holds the lock but does not answer: {exc}; "
                      "stop it (ndsharray daemon stop) and let a client start a new one")
-    layout = info.get("layout", 1)  # daemons before slot protocol v2 did not say
+    layout = info.layout
     if layout != segment.VERSION:
-        return Check("FAIL", "daemon", f"ndsharrayd {info['daemon']} pid {info['pid']} makes segments of "
+        return Check("FAIL", "daemon", f"ndsharrayd {info.daemon} pid {info.pid} makes segments of "
                      f"layout {layout}, this ndsharray reads layout {segment.VERSION}: stop it "
                      "(ndsharray daemon stop) and restart writers and readers with one version")
-    return Check("OK", "daemon", f"ndsharrayd {info['daemon']} (protocol {info['protocol']}, layout {layout}) "
-                 f"pid {info['pid']} at {endpoint}")
+    return Check("OK", "daemon", f"ndsharrayd {info.daemon} (protocol {info.protocol}, layout {layout}) "
+                 f"pid {info.pid} at {endpoint}")
 
 
 def check_shm() -> Check:

@@ -18,7 +18,20 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from .errors import ProtocolError
+from .replies import (
+    Claimed,
+    Empty,
+    Listing,
+    Lookup,
+    NewGeneration,
+    Ping,
+    Removed,
+    Stats,
+    Wire,
+)
 
 PROTOCOL = 1
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -114,22 +127,40 @@ def _shape(v: Any) -> tuple[int, ...]:
 _pid = _int_in(1, 2**31 - 1)
 _slots = _int_in(1, 255)
 
-# op -> required fields and their checkers
-OPS: dict[str, dict[str, Callable[[Any], Any]]] = {
-    "ping": {},
-    "stats": {},
-    "list": {},
-    "claim": {"tag": _tag, "pid": _pid, "token": _token},
-    "generation": {
-        "tag": _tag, "pid": _pid, "token": _token,
-        "dtype": _short_str, "shape": _shape, "slots": _slots,
-    },
-    "release": {"tag": _tag, "token": _token},
-    "attach": {"tag": _tag, "pid": _pid, "token": _token},
-    "detach": {"tag": _tag, "token": _token},
-    "lookup": {"tag": _tag},
-    "remove": {"tag": _tag},
-}
+R = TypeVar("R", bound=Wire)
+
+
+@dataclass(frozen=True)
+class Op(Generic[R]):
+    """One operation: its request's fields (each with its checker) and its reply's class.
+    The table below is the only list of operations: the daemon registers a handler for each
+    (``op_<name>``), and a client asks with the ``Op`` and gets an ``R`` back."""
+
+    name: str
+    fields: dict[str, Callable[[Any], Any]]
+    reply: type[R]
+
+    def reply_from(self, result: Any) -> R:
+        """The typed reply to this op from a decoded ``result``; :class:`ProtocolError`
+        naming the op and field when it does not fit."""
+        return self.reply.from_wire(result, self.name)
+
+
+_WRITER = {"tag": _tag, "pid": _pid, "token": _token}
+PING = Op("ping", {}, Ping)
+STATS = Op("stats", {}, Stats)
+LIST = Op("list", {}, Listing)
+CLAIM = Op("claim", _WRITER, Claimed)
+GENERATION = Op("generation", {**_WRITER, "dtype": _short_str, "shape": _shape, "slots": _slots},
+                NewGeneration)
+RELEASE = Op("release", {"tag": _tag, "token": _token}, Empty)
+ATTACH = Op("attach", {"tag": _tag, "pid": _pid, "token": _token}, Claimed)
+DETACH = Op("detach", {"tag": _tag, "token": _token}, Empty)
+LOOKUP = Op("lookup", {"tag": _tag}, Lookup)
+REMOVE = Op("remove", {"tag": _tag}, Removed)
+
+OPS: dict[str, Op[Any]] = {op.name: op for op in (
+    PING, STATS, LIST, CLAIM, GENERATION, RELEASE, ATTACH, DETACH, LOOKUP, REMOVE)}
 
 
 @dataclass(frozen=True)
@@ -165,7 +196,7 @@ def decode_request(data: bytes) -> Request:
     if not isinstance(op, str) or op not in OPS:
         raise RequestError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r:.60}", req_id)
     args: dict[str, Any] = {}
-    for field, check in OPS[op].items():
+    for field, check in OPS[op].fields.items():
         if field not in msg:
             raise RequestError(ErrorCode.BAD_REQUEST, f"op {op!r}: field {field!r} missing", req_id)
         try:
@@ -179,8 +210,8 @@ def encode_request(req_id: int, op: str, **args: Any) -> bytes:
     return json.dumps({"v": PROTOCOL, "id": req_id, "op": op, **args}).encode()
 
 
-def encode_result(req_id: int, result: dict[str, Any]) -> bytes:
-    return json.dumps({"v": PROTOCOL, "id": req_id, "ok": True, "result": result}).encode()
+def encode_result(req_id: int, result: Wire) -> bytes:
+    return json.dumps({"v": PROTOCOL, "id": req_id, "ok": True, "result": result.to_wire()}).encode()
 
 
 def encode_error(req_id: int, code: ErrorCode, message: str) -> bytes:
@@ -191,23 +222,30 @@ def encode_error(req_id: int, code: ErrorCode, message: str) -> bytes:
 
 @dataclass(frozen=True)
 class Reply:
+    """A reply's envelope; ``result`` is still the JSON object: ``Op.reply_from`` types it
+    once the id says it answers the request in hand."""
+
     id: int
     ok: bool
-    result: dict[str, Any]
+    result: Any
     code: str = ""
     message: str = ""
 
 
 def decode_reply(data: bytes) -> Reply:
-    """Parse a daemon reply; raises ``ValueError`` on anything malformed."""
-    msg = json.loads(data)
+    """Parse a daemon reply's envelope; raises :class:`ProtocolError` naming what is wrong."""
+    try:
+        msg = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"reply is not JSON: {exc}") from None
     if not isinstance(msg, dict) or type(msg.get("id")) is not int:
-        raise ValueError("reply is not an object with an integer id")
+        raise ProtocolError("reply is not an object with an integer id")
     if msg.get("v") != PROTOCOL:
-        raise ValueError(f"reply has protocol version {msg.get('v')!r}, expected {PROTOCOL}")
-    if msg.get("ok") is True and isinstance(msg.get("result"), dict):
+        raise ProtocolError(f"reply has protocol version {msg.get('v')!r:.20}, expected {PROTOCOL}"
+                            " - upgrade the older of client and daemon")
+    if msg.get("ok") is True and "result" in msg:
         return Reply(msg["id"], True, msg["result"])
     err = msg.get("error")
     if msg.get("ok") is False and isinstance(err, dict):
-        return Reply(msg["id"], False, {}, str(err.get("code")), str(err.get("message")))
-    raise ValueError("reply has neither a result nor an error")
+        return Reply(msg["id"], False, None, str(err.get("code")), str(err.get("message")))
+    raise ProtocolError("reply has neither a result nor an error")

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import zmq
 
@@ -39,9 +39,12 @@ from .errors import (
     TagRemovedError,
     UnsafeFileError,
 )
-from .protocol import ErrorCode, decode_reply, encode_request
+from .protocol import OPS, ErrorCode, Op, decode_reply, encode_request
+from .replies import Wire
 
 log = logging.getLogger("ndsharray")
+
+R = TypeVar("R", bound=Wire)
 
 _ERRORS: dict[str, type[DaemonError]] = {
     ErrorCode.TAG_BUSY.value: TagBusyError,
@@ -322,21 +325,36 @@ class Connection:
         finally:
             self._lock.release()
 
-    def request(self, op: str, *, autostart: bool = True, retries: int | None = None,
-                **args: Any) -> dict[str, Any]:
-        """Send one request and return its result; raise the mapped exception on error.
+    @overload
+    def request(self, op: Op[R], *, autostart: bool = True, retries: int | None = None,
+                **args: Any) -> R: ...
 
+    @overload
+    def request(self, op: str, *, autostart: bool = True, retries: int | None = None,
+                **args: Any) -> dict[str, Any]: ...
+
+    def request(self, op: Op[R] | str, *, autostart: bool = True, retries: int | None = None,
+                **args: Any) -> R | dict[str, Any]:
+        """Send one request and return its reply, checked against the op's reply class;
+        raise the mapped exception on an error reply.
+
+        ``op`` is one of ``protocol.OPS``: given as an :class:`Op`, the reply comes back as
+        its class; given by name, in its JSON form (for scripts and tests that speak the wire).
         ``autostart=False``: fail at once when no daemon runs instead of starting one.
         """
         retries = self.retries if retries is None else retries
         with self._lock:
             self._send_posted()
-            result = self._request(op, autostart, retries, args)
+            result = self._request(op.name if isinstance(op, Op) else op, autostart, retries, args)
             if self._posted:  # (posted while we waited: a close() in another thread)
                 self._send_posted()
-            return result
+        if isinstance(op, Op):
+            typed: R = result
+            return typed
+        return result.to_wire() if isinstance(result, Wire) else result
 
-    def _request(self, op: str, autostart: bool, retries: int, args: dict[str, Any]) -> dict[str, Any]:
+    def _request(self, op: str, autostart: bool, retries: int, args: dict[str, Any]) -> Any:
+        """The reply to ``op``: an instance of its reply class (``protocol.OPS``)."""
         ident = self._ensure_daemon(autostart)  # a local lock-file check: restarts a dead daemon at once
         gone = False
         for attempt in range(retries + 1):
@@ -360,12 +378,12 @@ class Connection:
                 data = sock.recv()
                 try:
                     reply = decode_reply(data)
-                except ValueError as exc:
+                    if reply.id != req_id:
+                        continue  # a late answer to an abandoned request
+                    if reply.ok:
+                        return OPS[op].reply_from(reply.result) if op in OPS else reply.result
+                except ProtocolError as exc:
                     raise ProtocolError(f"bad reply from {self.endpoint}: {exc}") from None
-                if reply.id != req_id:
-                    continue  # a late answer to an abandoned request
-                if reply.ok:
-                    return reply.result
                 raise _ERRORS.get(reply.code, DaemonError)(reply.code, reply.message)
             # No answer in time, or none will come: the daemon may have died or restarted.
             self._drop_socket()

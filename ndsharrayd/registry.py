@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ndsharray.protocol import ErrorCode, RequestError
+from ndsharray.replies import SegmentInfo
 from ndsharray.segment import writer_key
 
 
@@ -51,13 +52,11 @@ class TagRecord:
     readers: dict[str, int] = field(default_factory=dict)  # token -> pid
     idle_since: float | None = None
 
-    def segment_info(self) -> dict[str, object] | None:
+    def segment_info(self) -> SegmentInfo | None:
         if self.segment is None:
             return None
-        return {
-            "name": self.segment, "generation": self.generation, "dtype": self.dtype,
-            "shape": list(self.shape or ()), "slots": self.slots,
-        }
+        return SegmentInfo(self.segment, self.generation, self.dtype or "", tuple(self.shape or ()),
+                           self.slots)
 
 
 class Registry:

@@ -32,6 +32,7 @@ from ndsharray.errors import CorruptSegmentError, UnsafeFileError
 from ndsharray.procs import alive as _alive
 from ndsharray.protocol import (
     MAX_MESSAGE_BYTES,
+    OPS,
     PROTOCOL,
     ErrorCode,
     Request,
@@ -39,6 +40,19 @@ from ndsharray.protocol import (
     decode_request,
     encode_error,
     encode_result,
+)
+from ndsharray.replies import (
+    Claimed,
+    Empty,
+    Listing,
+    Lookup,
+    NewGeneration,
+    Ping,
+    ReaderStat,
+    Removed,
+    Stats,
+    TagInfo,
+    Wire,
 )
 from ndsharray.segment import (
     NO_KEY,
@@ -64,7 +78,7 @@ from .registry import Registry, TagRecord
 
 log = logging.getLogger("ndsharrayd")
 
-Handler = Callable[[Request], dict[str, Any]]
+Handler = Callable[[Request], Wire]
 MAX_SEGMENT_BYTES = 1 << 44  # 16 TiB: beyond it a request is a mistake, not a frame
 BROKEN_NOTE_S = 600.0  # ls reports a tag removed as broken for this long
 
@@ -229,19 +243,19 @@ class SegmentFiles:
                 "truncated it")
 
     @staticmethod
-    def reader_figures(got: tuple[bytes, Layout], writes: int, now: int) -> list[dict[str, Any]]:
+    def reader_figures(got: tuple[bytes, Layout], writes: int, now: int) -> list[ReaderStat]:
         """Per live reader of a segment (its header from look()): its last frame's
         write-to-read time, how many writes it is behind now, and how long ago it read."""
         out = []
         for pid, read_ns, write_ns, count in reader_rows(got[0], got[1]):
             if not _alive(pid):
                 continue  # a crashed reader's row, until the writer or a new reader clears it
-            out.append({
-                "pid": pid,
-                "latency_s": max(0, read_ns - write_ns) / 1e9 if read_ns else None,
-                "behind": max(0, writes - count) if read_ns else None,
-                "read_age_s": max(0, now - read_ns) / 1e9 if read_ns else None,
-            })
+            out.append(ReaderStat(
+                pid=pid,
+                latency_s=max(0, read_ns - write_ns) / 1e9 if read_ns else None,
+                behind=max(0, writes - count) if read_ns else None,
+                read_age_s=max(0, now - read_ns) / 1e9 if read_ns else None,
+            ))
         return out
 
     def recover(self, registry: Registry) -> tuple[int, int, int]:
@@ -403,12 +417,8 @@ class Daemon:
         self._rates: dict[str, float] = {}
         # tag -> (why the daemon removed it, when): told to its writer, readers and ls
         self._broken: dict[str, tuple[str, float]] = {}
-        self.handlers: dict[str, Handler] = {
-            "ping": self.op_ping, "stats": self.op_stats, "list": self.op_list,
-            "claim": self.op_claim, "generation": self.op_generation, "release": self.op_release,
-            "attach": self.op_attach, "detach": self.op_detach, "lookup": self.op_lookup,
-            "remove": self.op_remove,
-        }
+        # One handler per op of the protocol's table, and no other: op_<name>.
+        self.handlers: dict[str, Handler] = {name: getattr(self, "op_" + name) for name in OPS}
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -522,7 +532,11 @@ class Daemon:
             reply = encode_error(exc.req_id, exc.code, exc.message)
         else:
             try:
-                reply = encode_result(req.id, self.handlers[req.op](req))
+                result = self.handlers[req.op](req)
+                if not isinstance(result, OPS[req.op].reply):  # (what the client will check)
+                    raise TypeError(f"op_{req.op} returned a {type(result).__name__}, "
+                                    f"not a {OPS[req.op].reply.__name__}")
+                reply = encode_result(req.id, result)
             except RequestError as exc:
                 reply = encode_error(req.id, exc.code, exc.message)
             except Exception as exc:  # a bug must not take the registry down with it
@@ -534,15 +548,15 @@ class Daemon:
             log.warning("could not send a reply: %s", exc)
         self._watch_pids()
 
-    def op_ping(self, req: Request) -> dict[str, Any]:
-        return {"daemon": __version__, "protocol": PROTOCOL, "layout": SEGMENT_LAYOUT, "pid": os.getpid(),
-                "endpoint": self.endpoint, "prefix": self.files.prefix}
+    def op_ping(self, req: Request) -> Ping:
+        return Ping(daemon=__version__, protocol=PROTOCOL, layout=SEGMENT_LAYOUT, pid=os.getpid(),
+                    endpoint=self.endpoint, prefix=self.files.prefix)
 
-    def op_stats(self, req: Request) -> dict[str, Any]:
-        return {"requests": self.requests, "tags": len(self.registry.tags),
-                "bytes": self._bytes_in_use(), "uptime_s": time.monotonic() - self.started}
+    def op_stats(self, req: Request) -> Stats:
+        return Stats(requests=self.requests, tags=len(self.registry.tags),
+                     bytes=self._bytes_in_use(), uptime_s=time.monotonic() - self.started)
 
-    def op_list(self, req: Request) -> dict[str, Any]:
+    def op_list(self, req: Request) -> Listing:
         now = time.monotonic_ns()
         out = []
         for rec in sorted(self.registry.tags.values(), key=lambda r: r.tag):
@@ -555,32 +569,32 @@ class Daemon:
             lat = [s["latency_s"] for s in stats if s["latency_s"] is not None]
             behind = [s["behind"] for s in stats if s["behind"] is not None]
             dtype = text_to_dtype(rec.dtype) if rec.dtype else None
-            out.append({
-                "tag": rec.tag,
-                "dtype": None if dtype is None else (dtype.name if dtype.names is None else str(dtype)),
-                "descr": rec.dtype,
-                "shape": None if rec.shape is None else list(rec.shape),
-                "nbytes": rec.nbytes,
-                "writer_pid": rec.writer.pid if rec.writer else None,
-                "last_writer_pid": rec.last_writer_pid or None,
-                "writer_left": rec.writer_left,
+            out.append(TagInfo(
+                tag=rec.tag,
+                dtype=None if dtype is None else (dtype.name if dtype.names is None else str(dtype)),
+                descr=rec.dtype,
+                shape=rec.shape,
+                nbytes=rec.nbytes,
+                writer_pid=rec.writer.pid if rec.writer else None,
+                last_writer_pid=rec.last_writer_pid or None,
+                writer_left=rec.writer_left,
                 # A reader registers in the background (within 0.2 s) but claims its row of
                 # the segment at once; one whose registration was refused (--max-clients)
                 # reads all the same: the rows count every reader that has a segment.
-                "readers": max(len(rec.readers), len(stats)),
-                "reader_pids": sorted(set(rec.readers.values()) | {s["pid"] for s in stats}),
-                "writes": writes,
-                "last_write_age_s": None if stamp is None else max(0, now - stamp) / 1e9,
-                "generation": rec.generation,
-                "segment": rec.segment,
-                "slots": rec.slots,
-                "size": rec.size,
-                "rate_hz": self._rates.get(rec.tag),
-                "max_read_latency_s": max(lat) if lat else None,
-                "max_behind": max(behind) if behind else None,
-                "reader_stats": stats,
-            })
-        return {"tags": out, "broken": self._broken_notes()}
+                readers=max(len(rec.readers), len(stats)),
+                reader_pids=tuple(sorted(set(rec.readers.values()) | {s["pid"] for s in stats})),
+                writes=writes,
+                last_write_age_s=None if stamp is None else max(0, now - stamp) / 1e9,
+                generation=rec.generation,
+                segment=rec.segment,
+                slots=rec.slots,
+                size=rec.size,
+                rate_hz=self._rates.get(rec.tag),
+                max_read_latency_s=max(lat) if lat else None,
+                max_behind=max(behind) if behind else None,
+                reader_stats=tuple(stats),
+            ))
+        return Listing(tags=tuple(out), broken=tuple(self._broken_notes()))
 
     def _drop_broken(self, rec: TagRecord, why: str) -> None:
         """A process shrank the tag's segment (the daemon reads it only with pread, so it
@@ -612,7 +626,7 @@ class Daemon:
                 "socket's credentials); a handle registers its own process (a client in "
                 "another pid namespace cannot share this daemon)"), req_id)
 
-    def op_claim(self, req: Request) -> dict[str, Any]:
+    def op_claim(self, req: Request) -> Claimed:
         a = req.args
         self._check_pid(a["pid"], req.id)
         self._check_limits(a["tag"], req.id)
@@ -620,7 +634,7 @@ class Daemon:
         if self._peer is not None:
             self._writer_uids[a["tag"]] = self._peer[0]
         self._broken.pop(a["tag"], None)  # a new writer: the old story is over
-        return {"segment": rec.segment_info()}
+        return Claimed(rec.segment_info())
 
     def _check_limits(self, tag: str, req_id: int) -> None:
         if tag not in self.registry.tags and len(self.registry.tags) >= self.max_tags:
@@ -631,7 +645,7 @@ class Daemon:
             raise RequestError(ErrorCode.LIMIT, f"the daemon has {handles} open handles, its limit "
                                "(--max-clients); close unused NdShArray handles or raise it", req_id)
 
-    def op_generation(self, req: Request) -> dict[str, Any]:
+    def op_generation(self, req: Request) -> NewGeneration:
         a = req.args
         try:
             rec = self.registry.check_writer(a["tag"], a["token"])
@@ -684,30 +698,32 @@ class Daemon:
             self.files.retire_and_unlink(old)
         log.info("tag %r generation %d: %s %s x%d slots in %s", rec.tag, rec.generation,
                  dtype, shape, a["slots"], name)
-        return {"segment": rec.segment_info()}
+        info = rec.segment_info()
+        assert info is not None  # (committed just above)
+        return NewGeneration(info)
 
-    def op_release(self, req: Request) -> dict[str, Any]:
+    def op_release(self, req: Request) -> Empty:
         self.registry.release(req.args["tag"], req.args["token"], time.monotonic())
-        return {}
+        return Empty()
 
-    def op_attach(self, req: Request) -> dict[str, Any]:
+    def op_attach(self, req: Request) -> Claimed:
         a = req.args
         self._check_pid(a["pid"], req.id)
         self._check_limits(a["tag"], req.id)
         rec = self.registry.attach(a["tag"], a["pid"], a["token"])
-        return {"segment": rec.segment_info()}
+        return Claimed(rec.segment_info())
 
-    def op_detach(self, req: Request) -> dict[str, Any]:
+    def op_detach(self, req: Request) -> Empty:
         self.registry.detach(req.args["tag"], req.args["token"], time.monotonic())
-        return {}
+        return Empty()
 
-    def op_lookup(self, req: Request) -> dict[str, Any]:
+    def op_lookup(self, req: Request) -> Lookup:
         rec = self.registry.tags.get(req.args["tag"])
         if rec is None and req.args["tag"] in self._broken:
-            return {"segment": None, "removed": self._broken[req.args["tag"]][0]}
-        return {"segment": None if rec is None else rec.segment_info()}
+            return Lookup(segment=None, removed=self._broken[req.args["tag"]][0])
+        return Lookup(segment=None if rec is None else rec.segment_info())
 
-    def op_remove(self, req: Request) -> dict[str, Any]:
+    def op_remove(self, req: Request) -> Removed:
         rec = self.registry.tags.get(req.args["tag"])
         if self._peer is not None and self._peer[0] not in (os.geteuid(), 0) and rec is not None \
                 and self._writer_uids.get(rec.tag) != self._peer[0]:
@@ -727,8 +743,8 @@ class Daemon:
         if rec.segment is not None:
             self.files.retire_and_unlink(rec.segment, RETIRED_REMOVED)
         log.info("tag %r removed on request", rec.tag)
-        return {"segment": rec.segment, "writer_pid": rec.writer.pid if rec.writer else None,
-                "readers": len(rec.readers)}
+        return Removed(segment=rec.segment, writer_pid=rec.writer.pid if rec.writer else None,
+                       readers=len(rec.readers))
 
     # ---- liveness ---------------------------------------------------------------------
 

@@ -194,7 +194,7 @@ def test_hot_path_never_calls_the_daemon(daemon: Any) -> None:
     frame = np.zeros((64, 64), np.float32)
     with ndsharray.NdShArray("hot", frame, "w") as w, ndsharray.NdShArray("hot", r_w="r") as r:
         r.read()
-        before = ndsharray.daemon_stats()["requests"]
+        before = ndsharray.daemon_stats().requests
         for k in range(10_000):
             frame[0, 0] = k
             w.write(frame)
@@ -203,7 +203,7 @@ def test_hot_path_never_calls_the_daemon(daemon: Any) -> None:
         with w.loan() as buf:
             buf[...] = 1
         assert r.read(timeout=1)[0]
-        after = ndsharray.daemon_stats()["requests"]
+        after = ndsharray.daemon_stats().requests
         assert after - before == 1  # the second daemon_stats() call itself
 
 
