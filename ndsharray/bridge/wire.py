@@ -1,0 +1,156 @@
+"""What the bridges say to each other over Zenoh: key expressions, frame headers and
+credits. Pure: no Zenoh, no daemon.
+
+Keys (``<tag>`` is the tag's parts, each part starting with '@' escaped as '%40' because
+Zenoh keeps such chunks out of wildcards)::
+
+    ndsharray/<bridge>/alive/<zid>                liveliness token of a running bridge
+    ndsharray/<bridge>/tags/<tag>                 liveliness token: an exported tag has a writer
+    ndsharray/<bridge>/catalog                    queryable: JSON list of the exported tags
+    ndsharray/<exporter>/credit/<importer zid>/<tag>   importer -> exporter: "send me the next frame"
+    ndsharray/<exporter>/frame/<importer zid>/<tag>    exporter -> importer: a frame, or end of stream
+
+A frame is a Zenoh sample: the payload is the codec's bytes, the attachment this module's
+header (dtype, shape, the writer's count and write time, codec, the credit it answers, and
+room for the frame's metadata). Everything received is checked before use: a peer is
+another machine.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from ..protocol import check_tag
+
+ROOT = "ndsharray"
+MAGIC = b"NDSB"
+VERSION = 1
+FRAME, END = 1, 2
+MAX_NDIM = 32
+MAX_TEXT = 4096  # dtype description or end-of-stream reason
+MAX_META = 1 << 20
+
+# magic, version, kind, codec, ndim, credit, hold_ns, count, write_ns, age_ns, text len, meta len
+_HEAD = struct.Struct("<4sBBBBQQQqqHI")
+_CREDIT = struct.Struct("<4sBBQ")  # magic, version, flags, credit id
+FORCE = 1  # credit flag: send the newest frame even if it was sent before
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame's header (``kind == FRAME``) or an end of stream (``kind == END``)."""
+
+    kind: int = FRAME
+    codec: int = 0
+    dtype: str = ""  # ndsharray.dtypes.dtype_to_text(); empty for END
+    shape: tuple[int, ...] = ()
+    count: int = 0  # the source writer's write_count
+    write_ns: int = 0  # the source writer's write time (its host's monotonic clock)
+    age_ns: int = 0  # how old the frame was when the exporter sent it
+    credit: int = 0  # the importer's credit this frame answers
+    hold_ns: int = 0  # exporter: from that credit's arrival to this send
+    reason: str = ""  # END: "closed", "died", "stopped"
+    meta: bytes = field(default=b"", repr=False)  # the frame's metadata, when tags have some
+
+    def pack(self) -> bytes:
+        text = (self.dtype if self.kind == FRAME else self.reason).encode()
+        if len(text) > MAX_TEXT or len(self.meta) > MAX_META or len(self.shape) > MAX_NDIM:
+            raise ValueError("frame header too large")
+        head = _HEAD.pack(MAGIC, VERSION, self.kind, self.codec, len(self.shape), self.credit, self.hold_ns,
+                          self.count, self.write_ns, self.age_ns, len(text), len(self.meta))
+        return b"".join((head, struct.pack(f"<{len(self.shape)}Q", *self.shape), text, self.meta))
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Frame:
+        if len(data) < _HEAD.size:
+            raise ValueError(f"frame header of {len(data)} bytes, shorter than {_HEAD.size}")
+        (magic, version, kind, codec, ndim, credit, hold_ns, count, write_ns, age_ns, tlen,
+         mlen) = _HEAD.unpack_from(data)
+        if magic != MAGIC:
+            raise ValueError("not an ndsharray bridge frame (bad magic)")
+        if version != VERSION:
+            raise ValueError(f"frame format version {version}, this bridge speaks {VERSION}: upgrade both sides")
+        if kind not in (FRAME, END) or ndim > MAX_NDIM or tlen > MAX_TEXT or mlen > MAX_META:
+            raise ValueError("malformed frame header")
+        off = _HEAD.size
+        end = off + 8 * ndim + tlen + mlen
+        if len(data) != end:
+            raise ValueError(f"frame header is {len(data)} bytes, its fields say {end}")
+        shape = struct.unpack_from(f"<{ndim}Q", data, off)
+        off += 8 * ndim
+        try:
+            text = data[off:off + tlen].decode()
+        except UnicodeDecodeError:
+            raise ValueError("frame header text is not UTF-8") from None
+        meta = bytes(data[off + tlen:end])
+        if kind == END:
+            return cls(END, reason=text, count=count, credit=credit)
+        return cls(FRAME, codec, text, tuple(shape), count, write_ns, age_ns, credit, hold_ns, meta=meta)
+
+
+def pack_credit(credit: int, force: bool) -> bytes:
+    return _CREDIT.pack(MAGIC, VERSION, FORCE if force else 0, credit)
+
+
+def unpack_credit(data: bytes) -> tuple[int, bool]:
+    """(credit id, force) of a credit message; ValueError if it is not one."""
+    if len(data) != _CREDIT.size:
+        raise ValueError("not a credit message")
+    magic, version, flags, credit = _CREDIT.unpack(data)
+    if magic != MAGIC or version != VERSION:
+        raise ValueError("not a credit message of this bridge version")
+    return credit, bool(flags & FORCE)
+
+
+# ---- keys -----------------------------------------------------------------------------
+
+
+def tag_key(tag: str) -> str:
+    """``tag`` as key chunks: a part starting with '@' would be a Zenoh verbatim chunk."""
+    return "/".join("%40" + p[1:] if p.startswith("@") else p for p in tag.split("/"))
+
+
+def key_tag(chunks: list[str]) -> str:
+    """Inverse of :func:`tag_key` over its chunks; ValueError if it is not a valid tag."""
+    return check_tag("/".join("@" + c[3:] if c.startswith("%40") else c for c in chunks))
+
+
+def check_name(name: str) -> str:
+    """A bridge name: one tag part (it prefixes the tags it exports on importing hosts)."""
+    try:
+        check_tag(name)
+    except (ValueError, TypeError):
+        raise ValueError(f"bridge name {name!r}: use one tag part (letters, digits, '_.-:+=')") from None
+    if "/" in name or name.startswith("@"):
+        raise ValueError(f"bridge name {name!r}: one part, no '/', not starting with '@'")
+    return name
+
+
+def alive_key(bridge: str, zid: str) -> str:
+    return f"{ROOT}/{bridge}/alive/{zid}"
+
+
+def tags_key(bridge: str, tag: str | None = None) -> str:
+    return f"{ROOT}/{bridge}/tags/" + ("**" if tag is None else tag_key(tag))
+
+
+def catalog_key(bridge: str) -> str:
+    return f"{ROOT}/{bridge}/catalog"
+
+
+def credit_key(exporter: str, importer: str, tag: str | None = None) -> str:
+    return f"{ROOT}/{exporter}/credit/{importer}/" + ("**" if tag is None else tag_key(tag))
+
+
+def frame_key(exporter: str, importer: str, tag: str | None = None) -> str:
+    return f"{ROOT}/{exporter}/frame/{importer}/" + ("**" if tag is None else tag_key(tag))
+
+
+def split_key(key: str, what: str, with_peer: bool) -> tuple[str, str, str]:
+    """(bridge, peer zid or '', tag) of ``ndsharray/<bridge>/<what>/[<peer>/]<tag>``."""
+    chunks = key.split("/")
+    n = 4 if with_peer else 3
+    if len(chunks) < n + 1 or chunks[0] != ROOT or chunks[2] != what:
+        raise ValueError(f"not a {what} key: {key[:120]!r}")
+    return chunks[1], chunks[3] if with_peer else "", key_tag(chunks[n:])

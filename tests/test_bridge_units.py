@@ -1,0 +1,160 @@
+"""The bridge's pure parts: tag globs, codecs, the frame header (no Zenoh, no daemon)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ndsharray.bridge import wire
+from ndsharray.bridge.codecs import JPEG, RAW, ZSTD, Codec, CodecError, decode
+from ndsharray.bridge.patterns import TagPattern
+from ndsharray.dtypes import dtype_to_text, text_to_dtype
+
+
+@pytest.mark.parametrize("glob, tag, hit", [
+    ("camera/left", "camera/left", True),
+    ("camera/left", "camera/right", False),
+    ("camera/*", "camera/left", True),
+    ("camera/*", "camera", False),
+    ("camera/*", "camera/left/raw", False),
+    ("camera/**", "camera", True),
+    ("camera/**", "camera/left/raw", True),
+    ("camera/**", "cameras/left", False),
+    ("*/left", "cam/left", True),
+    ("*/left", "a/cam/left", False),
+    ("**/left", "a/b/c/left", True),
+    ("**/left", "left", True),
+    ("a/**/z", "a/z", True),
+    ("a/**/z", "a/b/c/z", True),
+    ("a/**/z", "a/b/c/y", False),
+    ("robot1/**", "robot10/camera", False),
+    ("**", "anything/at/all", True),
+])
+def test_globs_match_whole_tag_parts(glob: str, tag: str, hit: bool) -> None:
+    assert TagPattern.parse(glob).match(tag) is hit
+
+
+@pytest.mark.parametrize("glob, word", [
+    ("", "non-empty"), ("cam*/left", "whole part"), ("a//b", "not a tag part"), ("a/../b", "not a tag part"),
+    ("a b", "not a tag part"),
+])
+def test_bad_globs_say_what_is_wrong(glob: str, word: str) -> None:
+    with pytest.raises(ValueError, match=word):
+        TagPattern.parse(glob)
+
+
+@pytest.mark.parametrize("spec, kind, level", [
+    ("raw", RAW, 0), ("zstd", ZSTD, 1), ("zstd:9", ZSTD, 9), ("jpeg", JPEG, 90), ("JPEG:75", JPEG, 75),
+])
+def test_codec_specs(spec: str, kind: int, level: int) -> None:
+    c = Codec.parse(spec)
+    assert (c.kind, c.level) == (kind, level)
+    assert Codec.parse(str(c)) == c
+
+
+@pytest.mark.parametrize("spec", ["gzip", "raw:3", "zstd:0", "zstd:23", "jpeg:0", "jpeg:101", "jpeg:high"])
+def test_bad_codec_specs_are_refused(spec: str) -> None:
+    with pytest.raises(ValueError, match="codec"):
+        Codec.parse(spec)
+
+
+ARRAYS = [
+    np.arange(24, dtype=np.uint16).reshape(2, 3, 4),
+    np.linspace(-1, 1, 35, dtype=np.float64).reshape(5, 7)[:, ::2],  # not contiguous
+    np.array([(1, 2.5), (3, -1.0)], dtype=[("a", "<i4"), ("b", ">f8")]),
+    np.zeros((0, 3), dtype=np.int8),
+    np.array(7, dtype=np.complex64),
+    np.asfortranarray(np.arange(12, dtype=np.int64).reshape(3, 4)),
+]
+
+
+@pytest.mark.parametrize("spec", ["raw", "zstd", "zstd:19"])
+@pytest.mark.parametrize("i", range(len(ARRAYS)))
+def test_lossless_codecs_round_trip_any_dtype_bit_exact(spec: str, i: int) -> None:
+    a = ARRAYS[i]
+    c = Codec.parse(spec)
+    out = decode(c.kind, c.encode(a), text_to_dtype(dtype_to_text(a.dtype)), a.shape)
+    assert out.dtype == a.dtype and out.shape == a.shape
+    assert out.tobytes() == np.ascontiguousarray(a).tobytes()
+
+
+def _image(shape: tuple[int, ...]) -> np.ndarray:
+    y, x = np.mgrid[0:shape[0], 0:shape[1]]
+    img = x * 200 // shape[1] + y * 55 // shape[0]  # a smooth ramp: what JPEG is for
+    if len(shape) == 3:
+        img = np.stack([img, 255 - img, (img // 2)], axis=-1)
+    return img.astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (48, 64, 3)])
+def test_jpeg_round_trips_images_within_a_stated_error(shape: tuple[int, ...]) -> None:
+    a = _image(shape)
+    c = Codec.parse("jpeg:90")
+    payload = c.encode(a)
+    assert len(payload) < a.nbytes
+    out = decode(JPEG, payload, a.dtype, a.shape)
+    assert out.shape == a.shape and out.dtype == np.uint8
+    err = np.abs(out.astype(int) - a.astype(int))
+    assert err.mean() < 2 and err.max() < 16  # the README states these bounds (quality 90)
+
+
+@pytest.mark.parametrize("a", [
+    np.zeros((4, 4), np.uint16), np.zeros((4, 4, 4), np.uint8), np.zeros((16,), np.uint8),
+    np.zeros((4, 4), np.float32),
+])
+def test_jpeg_refuses_arrays_that_are_not_images(a: np.ndarray) -> None:
+    c = Codec.parse("jpeg")
+    with pytest.raises(CodecError, match=r"JPEG carries only uint8 images.*--codec raw or --codec zstd"):
+        c.encode(a)
+    with pytest.raises(CodecError, match="tag 'depth'"):
+        c.check(a.dtype, a.shape, "depth")
+
+
+def test_decode_refuses_payloads_that_do_not_fit_the_header() -> None:
+    with pytest.raises(CodecError, match="needs 8 bytes"):
+        decode(RAW, b"1234567", np.dtype(np.uint8), (8,))
+    with pytest.raises(CodecError, match="zstd"):
+        decode(ZSTD, b"not zstd", np.dtype(np.uint8), (8,))
+    with pytest.raises(CodecError, match="needs 16 bytes"):  # a zstd bomb stops at the announced size
+        decode(ZSTD, Codec.parse("zstd").encode(np.zeros(1 << 20, np.uint8)), np.dtype(np.uint8), (16,))
+    with pytest.raises(CodecError, match="JPEG"):
+        decode(JPEG, b"\xff\xd8 no jpeg", np.dtype(np.uint8), (4, 4))
+    with pytest.raises(CodecError, match="unknown codec"):
+        decode(9, b"", np.dtype(np.uint8), (0,))
+
+
+def test_frame_header_round_trips() -> None:
+    f = wire.Frame(codec=ZSTD, dtype=dtype_to_text(np.dtype("<f4")), shape=(720, 1280, 3), count=2**40 + 1,
+                   write_ns=123456789012345, age_ns=4567, credit=99, hold_ns=1000, meta=b'{"exposure": 3}')
+    assert wire.Frame.unpack(f.pack()) == f
+    end = wire.Frame(wire.END, reason="died", count=17, credit=3)
+    back = wire.Frame.unpack(end.pack())
+    assert (back.kind, back.reason, back.count) == (wire.END, "died", 17)
+
+
+@pytest.mark.parametrize("mangle, word", [
+    (lambda b: b[:10], "shorter"),
+    (lambda b: b"XXXX" + b[4:], "magic"),
+    (lambda b: b[:4] + bytes([9]) + b[5:], "version 9"),
+    (lambda b: b + b"x", "its fields say"),
+    (lambda b: b[:7] + bytes([200]) + b[8:], "malformed"),
+])
+def test_frame_header_rejects_what_is_not_one(mangle: object, word: str) -> None:
+    good = wire.Frame(dtype="'<u1'", shape=(2, 2)).pack()
+    with pytest.raises(ValueError, match=word):
+        wire.Frame.unpack(mangle(good))  # type: ignore[operator]
+
+
+def test_credits_and_keys() -> None:
+    assert wire.unpack_credit(wire.pack_credit(5, True)) == (5, True)
+    assert wire.unpack_credit(wire.pack_credit(2**63, False)) == (2**63, False)
+    with pytest.raises(ValueError):
+        wire.unpack_credit(b"NDSB")
+    key = wire.frame_key("robot1", "abc123", "camera/@left")
+    assert key == "ndsharray/robot1/frame/abc123/camera/%40left"  # '@' chunks are Zenoh's own
+    assert wire.split_key(key, "frame", with_peer=True) == ("robot1", "abc123", "camera/@left")
+    assert wire.split_key(wire.tags_key("robot1", "a/b"), "tags", with_peer=False) == ("robot1", "", "a/b")
+    with pytest.raises(ValueError):
+        wire.split_key("ndsharray/robot1/frame/abc", "frame", with_peer=True)
+    with pytest.raises(ValueError, match="bridge name"):
+        wire.check_name("a/b")
