@@ -27,6 +27,7 @@ from .admin import (
     stop_daemon,
     tag_info,
 )
+from .bridge import cli as bridge_cli
 from .client import NdShArray
 from .doctor import run_checks
 from .errors import NdShArrayError, TagRemovedError
@@ -162,9 +163,13 @@ def _ls_text(endpoint: str, prefix: str) -> str:
 @click.argument("prefix", default="")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
+@click.option("--remote", is_flag=True, help="Tags exported by every bridge this host's bridges reach.")
 @click.pass_obj
-def ls(endpoint: str, prefix: str, as_json: bool, watch: bool) -> None:
+def ls(endpoint: str, prefix: str, as_json: bool, watch: bool, remote: bool) -> None:
     """List live tags (those starting with PREFIX)."""
+    if remote:
+        from .bridge.cli import print_remote
+        return print_remote(endpoint, prefix, as_json)
     if as_json:
         tags, notes = list_tags_and_notes(endpoint)
         click.echo(json.dumps([t.as_json() for t in tags if t.tag.startswith(prefix)], indent=2))
@@ -182,6 +187,9 @@ def ls(endpoint: str, prefix: str, as_json: bool, watch: bool) -> None:
             time.sleep(1.0)
     except KeyboardInterrupt:
         pass
+
+
+main.add_command(bridge_cli.bridge)
 
 
 @main.command("info")

@@ -83,7 +83,7 @@ class Daemon:
 
 
 _folders: list[str] = []  # every test folder of this session
-SOCKET_NAMES = ("d", "auto", "ctl", "none", "b/d", "shared/d")  # the endpoints tests make in a folder
+SOCKET_NAMES = ("d", "auto", "ctl", "none", "b/d", "c/d", "shared/d")  # the endpoints tests make in a folder
 
 
 @pytest.fixture

@@ -1,0 +1,228 @@
+"""The importing half of a bridge: remote tags written into local tags ``<exporter>/<tag>``.
+
+An importer asks each exporter for one frame at a time (a credit) and asks for the next
+once it has written the last. A frame that spent longer than ``stale_after`` on the link
+(measured on this host's clock: from the credit it answers, less the time the exporter
+held that credit) is stale: it is dropped and the exporter is asked for its newest frame
+instead, so the first frame written after a stall is a current one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from ..client import NdShArray
+from ..dtypes import text_to_dtype
+from ..errors import NdShArrayError
+from . import wire
+from .codecs import CodecError, decode
+from .patterns import TagPattern
+
+log = logging.getLogger("ndsharray.bridge")
+
+STALE_AFTER = 0.5  # seconds on the link after which a frame is dropped as stale
+REFRESH = 1.0  # a credit unanswered this long is sent again (it may have been lost)
+RETRY = 0.5  # seconds before asking again after a frame could not be written
+TICK = 0.1
+
+
+class ImportStream:
+    """One remote tag (``exporter``, ``tag``) written into the local tag ``exporter/tag``."""
+
+    def __init__(self, importer: Importer, exporter: str, tag: str) -> None:
+        self.importer, self.exporter, self.tag = importer, exporter, tag
+        self.local_tag = f"{exporter}/{tag}"
+        self.lock = threading.Lock()
+        self.writer: NdShArray | None = None
+        self.credits: dict[int, int] = {}  # credit id -> when it was sent (monotonic ns)
+        self.last_credit = 0
+        self.asked_ns = 0  # when the last credit went out (0: none outstanding)
+        self.retry_ns = 0  # ask again (force) at this time, after a failed write
+        self.fresh_from = 0  # after a stale frame: answers to credits from this one on are taken
+        self.live = False  # the exporter's token for this tag is up
+        self.state = "waiting"  # waiting, live, ended
+        self.reason: str | None = None  # why it ended
+        self.error: str | None = None
+        self.frames = self.bytes = self.stale = self.errors = 0
+        self.source_count = 0  # the source writer's write_count of the last frame
+        self.source_age_ns = 0  # its age when the exporter sent it
+        self.link_ns = 0  # the last frame's round trip on the link
+
+    def ask(self, force: bool) -> None:
+        """Send a credit (under the lock)."""
+        self.last_credit += 1
+        now = time.monotonic_ns()
+        self.credits[self.last_credit] = now
+        if len(self.credits) > 8:
+            del self.credits[min(self.credits)]
+        self.asked_ns, self.retry_ns = now, 0
+        imp = self.importer
+        imp.session.put(wire.credit_key(self.exporter, imp.zid, self.tag), wire.pack_credit(self.last_credit, force),
+                        express=True)
+
+    def on_frame(self, head: wire.Frame, payload: Any) -> None:
+        with self.lock:
+            if head.kind == wire.END:
+                self._end(f"writer {head.reason}" if head.reason != "stopped" else f"bridge {self.exporter} stopped")
+                return
+            if not self.live:
+                return
+            now = time.monotonic_ns()
+            sent = self.credits.get(head.credit)
+            self.asked_ns = 0
+            link = 0 if sent is None else now - sent - head.hold_ns
+            trusted = self.fresh_from and head.credit >= self.fresh_from
+            if link > self.importer.stale_after_ns and not trusted:
+                # Stale: it waited on the link (a stall). Ask for the newest instead, and take
+                # the answer to that whatever its time on the link, so a link that is merely
+                # slow still carries frames.
+                self.stale += 1
+                self.ask(force=True)
+                self.fresh_from = self.last_credit
+                return
+            self.fresh_from = 0
+            try:
+                arr = decode(head.codec, payload.to_bytes(), text_to_dtype(head.dtype), head.shape)
+                self._write(arr)
+            except (CodecError, ValueError, NdShArrayError, TypeError) as exc:
+                self.errors += 1
+                if self.error != str(exc):
+                    log.warning("import %s: %s", self.local_tag, exc)
+                self.error = str(exc)
+                self.retry_ns = now + int(RETRY * 1e9)
+                return
+            self.error = None
+            self.frames += 1
+            self.bytes += len(payload)
+            self.source_count, self.source_age_ns, self.link_ns = head.count, head.age_ns, link
+            self.state, self.reason = "live", None
+            self.ask(force=False)
+
+    def _write(self, arr: np.ndarray[Any, Any]) -> None:
+        w = self.writer
+        if w is None or w.closed:
+            self.writer = NdShArray(self.local_tag, arr, "w", endpoint=self.importer.endpoint)
+        else:
+            w.write(arr)
+
+    def on_token(self, alive: bool) -> None:
+        with self.lock:
+            self.live = alive
+            if alive:
+                self.fresh_from = 0
+                self.ask(force=True)  # the newest frame at once
+            elif self.state != "ended":
+                self._end(f"bridge {self.exporter} or the link to it is gone")
+
+    def _end(self, reason: str) -> None:
+        """End of stream (under the lock): close the local writer; readers see it closed."""
+        self.state, self.reason, self.asked_ns, self.retry_ns = "ended", reason, 0, 0
+        if self.writer is not None:
+            log.info("import %s: end of stream: %s", self.local_tag, reason)
+            try:
+                self.writer.close()
+            except NdShArrayError:
+                pass
+
+    def tick(self, now: int) -> None:
+        with self.lock:
+            if not self.live:
+                return
+            if self.retry_ns and now > self.retry_ns:
+                self.ask(force=True)
+            elif self.asked_ns and now - self.asked_ns > REFRESH * 1e9:
+                self.ask(force=False)
+
+    def status(self) -> dict[str, Any]:
+        w = self.writer
+        return {
+            "tag": self.local_tag, "exporter": self.exporter, "remote_tag": self.tag, "state": self.state,
+            "reason": self.reason, "frames": self.frames, "bytes": self.bytes, "stale_dropped": self.stale,
+            "errors": self.errors, "error": self.error, "source_write_count": self.source_count,
+            "source_age_s": self.source_age_ns / 1e9, "link_s": self.link_ns / 1e9,
+            "dtype": None if w is None or w.dtype is None else str(w.dtype),
+            "shape": None if w is None or w.shape is None else list(w.shape),
+        }
+
+
+class Importer:
+    def __init__(self, zenoh: Any, session: Any, name: str, zid: str, patterns: list[TagPattern],
+                 endpoint: str | None, stale_after: float = STALE_AFTER) -> None:
+        self.zenoh, self.session, self.name, self.zid = zenoh, session, name, zid
+        self.patterns, self.endpoint = patterns, endpoint
+        self.stale_after_ns = int(stale_after * 1e9)
+        self.streams: dict[tuple[str, str], ImportStream] = {}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.decls: list[Any] = []
+
+    def start(self) -> None:
+        s = self.session
+        self.decls = [
+            s.declare_subscriber(wire.frame_key("*", self.zid), self._on_frame),
+            s.liveliness().declare_subscriber(wire.tags_key("*"), self._on_token, history=True),
+        ]
+        self.thread = threading.Thread(target=self._tick_loop, name="bridge-import", daemon=True)
+        self.thread.start()
+
+    def wanted(self, exporter: str, tag: str) -> bool:
+        return exporter != self.name and any(p.match(f"{exporter}/{tag}") for p in self.patterns)
+
+    def _on_token(self, sample: Any) -> None:
+        try:
+            exporter, _, tag = wire.split_key(str(sample.key_expr), "tags", with_peer=False)
+        except ValueError:
+            return
+        if self.stopping.is_set() or not self.wanted(exporter, tag):
+            return
+        with self.lock:
+            stream = self.streams.get((exporter, tag))
+            if stream is None:
+                stream = self.streams[(exporter, tag)] = ImportStream(self, exporter, tag)
+        stream.on_token(sample.kind == self.zenoh.SampleKind.PUT)
+
+    def _on_frame(self, sample: Any) -> None:
+        try:
+            exporter, _, tag = wire.split_key(str(sample.key_expr), "frame", with_peer=True)
+            att = sample.attachment
+            if att is None:
+                raise ValueError("frame without header")
+            head = wire.Frame.unpack(att.to_bytes())
+        except ValueError as exc:
+            log.debug("ignored a frame: %s", exc)
+            return
+        with self.lock:
+            stream = self.streams.get((exporter, tag))
+        if stream is not None and not self.stopping.is_set():
+            stream.on_frame(head, sample.payload)
+
+    def _tick_loop(self) -> None:
+        while not self.stopping.wait(TICK):
+            with self.lock:
+                streams = list(self.streams.values())
+            now = time.monotonic_ns()
+            for s in streams:
+                s.tick(now)
+
+    def status(self) -> list[dict[str, Any]]:
+        with self.lock:
+            streams = list(self.streams.values())
+        return [s.status() for s in streams]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if getattr(self, "thread", None) is not None:
+            self.thread.join(TICK + 10)
+        for d in self.decls:
+            d.undeclare()
+        with self.lock:
+            streams = list(self.streams.values())
+        for s in streams:
+            with s.lock:
+                s.live = False
+                s._end("bridge stopped")

@@ -1,0 +1,501 @@
+"""ndsharray bridge across "hosts" on this machine: each host a real ndsharrayd on its own
+private endpoint and its own bridge process, linked by Zenoh over tcp/127.0.0.1 only
+(explicit ports, scouting off)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import Daemon, our_segments, wait_until
+
+import ndsharray
+from ndsharray import NdShArray, tag_info
+from ndsharray.bridge import Bridge
+
+pytest.importorskip("zenoh", reason="pip install 'ndsharray[bridge]' (CI installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BridgeProc:
+    """``ndsharray bridge`` as its own process, next to one host's daemon."""
+
+    def __init__(self, host: Daemon, name: str, *args: str) -> None:
+        self.host, self.name, self.args = host, name, args
+        self.log = os.path.join(host.folder, f"bridge-{name}-{time.monotonic_ns()}.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BridgeProc:
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ndsharray", "--endpoint", self.host.endpoint, "bridge", "--name", self.name,
+                 "--log-level", "DEBUG", *self.args],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        proc = self.proc
+        wait_until(lambda: f"bridge {self.name} running" in self.read_log() or proc.poll() is not None,
+                   what=f"bridge {self.name} running")
+        assert proc.poll() is None, self.read_log()
+        return self
+
+    def read_log(self) -> str:
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(20)
+        assert "Traceback" not in self.read_log(), self.read_log()
+        return rc
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def hosts(folder: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``hosts(n)``: n hosts, daemons at <folder>/d.sock, <folder>/b/d.sock, <folder>/c/d.sock."""
+    monkeypatch.setenv(ndsharray.config.ENV_AUTOSTART, "0")
+    made: list[Daemon] = []
+
+    def make(n: int) -> list[Daemon]:
+        for sub in ("", "b", "c")[:n]:
+            path = os.path.join(folder, sub) if sub else folder
+            os.makedirs(path, exist_ok=True)
+            made.append(Daemon(path).start())
+        return made
+
+    try:
+        yield make
+    finally:
+        ndsharray.close_all()
+        for d in made:
+            assert d.stop() == 0, d.read_log()
+            assert "Traceback" not in d.read_log()
+            assert not our_segments(d.prefix), f"segments left at {d.endpoint}"
+
+
+@pytest.fixture
+def bridges() -> Iterator[Any]:
+    made: list[BridgeProc] = []
+
+    def make(host: Daemon, name: str, *args: str) -> BridgeProc:
+        b = BridgeProc(host, name, *args).start()
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        if b.proc is not None and b.proc.poll() is None:
+            assert b.stop() == 0, b.read_log()
+
+
+def frame(i: int) -> np.ndarray:
+    """Frame ``i``: its shape and dtype change every few frames; its words say which it is."""
+    kinds = [(np.uint8, (4, 6)), (np.float64, (3, 5, 2)), (np.int16, (7,)), (np.uint8, (48, 64, 3)),
+             (np.complex64, (2, 2))]
+    dtype, shape = kinds[(i // 3) % len(kinds)]
+    n = int(np.prod(shape))
+    words = (np.arange(n, dtype=np.uint64) * 2654435761 + i * 97) % 251
+    return (words.astype(dtype) + dtype(i % 7)).reshape(shape)
+
+
+def index_of(a: np.ndarray) -> int | None:
+    """Which frame() ``a`` is (None if it is none of them, bit for bit)."""
+    for i in range(200):
+        f = frame(i)
+        if f.dtype == a.dtype and f.shape == a.shape and f.tobytes() == a.tobytes():
+            return i
+    return None
+
+
+def read_until(reader: NdShArray, pred: Any, timeout: float = 15.0) -> np.ndarray:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ok, a = reader.read(copy=True, timeout=0.5)
+        if ok and pred(a):
+            return a
+    raise AssertionError(f"{reader.tag}: no matching frame within {timeout} s")
+
+
+def test_frames_cross_whole_and_in_order_to_two_hosts(hosts: Any, bridges: Any) -> None:
+    a, b, c = hosts(3)
+    port = free_port()
+    bridges(a, "robot1", "--export", "camera/**", "--listen", f"tcp/127.0.0.1:{port}")
+    bridges(b, "ws", "--import", "robot1/camera/**", "--connect", f"tcp/127.0.0.1:{port}")
+    bridges(c, "gpu", "--import", "robot1/**", "--connect", f"tcp/127.0.0.1:{port}")
+    w = NdShArray("camera/left", frame(0), "w", endpoint=a.endpoint)
+    rb = NdShArray("robot1/camera/left", r_w="r", endpoint=b.endpoint)
+    rc = NdShArray("robot1/camera/left", r_w="r", endpoint=c.endpoint)
+    # Lockstep: every frame, across every shape and dtype change, reaches both hosts intact.
+    for i in range(15):
+        if i:
+            w.write(frame(i))
+        for r in (rb, rc):
+            got = read_until(r, lambda x, i=i: index_of(x) == i)
+            assert got.tobytes() == frame(i).tobytes()
+    # Flat out: whatever arrives is a whole frame, never a mix, and never goes backwards.
+    seen: dict[str, list[int]] = {"b": [], "c": []}
+
+    def watch(key: str, r: NdShArray) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ok, x = r.read(timeout=0.5)
+            if ok:
+                k = index_of(x)
+                assert k is not None, f"host {key}: a frame that is none of the written ones"
+                seen[key].append(k)
+                if k == 59:
+                    return
+
+    threads = [threading.Thread(target=watch, args=kv) for kv in (("b", rb), ("c", rc))]
+    for t in threads:
+        t.start()
+    for i in range(15, 60):
+        w.write(frame(i))
+        time.sleep(0.002)
+    for t in threads:
+        t.join()
+    for key, got in seen.items():
+        assert got and got[-1] == 59, f"host {key} did not get the last frame: {got}"
+        assert got == sorted(set(got)), f"host {key}: out of order or repeated: {got}"
+    w.close()
+
+
+def test_ls_remote_lists_the_tags_other_bridges_export(hosts: Any, bridges: Any) -> None:
+    a, b = hosts(2)
+    port = free_port()
+    bridges(a, "robot1", "--export", "camera/**", "--listen", f"tcp/127.0.0.1:{port}")
+    bridges(b, "ws", "--import", "robot1/**", "--connect", f"tcp/127.0.0.1:{port}")
+    w1 = NdShArray("camera/left", np.zeros((6, 8, 3), np.uint8), "w", endpoint=a.endpoint)
+    w2 = NdShArray("other/x", np.zeros(3), "w", endpoint=a.endpoint)  # not exported
+
+    def ls_remote() -> str:
+        out = subprocess.run([sys.executable, "-m", "ndsharray", "--endpoint", b.endpoint, "ls", "--remote"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    text = wait_until(lambda: next((t for t in [ls_remote()] if "camera/left" in t), None), what="ls --remote")
+    line = next(ln for ln in text.splitlines() if "camera/left" in ln).split()
+    assert line[:4] == ["robot1", "camera/left", "uint8", "6x8x3"]
+    assert "other/x" not in text  # a bridge exports only what --export names
+    w1.close()
+    w2.close()
+
+
+def linked(hosts: Any, bridges: Any, *export_args: str) -> tuple[Daemon, Daemon, BridgeProc, BridgeProc]:
+    """Hosts A and B; A's bridge robot1 exports ``camera/**`` (and ``export_args``), B's
+    bridge ws imports everything robot1 exports."""
+    a, b = hosts(2)
+    port = free_port()
+    ba = bridges(a, "robot1", "--export", "camera/**", "--listen", f"tcp/127.0.0.1:{port}", *export_args)
+    bb = bridges(b, "ws", "--import", "robot1/**", "--connect", f"tcp/127.0.0.1:{port}")
+    return a, b, ba, bb
+
+
+def writer_gone(endpoint: str, tag: str) -> Any:
+    return lambda: (t := tag_info(tag, endpoint)).writer_pid is None and t.writer_left == "closed"
+
+
+def test_end_of_stream_writer_death_and_resume_cross_the_bridge(hosts: Any, bridges: Any, puppets: Any) -> None:
+    a, b, _, _ = linked(hosts, bridges)
+    w = NdShArray("camera/left", frame(1), "w", endpoint=a.endpoint)
+    r = NdShArray("robot1/camera/left", r_w="r", endpoint=b.endpoint)
+    read_until(r, lambda x: index_of(x) == 1)
+    # The writer on A closes: the imported tag's writer on B closes (end of stream).
+    w.close()
+    wait_until(writer_gone(b.endpoint, "robot1/camera/left"), what="end of stream on B")
+    # A new writer on A: frames resume on B, same reader, no action.
+    w = NdShArray("camera/left", frame(2), "w", endpoint=a.endpoint)
+    read_until(r, lambda x: index_of(x) == 2)
+    w.close()
+    wait_until(writer_gone(b.endpoint, "robot1/camera/left"), what="end of stream on B")
+    # A writer that dies (SIGKILL, no cleanup at all): B's readers see the writer gone.
+    p = puppets(env={ndsharray.config.ENV_ENDPOINT: a.endpoint})
+    p(op="open", name="w", tag="camera/left", rw="w")
+    p(op="write", name="w", dtype="uint8", shape=[5, 5], seed=3)
+    read_until(r, lambda x: x.shape == (5, 5))
+    p.kill()
+    wait_until(writer_gone(b.endpoint, "robot1/camera/left"), what="writer death seen on B")
+    w = NdShArray("camera/left", frame(4), "w", endpoint=a.endpoint)
+    read_until(r, lambda x: index_of(x) == 4)
+    w.close()
+
+
+def test_killed_bridges_are_seen_and_restarted_ones_carry_on(hosts: Any, bridges: Any) -> None:
+    a, b, ba, bb = linked(hosts, bridges)
+    w = NdShArray("camera/left", frame(0), "w", endpoint=a.endpoint)
+    r = NdShArray("robot1/camera/left", r_w="r", endpoint=b.endpoint)
+    read_until(r, lambda x: index_of(x) == 0)
+    # The exporting bridge dies: B's readers can tell (the imported tag's writer is closed).
+    ba.kill()
+    wait_until(writer_gone(b.endpoint, "robot1/camera/left"), what="B sees A's bridge gone")
+    w.write(frame(1))
+    bridges(a, "robot1", *ba.args)  # the same arguments: it carries on
+    read_until(r, lambda x: index_of(x) == 1)
+    # The importing bridge dies: its writer of the imported tag dies with it.
+    bb.kill()
+    wait_until(lambda: tag_info("robot1/camera/left", b.endpoint).writer_pid is None, what="B's writer gone")
+    bridges(b, "ws", *bb.args)
+    w.write(frame(2))
+    read_until(r, lambda x: index_of(x) == 2)
+    w.close()
+
+
+class StallingProxy:
+    """A TCP proxy on 127.0.0.1 that can stop forwarding what the target sends for a while
+    (what is sent to the target still flows: so a frame is surely stuck in the stall)."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.done = threading.Event()
+        self.socks: list[socket.socket] = [self.listener]
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.1)
+        while not self.done.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self.socks += [client, server]
+            for src, dst, gate in ((client, server, None), (server, client, self.flowing)):
+                t = threading.Thread(target=self._pump, args=(src, dst, gate), daemon=True)
+                self.threads.append(t)
+                t.start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, gate: threading.Event | None) -> None:
+        src.settimeout(0.05)
+        try:
+            while not self.done.is_set():
+                if gate is not None and not gate.wait(0.1):
+                    continue
+                try:
+                    data = src.recv(1 << 16)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                while gate is not None and not gate.wait(0.05) and not self.done.is_set():
+                    pass  # hold what was read until the link flows again
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.done.set()
+        for s in self.socks:
+            s.close()
+        for t in self.threads:
+            t.join(5)
+
+
+def test_a_stalled_link_drops_stale_frames_and_never_blocks_the_writer(hosts: Any, bridges: Any) -> None:
+    a, b = hosts(2)
+    port = free_port()
+    bridges(a, "robot1", "--export", "camera/**", "--listen", f"tcp/127.0.0.1:{port}")
+    proxy = StallingProxy(port)
+    try:
+        with Bridge("ws", imports=["robot1/**"], connect=[f"tcp/127.0.0.1:{proxy.port}"], endpoint=b.endpoint) as bb:
+            _stall_and_check(a, b, proxy, bb)
+    finally:
+        proxy.close()
+
+
+def _stall_and_check(a: Daemon, b: Daemon, proxy: StallingProxy, bb: Bridge) -> None:
+    stop = threading.Event()
+    slowest = [0.0]
+    written = [0]
+
+    def write() -> None:  # 64 KiB frames at ~200 Hz, each stamped with its write time
+        with NdShArray("camera/left", r_w="w", endpoint=a.endpoint) as w:
+            buf = np.zeros(1 << 16, np.uint8)
+            while not stop.is_set():
+                buf[:8].view(np.int64)[0] = time.monotonic_ns()
+                t0 = time.monotonic()
+                w.write(buf)
+                slowest[0] = max(slowest[0], time.monotonic() - t0)
+                written[0] += 1
+                time.sleep(0.005)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        r = NdShArray("robot1/camera/left", r_w="r", endpoint=b.endpoint)
+        read_until(r, lambda x: True)
+        proxy.flowing.clear()
+        paused_at = time.monotonic()
+        before = written[0]
+        time.sleep(3.0)  # the stall under test (not a wait for something)
+        during = written[0] - before
+        resumed_at = time.monotonic()
+        proxy.flowing.set()
+        ages = []
+        while time.monotonic() < resumed_at + 2.0:
+            ok, x = r.read(timeout=0.2)
+            if ok and time.monotonic() > paused_at + 0.2:
+                ages.append((time.monotonic() - resumed_at, (time.monotonic_ns() - int(x[:8].view(np.int64)[0])) / 1e9))
+    finally:
+        stop.set()
+        writer.join()
+    assert ages, "no frame after the stall"
+    after = [age for t, age in ages if t >= 0]
+    assert after and after[0] < 1.0, f"first frame after the stall was {after[0]:.2f} s old: a backlog ({ages[:5]})"
+    assert max(after) < 1.0, f"a stale frame came through after the stall: {ages}"
+    assert during > 100, f"the writer on A wrote only {during} frames during the 3 s stall"
+    assert slowest[0] < 1.0, f"a write on A took {slowest[0]:.2f} s: the writer was held up by the link"
+    imported = {s["tag"]: s for s in bb.imported}["robot1/camera/left"]
+    assert imported["stale_dropped"] >= 1, imported
+
+
+def test_max_rate_caps_what_is_sent(hosts: Any, bridges: Any) -> None:
+    a, b, _, _ = linked(hosts, bridges, "--max-rate", "camera/**=10")
+    w = NdShArray("camera/left", np.zeros(4, np.int64), "w", endpoint=a.endpoint)
+    r = NdShArray("robot1/camera/left", r_w="r", endpoint=b.endpoint)
+    read_until(r, lambda x: True)
+    got = 0
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < 2.0:  # ~200 writes per second for 2 s
+        i += 1
+        w.write(np.full(4, i, np.int64))
+        time.sleep(0.005)
+        ok, _ = r.read()
+        got += ok
+    assert i > 100
+    assert 5 <= got <= 2 * 10 + 2, f"{got} frames arrived in 2 s at --max-rate 10"
+    w.close()
+
+
+def smooth_image(h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    img = x * 200 // w + y * 55 // h
+    return np.stack([img, 255 - img, img // 2], axis=-1).astype(np.uint8)
+
+
+def test_codecs_round_trip_and_jpeg_refuses_non_images(hosts: Any, bridges: Any) -> None:
+    from ndsharray.bridge.remote import list_remote
+
+    a, b, _, _ = linked(hosts, bridges, "--export", "depth/**", "--export", "bad/**",
+                        "--codec", "camera/**=jpeg:90", "--codec", "depth/**=zstd", "--codec", "bad/**=jpeg")
+    rgb = smooth_image(120, 160)
+    depth = np.random.default_rng(1).integers(0, 5000, (60, 80), dtype=np.uint16)
+    w1 = NdShArray("camera/rgb", rgb, "w", endpoint=a.endpoint)
+    w2 = NdShArray("depth/z", depth, "w", endpoint=a.endpoint)
+    w3 = NdShArray("bad/x", np.zeros((4, 4), np.float32), "w", endpoint=a.endpoint)
+    got = read_until(NdShArray("robot1/camera/rgb", r_w="r", endpoint=b.endpoint), lambda x: True)
+    assert got.shape == rgb.shape and got.dtype == np.uint8
+    err = np.abs(got.astype(int) - rgb)
+    assert err.mean() < 2 and err.max() < 16  # JPEG at quality 90: the error the README states
+    got = read_until(NdShArray("robot1/depth/z", r_w="r", endpoint=b.endpoint), lambda x: True)
+    assert got.dtype == depth.dtype and got.tobytes() == depth.tobytes()  # zstd: bit-exact
+
+    def refused() -> Any:
+        rows = {r["tag"]: r for r in list_remote(b.endpoint)}
+        return rows.get("bad/x", {}).get("error")
+
+    assert "JPEG carries only uint8 images" in wait_until(refused, what="the JPEG refusal")
+    assert not any(t.tag == "robot1/bad/x" for t in ndsharray.list_tags(b.endpoint))
+    for w in (w1, w2, w3):
+        w.close()
+
+
+def make_certificates(folder: str) -> dict[str, str]:
+    """A CA, and a server and a client certificate it signed (for 127.0.0.1/localhost)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    files: dict[str, str] = {}
+
+    def save(name: str, key: Any, cert: x509.Certificate) -> None:
+        for suffix, data in (("key", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption())),
+                             ("crt", cert.public_bytes(serialization.Encoding.PEM))):
+            path = files[f"{name}_{suffix}"] = os.path.join(folder, f"{name}.{suffix}")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+
+    def build(name: str, key: Any, issuer: x509.Name, signer: Any, ca: bool) -> x509.Certificate:
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+             .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            b = b.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            b = b.add_extension(x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ndsharray test CA")])
+    save("ca", ca_key, build("ndsharray test CA", ca_key, ca_name, ca_key, ca=True))
+    for name in ("robot1", "ws"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        save(name, key, build(name, key, ca_name, ca_key, ca=False))
+    return files
+
+
+def tls_config(folder: str, files: dict[str, str], me: str, listen: str | None) -> str:
+    """A Zenoh JSON5 config for mutual TLS (what the README shows)."""
+    path = os.path.join(folder, f"{me}.json5")
+    listen_part = f'listen: {{ endpoints: ["{listen}"] }},' if listen else ""
+    with open(path, "w") as f:
+        f.write(f"""{{
+  mode: "peer",
+  {listen_part}
+  transport: {{ link: {{ tls: {{
+    root_ca_certificate: "{files['ca_crt']}",
+    enable_mtls: true,
+    listen_private_key: "{files[me + '_key']}", listen_certificate: "{files[me + '_crt']}",
+    connect_private_key: "{files[me + '_key']}", connect_certificate: "{files[me + '_crt']}",
+  }} }} }},
+}}
+""")
+    return path
+
+
+def test_mutual_tls_with_a_zenoh_config_file(hosts: Any, bridges: Any, folder: str) -> None:
+    a, b = hosts(2)
+    files = make_certificates(folder)
+    port = free_port()
+    locator = f"tls/localhost:{port}"
+    bridges(a, "robot1", "--export", "camera/**", "--zenoh-config", tls_config(folder, files, "robot1", locator))
+    bridges(b, "ws", "--import", "robot1/**", "--connect", locator,
+            "--zenoh-config", tls_config(folder, files, "ws", None))
+    w = NdShArray("camera/left", frame(3), "w", endpoint=a.endpoint)
+    got = read_until(NdShArray("robot1/camera/left", r_w="r", endpoint=b.endpoint), lambda x: True)
+    assert got.tobytes() == frame(3).tobytes()
+    w.close()
