@@ -6,7 +6,7 @@
  * as it calls these functions; they check nothing but what the protocol needs.
  *
  * Offsets (bytes) into a segment's header, as in segment.py:
- *   56 notify word (u32, the futex), 60 reader rows in use (u32, high-water mark),
+ *   56 notify word (u32, the futex; moves when a writer wakes sleepers), 60 reader rows in use (u32, high-water mark),
  *   64 publish word (u64: count << 8 | slot), 128 + 16 i slot i's (write count, stamp).
  * A reader row (64 bytes, one per reader): u32 sleepers (threads of this reader that may
  * be in FUTEX_WAIT), u32 owner pid, then the frame it
@@ -728,6 +728,25 @@ static long writer_acquire_slot(WriterObject *w) {
     return -1;
 }
 
+/* Publish, then move the notify word and wake only if a reader may sleep. The notify word
+ * shares the header's first cache line with the retired word every read() loads: storing
+ * it on every write, as this did, made that line bounce between the writer's core and
+ * each reader's, one cache miss per read and one per write under a flat-out writer
+ * (issue 16). Left alone while nobody sleeps, the line stays shared and clean.
+ *
+ * Why no wake-up is lost (Dekker, as between pins and counts): the writer stores the
+ * publish word, full fence, loads every row's sleepers count; a blocking reader adds 1 to
+ * its sleepers, full fence, loads the notify word and then the publish word. Sequentially
+ * consistent fences on both sides (x86-64: mfence or a locked instruction; aarch64: dmb ish,
+ * which orders earlier stores before later loads, the one reordering both allow) mean at
+ * least one side sees the other's store. If the reader sees the new publish word it does
+ * not sleep. Otherwise the writer sees its sleepers count, adds 1 to the notify word and
+ * then calls FUTEX_WAKE: the reader's FUTEX_WAIT either finds the word changed (EAGAIN)
+ * or was queued before the wake, which then wakes it (the kernel compares the word under
+ * the futex bucket lock that FUTEX_WAKE takes too). If the reader's notify load already
+ * saw the writer's add, its later acquire load of the publish word sees the publish too:
+ * the add is a release after the fence that follows the publish store. An add, not a
+ * store of the count: the word always changes, whatever value retire() left in it. */
 static unsigned long long writer_publish_slot(WriterObject *w, unsigned slot) {
     unsigned long long stamp = monotonic_ns();
     unsigned long long count = w->count + 1;
@@ -735,13 +754,15 @@ static unsigned long long writer_publish_slot(WriterObject *w, unsigned slot) {
     atomic_store_explicit(entry + 1, stamp, memory_order_relaxed);
     atomic_store_explicit(entry, count, memory_order_release);
     atomic_store_explicit(u64_at(w->base, OFF_PUBLISH), (count << 8) | slot, memory_order_release);
-    atomic_store_explicit(u32_at(w->base, OFF_NOTIFY), (uint32_t)count, memory_order_release);
     atomic_thread_fence(memory_order_seq_cst);
     uint32_t used = rows_used(w->base);
     int waiting = 0;
     for (uint32_t r = 0; r < used && !waiting; r++)
         waiting = atomic_load_explicit(u32_at(w->rows + 64 * (uintptr_t)r, ROW_WAITING), memory_order_relaxed) != 0;
-    if (waiting) futex_wake(w->base + OFF_NOTIFY);
+    if (waiting) {
+        atomic_fetch_add_explicit(u32_at(w->base, OFF_NOTIFY), 1, memory_order_release);
+        futex_wake(w->base + OFF_NOTIFY);
+    }
     w->count = count;
     if ((int)slot != w->latest) w->prev = w->latest;
     w->latest = (int)slot;

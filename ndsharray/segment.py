@@ -17,7 +17,7 @@ Layout (little-endian; every field naturally aligned)::
     40      8     generation of this tag (1, 2, ... as the shape, dtype or N changes)
     48      4     pid of the writer using this segment (0 once it closed it)
     52      4     retired: 1 once a newer generation replaced this one, 2 if the tag was removed
-    56      4     notify word: the writer stores the low bits of its count after each publish (futex word)
+    56      4     notify word (futex word): a writer adds 1 when it wakes sleepers, retire too
     60      4     reader rows in use (a high-water mark: rows 0..n-1 may hold pins)
     64      8     publish word: (write count << 8) | index of the latest slot
     72      8     creation time, CLOCK_MONOTONIC ns
@@ -50,8 +50,9 @@ Two threads writing through one handle never get the same slot.)
 
 - writer: for a slot other than the latest (warmest first): store its write count 0,
   full fence, look at that slot's bit in every row in use; if none is set the slot is
-  ours. Copy the array; store count and time (release), the publish word, the notify
-  word; full fence; if any row says it may sleep, FUTEX_WAKE. If every slot is pinned, the
+  ours. Copy the array; store count and time (release), the publish word; full fence; if
+  any row says it may sleep, add 1 to the notify word and FUTEX_WAKE (left alone
+  otherwise: it shares a cache line with the retired word every read loads). If every slot is pinned, the
   writer probes the lock of each row that holds pins and clears the rows of dead readers.
 - reader: load the publish word; if its count is the one last seen, there is nothing new.
   Else set the slot's bit in our row (atomic or), full fence, load the slot's write count:

@@ -252,3 +252,35 @@ def test_no_wake_up_is_lost_in_a_ping_pong(daemon: Any, monkeypatch: Any) -> Non
         assert seg is not None
         rows = seg.layout.rows_offset
         assert all(seg.mm[rows + 64 * k : rows + 64 * k + 4] == bytes(4) for k in range(4))
+
+
+def test_writes_leave_the_notify_word_alone_while_no_reader_sleeps(daemon: Any, monkeypatch: Any) -> None:
+    # The notify word shares a cache line with the retired word that every read() loads;
+    # a write that stored it while nobody sleeps made that line bounce between the writer's
+    # and the readers' cores (issue 16). It moves only for a write that wakes a sleeper.
+    monkeypatch.setattr(ndsharray.client, "WAIT_SLICE", NO_SAFETY_NET)
+    frame = np.zeros(16)
+    with ndsharray.NdShArray("quiet", frame, "w") as w, ndsharray.NdShArray("quiet", r_w="r") as r:
+        seg = w._wseg
+        assert seg is not None
+
+        def notify() -> int:
+            return int(struct.unpack_from("<I", seg.mm, segment.OFF_NOTIFY)[0])
+
+        assert r.read()[0]
+        before = notify()
+        for k in range(1, 1001):
+            frame[0] = k
+            w.write(frame)
+            assert r.read()[0]
+        assert notify() == before, "writes with no sleeping reader moved the notify word"
+        waiter = Waiter(lambda: r.read(timeout=NO_SAFETY_NET))
+        waiter.start()
+        wait_until(lambda: asleep(r, waiter), what="the reader to fall asleep")
+        frame[0] = -1
+        w.write(frame)
+        waiter.join(WOKEN_WITHIN)
+        assert not waiter.is_alive(), f"the blocked reader was not woken within {WOKEN_WITHIN} s"
+        status, arr = waiter.result
+        assert status and arr[0] == -1
+        assert notify() != before
