@@ -381,3 +381,8 @@ def daemon_stop(endpoint: str) -> None:
     click.echo(f"stopped ndsharrayd pid {pid}" if pid else f"no daemon was serving {endpoint}")
 
 
+
+
+from .web.command import serve as _serve  # noqa: E402 (the web libraries load only when it runs)
+
+main.add_command(_serve)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -41,12 +42,34 @@ def save_png(a: np.ndarray[Any, Any], path: str, *, bgr: bool = False) -> tuple[
     """
     if bgr and not (a.ndim == 3 and a.shape[2] in (3, 4)):
         raise ValueError(f"--bgr needs an HxWx3 or HxWx4 frame, not shape {a.shape}")
+    img = rgb_image(a, bgr=bgr)
+    with open(path, "wb") as f:
+        f.write(encode_image(img, "PNG"))
+    return tuple(img.shape)
+
+
+def rgb_image(a: np.ndarray[Any, Any], *, bgr: bool = False) -> np.ndarray[Any, Any]:
+    """:func:`to_uint8_image`, with a BGR(A) frame's channels put in RGB(A) order when
+    ``bgr`` (ignored for a frame without colour channels)."""
+    img = to_uint8_image(a)
+    if bgr and img.ndim == 3:
+        img = np.ascontiguousarray(img[:, :, [2, 1, 0, 3][: img.shape[2]]])
+    return img
+
+
+def encode_image(img: np.ndarray[Any, Any], fmt: str, quality: int = 80) -> bytes:
+    """An 8-bit image array (from :func:`rgb_image`) as the bytes of a PNG or JPEG file.
+    JPEG has no alpha: an RGBA image loses it."""
     try:
         from PIL import Image
     except ImportError:
         raise ImportError("writing PNG files needs Pillow: pip install 'ndsharray[image]'") from None
-    img = to_uint8_image(a)
-    if bgr:
-        img = np.ascontiguousarray(img[:, :, [2, 1, 0, 3][: img.shape[2]]])
-    Image.fromarray(img).save(path, format="PNG")
-    return tuple(img.shape)
+    pic = Image.fromarray(img)
+    out = io.BytesIO()
+    if fmt == "JPEG":
+        if pic.mode == "RGBA":
+            pic = pic.convert("RGB")
+        pic.save(out, format="JPEG", quality=quality)
+    else:
+        pic.save(out, format=fmt)
+    return out.getvalue()

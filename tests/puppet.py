@@ -32,6 +32,10 @@ def run(cmd: dict[str, Any]) -> Any:
     if op == "write":
         h.write(make_array(cmd["dtype"], tuple(cmd["shape"]), cmd["seed"]))  # type: ignore[union-attr]
         return h.ndarray_mmap_name  # type: ignore[union-attr]
+    if op == "put":  # a frame of given values, broadcast to ``shape`` (a colour per pixel)
+        value = np.asarray(cmd["value"], dtype=cmd["dtype"])
+        h.write(np.broadcast_to(value, tuple(cmd.get("shape", value.shape))))  # type: ignore[union-attr]
+        return h.write_count  # type: ignore[union-attr]
     if op == "read":
         deadline = time.monotonic() + cmd.get("wait", 0)
         while True:
