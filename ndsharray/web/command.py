@@ -4,6 +4,7 @@ only when it runs, so the rest of the CLI works without the ``web`` extra."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 import sys
@@ -80,8 +81,14 @@ def serve(endpoint: str, bind: str, token: str | None) -> None:
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             # uvicorn waits for open responses before it stops: end the endless ones (the
-            # pushed tag tables) first. (Called in the loop's thread, from a signal.)
-            asyncio.ensure_future(app.state.table.close())
+            # pushed tag tables) first. (A signal handler: hand it to the loop.)
+            with contextlib.suppress(RuntimeError):  # no loop runs (yet, or any more)
+                loop = asyncio.get_running_loop()
+
+                def end_tables() -> None:
+                    app.state.closing = loop.create_task(app.state.table.close())  # (a reference)
+
+                loop.call_soon_threadsafe(end_tables)
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on",
