@@ -36,6 +36,7 @@ from .stranded import describe, stranded_tags
 from .table import render, terminal_width
 from .transport import daemon_running, start_daemon
 from .units import format_size as _size
+from .web.command import serve as serve_cmd  # (the web libraries load only when it runs)
 
 
 def _age(s: float | None) -> str:
@@ -381,8 +382,4 @@ def daemon_stop(endpoint: str) -> None:
     click.echo(f"stopped ndsharrayd pid {pid}" if pid else f"no daemon was serving {endpoint}")
 
 
-
-
-from .web.command import serve as _serve  # noqa: E402 (the web libraries load only when it runs)
-
-main.add_command(_serve)
+main.add_command(serve_cmd)
