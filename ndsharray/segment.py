@@ -93,7 +93,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from . import _hot
+from . import _hot, prefault
 from .dtypes import MAX_DESCR_LEN, text_to_dtype
 from .errors import (
     CorruptSegmentError,
@@ -761,6 +761,9 @@ class SegmentWriter(_Mapped):
             format=_buffer_format(h.dtype), count=count,
             latest=latest if count and latest < self.nslots else -1,
         )
+        # Our first write into each slot would fault page by page (see prefault.py).
+        prefault.prefault_slots(self.mm, [lay.slot_offset(i) for i in prefault.slot_order(
+            self.nslots, self.fast.latest)], lay.nbytes)
 
     def try_acquire(self) -> int:
         """A slot that is neither the latest nor pinned, its count zeroed; -1 if none is free,

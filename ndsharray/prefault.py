@@ -1,0 +1,89 @@
+"""Map a new segment's slots into the writer's page tables before its first writes.
+
+The daemon reserves every page of a segment (``posix_fallocate``), but each process that
+maps it still takes one page fault per 4 KiB page on first touch: the first write into each
+slot of a new generation paid 0.59-0.83 s for 256 MiB (0.02 s later) and 3-9 ms for a 1080p
+frame (0.4 ms later). ``MADV_POPULATE_WRITE`` (Linux 5.14+) fills the page tables in one
+call, several times faster than faulting page by page (256 MiB: 0.07 s), so:
+
+- the slot the first write will use is populated at once, in the writer's thread: that
+  delays the write that created the generation by less than the faults it saves;
+- the other slots, in the order the writer will use them, in a short-lived thread: the
+  ``madvise`` runs without the GIL (ctypes lets it go), so it delays nothing.
+
+Where the kernel lacks ``MADV_POPULATE_WRITE`` (EINVAL), the fallback reads one byte per
+page: on a shared tmpfs mapping a read fault maps the page writable, around its neighbours
+too (fault-around), and a read never races with a write into the slot. Slots below
+:data:`MIN_BYTES` are left alone (a few faults; not worth a call). ``NDSHARRAY_PREFAULT=0``
+turns it off (to measure the difference: benchmarks/first_frame.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import _hot
+
+MADV_POPULATE_WRITE = 23
+MIN_BYTES = 64 * 1024  # a slot this large is page aligned (see segment.Layout.stride)
+ENV = "NDSHARRAY_PREFAULT"
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.madvise.restype = ctypes.c_int
+
+
+class _Kernel:
+    populate = True  # until the kernel says EINVAL: then touch pages instead
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1") != "0"
+
+
+def populate(mm: mmap.mmap, offset: int, length: int) -> None:
+    """Map ``length`` bytes of ``mm`` from ``offset`` (page aligned) into our page tables,
+    writable. Best effort: a failure only means the writes fault as before."""
+    if length <= 0:
+        return
+    if _Kernel.populate:
+        addr = _hot.address(mm) + offset
+        if _libc.madvise(addr, length, MADV_POPULATE_WRITE) == 0:  # (without the GIL)
+            return
+        if ctypes.get_errno() != errno.EINVAL:
+            return  # ENOMEM, EFAULT (the file was shrunk): the write will say so, or fault
+        _Kernel.populate = False
+    pages = np.frombuffer(mm, np.uint8, length, offset)[:: mmap.PAGESIZE]
+    int(pages.sum())  # one read per page; the sum is only there to make numpy read
+
+
+def prefault_slots(mm: mmap.mmap, offsets: Sequence[int], length: int) -> threading.Thread | None:
+    """Populate the slot at ``offsets[0]`` now and the others in a background thread
+    (returned, for tests; it holds ``mm`` alive until it ends)."""
+    if length < MIN_BYTES or not offsets or not enabled():
+        return None
+    populate(mm, offsets[0], length)
+    rest = list(offsets[1:])
+    if not rest:
+        return None
+
+    def run() -> None:
+        for off in rest:
+            populate(mm, off, length)
+
+    t = threading.Thread(target=run, name="ndsharray-prefault", daemon=True)
+    t.start()
+    return t
+
+
+def slot_order(nslots: int, latest: int) -> list[int]:
+    """The slots in the order a writer takes them (see _hot.c, writer_order): after the
+    latest, round the ring; slot 0 first in a segment nobody published in yet."""
+    first = latest + 1 if latest >= 0 else 0
+    return [(first + k) % nslots for k in range(nslots) if latest < 0 or (first + k) % nslots != latest]
