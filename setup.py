@@ -25,7 +25,8 @@ def extensions() -> list[Any]:
     import numpy  # a build requirement (pyproject.toml): _hot builds its views with numpy's C API
 
     return [Extension("ndsharray._hot", ["ndsharray/_hot.c"], include_dirs=[numpy.get_include()],
-                      extra_compile_args=["-O2", "-std=c11"])]
+                      extra_compile_args=["-O2", "-std=c11"]),
+            Extension("ndsharray._waitv", ["ndsharray/_waitv.c"], extra_compile_args=["-O2", "-std=c11"])]
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

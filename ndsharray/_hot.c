@@ -179,6 +179,7 @@ typedef struct {
     unsigned long long count, stamp, read_ns; /* of the frame read() returned last */
     int waiting;  /* threads in wait() now (each holds the GIL before and after its sleep) */
     int stopped;  /* stop() ended every wait for good: the handle closed */
+    long async_sleeps; /* sleep_begin() calls not yet ended by sleep_end() */
 } ReaderObject;
 
 static void reader_release(ReaderObject *r, unsigned slot) {
@@ -471,7 +472,8 @@ static PyObject *reader_unpin(ReaderObject *r, PyObject *arg) {
 static PyObject *reader_wait(ReaderObject *r, PyObject *args) {
     unsigned long long last;
     double timeout;
-    if (!PyArg_ParseTuple(args, "Kd", &last, &timeout)) return NULL;
+    long long expect = -1; /* the notify word the caller saw before it looked at the writer */
+    if (!PyArg_ParseTuple(args, "Kd|L", &last, &timeout, &expect)) return NULL;
 #ifdef __linux__
     if (r->row == 0 || r->stopped) Py_RETURN_TRUE; /* the handle closed */
     a32 *notify = u32_at(r->base, OFF_NOTIFY);
@@ -481,7 +483,8 @@ static PyObject *reader_wait(ReaderObject *r, PyObject *args) {
     uint32_t seen = atomic_load_explicit(notify, memory_order_acquire);
     uint64_t count = atomic_load_explicit(u64_at(r->base, OFF_PUBLISH), memory_order_acquire) >> 8;
     int ready = (count != last && count != 0) ||
-                atomic_load_explicit(u32_at(r->base, OFF_RETIRED), memory_order_acquire) != 0;
+                atomic_load_explicit(u32_at(r->base, OFF_RETIRED), memory_order_acquire) != 0 ||
+                (expect >= 0 && seen != (uint32_t)expect); /* moved since (a close, a death) */
     long rc = 0;
     int err = 0;
     if (!ready) {
@@ -524,6 +527,27 @@ static PyObject *reader_stop(ReaderObject *r, PyObject *noargs) {
     Py_RETURN_NONE;
 }
 
+/* sleep_begin() -> the notify word, after saying "may sleep" in our row (as wait() does
+ * before its FUTEX_WAIT), for a waiter that sleeps elsewhere (aio.py's waiter thread); None
+ * once the handle closed. The caller then looks for a new write and either sleeps on the
+ * word with that value or calls sleep_end(); sleep_end() in any case, exactly once. */
+static PyObject *reader_sleep_begin(ReaderObject *r, PyObject *noargs) {
+    if (r->row == 0 || r->stopped) Py_RETURN_NONE;
+    atomic_fetch_add_explicit(u32_at(r->row, ROW_WAITING), 1, memory_order_seq_cst);
+    atomic_thread_fence(memory_order_seq_cst);
+    r->async_sleeps++;
+    return PyLong_FromUnsignedLong(atomic_load_explicit(u32_at(r->base, OFF_NOTIFY), memory_order_acquire));
+}
+
+static PyObject *reader_sleep_end(ReaderObject *r, PyObject *noargs) {
+    if (r->async_sleeps > 0) {
+        r->async_sleeps--;
+        if (r->row != 0) /* (a detached row may be another reader's by now) */
+            atomic_fetch_sub_explicit(u32_at(r->row, ROW_WAITING), 1, memory_order_release);
+    }
+    Py_RETURN_NONE;
+}
+
 /* detach(): the handle closes its fd (and so gives up its row, which another reader may
  * take at once): from now on nothing here touches the row. */
 static PyObject *reader_detach(ReaderObject *r, PyObject *noargs) {
@@ -532,6 +556,12 @@ static PyObject *reader_detach(ReaderObject *r, PyObject *noargs) {
 }
 
 static PyObject *reader_get_pinned(ReaderObject *r, void *c) { return PyLong_FromLong(r->total); }
+static PyObject *reader_get_notify(ReaderObject *r, void *c) {
+    return PyLong_FromUnsignedLong(atomic_load_explicit(u32_at(r->base, OFF_NOTIFY), memory_order_acquire));
+}
+static PyObject *reader_get_notify_addr(ReaderObject *r, void *c) {
+    return PyLong_FromUnsignedLongLong((unsigned long long)(r->base + OFF_NOTIFY));
+}
 static PyObject *reader_get_count(ReaderObject *r, void *c) { return PyLong_FromUnsignedLongLong(r->count); }
 static PyObject *reader_get_stamp(ReaderObject *r, void *c) { return PyLong_FromUnsignedLongLong(r->stamp); }
 static PyObject *reader_get_read_ns(ReaderObject *r, void *c) { return PyLong_FromUnsignedLongLong(r->read_ns); }
@@ -545,6 +575,8 @@ static int reader_set_on_idle(ReaderObject *r, PyObject *v, void *c) {
 
 static PyGetSetDef reader_getset[] = {
     {"pinned", (getter)reader_get_pinned, NULL, "pins this reader holds (views and pending reads)", NULL},
+    {"notify", (getter)reader_get_notify, NULL, "the notify word now (acquire)", NULL},
+    {"notify_addr", (getter)reader_get_notify_addr, NULL, "the notify word's address", NULL},
     {"count", (getter)reader_get_count, NULL, "write count of the frame pinned last", NULL},
     {"stamp", (getter)reader_get_stamp, NULL, "write time (monotonic ns) of the frame pinned last", NULL},
     {"read_ns", (getter)reader_get_read_ns, NULL, "when the frame pinned last was pinned (monotonic ns)", NULL},
@@ -562,6 +594,8 @@ static PyMethodDef reader_methods[] = {
     {"unpin", (PyCFunction)reader_unpin, METH_O, "Give back a pin latest() handed out."},
     {"wait", (PyCFunction)reader_wait, METH_VARARGS, "Sleep until a write newer than last_count (or timeout)."},
     {"detach", (PyCFunction)reader_detach, METH_NOARGS, "Stop touching the row (the fd is closing)."},
+    {"sleep_begin", (PyCFunction)reader_sleep_begin, METH_NOARGS, "Say may-sleep; the notify word (None: closed)."},
+    {"sleep_end", (PyCFunction)reader_sleep_end, METH_NOARGS, "End one sleep_begin()."},
     {NULL, NULL, 0, NULL},
 };
 

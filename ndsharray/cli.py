@@ -70,7 +70,7 @@ def _row(t: TagInfo) -> list[str]:
         t.tag, t.dtype or "-", _shape(t.shape), _size(t.nbytes) if t.dtype else "-", _writer(t),
         str(t.readers), str(t.writes), "-" if t.rate_hz is None else f"{t.rate_hz:.1f}",
         _age(t.last_write_age_s), _latency(t.max_read_latency_s),
-        "-" if t.max_behind is None else str(t.max_behind), str(t.generation),
+        "-" if t.max_behind is None else str(t.max_behind), str(t.generation), str(t.dropped),
     ]
 
 
@@ -131,9 +131,9 @@ def main(ctx: click.Context, endpoint: str | None) -> None:
 
 
 LS_HEADER = ["TAG", "DTYPE", "SHAPE", "SIZE", "WRITER", "READERS", "WRITES", "RATE HZ", "LAST WRITE",
-             "AGE AT READ", "BEHIND", "GEN"]
+             "AGE AT READ", "BEHIND", "GEN", "DROPPED"]
 # On a narrow terminal these go first (ls --json keeps everything).
-LS_DROP = ["GEN", "SIZE", "WRITES", "AGE AT READ", "DTYPE", "BEHIND", "LAST WRITE", "READERS", "RATE HZ",
+LS_DROP = ["GEN", "DROPPED", "SIZE", "WRITES", "AGE AT READ", "DTYPE", "BEHIND", "LAST WRITE", "READERS", "RATE HZ",
            "SHAPE", "WRITER"]
 
 
@@ -211,7 +211,9 @@ def info(endpoint: str, tag: str, as_json: bool) -> None:
         ("segment size", _size(t.size) if t.size else "-"),
         ("writer", f"pid {t.writer_pid or t.last_writer_pid or '-'} ({state})"),
         ("readers", f"{t.readers}" + (f" (pids {', '.join(map(str, t.reader_pids))})" if t.reader_pids else "")),
-        ("writes", str(t.writes)), ("rate", "-" if t.rate_hz is None else f"{t.rate_hz:.1f} Hz"),
+        ("writes", str(t.writes)),
+        ("dropped", f"{t.dropped} (on_full='drop': readers pinned every slot)" if t.dropped else "0"),
+        ("rate", "-" if t.rate_hz is None else f"{t.rate_hz:.1f} Hz"),
         ("last write", _age(t.last_write_age_s) + (" ago" if t.last_write_age_s is not None else "")),
     ]
     for s in t.reader_stats:

@@ -251,6 +251,7 @@ class TagInfo(Wire):
     reader_stats: tuple[ReaderStat, ...] = ()
     writer_left: str | None = None  # how the last writer went: "closed" (close(), exit) or "died"
     descr: str | None = None  # the dtype exactly (dtypes.dtype_to_text), for structured ones
+    dropped: int = 0  # frames the writer dropped (on_full="drop") because readers pinned every slot
 
     def as_json(self) -> dict[str, Any]:
         """What ``ndsharray ls --json`` prints for this tag."""

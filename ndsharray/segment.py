@@ -26,7 +26,9 @@ Layout (little-endian; every field naturally aligned)::
     84      4     pid of the writer that last closed this segment (0: none; ls after a restart)
     88      16    writer key: first 16 bytes of SHA-256 of the writer's token (zero once it
                   closed); a restarted daemon grants the tag only to the holder of that token
-    104     24    reserved (zero)
+    104     8     frames the writer dropped (on_full="drop": every slot pinned), a u64 only the
+                  writer stores (carried over to its next generation); for ls and info
+    112     16    reserved (zero)
     128     16*N  slot table: per slot its write count (u64) and publish time (u64, monotonic ns)
     ...     8*ndim  shape (u64 each)
     ...     tag, then dtype description
@@ -128,8 +130,10 @@ OFF_WRITER_PID = 48
 OFF_RETIRED = 52
 RETIRED_SUPERSEDED = 1  # a newer generation replaced this segment: readers re-resolve
 RETIRED_REMOVED = 2  # the tag was removed (ndsharray rm): its writer must stop
+WAKE_ONLY = 0  # retire(mm, WAKE_ONLY): move the notify word and wake sleepers, flag nothing
 OFF_NOTIFY = 56
 OFF_CLOSED_PID = 84
+OFF_DROPPED = 104
 OFF_WRITER_KEY = 88
 KEY_BYTES = 16
 NO_KEY = bytes(KEY_BYTES)
@@ -411,6 +415,11 @@ def latest_write(buf: Any, nslots: int) -> tuple[int, int | None]:
 _ROW_HEAD = struct.Struct("@IIQQQ")  # sleepers, pid, read ns, write ns, write count
 
 
+def dropped_frames(buf: Any) -> int:
+    """Frames the writer dropped (on_full="drop"), from a segment header."""
+    return int(_U64.unpack_from(buf, OFF_DROPPED)[0])
+
+
 def reader_rows(buf: Any, layout: Layout) -> list[tuple[int, int, int, int]]:
     """(pid, read ns, write ns, write count) of the last frame each claimed reader row read,
     read from a segment header (values may be torn or stale: figures for display only)."""
@@ -426,7 +435,8 @@ def reader_rows(buf: Any, layout: Layout) -> list[tuple[int, int, int, int]]:
 def retire(mm: mmap.mmap, why: int) -> None:
     """Flag a segment as replaced (1) or its tag removed (2), and wake blocked readers so
     they look for what replaced it. The writer and the daemon both do this; "removed" wins
-    over "replaced", so a removed tag's writer stops whoever flagged the segment first."""
+    over "replaced", so a removed tag's writer stops whoever flagged the segment first.
+    ``WAKE_ONLY`` (0) flags nothing: readers wake and look at the writer (it closed)."""
     _hot.retire(mm, why)
 
 
@@ -813,6 +823,11 @@ class SegmentWriter(_Mapped):
             os.close(fd)
         return freed
 
+    def set_dropped(self, n: int) -> None:
+        """Record that ``n`` frames of the tag were dropped so far (for ls and info)."""
+        if not self.closed:
+            _U64.pack_into(self.mm, OFF_DROPPED, n)
+
     def release(self, i: int) -> None:
         """Give back an acquired slot without publishing it (its count stays 0)."""
         self.fast.release(i)
@@ -856,6 +871,8 @@ class SegmentWriter(_Mapped):
             _U32.pack_into(self.mm, OFF_CLOSED_PID, _Process.pid)  # (who: for ls after a restart)
             _U32.pack_into(self.mm, OFF_WRITER_PID, 0)
             self.mm[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES] = NO_KEY
+            # End of stream: wake blocked readers, who then find the writer closed.
+            retire(self.mm, WAKE_ONLY)
         self._close_fd()
         # self.slots stays: a thread between acquiring a slot and copying into it still
         # indexes it. The mapping goes with the last of them (and of loaned arrays).

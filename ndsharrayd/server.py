@@ -58,9 +58,11 @@ from ndsharray.segment import (
     NO_KEY,
     RETIRED_REMOVED,
     RETIRED_SUPERSEDED,
+    WAKE_ONLY,
     Header,
     Layout,
     create_segment,
+    dropped_frames,
     latest_write,
     parse_header,
     reader_rows,
@@ -207,6 +209,17 @@ class SegmentFiles:
         except (OSError, ValueError) as exc:
             log.warning("could not flag segment %r retired: %s", name, exc)
         self.unlink(name)
+
+    def wake(self, name: str) -> None:
+        """Move the notify word of a segment and wake every reader asleep on it: its writer
+        died, and only we noticed (a writer that closes does this itself)."""
+        entry = self.headers.get(name)
+        if entry is None:
+            return
+        try:
+            safe_retire.retire(entry[0], WAKE_ONLY)
+        except (OSError, ValueError) as exc:
+            log.warning("could not wake the readers of segment %r: %s", name, exc)
 
     def unlink(self, name: str) -> None:
         tag = self.tags.pop(name, None)
@@ -584,6 +597,7 @@ class Daemon:
                 readers=max(len(rec.readers), len(stats)),
                 reader_pids=tuple(sorted(set(rec.readers.values()) | {s["pid"] for s in stats})),
                 writes=writes,
+                dropped=dropped_frames(got[0]) if got else 0,
                 last_write_age_s=None if stamp is None else max(0, now - stamp) / 1e9,
                 generation=rec.generation,
                 segment=rec.segment,
@@ -769,8 +783,20 @@ class Daemon:
             self._pidfds[pid] = fd
             self._fd_pids[fd] = pid
 
+    def _writer_segments(self, pid: int) -> list[str]:
+        return [r.segment for r in self.registry.tags.values()
+                if r.writer is not None and r.writer.pid == pid and r.segment is not None]
+
+    def _drop_pid(self, pid: int, now: float) -> list[str]:
+        """Forget a dead process; wake the readers of the tags it wrote (end of stream)."""
+        orphaned = self._writer_segments(pid)
+        tags = self.registry.drop_pid(pid, now)
+        for name in orphaned:
+            self.files.wake(name)
+        return tags
+
     def _process_died(self, pid: int) -> None:
-        tags = self.registry.drop_pid(pid, time.monotonic())
+        tags = self._drop_pid(pid, time.monotonic())
         if tags:
             log.info("process %d is gone; released its registrations on %s", pid, ", ".join(tags))
         fd = self._pidfds.pop(pid, None)
@@ -801,7 +827,7 @@ class Daemon:
         self._sample_rates(now)
         for pid in self.registry.pids() - self._pidfds.keys():
             if not _alive(pid):
-                self.registry.drop_pid(pid, now)
+                self._drop_pid(pid, now)
         for tag in self._writer_uids.keys() - self.registry.tags.keys():
             del self._writer_uids[tag]
         for name in self.registry.expire(now):

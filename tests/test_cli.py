@@ -91,7 +91,7 @@ def test_ls_shows_how_late_and_how_far_behind_readers_are(daemon: Daemon, puppet
         assert t.max_behind == 3
         header, row = cli("ls").output.splitlines()
         assert "AGE AT READ" in header and "BEHIND" in header
-        assert row.split()[-2:] == ["3", "1"]  # BEHIND, GEN
+        assert row.split()[-3:] == ["3", "1", "0"]  # BEHIND, GEN, DROPPED
         out = cli("info", "lag").output
         assert f"reader {reader.pid}" in out and "3 write(s) behind" in out
         reader(op="close", name="r")
