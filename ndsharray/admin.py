@@ -49,6 +49,19 @@ def daemon_pid(endpoint: str | None = None) -> int | None:
     return None if found is None else found[0]
 
 
+def daemon_running(endpoint: str | None = None) -> bool:
+    """True when a daemon holds the endpoint's lock (no daemon call; it may be starting)."""
+    return transport.daemon_running(config.resolve_endpoint(endpoint))
+
+
+def start_daemon(endpoint: str | None = None) -> int | None:
+    """Start a detached daemon for ``endpoint`` unless one runs (safe to race); returns the
+    pid of the one that serves it."""
+    ep = config.resolve_endpoint(endpoint)
+    transport.start_daemon(ep)
+    return daemon_pid(ep)
+
+
 LOCK_WRITE_GRACE = 0.5  # seconds a lock's holder may take to write its pid into it
 
 

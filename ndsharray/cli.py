@@ -1,11 +1,14 @@
-"""The ``ndsharray`` command: thin wrappers over library calls, one per command.
+"""The ``ndsharray`` command: thin wrappers over library calls (the admin API), one per
+command.
 
-Exit codes: 0 ok, 1 operational error (one line on stderr), 2 usage error.
+Exit codes: 0 ok, 1 operational error (one line on stderr), 2 usage error. A traceback is
+a bug of ndsharray: please report it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -21,20 +24,21 @@ from ._version import __version__
 from .admin import (
     TagInfo,
     daemon_pid,
+    daemon_running,
     daemon_stats,
     list_tags_and_notes,
     remove_tag,
+    start_daemon,
     stop_daemon,
     tag_info,
 )
 from .bridge import cli as bridge_cli
 from .client import NdShArray
 from .doctor import run_checks
-from .errors import NdShArrayError, TagRemovedError
+from .errors import NdShArrayError, TagRemovedError, UsageError
 from .protocol import check_tag
 from .stranded import describe, stranded_tags
 from .table import render, terminal_width
-from .transport import daemon_running, start_daemon
 from .units import format_size as _size
 from .web.command import serve as serve_cmd  # (the web libraries load only when it runs)
 
@@ -103,7 +107,22 @@ def _user_terms(exc: Exception) -> str:
     return _PROTOCOL_WORDING.sub(lambda m: f"invalid {m.group(1)}: ", str(exc))
 
 
+class _Number(click.FloatRange):
+    """A ``FloatRange`` that refuses NaN (which passes every range check: no comparison with
+    it is true)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        out = super().convert(value, param, ctx)
+        if out is not None and math.isnan(out):
+            self.fail(f"{value!r} is NaN; give a number", param, ctx)
+        return out
+
+
 class _Cli(click.Group):
+    """Library errors become one line in one place: the library's usage errors exit 2, its
+    operational errors 1. Anything else (a KeyError, a ValueError from inside) is a bug of
+    ndsharray, not the user's: it goes up with its traceback."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -112,12 +131,10 @@ class _Cli(click.Group):
             # (exit 141, as if killed by SIGPIPE), and keep Python's exit flush from failing.
             _silence(sys.stdout, sys.stderr)
             sys.exit(128 + signal.SIGPIPE)
+        except UsageError as exc:  # a bad tag, file or value given: exit 2
+            raise click.UsageError(str(exc), ctx) from None
         except (NdShArrayError, OSError, TimeoutError, ImportError) as exc:  # operational: exit 1
             raise click.ClickException(_user_terms(exc)) from None
-        except KeyError as exc:  # its str() is the repr of the key
-            raise click.UsageError(str(exc).strip("'\""), ctx) from None
-        except ValueError as exc:  # a bad tag, file or value given: exit 2
-            raise click.UsageError(str(exc), ctx) from None
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -231,7 +248,7 @@ def info(endpoint: str, tag: str, as_json: bool) -> None:
               help="Also write the frame as a PNG (needs Pillow: ndsharray[image]).")
 @click.option("--bgr", is_flag=True,
               help="With --png: the HxWx3/4 frame is BGR(A), OpenCV's channel order.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--timeout", type=_Number(min=0), default=2.0, show_default=True,
               help="Seconds to wait for a frame.")
 @click.pass_obj
 def show(endpoint: str, tag: str, png: str | None, bgr: bool, timeout: float) -> None:
@@ -262,11 +279,11 @@ def show(endpoint: str, tag: str, png: str | None, bgr: bool, timeout: float) ->
 @click.argument("tag", callback=_tag_arg)
 @click.argument("file", type=click.Path(dir_okay=False, writable=True))
 @click.option("--frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--seconds", type=_Number(min=0, min_open=True), default=None,
               help="Stop after S seconds.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@click.option("--timeout", type=_Number(min=0), default=10.0, show_default=True,
               help="Seconds to wait for the first frame.")
-@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--idle-timeout", type=_Number(min=0, min_open=True), default=None,
               help="Stop after this many seconds without a new frame (the writer stopped).")
 @click.pass_obj
 def record_cmd(endpoint: str, tag: str, file: str, frames: int | None, seconds: float | None,
@@ -295,7 +312,7 @@ def record_cmd(endpoint: str, tag: str, file: str, frames: int | None, seconds: 
 @main.command("replay")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.argument("tag", callback=_tag_arg)
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--rate", type=_Number(min=0, min_open=True), default=None,
               help="Frames per second (default: the recorded timing, or 30 Hz for .npy).")
 @click.option("--loop", is_flag=True, help="Start over at the end, until Ctrl-C.")
 @click.pass_obj
@@ -372,8 +389,7 @@ def daemon_status(endpoint: str) -> None:
 @click.pass_obj
 def daemon_start(endpoint: str) -> None:
     """Start a detached daemon unless one already runs."""
-    start_daemon(endpoint)
-    click.echo(f"ndsharrayd pid {daemon_pid(endpoint)} serving {endpoint}")
+    click.echo(f"ndsharrayd pid {start_daemon(endpoint)} serving {endpoint}")
 
 
 @daemon_group.command("stop")

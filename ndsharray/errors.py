@@ -3,6 +3,9 @@
 ::
 
     NdShArrayError                  root of everything ndsharray raises on purpose
+    ├── UsageError                  your mistake, not a fault (also a ValueError): a bad
+    │   │                           argument or file given
+    │   └── HandleClosedError       you closed this handle and then used it
     ├── DaemonUnavailableError      no daemon answers at the endpoint (and none could be started)
     ├── ProtocolError               the daemon and this client do not understand each other
     ├── DaemonError                 the daemon refused a request (carries the error code)
@@ -13,13 +16,14 @@
     ├── SegmentGoneError            the segment was removed under us (the tag was re-created)
     ├── CorruptSegmentError         a segment header fails validation; nothing was mapped as data
     ├── WriterStalledError          readers pinned every slot for longer than the write timeout
-    ├── HandleClosedError           you closed this handle and then used it (also a ValueError)
     ├── UnsupportedDtypeError       the dtype cannot live in shared memory (also a TypeError,
     │                               and a NotImplementedError as ndsharray 1.x raised)
+    ├── CodecError                  the bridge: an array its codec cannot carry, or a payload
+    │                               it cannot decode (also a ValueError)
     └── UnsafeFileError             a file beside the socket or in /dev/shm is a link, not a
                                     regular file, or not ours (also a PermissionError)
 
-Plain argument mistakes stay ``ValueError`` / ``TypeError``.
+Plain argument *type* mistakes stay ``TypeError``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ from __future__ import annotations
 
 class NdShArrayError(Exception):
     """Root of every exception ndsharray raises on purpose."""
+
+
+class UsageError(NdShArrayError, ValueError):
+    """The caller's mistake: a bad argument value, or a handle used in a way its ``r_w`` or
+    state does not allow. A ``ValueError`` too; the message says what to do instead."""
 
 
 class DaemonUnavailableError(NdShArrayError):
@@ -81,7 +90,7 @@ class WriterStalledError(NdShArrayError):
     """Every slot stayed pinned by readers for longer than the write timeout."""
 
 
-class HandleClosedError(NdShArrayError, ValueError):
+class HandleClosedError(UsageError):
     """The handle was closed by its owner and cannot be used any more."""
 
 
@@ -90,6 +99,10 @@ class UnsupportedDtypeError(NdShArrayError, TypeError, NotImplementedError):
 
     A ``TypeError``; also a ``NotImplementedError``, which ndsharray 1.x raised for it.
     """
+
+
+class CodecError(NdShArrayError, ValueError):
+    """The bridge: an array this codec cannot carry, or a payload it cannot decode."""
 
 
 class UnsafeFileError(NdShArrayError, PermissionError):

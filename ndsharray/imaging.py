@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UsageError
+
 
 def to_uint8_image(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """2-D -> grayscale; HxWx1/3/4 -> gray/RGB/RGBA; any numeric dtype scaled to 0..255.
@@ -17,9 +19,9 @@ def to_uint8_image(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
-        raise ValueError(f"cannot show shape {a.shape} as an image: need HxW, HxWx3 or HxWx4")
+        raise UsageError(f"cannot show shape {a.shape} as an image: need HxW, HxWx3 or HxWx4")
     if a.dtype.kind not in "biuf":
-        raise ValueError(f"cannot show dtype {a.dtype} as an image")
+        raise UsageError(f"cannot show dtype {a.dtype} as an image")
     if a.dtype == np.uint8:
         return np.ascontiguousarray(a)
     if a.dtype == np.bool_:
@@ -41,7 +43,7 @@ def save_png(a: np.ndarray[Any, Any], path: str, *, bgr: bool = False) -> tuple[
     colour channels, rather than a silently unchanged picture.
     """
     if bgr and not (a.ndim == 3 and a.shape[2] in (3, 4)):
-        raise ValueError(f"--bgr needs an HxWx3 or HxWx4 frame, not shape {a.shape}")
+        raise UsageError(f"--bgr needs an HxWx3 or HxWx4 frame, not shape {a.shape}")
     img = rgb_image(a, bgr=bgr)
     with open(path, "wb") as f:
         f.write(encode_image(img, "PNG"))

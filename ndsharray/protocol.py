@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .errors import ProtocolError
+from .errors import ProtocolError, UsageError
 from .replies import (
     Claimed,
     Empty,
@@ -69,18 +69,19 @@ class RequestError(Exception):
 
 
 def check_tag(tag: object) -> str:
-    """Return ``tag`` if it follows the tag rules, else raise ``ValueError`` saying which."""
+    """Return ``tag`` if it follows the tag rules, else raise :class:`UsageError` (a
+    ``ValueError``) saying which; ``TypeError`` for a tag that is not a str."""
     if not isinstance(tag, str):
         raise TypeError(f"tag must be a str, got {type(tag).__name__}")
     if not 0 < len(tag) <= MAX_TAG_LEN:
-        raise ValueError(f"tag must be 1..{MAX_TAG_LEN} characters, got {len(tag)}")
+        raise UsageError(f"tag must be 1..{MAX_TAG_LEN} characters, got {len(tag)}")
     if not TAG_RE.match(tag):
-        raise ValueError(
+        raise UsageError(
             f"tag {tag[:60]!r} has characters outside letters, digits, '_.-:@+=' or an empty "
             "part between '/' separators"
         )
     if any(part in (".", "..") for part in tag.split("/")):
-        raise ValueError(f"tag {tag[:60]!r} has a '.' or '..' part; name parts plainly")
+        raise UsageError(f"tag {tag[:60]!r} has a '.' or '..' part; name parts plainly")
     return tag
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .client import NdShArray
+from .errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,9 @@ class Recording:
 
 
 def check_path(path: str) -> None:
-    """Raise ValueError unless ``path`` names a file :func:`record` can write."""
+    """Raise :class:`UsageError` (a ValueError) unless ``path`` names a file :func:`record` can write."""
     if not path.endswith((".npy", ".npz")):
-        raise ValueError(f"record to a .npy or .npz file, not {path!r}")
+        raise UsageError(f"record to a .npy or .npz file, not {path!r}")
 
 
 def record(
@@ -55,7 +56,7 @@ def record(
     """
     check_path(path)
     if frames is not None and frames < 1:
-        raise ValueError("frames must be at least 1")
+        raise UsageError("frames must be at least 1")
     part = path + ".part"
     try:
         return _record(tag, path, part, frames, seconds, endpoint, progress, first_frame_timeout,
@@ -137,11 +138,20 @@ def _record(
 
 
 def load(path: str) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any] | None]:
-    """The frames of a recording and its timestamps (ns from the first frame) if it has them."""
-    if path.endswith(".npz"):
-        with np.load(path) as z:
-            return z["frames"], z.get("timestamps_ns")
-    return np.load(path, mmap_mode="r"), None
+    """The frames of a recording and its timestamps (ns from the first frame) if it has them.
+
+    :class:`UsageError` for a file numpy reads but that is no recording."""
+    try:
+        if path.endswith(".npz"):
+            with np.load(path) as z:
+                if "frames" in z.files:
+                    return z["frames"], z.get("timestamps_ns")
+                names = ", ".join(z.files) or "nothing"
+        else:
+            return np.load(path, mmap_mode="r"), None
+    except ValueError as exc:  # (pickled objects, a bad header)
+        raise UsageError(f"{path} is not a recording numpy reads without pickle: {exc}") from None
+    raise UsageError(f"{path} holds no frames, only {names}: not a file of ndsharray record")
 
 
 def replay(
@@ -161,9 +171,9 @@ def replay(
     """
     frames, stamps = load(path)
     if frames.ndim < 1 or len(frames) == 0:
-        raise ValueError(f"{path} holds no frames")
+        raise UsageError(f"{path} holds no frames")
     if rate is not None and rate <= 0:
-        raise ValueError("rate must be positive")
+        raise UsageError("rate must be positive")
     if rate is not None or stamps is None:
         stamps = (np.arange(len(frames)) * (1e9 / (rate or 30.0))).astype(np.int64)
     period = int(stamps[-1] + (stamps[-1] // max(1, len(stamps) - 1) if len(stamps) > 1 else 1e9 / 30))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from .errors import UsageError
+
 _SUFFIXES = {
     "": 1, "b": 1,
     "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
@@ -26,7 +28,7 @@ def parse_size(text: str) -> int:
     m = _SIZE.match(text)
     unit = m.group(2).lower() if m else None
     if m is None or unit not in _SUFFIXES:
-        raise ValueError(f"{text!r} is not a size: give bytes, or a number with K, M, G, T "
+        raise UsageError(f"{text!r} is not a size: give bytes, or a number with K, M, G, T "
                          "(powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 50M or 2GiB")
     return int(float(m.group(1)) * _SUFFIXES[unit])
 

@@ -14,14 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CodecError as CodecError  # (of the tree; the bridge exports it)
+from ..errors import UsageError
+
 RAW, ZSTD, JPEG = 0, 1, 2
 NAMES = {RAW: "raw", ZSTD: "zstd", JPEG: "jpeg"}
 DEFAULT_ZSTD_LEVEL = 1  # fast: the link, not the ratio, is what a video bridge fights
 DEFAULT_JPEG_QUALITY = 90
-
-
-class CodecError(ValueError):
-    """An array this codec cannot carry, or a payload it cannot decode."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class Codec:
             quality = _int_arg(spec, arg, DEFAULT_JPEG_QUALITY, 1, 100, "quality")
             _module("PIL.Image", spec)
             return cls(JPEG, quality)
-        raise ValueError(f"unknown codec {spec!r}: use raw, zstd[:LEVEL 1-22] or jpeg[:QUALITY 1-100]")
+        raise UsageError(f"unknown codec {spec!r}: use raw, zstd[:LEVEL 1-22] or jpeg[:QUALITY 1-100]")
 
     def __str__(self) -> str:
         return NAMES[self.kind] + (f":{self.level}" if self.kind != RAW else "")
@@ -118,7 +117,7 @@ def _int_arg(spec: str, arg: str, default: int, lo: int, hi: int, what: str) -> 
     except ValueError:
         value = lo - 1
     if not lo <= value <= hi:
-        raise ValueError(f"codec {spec!r}: {what} must be an integer {lo}..{hi}")
+        raise UsageError(f"codec {spec!r}: {what} must be an integer {lo}..{hi}")
     return value
 
 

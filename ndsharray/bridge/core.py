@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import config
+from ..errors import UsageError
 from . import wire, zconfig
 from .codecs import Codec
 from .exporter import Exporter
@@ -55,7 +56,7 @@ class Bridge:
         rates = _per_glob(max_rate)
         for hz in rates.values():
             if hz is not None and not (isinstance(hz, (int, float)) and hz > 0):
-                raise ValueError(f"max_rate must be a number of Hz above 0, got {hz!r}")
+                raise UsageError(f"max_rate must be a number of Hz above 0, got {hz!r}")
         self.export_patterns = [TagPattern.parse(p) for p in exports]
         self.codecs = [(TagPattern.parse(g), Codec.parse(c)) for g, c in codecs.items()]
         self.rates = [(TagPattern.parse(g), float(r)) for g, r in rates.items()]

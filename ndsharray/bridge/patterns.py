@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import UsageError
 from ..protocol import check_tag
 
 
@@ -18,18 +19,18 @@ class TagPattern:
     @classmethod
     def parse(cls, text: str) -> TagPattern:
         if not isinstance(text, str) or not text:
-            raise ValueError("a tag pattern must be a non-empty string such as 'camera/*' or 'camera/**'")
+            raise UsageError("a tag pattern must be a non-empty string such as 'camera/*' or 'camera/**'")
         parts = tuple(text.split("/"))
         for p in parts:
             if p in ("*", "**"):
                 continue
             if "*" in p:
-                raise ValueError(
+                raise UsageError(
                     f"tag pattern {text!r}: '*' must be a whole part ('camera/*', 'camera/**'), not {p!r}")
             try:
                 check_tag(p)  # a part alone is a valid tag exactly when it is a valid part
             except ValueError:
-                raise ValueError(
+                raise UsageError(
                     f"tag pattern {text!r}: part {p!r} is not a tag part (letters, digits, '_.-:@+=', "
                     "no empty part between '/')") from None
         return cls(text, parts)

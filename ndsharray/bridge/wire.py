@@ -21,6 +21,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from ..errors import UsageError
 from ..protocol import check_tag
 
 ROOT = "ndsharray"
@@ -121,9 +122,9 @@ def check_name(name: str) -> str:
     try:
         check_tag(name)
     except (ValueError, TypeError):
-        raise ValueError(f"bridge name {name!r}: use one tag part (letters, digits, '_.-:+=')") from None
+        raise UsageError(f"bridge name {name!r}: use one tag part (letters, digits, '_.-:+=')") from None
     if "/" in name or name.startswith("@"):
-        raise ValueError(f"bridge name {name!r}: one part, no '/', not starting with '@'")
+        raise UsageError(f"bridge name {name!r}: one part, no '/', not starting with '@'")
     return name
 
 

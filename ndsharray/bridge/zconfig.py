@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import config
+from ..errors import UsageError
 
 RETRY = {"period_init_ms": 250, "period_max_ms": 1000, "period_increase_factor": 2}
 
@@ -29,13 +30,13 @@ def zenoh_module() -> Any:
 def build(listen: Sequence[str] = (), connect: Sequence[str] = (), config_file: str | None = None,
           mode: str = "peer") -> Any:
     """A ``zenoh.Config``: the file's (if any), plus ``listen``/``connect`` locators,
-    scouting off. Raises ValueError naming the file or locator that is wrong."""
+    scouting off. Raises UsageError (a ValueError) naming the file or locator that is wrong."""
     zenoh = zenoh_module()
     if config_file is not None:
         try:
             cfg = zenoh.Config.from_file(config_file)
         except zenoh.ZError as exc:
-            raise ValueError(f"--zenoh-config {config_file}: {exc}") from None
+            raise UsageError(f"--zenoh-config {config_file}: {exc}") from None
     else:
         cfg = zenoh.Config()
         cfg.insert_json5("mode", json.dumps(mode))
@@ -46,7 +47,7 @@ def build(listen: Sequence[str] = (), connect: Sequence[str] = (), config_file: 
         try:
             cfg.insert_json5(key, json.dumps(mine + [str(e) for e in extra if e not in mine]))
         except zenoh.ZError as exc:
-            raise ValueError(f"bad Zenoh locator in {list(extra)}: {exc} (e.g. tcp/127.0.0.1:7447)") from None
+            raise UsageError(f"bad Zenoh locator in {list(extra)}: {exc} (e.g. tcp/127.0.0.1:7447)") from None
     # A peer that cannot reach its --connect locators keeps trying in the background (the
     # other host may boot later) instead of failing to start.
     cfg.insert_json5("connect/timeout_ms", "-1")
