@@ -5,13 +5,12 @@
  * in segment.py. Every address comes from a mapping that segment.py holds open for as long
  * as it calls these functions; they check nothing but what the protocol needs.
  *
- * Offsets (bytes) into a segment's header, as in segment.py:
- *   56 notify word (u32, the futex; moves when a writer wakes sleepers), 60 reader rows in use (u32, high-water mark),
- *   64 publish word (u64: count << 8 | slot), 128 + 16 i slot i's (write count, stamp).
- * A reader row (64 bytes, one per reader): u32 sleepers (threads of this reader that may
- * be in FUTEX_WAIT), u32 owner pid, then the frame it
- * read last (u64 read time, u64 write time, u64 write count: what `ndsharray ls` shows),
- * then u64 pins[4], bit i set while the reader holds a view of slot i.
+ * The offsets are those of ndsharray/layout.py (the single source; see the #defines
+ * below and OFFSETS): the notify word (u32, the futex; moves when a writer wakes sleepers), the reader rows in use (u32), the
+ * publish word (u64: count << 8 | slot), then per slot a 128-byte entry (write count,
+ * stamp, and the frame's descriptor: dtype text, ndim, shape, metadata length), then the
+ * reader rows (64 bytes each: u32 sleepers, u32 owner pid, the frame read last, and
+ * u64 pins[4], bit i set while the reader holds a view of slot i).
  */
 #define PY_SSIZE_T_CLEAN
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
@@ -33,17 +32,39 @@
 #include <sys/syscall.h>
 #endif
 
+/* The layout (segment layout version 3). Every constant here is also in OFFSETS (see the
+ * end of this file), which segment.py compares at import with the single layout table in
+ * ndsharray/layout.py: a change on one side only is an ImportError, never a misread. */
+#define LAYOUT_VERSION 3
+#define OFF_RETIRED 52
 #define OFF_NOTIFY 56
 #define OFF_ROWS_USED 60
 #define OFF_PUBLISH 64
 #define SLOT_TABLE 128
-#define SLOT_ENTRY 16
-#define OFF_RETIRED 52
+#define SLOT_ENTRY 128
+#define ENTRY_COUNT 0      /* u64 write count (0 while the slot is written) */
+#define ENTRY_STAMP 8      /* u64 publish time */
+#define ENTRY_META_LEN 16  /* u32 bytes of metadata, at slot + capacity */
+#define ENTRY_META_KIND 20 /* u8 META_* */
+#define ENTRY_NDIM 21      /* u8 0..MAX_SLOT_NDIM, or NDIM_HEADER: the header's dtype and shape */
+#define ENTRY_SHAPE_GEN 24 /* u32 the writer's count of shape/dtype changes */
+#define ENTRY_DTYPE 32     /* char[16] numpy dtype.str, NUL padded */
+#define ENTRY_SHAPE 48     /* u64[8] */
+#define MAX_SLOT_NDIM 8
+#define MAX_SLOT_DTYPE 16
+#define NDIM_HEADER 255
+#define META_NONE 0
+#define META_BYTES 1
+#define META_JSON 2
 #define RETIRED_REMOVED 2
+#define ROW_SIZE 64
 #define ROW_WAITING 0
-#define ROW_LAST_READ 8 /* u64 read ns, u64 write ns, u64 count */
+#define ROW_PID 4
+#define ROW_READ_NS 8 /* u64 read ns, then u64 write ns, u64 count */
+#define ROW_WRITE_NS 16
+#define ROW_READ_COUNT 24
 #define ROW_PINS 32
-#define READER_ROWS 256 /* rows in a segment: segment.READER_ROWS */
+#define READER_ROWS 256 /* rows in a segment */
 
 typedef _Atomic uint64_t a64;
 typedef _Atomic uint32_t a32;
@@ -66,6 +87,121 @@ static int get_addr(PyObject *o, uintptr_t *out) {
     if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
     *out = (uintptr_t)v;
     return 0;
+}
+
+/* ---- frame dtypes: a slot names its frame's dtype by numpy's dtype.str (<= 16 bytes) ----
+ * Both directions are cached here, so that a read or a write of a frame whose dtype was
+ * seen before costs no Python call; a miss asks segment.py once (set_dtype_hooks), which
+ * decides which dtypes a slot may describe and checks text read from shared memory. */
+static PyObject *dtype_of_hook; /* text -> np.dtype; raises for text no writer of ours makes */
+static PyObject *text_of_hook;  /* np.dtype -> its slot text, or None (the slow path) */
+
+#define DTYPE_CACHE 32
+typedef struct {
+    char text[MAX_SLOT_DTYPE];
+    PyArray_Descr *descr; /* a reference */
+    int ok;               /* by_descr: 1 if a slot can describe it */
+} DtypeEntry;
+static DtypeEntry by_text[DTYPE_CACHE], by_descr[DTYPE_CACHE];
+static int by_text_next, by_descr_next;
+
+static DtypeEntry *cache_slot(DtypeEntry *cache, int *next) {
+    DtypeEntry *e = &cache[*next];
+    *next = (*next + 1) % DTYPE_CACHE;
+    Py_CLEAR(e->descr);
+    memset(e->text, 0, sizeof e->text);
+    return e;
+}
+
+/* The dtype a slot's text names (16 bytes as stored), borrowed from the cache; NULL with
+ * an exception set when the text names nothing a writer of ours would write. */
+static PyArray_Descr *dtype_from_text(const char *text) {
+    for (int i = 0; i < DTYPE_CACHE; i++)
+        if (by_text[i].descr != NULL && memcmp(by_text[i].text, text, MAX_SLOT_DTYPE) == 0) return by_text[i].descr;
+    if (dtype_of_hook == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ndsharray._hot: set_dtype_hooks() was not called");
+        return NULL;
+    }
+    PyObject *str = PyUnicode_DecodeASCII(text, (Py_ssize_t)strnlen(text, MAX_SLOT_DTYPE), "strict");
+    if (str == NULL) return NULL;
+    PyObject *d = PyObject_CallOneArg(dtype_of_hook, str);
+    Py_DECREF(str);
+    if (d == NULL) return NULL;
+    if (!PyArray_DescrCheck(d) || PyDataType_HASSUBARRAY((PyArray_Descr *)d) ||
+        PyDataType_HASFIELDS((PyArray_Descr *)d) || PyDataType_REFCHK((PyArray_Descr *)d)) {
+        Py_DECREF(d);
+        PyErr_SetString(PyExc_ValueError, "not a plain dtype");
+        return NULL;
+    }
+    DtypeEntry *e = cache_slot(by_text, &by_text_next);
+    memcpy(e->text, text, MAX_SLOT_DTYPE);
+    e->descr = (PyArray_Descr *)d;
+    return e->descr;
+}
+
+/* 1 and `text` (16 bytes, NUL padded) when a slot can describe dtype d, 0 when it cannot
+ * (structured, sub-array, a long text: the caller takes the slow path), -1 on an error. */
+static int text_from_dtype(PyArray_Descr *d, char *text) {
+    for (int i = 0; i < DTYPE_CACHE; i++) {
+        if (by_descr[i].descr == d) {
+            memcpy(text, by_descr[i].text, MAX_SLOT_DTYPE);
+            return by_descr[i].ok;
+        }
+    }
+    if (text_of_hook == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ndsharray._hot: set_dtype_hooks() was not called");
+        return -1;
+    }
+    PyObject *got = PyObject_CallOneArg(text_of_hook, (PyObject *)d);
+    if (got == NULL) return -1;
+    char buf[MAX_SLOT_DTYPE] = {0};
+    int ok = 0;
+    if (PyUnicode_Check(got)) {
+        Py_ssize_t n;
+        const char *u = PyUnicode_AsUTF8AndSize(got, &n);
+        if (u == NULL) {
+            Py_DECREF(got);
+            return -1;
+        }
+        if (n > 0 && n <= MAX_SLOT_DTYPE) {
+            memcpy(buf, u, (size_t)n);
+            ok = 1;
+        }
+    }
+    Py_DECREF(got);
+    DtypeEntry *e = cache_slot(by_descr, &by_descr_next);
+    Py_INCREF(d); /* held: the pointer is the key, and must not be reused by another dtype */
+    e->descr = d;
+    e->ok = ok;
+    memcpy(e->text, buf, MAX_SLOT_DTYPE);
+    memcpy(text, buf, MAX_SLOT_DTYPE);
+    return ok;
+}
+
+/* set_dtype_hooks(dtype_of, text_of): see above. */
+static PyObject *hot_set_dtype_hooks(PyObject *self, PyObject *args) {
+    PyObject *a, *b;
+    if (!PyArg_ParseTuple(args, "OO", &a, &b)) return NULL;
+    Py_XSETREF(dtype_of_hook, Py_NewRef(a));
+    Py_XSETREF(text_of_hook, Py_NewRef(b));
+    Py_RETURN_NONE;
+}
+
+/* Checked size of a frame: the non-zero dimensions times the item size must fit in
+ * npy_intp, as numpy checks it (a zero dimension would hide an overflow in the others:
+ * (2**61, 2**61, 0)); signed overflow is undefined behaviour, never let it happen.
+ * -1 for a negative dimension or an overflow. */
+static npy_intp frame_bytes(npy_intp itemsize, int ndim, const npy_intp *dims) {
+    npy_intp span = itemsize > 0 ? itemsize : 1;
+    int empty = itemsize == 0;
+    for (int k = 0; k < ndim; k++) {
+        if (dims[k] < 0) return -1;
+        if (dims[k] == 0)
+            empty = 1;
+        else if (__builtin_mul_overflow(span, dims[k], &span))
+            return -1;
+    }
+    return empty ? 0 : span;
 }
 
 static inline uint64_t monotonic_ns(void) { /* time.monotonic_ns()'s clock */
@@ -123,9 +259,9 @@ static PyObject *hot_retire(PyObject *self, PyObject *args) {
 /* Set a row to "free, nothing pinned, nothing read" and then to `pid` (0: free). */
 static void reset_row(uintptr_t row, uint32_t pid) {
     for (int w = 0; w < 4; w++) atomic_store_explicit(u64_at(row, ROW_PINS + 8 * w), 0, memory_order_release);
-    for (int w = 0; w < 3; w++) atomic_store_explicit(u64_at(row, ROW_LAST_READ + 8 * w), 0, memory_order_relaxed);
+    for (int w = 0; w < 3; w++) atomic_store_explicit(u64_at(row, ROW_READ_NS + 8 * w), 0, memory_order_relaxed);
     atomic_store_explicit(u32_at(row, ROW_WAITING), 0, memory_order_release);
-    atomic_store_explicit(u32_at(row, 4), pid, memory_order_relaxed);
+    atomic_store_explicit(u32_at(row, ROW_PID), pid, memory_order_relaxed);
 }
 
 /* claim_row(base, row, index, pid): a reader took row `index` (it holds the row's lock):
@@ -166,17 +302,21 @@ typedef struct {
     PyObject_HEAD
     uintptr_t base, row; /* the read-only mapping; our row, in the read-write one */
     unsigned nslots;
-    Py_ssize_t header_size, stride, nbytes;
+    Py_ssize_t header_size, stride, nbytes; /* nbytes: the slots' capacity for a frame */
+    Py_ssize_t meta_capacity;
     long refs[256];    /* views (and pins handed out by latest) per slot */
     long pending[256]; /* pins latest() handed out that no view() or unpin() took yet */
     long total;
     pid_t owner;
     PyObject *keep;    /* the mappings: alive for as long as any view */
     PyObject *on_idle; /* called when the last pin goes (set by a closing reader) */
-    PyArray_Descr *descr; /* read() and array() build views of this dtype and shape */
-    int ndim;
+    PyArray_Descr *descr; /* the header's dtype and shape, for frames of NDIM_HEADER (NULL: */
+    int ndim;             /* structured: views of those are built in Python) */
     npy_intp dims[64];
     unsigned long long count, stamp, read_ns; /* of the frame read() returned last */
+    unsigned shape_gen;   /* of that frame */
+    PyObject *meta;       /* its metadata (bytes) or NULL */
+    int meta_kind;
     int waiting;  /* threads in wait() now (each holds the GIL before and after its sleep) */
     int stopped;  /* stop() ended every wait for good: the handle closed */
     long async_sleeps; /* sleep_begin() calls not yet ended by sleep_end() */
@@ -232,39 +372,35 @@ static PyTypeObject PinType = {
 static int reader_init(ReaderObject *r, PyObject *args, PyObject *kw) {
     PyObject *obase, *orow, *keep, *shape = Py_None, *dtype = Py_None;
     static char *kwlist[] = {"base", "row", "nslots", "header_size", "stride", "nbytes", "keep",
-                             "shape", "dtype", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOInnnO|OO", kwlist, &obase, &orow, &r->nslots,
-                                     &r->header_size, &r->stride, &r->nbytes, &keep, &shape, &dtype))
+                             "shape", "dtype", "meta_capacity", NULL};
+    r->meta_capacity = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOInnnO|OOn", kwlist, &obase, &orow, &r->nslots,
+                                     &r->header_size, &r->stride, &r->nbytes, &keep, &shape, &dtype,
+                                     &r->meta_capacity))
         return -1;
+    if (r->nbytes < 0 || r->meta_capacity < 0 || r->nbytes + r->meta_capacity > r->stride) {
+        PyErr_SetString(PyExc_ValueError, "capacity and meta_capacity do not fit the stride");
+        return -1;
+    }
     Py_CLEAR(r->descr);
     if (dtype != Py_None) { /* plain dtypes only: a sub-array dtype would add dimensions */
         if (!PyArray_DescrCheck(dtype) || !PyTuple_Check(shape) || PyTuple_GET_SIZE(shape) > 64) {
             PyErr_SetString(PyExc_TypeError, "dtype must be a numpy dtype and shape a tuple of at most 64");
             return -1;
         }
-        /* Checked multiplication, as numpy does it: the non-zero dimensions times the item
-         * size must fit in npy_intp (a zero dimension would hide an overflow in the others:
-         * (2**61, 2**61, 0)); signed overflow is undefined behaviour, never let it happen. */
         PyArray_Descr *d = (PyArray_Descr *)dtype;
-        npy_intp span = PyDataType_ELSIZE(d) > 0 ? (npy_intp)PyDataType_ELSIZE(d) : 1;
-        int negative = 0, overflow = 0, empty = 0;
         r->ndim = (int)PyTuple_GET_SIZE(shape);
         for (int k = 0; k < r->ndim; k++) {
             r->dims[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, k));
             if (r->dims[k] == -1 && PyErr_Occurred()) return -1;
-            negative |= r->dims[k] < 0;
-            if (r->dims[k] == 0)
-                empty = 1;
-            else if (r->dims[k] > 0 && !overflow)
-                overflow = __builtin_mul_overflow(span, r->dims[k], &span);
         }
-        if (negative || overflow) {
+        npy_intp total = frame_bytes((npy_intp)PyDataType_ELSIZE(d), r->ndim, r->dims);
+        if (total < 0) {
             PyErr_SetString(PyExc_ValueError, "shape has a negative dimension or spans more bytes than numpy can index");
             return -1;
         }
-        npy_intp total = (empty || PyDataType_ELSIZE(d) == 0) ? 0 : span;
-        if (PyDataType_HASSUBARRAY(d) || total != r->nbytes) {
-            PyErr_SetString(PyExc_ValueError, "shape and dtype do not give nbytes (or a sub-array dtype)");
+        if (PyDataType_HASSUBARRAY(d) || total > r->nbytes) {
+            PyErr_SetString(PyExc_ValueError, "shape and dtype exceed the capacity (or a sub-array dtype)");
             return -1;
         }
         Py_INCREF(d);
@@ -288,13 +424,25 @@ static void reader_dealloc(ReaderObject *r) {
     Py_XDECREF(r->keep);
     Py_XDECREF(r->on_idle);
     Py_XDECREF(r->descr);
+    Py_XDECREF(r->meta);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
 /* Pin the latest slot if its count differs from last: 1 (pinned; the caller owns one pin),
  * 0 nothing newer, -1 the publish word names a slot past the table, -2 a pinned latest slot
  * holds another count than an unchanged publish word says (both corruption), -3 the
- * segment is retired (look for its successor) or this reader detached. */
+ * segment is retired (look for its successor) or this reader detached, -4 the slot's
+ * metadata length exceeds its capacity (corruption), -5 out of memory (exception set).
+ *
+ * Why the frame's descriptor (dtype, shape, metadata) read after the count matches is that
+ * frame's, on aarch64 as on x86-64: the writer stores the descriptor and the metadata with
+ * plain stores after it zeroed the count and found no pin, then stores the count with
+ * memory_order_release (STLR on aarch64: every earlier store is visible before it). Our
+ * load of the count is memory_order_acquire (LDAR): seeing the writer's count, we see every
+ * store that came before it, the descriptor included. And the slot stays that frame's: we
+ * pinned before loading the count (seq_cst fence between), the writer zeroes a count before
+ * it looks for pins (seq_cst fence between), so it cannot take the slot again while our pin
+ * is set (the Dekker pair in segment.py). */
 static int reader_pin_latest(ReaderObject *r, uint64_t last, uint64_t *count_out, unsigned *slot_out,
                              uint64_t *stamp_out) {
     if (r->row == 0 || atomic_load_explicit(u32_at(r->base, OFF_RETIRED), memory_order_relaxed) != 0)
@@ -321,6 +469,28 @@ static int reader_pin_latest(ReaderObject *r, uint64_t last, uint64_t *count_out
         uint64_t seq = atomic_load_explicit(entry, memory_order_acquire);
         if (seq == count) {
             uint64_t stamp = atomic_load_explicit(entry + 1, memory_order_relaxed);
+            const char *e = (const char *)entry;
+            uint32_t meta_len, shape_gen;
+            memcpy(&meta_len, e + ENTRY_META_LEN, 4);
+            memcpy(&shape_gen, e + ENTRY_SHAPE_GEN, 4);
+            if (meta_len == 0) {
+                if (r->meta != NULL) Py_CLEAR(r->meta); /* (the hot path: one compare) */
+            } else {
+                PyObject *m = NULL;
+                if (meta_len <= (uint64_t)r->meta_capacity) {
+                    m = PyBytes_FromStringAndSize((const char *)(r->base + (uintptr_t)r->header_size +
+                                                                 (uintptr_t)slot * (uintptr_t)r->stride +
+                                                                 (uintptr_t)r->nbytes), (Py_ssize_t)meta_len);
+                }
+                if (m == NULL) {
+                    if (r->refs[slot] == 0)
+                        atomic_fetch_and_explicit(pin_word(r->row, slot), ~bit, memory_order_release);
+                    return meta_len <= (uint64_t)r->meta_capacity ? -5 : -4;
+                }
+                Py_XSETREF(r->meta, m);
+                r->meta_kind = ((const unsigned char *)e)[ENTRY_META_KIND];
+            }
+            r->shape_gen = shape_gen;
             uint64_t now = monotonic_ns();
             r->refs[slot]++;
             r->total++;
@@ -328,9 +498,9 @@ static int reader_pin_latest(ReaderObject *r, uint64_t last, uint64_t *count_out
             r->stamp = stamp;
             r->read_ns = now;
             /* For the daemon's `ls`: how late and how far behind this reader is. */
-            atomic_store_explicit(u64_at(r->row, ROW_LAST_READ), now, memory_order_relaxed);
-            atomic_store_explicit(u64_at(r->row, ROW_LAST_READ + 8), stamp, memory_order_relaxed);
-            atomic_store_explicit(u64_at(r->row, ROW_LAST_READ + 16), count, memory_order_relaxed);
+            atomic_store_explicit(u64_at(r->row, ROW_READ_NS), now, memory_order_relaxed);
+            atomic_store_explicit(u64_at(r->row, ROW_WRITE_NS), stamp, memory_order_relaxed);
+            atomic_store_explicit(u64_at(r->row, ROW_READ_COUNT), count, memory_order_relaxed);
             *count_out = count;
             *slot_out = slot;
             *stamp_out = stamp;
@@ -354,14 +524,53 @@ static PyObject *new_pin(ReaderObject *r, unsigned slot) {
     return (PyObject *)p;
 }
 
-/* A read-only array of the slot a new pin holds; the pin becomes its base (numpy's C API:
- * np.ndarray(shape, dtype, buffer=pin) costs ~50 us when its code is not in the cache, as
- * after a camera's frame interval, and this ~2 us). Takes the reference to pin. */
+/* A read-only array of the slot a new pin holds, of the frame's own dtype and shape as its
+ * slot-table entry describes it (stable: the pin holds the slot; see reader_pin_latest);
+ * the pin becomes its base (numpy's C API: np.ndarray(shape, dtype, buffer=pin) costs ~50
+ * us when its code is not in the cache, as after a camera's frame interval, and this ~2
+ * us). Takes the reference to pin. A frame of the header's shape whose dtype has no plain
+ * view (structured) gives the pin back as it is: Python builds that view. A descriptor
+ * that describes no frame of this segment (corruption) is a ValueError. */
 static PyObject *pin_array(ReaderObject *r, PyObject *pin) {
     if (pin == NULL) return NULL;
-    char *data = (char *)(r->base + (uintptr_t)r->header_size + (uintptr_t)((PinObject *)pin)->slot * (uintptr_t)r->stride);
-    Py_INCREF(r->descr); /* stolen by the call */
-    PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, r->descr, r->ndim, r->dims, NULL, data,
+    unsigned slot = ((PinObject *)pin)->slot;
+    char *data = (char *)(r->base + (uintptr_t)r->header_size + (uintptr_t)slot * (uintptr_t)r->stride);
+    const unsigned char *e = (const unsigned char *)(r->base + SLOT_TABLE + (uintptr_t)SLOT_ENTRY * slot);
+    unsigned ndim = e[ENTRY_NDIM];
+    PyArray_Descr *descr;
+    npy_intp dims[MAX_SLOT_NDIM], *shape;
+    if (ndim == NDIM_HEADER) {
+        if (r->descr == NULL) return pin;
+        descr = r->descr;
+        ndim = (unsigned)r->ndim;
+        shape = r->dims;
+    } else {
+        char text[MAX_SLOT_DTYPE];
+        memcpy(text, e + ENTRY_DTYPE, MAX_SLOT_DTYPE);
+        descr = ndim <= MAX_SLOT_NDIM ? dtype_from_text(text) : NULL;
+        if (descr == NULL) {
+            Py_DECREF(pin);
+            if (ndim <= MAX_SLOT_NDIM) PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "slot %u describes its frame with %u dimensions or a dtype "
+                         "no writer makes", slot, ndim);
+            return NULL;
+        }
+        for (unsigned k = 0; k < ndim; k++) {
+            uint64_t n;
+            memcpy(&n, e + ENTRY_SHAPE + 8 * k, 8);
+            dims[k] = n > (uint64_t)NPY_MAX_INTP ? -1 : (npy_intp)n;
+        }
+        npy_intp size = frame_bytes((npy_intp)PyDataType_ELSIZE(descr), (int)ndim, dims);
+        if (size < 0 || size > r->nbytes) {
+            Py_DECREF(pin);
+            PyErr_Format(PyExc_ValueError, "slot %u describes a frame larger than the slots' "
+                         "%zd bytes", slot, r->nbytes);
+            return NULL;
+        }
+        shape = dims;
+    }
+    Py_INCREF(descr); /* stolen by the call */
+    PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, descr, (int)ndim, shape, NULL, data,
                                          NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
     if (arr == NULL) {
         Py_DECREF(pin);
@@ -387,6 +596,10 @@ static int pin_latest_arg(ReaderObject *r, PyObject *arg, uint64_t *count, unsig
     }
     int got = reader_pin_latest(r, last, count, slot, stamp);
     if (got > 0) return 1;
+    if (got == -5) {
+        *other = NULL;
+        return 0;
+    }
     if (got == 0) {
         Py_INCREF(Py_None);
         *other = Py_None;
@@ -406,14 +619,11 @@ static PyObject *reader_latest(ReaderObject *r, PyObject *arg) {
     return Py_BuildValue("(KIK)", (unsigned long long)count, slot, (unsigned long long)stamp);
 }
 
-/* read(last_count) -> array | None | int: latest() and the view in one call, the array
- * of the shape and dtype given at init; .count, .stamp and .read_ns then describe it. An
- * int is latest()'s error or retired code. */
+/* read(last_count) -> array | Pin | None | int: latest() and the view in one call, of the
+ * frame's own dtype and shape; .count, .stamp, .read_ns, .meta and .shape_gen then describe
+ * it. A Pin: a frame of the header's structured dtype (build its view in Python). An int
+ * is latest()'s error or retired code. */
 static PyObject *reader_read(ReaderObject *r, PyObject *arg) {
-    if (r->descr == NULL) {
-        PyErr_SetString(PyExc_TypeError, "this reader builds its views in Python");
-        return NULL;
-    }
     uint64_t count, stamp;
     unsigned slot;
     PyObject *other;
@@ -447,11 +657,18 @@ static PyObject *reader_view(ReaderObject *r, PyObject *arg) {
 
 /* array(slot) -> the read-only array of a slot latest() pinned (view(), as an array). */
 static PyObject *reader_array(ReaderObject *r, PyObject *arg) {
-    if (r->descr == NULL) {
-        PyErr_SetString(PyExc_TypeError, "this reader builds its views in Python");
+    return pin_array(r, reader_view(r, arg));
+}
+
+/* array_of(pin) -> the read-only array of the frame a Pin of this reader holds, or the Pin
+ * itself for a frame of the header's structured dtype (see pin_array). */
+static PyObject *reader_array_of(ReaderObject *r, PyObject *pin) {
+    if (Py_TYPE(pin) != &PinType || ((PinObject *)pin)->reader != r) {
+        PyErr_SetString(PyExc_TypeError, "array_of() takes a Pin of this reader");
         return NULL;
     }
-    return pin_array(r, reader_view(r, arg));
+    Py_INCREF(pin);
+    return pin_array(r, pin);
 }
 
 static PyObject *reader_unpin(ReaderObject *r, PyObject *arg) {
@@ -565,6 +782,11 @@ static PyObject *reader_get_notify_addr(ReaderObject *r, void *c) {
 static PyObject *reader_get_count(ReaderObject *r, void *c) { return PyLong_FromUnsignedLongLong(r->count); }
 static PyObject *reader_get_stamp(ReaderObject *r, void *c) { return PyLong_FromUnsignedLongLong(r->stamp); }
 static PyObject *reader_get_read_ns(ReaderObject *r, void *c) { return PyLong_FromUnsignedLongLong(r->read_ns); }
+static PyObject *reader_get_shape_gen(ReaderObject *r, void *c) { return PyLong_FromUnsignedLong(r->shape_gen); }
+static PyObject *reader_get_meta(ReaderObject *r, void *c) {
+    if (r->meta == NULL) Py_RETURN_NONE;
+    return Py_BuildValue("(iO)", r->meta_kind, r->meta);
+}
 static PyObject *reader_get_on_idle(ReaderObject *r, void *c) {
     return Py_NewRef(r->on_idle ? r->on_idle : Py_None);
 }
@@ -580,6 +802,8 @@ static PyGetSetDef reader_getset[] = {
     {"count", (getter)reader_get_count, NULL, "write count of the frame pinned last", NULL},
     {"stamp", (getter)reader_get_stamp, NULL, "write time (monotonic ns) of the frame pinned last", NULL},
     {"read_ns", (getter)reader_get_read_ns, NULL, "when the frame pinned last was pinned (monotonic ns)", NULL},
+    {"shape_gen", (getter)reader_get_shape_gen, NULL, "the writer's shape/dtype change count of the frame pinned last", NULL},
+    {"meta", (getter)reader_get_meta, NULL, "(kind, bytes) of the frame pinned last's metadata, or None", NULL},
     {"on_idle", (getter)reader_get_on_idle, (setter)reader_set_on_idle, "called once when the last pin goes", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -590,6 +814,7 @@ static PyMethodDef reader_methods[] = {
     {"pin", (PyCFunction)reader_pin, METH_O, "latest() as a Pin object that holds the pin (None, or an int code)."},
     {"view", (PyCFunction)reader_view, METH_O, "A read-only buffer of a pinned slot that keeps the pin."},
     {"array", (PyCFunction)reader_array, METH_O, "The read-only array of a pinned slot, keeping the pin."},
+    {"array_of", (PyCFunction)reader_array_of, METH_O, "The read-only array of the frame a Pin holds (or the Pin)."},
     {"stop", (PyCFunction)reader_stop, METH_NOARGS, "End every wait() of this reader, now and for good."},
     {"unpin", (PyCFunction)reader_unpin, METH_O, "Give back a pin latest() handed out."},
     {"wait", (PyCFunction)reader_wait, METH_VARARGS, "Sleep until a write newer than last_count (or timeout)."},
@@ -625,11 +850,24 @@ typedef struct {
     int stopped; /* the handle closed: a write still in flight publishes nothing */
     int deferred, handed; /* hand_over(): close() gave up waiting; who handed the tag back */
     uintptr_t base, rows;
-    Py_ssize_t nbytes, header_size, stride;
+    Py_ssize_t nbytes, header_size, stride; /* nbytes: the slots' capacity for a frame */
+    Py_ssize_t meta_capacity;
     unsigned nslots;
-    int ndim;
-    Py_ssize_t shape[MAX_DIMS];
-    char format[64]; /* the buffer format of the segment's dtype; "" = never take the fast path */
+    int variable; /* 0: the fast path takes only frames of the header's dtype and shape */
+    /* The descriptor publish() writes for a slot nobody described: the header's frame. */
+    int def_ndim; /* NDIM_HEADER when its dtype or ndim does not fit a slot's entry */
+    char def_text[MAX_SLOT_DTYPE];
+    npy_intp def_dims[MAX_SLOT_NDIM];
+    /* The descriptor written last, and how often it changed (ndarray_mmap_name). */
+    int last_ndim;
+    char last_text[MAX_SLOT_DTYPE];
+    npy_intp last_dims[MAX_SLOT_NDIM];
+    unsigned shape_gen;
+    uint64_t described[4]; /* slots given a descriptor since acquire */
+    /* Shrinking: the largest frame since window_ns; shrink_to > 0 asks for a smaller
+     * generation (see note_size). */
+    Py_ssize_t window_max, shrink_to;
+    uint64_t window_ns;
     unsigned long long count;
     int latest, prev;
     uint64_t busy[4]; /* slots acquired and not yet published or released (any thread) */
@@ -643,35 +881,42 @@ typedef struct {
 } WriterObject;
 
 static int writer_init(WriterObject *w, PyObject *args, PyObject *kw) {
-    PyObject *mapping, *shape;
-    const char *format;
-    Py_ssize_t nbytes, header_size, stride, rows_offset;
-    unsigned nslots;
+    PyObject *mapping, *shape, *text;
+    Py_ssize_t nbytes, header_size, stride, rows_offset, meta_capacity = 0;
+    unsigned nslots, shape_gen = 0;
     unsigned long long count;
-    int latest;
+    int latest, variable = 0;
     static char *kwlist[] = {"mapping", "rows_offset", "nslots", "nbytes", "header_size", "stride",
-                             "shape", "format", "count", "latest", NULL};
+                             "shape", "text", "count", "latest", "meta_capacity", "variable",
+                             "shape_gen", NULL};
     if (w->has_view) {
         PyErr_SetString(PyExc_RuntimeError, "Writer initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OnInnnO!sKi", kwlist, &mapping, &rows_offset, &nslots,
-                                     &nbytes, &header_size, &stride, &PyTuple_Type, &shape, &format,
-                                     &count, &latest))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OnInnnO!OKi|npI", kwlist, &mapping, &rows_offset, &nslots,
+                                     &nbytes, &header_size, &stride, &PyTuple_Type, &shape, &text,
+                                     &count, &latest, &meta_capacity, &variable, &shape_gen))
         return -1;
+    /* text: the header dtype's slot text, or None when a slot cannot describe it */
     Py_ssize_t nd = PyTuple_GET_SIZE(shape);
-    if (nslots < 1 || nslots > 255 || nd > MAX_DIMS || strlen(format) >= sizeof w->format || nbytes < 0 ||
+    Py_ssize_t tlen = 0;
+    const char *t = text == Py_None ? "" : PyUnicode_AsUTF8AndSize(text, &tlen);
+    if (t == NULL) return -1;
+    if (nslots < 1 || nslots > 255 || nd > MAX_DIMS || tlen > MAX_SLOT_DTYPE || nbytes < 0 || meta_capacity < 0 ||
         latest < -1 || latest >= (int)nslots) {
         PyErr_SetString(PyExc_ValueError, "bad writer geometry");
         return -1;
     }
-    for (Py_ssize_t k = 0; k < nd; k++) {
-        w->shape[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, k));
-        if (w->shape[k] == -1 && PyErr_Occurred()) return -1;
+    memset(w->def_text, 0, sizeof w->def_text);
+    memcpy(w->def_text, t, (size_t)tlen);
+    w->def_ndim = (text == Py_None || nd > MAX_SLOT_NDIM) ? NDIM_HEADER : (int)nd;
+    for (Py_ssize_t k = 0; k < nd && k < MAX_SLOT_NDIM; k++) {
+        w->def_dims[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, k));
+        if (w->def_dims[k] == -1 && PyErr_Occurred()) return -1;
     }
     if (PyObject_GetBuffer(mapping, &w->view, PyBUF_WRITABLE) < 0) return -1;
-    if (header_size < 0 || rows_offset < 0 || rows_offset + 64 * READER_ROWS > header_size || stride < nbytes ||
-        header_size + (Py_ssize_t)nslots * stride > w->view.len) {
+    if (header_size < 0 || rows_offset < 0 || rows_offset + ROW_SIZE * READER_ROWS > header_size ||
+        stride < nbytes + meta_capacity || header_size + (Py_ssize_t)nslots * stride > w->view.len) {
         PyBuffer_Release(&w->view);
         PyErr_SetString(PyExc_ValueError, "writer geometry does not fit the mapping");
         return -1;
@@ -679,12 +924,20 @@ static int writer_init(WriterObject *w, PyObject *args, PyObject *kw) {
     w->has_view = 1;
     w->base = (uintptr_t)w->view.buf;
     w->rows = w->base + (uintptr_t)rows_offset;
-    w->ndim = (int)nd;
     w->nslots = nslots;
     w->nbytes = nbytes;
+    w->meta_capacity = meta_capacity;
     w->header_size = header_size;
     w->stride = stride;
-    strcpy(w->format, format);
+    w->variable = variable;
+    w->last_ndim = w->def_ndim;
+    memcpy(w->last_text, w->def_text, sizeof w->last_text);
+    memcpy(w->last_dims, w->def_dims, sizeof w->last_dims);
+    w->shape_gen = shape_gen;
+    memset(w->described, 0, sizeof w->described);
+    w->window_max = 0;
+    w->shrink_to = 0;
+    w->window_ns = monotonic_ns();
     w->count = count;
     w->latest = latest;
     w->prev = -1;
@@ -751,15 +1004,69 @@ static long writer_acquire_slot(WriterObject *w) {
         uint64_t bit = 1ull << (slot & 63);
         int pinned = 0;
         for (uint32_t r = 0; r < used && !pinned; r++)
-            pinned = (atomic_load_explicit(pin_word(w->rows + 64 * (uintptr_t)r, slot), memory_order_relaxed) & bit) != 0;
+            pinned = (atomic_load_explicit(pin_word(w->rows + ROW_SIZE * (uintptr_t)r, slot), memory_order_relaxed) & bit) != 0;
         if (!pinned) {
             atomic_thread_fence(memory_order_seq_cst);
             set_busy(w, slot, 1);
+            w->described[slot >> 6] &= ~(1ull << (slot & 63));
             w->owner[slot] = 0; /* (acquire() says whose; write()'s own stay nobody's) */
             return slot;
         }
     }
     return -1;
+}
+
+/* Shrinking (see segment.py, "When a segment shrinks"): every 256 writes, once 10 s have
+ * passed since the window began, a window whose largest frame used less than a quarter of
+ * a capacity of at least 1 MiB asks for a generation 1.5 times that frame (the next write
+ * takes the general path, which makes it). One compare per write otherwise. */
+#define SHRINK_MIN_CAPACITY (1 << 20)
+#define SHRINK_WINDOW_NS 10000000000ull
+static inline void check_shrink(WriterObject *w, unsigned long long count, uint64_t now) {
+    if ((count & 255) != 0 || now - w->window_ns < SHRINK_WINDOW_NS) return;
+    if (w->variable && w->nbytes >= SHRINK_MIN_CAPACITY && w->window_max < w->nbytes / 4)
+        w->shrink_to = w->window_max + w->window_max / 2;
+    w->window_max = 0;
+    w->window_ns = now;
+}
+
+/* Write a frame's descriptor (and metadata) into the entry of acquired slot `slot` (its
+ * count is 0 and no reader pins it: nobody reads the entry). Plain stores: publish()'s
+ * release store of the count orders them before any reader can see the frame (see
+ * reader_pin_latest). ndim NDIM_HEADER: the header's dtype and shape. */
+static void put_descriptor(WriterObject *w, unsigned slot, const char *text, int ndim, const npy_intp *dims,
+                           Py_ssize_t nbytes, const char *meta, Py_ssize_t meta_len, int kind) {
+    if (nbytes > w->window_max) w->window_max = nbytes;
+    unsigned char *e = (unsigned char *)(w->base + SLOT_TABLE + (uintptr_t)SLOT_ENTRY * slot);
+    int changed = ndim != w->last_ndim;
+    if (!changed && ndim != NDIM_HEADER) {
+        changed = memcmp(text, w->last_text, MAX_SLOT_DTYPE) != 0;
+        for (int k = 0; !changed && k < ndim; k++) changed = dims[k] != w->last_dims[k];
+    }
+    if (changed) {
+        w->shape_gen++;
+        w->last_ndim = ndim;
+        if (ndim != NDIM_HEADER) {
+            memcpy(w->last_text, text, MAX_SLOT_DTYPE);
+            memcpy(w->last_dims, dims, sizeof(npy_intp) * (size_t)ndim);
+        }
+    }
+    if (meta_len > 0)
+        memcpy((char *)(w->base + (uintptr_t)w->header_size + (uintptr_t)slot * (uintptr_t)w->stride +
+                        (uintptr_t)w->nbytes), meta, (size_t)meta_len);
+    uint32_t mlen = (uint32_t)meta_len, gen = w->shape_gen;
+    memcpy(e + ENTRY_META_LEN, &mlen, 4);
+    e[ENTRY_META_KIND] = meta_len > 0 ? (unsigned char)kind : META_NONE;
+    e[ENTRY_NDIM] = (unsigned char)ndim;
+    memcpy(e + ENTRY_SHAPE_GEN, &gen, 4);
+    if (ndim != NDIM_HEADER) {
+        memcpy(e + ENTRY_DTYPE, text, MAX_SLOT_DTYPE);
+        for (int k = 0; k < ndim; k++) {
+            uint64_t n = (uint64_t)dims[k];
+            memcpy(e + ENTRY_SHAPE + 8 * k, &n, 8);
+        }
+    }
+    w->described[slot >> 6] |= 1ull << (slot & 63);
 }
 
 /* Publish, then move the notify word and wake only if a reader may sleep. The notify word
@@ -782,6 +1089,8 @@ static long writer_acquire_slot(WriterObject *w) {
  * the add is a release after the fence that follows the publish store. An add, not a
  * store of the count: the word always changes, whatever value retire() left in it. */
 static unsigned long long writer_publish_slot(WriterObject *w, unsigned slot) {
+    if (!((w->described[slot >> 6] >> (slot & 63)) & 1))
+        put_descriptor(w, slot, w->def_text, w->def_ndim, w->def_dims, w->nbytes, NULL, 0, META_NONE);
     unsigned long long stamp = monotonic_ns();
     unsigned long long count = w->count + 1;
     a64 *entry = u64_at(w->base, SLOT_TABLE + SLOT_ENTRY * slot);
@@ -792,12 +1101,13 @@ static unsigned long long writer_publish_slot(WriterObject *w, unsigned slot) {
     uint32_t used = rows_used(w->base);
     int waiting = 0;
     for (uint32_t r = 0; r < used && !waiting; r++)
-        waiting = atomic_load_explicit(u32_at(w->rows + 64 * (uintptr_t)r, ROW_WAITING), memory_order_relaxed) != 0;
+        waiting = atomic_load_explicit(u32_at(w->rows + ROW_SIZE * (uintptr_t)r, ROW_WAITING), memory_order_relaxed) != 0;
     if (waiting) {
         atomic_fetch_add_explicit(u32_at(w->base, OFF_NOTIFY), 1, memory_order_release);
         futex_wake(w->base + OFF_NOTIFY);
     }
     w->count = count;
+    check_shrink(w, count, stamp);
     if ((int)slot != w->latest) w->prev = w->latest;
     w->latest = (int)slot;
     set_busy(w, slot, 0);
@@ -946,7 +1256,7 @@ static PyObject *writer_dirty_rows(WriterObject *w, PyObject *noargs) {
     if (out == NULL || !w->has_view || w->closed) return out;
     uint32_t used = rows_used(w->base);
     for (uint32_t r = 0; r < used; r++) {
-        uintptr_t row = w->rows + 64 * (uintptr_t)r;
+        uintptr_t row = w->rows + ROW_SIZE * (uintptr_t)r;
         uint64_t any = 0;
         for (int k = 0; k < 8; k++) any |= atomic_load_explicit(u64_at(row, 8 * (size_t)k), memory_order_relaxed);
         if (any == 0) continue;
@@ -974,58 +1284,142 @@ static PyObject *writer_clear_row(WriterObject *w, PyObject *arg) {
         return NULL;
     }
     if (!w->has_view || w->closed) Py_RETURN_FALSE;
-    reset_row(w->rows + 64 * (uintptr_t)index, 0);
+    reset_row(w->rows + ROW_SIZE * (uintptr_t)index, 0);
     Py_RETURN_TRUE;
 }
 
-/* write(array) -> write count, or 0: not here (another shape or dtype, not C-contiguous, a
- * dtype without a buffer format, a closed writer; the caller takes its general path), -1:
- * every slot is pinned, -2: the tag was removed, -3: the handle was closed (stop()) in
- * another thread while this copy ran. Nothing is published unless a count is returned. */
-static PyObject *writer_write(WriterObject *w, PyObject *arr) {
-    if (!w->has_view || w->closed || w->format[0] == 0) return PyLong_FromLong(0);
+/* The slot text of an array's dtype and its shape, if a slot's entry can describe it (0:
+ * it cannot, the slow path; -1: an error). */
+static int describable(PyArrayObject *a, char *text) {
+    if (PyArray_NDIM(a) > MAX_SLOT_NDIM) return 0;
+    return text_from_dtype(PyArray_DESCR(a), text);
+}
+
+/* Metadata arguments (bytes or None, kind): 1 and the bytes, 0 none, -1 an error. */
+static int meta_args(PyObject *const *args, Py_ssize_t nargs, const char **meta, Py_ssize_t *len, int *kind) {
+    *meta = NULL;
+    *len = 0;
+    *kind = META_NONE;
+    if (nargs < 2 || args[1] == Py_None) return 0;
+    if (!PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "metadata must be bytes");
+        return -1;
+    }
+    *meta = PyBytes_AS_STRING(args[1]);
+    *len = PyBytes_GET_SIZE(args[1]);
+    *kind = META_BYTES;
+    if (nargs > 2) {
+        long k = PyLong_AsLong(args[2]);
+        if (k == -1 && PyErr_Occurred()) return -1;
+        *kind = (int)k;
+    }
+    return 1;
+}
+
+/* write(array, meta=None, kind=META_BYTES) -> write count, or 0: not here (an array that is
+ * not a C-contiguous ndarray, a dtype or ndim a slot cannot describe, more bytes than the
+ * capacity, more metadata than its capacity, a closed writer, a writer that asks for a
+ * smaller generation; the caller takes its general path), -1: every slot is pinned, -2: the
+ * tag was removed, -3: the handle was closed (stop()) in another thread while this copy
+ * ran. Nothing is published unless a count is returned. */
+static PyObject *writer_write(WriterObject *w, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "write(array, meta=None, kind=1)");
+        return NULL;
+    }
+    PyObject *arr = args[0];
+    if (!w->has_view || w->closed || w->shrink_to || !PyArray_Check(arr)) return PyLong_FromLong(0);
     if (atomic_load_explicit(u32_at(w->base, OFF_RETIRED), memory_order_relaxed) == RETIRED_REMOVED)
         return PyLong_FromLong(-2);
-    Py_buffer view;
-    if (PyObject_GetBuffer(arr, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+    PyArrayObject *a = (PyArrayObject *)arr;
+    char text[MAX_SLOT_DTYPE];
+    int ndim = PyArray_NDIM(a);
+    npy_intp nbytes = PyArray_NBYTES(a);
+    if (!PyArray_IS_C_CONTIGUOUS(a) || nbytes > w->nbytes) return PyLong_FromLong(0);
+    int ok = describable(a, text);
+    if (ok <= 0) {
         PyErr_Clear();
         return PyLong_FromLong(0);
     }
-    int same = view.len == w->nbytes && view.ndim == w->ndim && view.format != NULL &&
-               strcmp(view.format, w->format) == 0;
-    for (int k = 0; same && k < w->ndim; k++) same = view.shape[k] == w->shape[k];
-    if (!same) {
-        PyBuffer_Release(&view);
-        return PyLong_FromLong(0);
+    npy_intp *dims = PyArray_DIMS(a);
+    if (!w->variable) { /* only the header's frame */
+        int same = ndim == w->def_ndim && memcmp(text, w->def_text, MAX_SLOT_DTYPE) == 0;
+        for (int k = 0; same && k < ndim; k++) same = dims[k] == w->def_dims[k];
+        if (!same) return PyLong_FromLong(0);
     }
+    const char *meta;
+    Py_ssize_t meta_len;
+    int kind;
+    if (meta_args(args, nargs, &meta, &meta_len, &kind) < 0) return NULL;
+    if (meta_len > w->meta_capacity) return PyLong_FromLong(0);
     long slot = writer_acquire_slot(w);
-    if (slot < 0) {
-        PyBuffer_Release(&view);
-        return PyLong_FromLong(-1);
-    }
+    if (slot < 0) return PyLong_FromLong(-1);
     void *dst = (void *)(w->base + (uintptr_t)w->header_size + (uintptr_t)slot * (uintptr_t)w->stride);
-    if (view.len >= GIL_FREE_COPY) {
+    Py_buffer view;
+    if (nbytes >= GIL_FREE_COPY && PyObject_GetBuffer(arr, &view, PyBUF_SIMPLE) == 0) {
         /* The slot is busy: close() meanwhile leaves the mapping to us, and stop() waits
-         * for busy to clear before the tag goes back to the daemon. */
+         * for busy to clear before the tag goes back to the daemon. The buffer export
+         * keeps the array's memory where it is (no resize) while we copy. */
         Py_BEGIN_ALLOW_THREADS
-        memcpy(dst, view.buf, (size_t)view.len);
+        memcpy(dst, view.buf, (size_t)nbytes);
         Py_END_ALLOW_THREADS
+        PyBuffer_Release(&view);
     } else {
-        memcpy(dst, view.buf, (size_t)view.len);
+        PyErr_Clear();
+        memcpy(dst, PyArray_DATA(a), (size_t)nbytes);
     }
-    PyBuffer_Release(&view);
     if (w->stopped) { /* overtaken by the handle's close(): give the slot back unpublished */
         set_busy(w, (unsigned)slot, 0);
         writer_maybe_drop_view(w);
         return PyLong_FromLong(CLOSED_CODE);
     }
+    put_descriptor(w, (unsigned)slot, text, ndim, dims, nbytes, meta, meta_len, kind);
     unsigned long long count = writer_publish_slot(w, (unsigned)slot);
     writer_maybe_drop_view(w);
     return PyLong_FromUnsignedLongLong(count);
 }
 
+/* describe(slot, array, meta=None, kind=META_BYTES): the frame in acquired slot `slot` has
+ * array's dtype and shape (a loan, or the general path's copy), and this metadata; the
+ * next publish(slot) shows them. A dtype or ndim no entry can describe is recorded as the
+ * header's (the caller made sure the array has the header's dtype and shape). Raises
+ * ValueError when the frame or the metadata exceed their capacity. */
+static PyObject *writer_describe(WriterObject *w, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 2 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "describe(slot, array, meta=None, kind=1)");
+        return NULL;
+    }
+    long slot = busy_slot_arg(w, args[0]);
+    if (slot < 0) return NULL;
+    if (!PyArray_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "describe() takes an ndarray");
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)args[1];
+    const char *meta;
+    Py_ssize_t meta_len;
+    int kind;
+    if (meta_args(args + 1, nargs - 1, &meta, &meta_len, &kind) < 0) return NULL;
+    npy_intp nbytes = PyArray_NBYTES(a);
+    if (nbytes > w->nbytes || meta_len > w->meta_capacity) {
+        PyErr_Format(PyExc_ValueError, "a frame of %zd bytes with %zd bytes of metadata does not fit "
+                     "slots of %zd + %zd bytes", (Py_ssize_t)nbytes, meta_len, w->nbytes, w->meta_capacity);
+        return NULL;
+    }
+    char text[MAX_SLOT_DTYPE];
+    int ok = describable(a, text);
+    if (ok < 0) return NULL;
+    if (ok)
+        put_descriptor(w, (unsigned)slot, text, PyArray_NDIM(a), PyArray_DIMS(a), nbytes, meta, meta_len, kind);
+    else
+        put_descriptor(w, (unsigned)slot, w->def_text, NDIM_HEADER, w->def_dims, nbytes, meta, meta_len, kind);
+    Py_RETURN_NONE;
+}
+
 static PyObject *writer_get_count(WriterObject *w, void *c) { return PyLong_FromUnsignedLongLong(w->count); }
 static PyObject *writer_get_latest(WriterObject *w, void *c) { return PyLong_FromLong(w->latest); }
+static PyObject *writer_get_shape_gen(WriterObject *w, void *c) { return PyLong_FromUnsignedLong(w->shape_gen); }
+static PyObject *writer_get_shrink_to(WriterObject *w, void *c) { return PyLong_FromSsize_t(w->shrink_to); }
 static PyObject *writer_get_busy(WriterObject *w, void *c) {
     return PyLong_FromLong(__builtin_popcountll(w->busy[0]) + __builtin_popcountll(w->busy[1]) +
                            __builtin_popcountll(w->busy[2]) + __builtin_popcountll(w->busy[3]));
@@ -1034,12 +1428,15 @@ static PyObject *writer_get_busy(WriterObject *w, void *c) {
 static PyGetSetDef writer_getset[] = {
     {"count", (getter)writer_get_count, NULL, "writes published in this segment", NULL},
     {"latest", (getter)writer_get_latest, NULL, "slot of the latest write (-1: none)", NULL},
+    {"shape_gen", (getter)writer_get_shape_gen, NULL, "how often the frames' dtype or shape changed", NULL},
+    {"shrink_to", (getter)writer_get_shrink_to, NULL, "> 0: the capacity a smaller generation should have", NULL},
     {"busy", (getter)writer_get_busy, NULL, "slots acquired and not yet published or given back (any thread)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyMethodDef writer_methods[] = {
-    {"write", (PyCFunction)writer_write, METH_O, "Copy a same-shape C-contiguous array into a free slot and publish it."},
+    {"write", (PyCFunction)(void (*)(void))writer_write, METH_FASTCALL, "Copy a C-contiguous array that fits into a free slot and publish it."},
+    {"describe", (PyCFunction)(void (*)(void))writer_describe, METH_FASTCALL, "Set the dtype, shape and metadata of an acquired slot's frame."},
     {"acquire", (PyCFunction)writer_acquire, METH_NOARGS, "A free slot, its count zeroed; -1 if every slot is pinned."},
     {"publish", (PyCFunction)writer_publish, METH_O, "Publish an acquired slot; returns the write count."},
     {"release", (PyCFunction)writer_release, METH_O, "Give back an acquired slot unpublished."},
@@ -1071,6 +1468,7 @@ static PyMethodDef methods[] = {
     {"mark", hot_mark, METH_NOARGS, "The acquisition epoch, for Writer.abandon()."},
     {"claim_row", hot_claim_row, METH_VARARGS, "Initialise a reader row just locked."},
     {"clear_row", hot_clear_row, METH_VARARGS, "Clear a dead reader's row."},
+    {"set_dtype_hooks", hot_set_dtype_hooks, METH_VARARGS, "set_dtype_hooks(dtype_of, text_of): see _hot.c."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1090,10 +1488,29 @@ PyMODINIT_FUNC PyInit__hot(void) {
 #else
     const int have_futex = 0;
 #endif
+    /* Every layout constant this file uses, for segment.py to check against layout.py. */
+    PyObject *offsets = Py_BuildValue(
+        "{sisisisisisisisisisisisisisisisisisisisisisisisisisisisi}",
+        "VERSION", LAYOUT_VERSION, "OFF_RETIRED", OFF_RETIRED, "OFF_NOTIFY", OFF_NOTIFY,
+        "OFF_ROWS_USED", OFF_ROWS_USED, "OFF_PUBLISH", OFF_PUBLISH, "SLOT_TABLE", SLOT_TABLE,
+        "SLOT_ENTRY", SLOT_ENTRY, "ENTRY_COUNT", ENTRY_COUNT, "ENTRY_STAMP", ENTRY_STAMP,
+        "ENTRY_META_LEN", ENTRY_META_LEN, "ENTRY_META_KIND", ENTRY_META_KIND, "ENTRY_NDIM", ENTRY_NDIM,
+        "ENTRY_SHAPE_GEN", ENTRY_SHAPE_GEN, "ENTRY_DTYPE", ENTRY_DTYPE, "ENTRY_SHAPE", ENTRY_SHAPE,
+        "MAX_SLOT_NDIM", MAX_SLOT_NDIM, "MAX_SLOT_DTYPE", MAX_SLOT_DTYPE, "NDIM_HEADER", NDIM_HEADER,
+        "META_NONE", META_NONE, "META_BYTES", META_BYTES, "META_JSON", META_JSON,
+        "ROW_SIZE", ROW_SIZE, "ROW_WAITING", ROW_WAITING, "ROW_PID", ROW_PID,
+        "ROW_READ_NS", ROW_READ_NS, "ROW_WRITE_NS", ROW_WRITE_NS, "ROW_READ_COUNT", ROW_READ_COUNT,
+        "ROW_PINS", ROW_PINS);
+    if (offsets == NULL || PyModule_AddObject(m, "OFFSETS", offsets) < 0) {
+        Py_XDECREF(offsets);
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddIntConstant(m, "READER_ROWS", READER_ROWS) < 0 ||
         PyModule_AddIntConstant(m, "FUTEX", have_futex) < 0 ||
         PyModule_AddObject(m, "Writer", Py_NewRef(&WriterType)) < 0 ||
-        PyModule_AddObject(m, "Reader", Py_NewRef(&ReaderType)) < 0) {
+        PyModule_AddObject(m, "Reader", Py_NewRef(&ReaderType)) < 0 ||
+        PyModule_AddObject(m, "Pin", Py_NewRef(&PinType)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

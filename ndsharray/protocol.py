@@ -163,6 +163,12 @@ REMOVE = Op("remove", {"tag": _tag}, Removed)
 OPS: dict[str, Op[Any]] = {op.name: op for op in (
     PING, STATS, LIST, CLAIM, GENERATION, RELEASE, ATTACH, DETACH, LOOKUP, REMOVE)}
 
+# op -> optional fields and their checkers (absent: the daemon's default)
+OPTIONAL: dict[str, dict[str, Callable[[Any], Any]]] = {
+    # bytes per slot for a frame (default: the shape's), metadata bytes per slot (default 0)
+    "generation": {"capacity": _int_in(0, 2**62), "meta_capacity": _int_in(0, 16 << 20)},
+}
+
 
 @dataclass(frozen=True)
 class Request:
@@ -204,6 +210,12 @@ def decode_request(data: bytes) -> Request:
             args[field] = check(msg[field])
         except ValueError as exc:
             raise RequestError(ErrorCode.BAD_REQUEST, f"op {op!r}: field {field!r}: {exc}", req_id) from None
+    for field, check in OPTIONAL.get(op, {}).items():
+        if field in msg:
+            try:
+                args[field] = check(msg[field])
+            except ValueError as exc:
+                raise RequestError(ErrorCode.BAD_REQUEST, f"op {op!r}: field {field!r}: {exc}", req_id) from None
     return Request(req_id, op, args)
 
 

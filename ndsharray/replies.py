@@ -252,6 +252,8 @@ class TagInfo(Wire):
     writer_left: str | None = None  # how the last writer went: "closed" (close(), exit) or "died"
     descr: str | None = None  # the dtype exactly (dtypes.dtype_to_text), for structured ones
     dropped: int = 0  # frames the writer dropped (on_full="drop") because readers pinned every slot
+    capacity: int = 0  # bytes a slot holds for a frame (frames of any shape up to it: layout 3)
+    meta_capacity: int = 0  # bytes of metadata a slot holds beside its frame
 
     def as_json(self) -> dict[str, Any]:
         """What ``ndsharray ls --json`` prints for this tag."""

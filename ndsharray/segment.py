@@ -1,42 +1,53 @@
 """One shared-memory segment: the byte layout, its validation, and the slot protocol.
 
-A segment holds one generation of one tag: a fixed (dtype, shape), a header, and N slots
-each holding one complete array. The daemon creates and unlinks segments; writers and
-readers only open them. Nothing here talks to the daemon.
+A segment holds one generation of one tag: a byte capacity per slot, a header, and N
+slots each holding one complete frame and its metadata. The daemon creates and unlinks
+segments; writers and readers only open them. Nothing here talks to the daemon.
 
-Layout (little-endian; every field naturally aligned)::
+Layout version 3 (little-endian; every field naturally aligned). The single source is the
+table in ``ndsharray/layout.py``: the offsets below are computed from it, and _hot.c's
+constants are compared with it at import::
 
-    offset  size  field
-    0       8     magic b"NDSHARR\\0"
-    8       4     layout version (2)
-    12      4     header size = offset of slot 0 (a multiple of the page size)
-    16      8     payload bytes of one array
-    24      8     slot stride (>= payload, multiple of 64; of the page size from 64 KiB)
-    32      4     slot count N (1..255)
-    36      4     ndim (0..64)
-    40      8     generation of this tag (1, 2, ... as the shape, dtype or N changes)
-    48      4     pid of the writer using this segment (0 once it closed it)
-    52      4     retired: 1 once a newer generation replaced this one, 2 if the tag was removed
-    56      4     notify word (futex word): a writer adds 1 when it wakes sleepers, retire too
-    60      4     reader rows in use (a high-water mark: rows 0..n-1 may hold pins)
-    64      8     publish word: (write count << 8) | index of the latest slot
-    72      8     creation time, CLOCK_MONOTONIC ns
-    80      2     tag length in bytes (UTF-8)
-    82      2     dtype description length (ASCII, see ndsharray.dtypes)
-    84      4     pid of the writer that last closed this segment (0: none; ls after a restart)
-    88      16    writer key: first 16 bytes of SHA-256 of the writer's token (zero once it
-                  closed); a restarted daemon grants the tag only to the holder of that token
-    104     8     frames the writer dropped (on_full="drop": every slot pinned), a u64 only the
-                  writer stores (carried over to its next generation); for ls and info
-    112     16    reserved (zero)
-    128     16*N  slot table: per slot its write count (u64) and publish time (u64, monotonic ns)
-    ...     8*ndim  shape (u64 each)
-    ...     tag, then dtype description
-    ...     256 reader rows of 64 bytes (64-aligned): u32 sleepers (its threads that may be
-            in FUTEX_WAIT), u32 pid (0: free),
-            the frame read last (u64 read time, u64 its write time, u64 its write count;
-            for `ndsharray ls`), then a 256-bit pin mask (bit i: a view of slot i is held)
-    header size + i * stride: slot i
+    0       128   fixed header (layout.HEADER): magic, version, header size, slot
+                  capacity, stride, N, the generation's ndim, generation, writer pid,
+                  retired, notify word (futex: a writer adds 1 when it wakes
+                  sleepers, retire too), reader rows in use, publish word
+                  ((count << 8) | latest slot), creation time, tag and dtype lengths, pid
+                  of the writer that closed it last, writer key, metadata capacity,
+                  ``dropped`` (frames the writer dropped, on_full="drop": a u64 only
+                  the writer stores, carried over to its next generation), reserved
+    128     128*N slot table (layout.ENTRY), per slot: write count, publish time, and the
+                  frame's descriptor: metadata length and kind, ndim (0..8, or 255: "the
+                  header's dtype and shape"), shape generation, dtype text (numpy
+                  ``dtype.str``, <= 16 bytes), shape (8 x u64)
+    ...     8*ndim  the generation's shape (u64 each), then its tag, then its dtype description
+    ...     256 reader rows of 64 bytes (layout.ROW, 64-aligned): u32 sleepers, u32 pid,
+            the frame read last (read time, write time, write count; for ``ls``), 256-bit pin mask
+    header size + i * stride: slot i: the frame's bytes (up to the capacity), then at
+            + capacity its metadata (up to the metadata capacity)
+
+Why the descriptor lives in the slot table and not in the header: a frame of another dtype
+or shape that fits the capacity costs what a same-shape write costs (no daemon call, no new
+mapping, no new generation), and a reader builds each view from the entry of the slot it
+pinned, so it can never pair a frame with a neighbour's shape; views of earlier frames keep
+theirs. The bounds (8 dimensions, a 16-byte dtype text) keep the entry one cache-friendly
+128 bytes and the fast path one C call with cached dtype objects; a frame beyond them
+(structured or sub-array dtypes, a long datetime unit, 9+ dimensions) takes the slow path:
+a generation whose header describes it, as before layout 3.
+
+When a segment grows: a frame larger than the capacity makes a new generation of
+1.5 times the old capacity (at least the frame), so a growing stream pays a generation
+now and then, not on every frame. The first generation is exactly the first frame's size:
+a fixed-shape stream wastes nothing.
+
+When a segment shrinks: when, over a window of at least 10 s and 256 writes, the largest
+frame used less than a quarter of a capacity of at least 1 MiB, the next write makes a
+generation of 1.5 times that largest frame. Why: the capacity is shared memory held in
+every slot (a burst of 10000 x 5000 frames followed by hours of 720p would keep N large
+slots); a quarter leaves room for the usual alternation of two sizes without churn, the
+10 s window bounds the cost (one daemon round trip and a remap in readers, ~3 ms) to a
+negligible share of any stream's time, and below 1 MiB the memory is not worth even that.
+The check is one compare per write in C (see check_shrink in _hot.c).
 
 Write / read protocol. Pins live in shared memory, one row per reader, and are set and
 cleared with atomic instructions (``_hot.c``): a write or a read makes no syscall. A
@@ -96,7 +107,8 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import _hot, prefault
-from .dtypes import MAX_DESCR_LEN, text_to_dtype
+from . import layout as _layout
+from .dtypes import MAX_DESCR_LEN, check_shareable, text_to_dtype
 from .errors import (
     CorruptSegmentError,
     HandleClosedError,
@@ -116,34 +128,43 @@ def shm_dir() -> str:
     agree) or ``/dev/shm``."""
     return os.environ.get(ENV_SHM_DIR) or "/dev/shm"
 MAGIC = b"NDSHARR\0"
-VERSION = 2
 PAGE = mmap.PAGESIZE
 MAX_SLOTS = 255
 MAX_NDIM = 64
 MAX_TAG_BYTES = 255
-
-_FIXED = struct.Struct("<8sIIQQIIQIIIIQQHH44x")
-assert _FIXED.size == 128
-SLOT_TABLE = 128
-SLOT_ENTRY = 16
-OFF_WRITER_PID = 48
-OFF_RETIRED = 52
+MAX_META_CAPACITY = 16 << 20  # metadata per slot: a bound, so a corrupt header cannot ask for more
+DEFAULT_META_CAPACITY = 4096  # metadata a slot holds unless the writer asks for another capacity
 RETIRED_SUPERSEDED = 1  # a newer generation replaced this segment: readers re-resolve
 RETIRED_REMOVED = 2  # the tag was removed (ndsharray rm): its writer must stop
 WAKE_ONLY = 0  # retire(mm, WAKE_ONLY): move the notify word and wake sleepers, flag nothing
-OFF_NOTIFY = 56
-OFF_CLOSED_PID = 84
-OFF_DROPPED = 104
-OFF_WRITER_KEY = 88
 KEY_BYTES = 16
 NO_KEY = bytes(KEY_BYTES)
-OFF_ROWS_USED = 60
-OFF_PUBLISH = 64
-READER_ROWS = 256  # readers per segment (one row each): 16 KiB of header
-ROW_SIZE = 64  # a cache line, so readers never share one
-ROW_PINS = 32  # offset of a row's pin mask; before it: sleepers, pid, the last frame read
-if _hot.READER_ROWS != READER_ROWS:  # pragma: no cover - a stale build of _hot.c
-    raise ImportError("ndsharray._hot was built for another segment layout: reinstall ndsharray")
+
+# The layout table is the single source (layout.py); the C code was compiled with its own
+# copy of every constant it uses, compared here (issue 12 item 6).
+_FIXED = _layout.HEADER_STRUCT
+MAX_SLOT_DTYPE = _layout.MAX_SLOT_DTYPE
+MAX_SLOT_NDIM = _layout.MAX_SLOT_NDIM
+META_BYTES = _layout.META_BYTES
+META_JSON = _layout.META_JSON
+META_NONE = _layout.META_NONE
+NDIM_HEADER = _layout.NDIM_HEADER
+OFF_CLOSED_PID = _layout.OFF_CLOSED_PID
+OFF_DROPPED = _layout.OFF_DROPPED
+OFF_META_CAPACITY = _layout.OFF_META_CAPACITY
+OFF_NOTIFY = _layout.OFF_NOTIFY
+OFF_PUBLISH = _layout.OFF_PUBLISH
+OFF_RETIRED = _layout.OFF_RETIRED
+OFF_ROWS_USED = _layout.OFF_ROWS_USED
+OFF_WRITER_KEY = _layout.OFF_WRITER_KEY
+OFF_WRITER_PID = _layout.OFF_WRITER_PID
+READER_ROWS = _layout.READER_ROWS
+ROW_PINS = _layout.ROW_PINS
+ROW_SIZE = _layout.ROW_SIZE
+SLOT_ENTRY = _layout.SLOT_ENTRY
+SLOT_TABLE = _layout.SLOT_TABLE
+VERSION = _layout.VERSION
+_layout.check_c_offsets(_hot.OFFSETS)
 # Native formats for the fields that change while others read them: one aligned load/store.
 _U64 = struct.Struct("@Q")
 _U32 = struct.Struct("@I")
@@ -159,18 +180,21 @@ LOCKS = 1 << 40  # start of the lock range, far past any segment's end
 
 @dataclass(frozen=True)
 class Layout:
-    """Sizes and offsets of a segment, derived from what it holds."""
+    """Sizes and offsets of a segment, derived from what it holds. ``nbytes`` is the
+    capacity of a slot for one frame's data; ``meta_capacity`` the metadata's beside it."""
 
     nbytes: int
     nslots: int
     ndim: int
     tag_len: int
     descr_len: int
+    meta_capacity: int = 0
 
     @functools.cached_property
     def stride(self) -> int:
-        align = PAGE if self.nbytes >= 65536 else 64
-        return max(64, -(-self.nbytes // align) * align)
+        size = self.nbytes + self.meta_capacity
+        align = PAGE if size >= 65536 else 64
+        return max(64, -(-size // align) * align)
 
     @functools.cached_property
     def shape_offset(self) -> int:
@@ -263,17 +287,21 @@ def create_segment(
     writer_pid: int,
     writer_key: bytes = NO_KEY,
     mode: int = 0o600,
+    capacity: int | None = None,
+    meta_capacity: int = 0,
 ) -> Layout:
     """Create, reserve and initialise a segment file (the daemon's job).
 
+    ``shape`` and ``dtype_text`` are the generation's frame (what a frame whose dtype or
+    ndim a slot cannot describe must be); ``capacity`` (default: that frame's bytes) is
+    what each slot holds for any frame, ``meta_capacity`` the metadata beside it.
     ``posix_fallocate`` reserves every page now, so a full ``/dev/shm`` is an ``OSError``
     (ENOSPC) here instead of a SIGBUS in some process's first write later.
     """
-    dtype = text_to_dtype(dtype_text)
-    nbytes = math.prod(shape) * dtype.itemsize
+    layout = plan_layout(tag, dtype_text, shape, nslots, capacity, meta_capacity)
+    nbytes = layout.nbytes
     tag_b = tag.encode()
     descr_b = dtype_text.encode("ascii")
-    layout = Layout(nbytes, nslots, len(shape), len(tag_b), len(descr_b))
     path = segment_path(name)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
@@ -283,9 +311,8 @@ def create_segment(
         _FIXED.pack_into(
             header, 0, MAGIC, VERSION, layout.header_size, nbytes, layout.stride, nslots,
             len(shape), generation, writer_pid, 0, 0, 0, 0, time.monotonic_ns(),
-            len(tag_b), len(descr_b),
+            len(tag_b), len(descr_b), 0, writer_key, meta_capacity, 0, 0, b"",
         )
-        header[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES] = writer_key
         struct.pack_into(f"<{len(shape)}Q", header, layout.shape_offset, *shape)
         header[layout.tag_offset : layout.tag_offset + len(tag_b)] = tag_b
         header[layout.descr_offset : layout.descr_offset + len(descr_b)] = descr_b
@@ -296,6 +323,22 @@ def create_segment(
         raise
     os.close(fd)
     return layout
+
+
+def plan_layout(tag: str, dtype_text: str, shape: tuple[int, ...], nslots: int,
+                capacity: int | None = None, meta_capacity: int = 0) -> Layout:
+    """The layout of a generation: ``capacity`` (default: the frame's bytes) never below
+    the frame ``shape`` of ``dtype_text`` needs. Raises ValueError for a bad dtype text or
+    capacity."""
+    dtype = text_to_dtype(dtype_text)
+    need = math.prod(shape) * dtype.itemsize
+    cap = need if capacity is None else capacity
+    if cap < need:
+        raise ValueError(f"capacity {cap} is smaller than the {need} bytes of {dtype} {shape}")
+    if not 0 <= meta_capacity <= MAX_META_CAPACITY:
+        raise ValueError(f"metadata capacity {meta_capacity} is not within 0..{MAX_META_CAPACITY}")
+    return Layout(cap, nslots, len(shape), len(tag.encode()), len(dtype_text.encode("ascii")),
+                  meta_capacity)
 
 
 @dataclass(frozen=True)
@@ -331,7 +374,8 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
     if size < 128:
         raise bad("size", f"is {size} bytes, smaller than the 128-byte header")
     (magic, version, header_size, nbytes, stride, nslots, ndim, generation, writer_pid,
-     retired, _notify, _res, _pub, created, tag_len, descr_len) = _FIXED.unpack_from(buf, 0)
+     retired, _notify, _res, _pub, created, tag_len, descr_len, closed_pid, key, meta_cap,
+     *_rest) = _FIXED.unpack_from(buf, 0)
     if magic != MAGIC:
         raise bad("magic", f"is {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
@@ -348,7 +392,9 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
         raise bad("tag length", f"is {tag_len}, expected at most {MAX_TAG_BYTES}")
     if not 0 < descr_len <= MAX_DESCR_LEN:
         raise bad("dtype length", f"is {descr_len}, expected 1..{MAX_DESCR_LEN}")
-    layout = Layout(nbytes, nslots, ndim, tag_len, descr_len)
+    if meta_cap > MAX_META_CAPACITY:
+        raise bad("metadata capacity", f"is {meta_cap}, expected at most {MAX_META_CAPACITY}")
+    layout = Layout(nbytes, nslots, ndim, tag_len, descr_len, meta_cap)
     if header_size != layout.header_size:
         raise bad("header size", f"is {header_size}, the other fields give {layout.header_size}")
     if stride != layout.stride:
@@ -367,11 +413,65 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
     why = shape_problem(shape, dtype.itemsize)
     if why is not None:
         raise bad("shape", why)
-    if math.prod(shape) * dtype.itemsize != nbytes:
-        raise bad("shape", f"{shape} of {dtype} is not {nbytes} bytes")
+    if math.prod(shape) * dtype.itemsize > nbytes:
+        raise bad("shape", f"{shape} of {dtype} is more than the slots' {nbytes} bytes")
     return Header(layout, generation, writer_pid, created, tag, dtype_text, dtype,
-                  tuple(int(n) for n in shape), bytes(buf[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES]),
-                  retired, int(_U32.unpack_from(buf, OFF_CLOSED_PID)[0]))
+                  tuple(int(n) for n in shape), key, retired, closed_pid)
+
+
+_SLOT_DTYPE_TEXT = re.compile(r"[<>|=][a-zA-Z][0-9]{0,6}(\[[0-9]{0,4}[a-zA-Z]{1,2}\])?")
+
+
+def slot_dtype_text(dtype: np.dtype[Any]) -> str | None:
+    """The text a slot's entry names ``dtype`` by (numpy's ``dtype.str``), or None when an
+    entry cannot describe it: structured and sub-array dtypes, a text over MAX_SLOT_DTYPE
+    bytes, anything not shareable. Such frames take the slow path (a generation of their
+    own dtype and shape, described by the header). Called by _hot.c once per dtype."""
+    if not isinstance(dtype, np.dtype) or dtype.names is not None or dtype.subdtype is not None:
+        return None
+    try:
+        check_shareable(dtype)
+    except TypeError:
+        return None
+    text = dtype.str
+    if len(text) > MAX_SLOT_DTYPE or _SLOT_DTYPE_TEXT.fullmatch(text) is None or np.dtype(text) != dtype:
+        return None
+    return text
+
+
+def slot_dtype(text: str) -> np.dtype[Any]:
+    """The dtype a slot's text names: only what :func:`slot_dtype_text` makes (the text
+    comes from shared memory: anything else raises ValueError). Called by _hot.c once per
+    text."""
+    if _SLOT_DTYPE_TEXT.fullmatch(text) is None:
+        raise ValueError(f"{text!r} is not a dtype text a writer makes")
+    try:
+        dtype = np.dtype(text)
+    except TypeError:
+        raise ValueError(f"{text!r} is not a dtype") from None
+    if slot_dtype_text(dtype) != text:
+        raise ValueError(f"{text!r} is not a dtype text a writer makes")
+    return dtype
+
+
+_hot.set_dtype_hooks(slot_dtype, slot_dtype_text)
+
+_ENTRY_FRAME = struct.Struct("<IBB2xI4x16s8Q")  # meta_len, meta kind, ndim, shape_gen, dtype, shape
+
+
+def frame_in_slot(buf: Any, header: Any, slot: int) -> tuple[np.dtype[Any], tuple[int, ...], int, int]:
+    """(dtype, shape, metadata bytes, shape generation) of the frame a slot's entry
+    describes, read from a header copy (``ls``, tools: the values may be stale or torn;
+    raises ValueError for an entry that describes nothing). ``header``: anything with the
+    generation's ``dtype`` and ``shape``."""
+    meta_len, _kind, ndim, gen, text, *dims = _ENTRY_FRAME.unpack_from(
+        buf, SLOT_TABLE + SLOT_ENTRY * slot + _layout.ENTRY_OFF["meta_len"])
+    if ndim == NDIM_HEADER:
+        return header.dtype, header.shape, meta_len, gen
+    if ndim > MAX_SLOT_NDIM:
+        raise ValueError(f"slot {slot}: {ndim} dimensions")
+    dtype = slot_dtype(text.rstrip(b"\0").decode("ascii", "replace"))
+    return dtype, tuple(int(n) for n in dims[:ndim]), meta_len, gen
 
 
 # numpy indexes bytes with a signed 64-bit npy_intp (so does _hot.c).
@@ -401,6 +501,12 @@ def shape_problem(shape: tuple[int, ...], itemsize: int) -> str | None:
 def mapping_address(mm: mmap.mmap) -> int:
     """Address of the first byte of a mapping (futex words are addressed, not indexed)."""
     return _hot.address(mm)
+
+
+def latest_slot(buf: Any, nslots: int) -> int | None:
+    """The slot of the latest write, or None, from a header copy."""
+    pub = int(_U64.unpack_from(buf, OFF_PUBLISH)[0])
+    return None if pub >> 8 == 0 or pub & 0xFF >= nslots else pub & 0xFF
 
 
 def latest_write(buf: Any, nslots: int) -> tuple[int, int | None]:
@@ -476,17 +582,6 @@ def current_pid() -> int:
 
 def _flock(kind: int, start: int, length: int = 1) -> bytes:
     return _FLOCK.pack(kind, os.SEEK_SET, start, length, 0)
-
-
-def _buffer_format(dtype: np.dtype[Any]) -> str:
-    """What the buffer protocol calls ``dtype``: the writer's fast path compares it with the
-    format of each array written. "" (no fast path) for structured and subarray dtypes."""
-    if dtype.names is not None or dtype.subdtype is not None:
-        return ""
-    try:
-        return np.empty(0, dtype).data.format
-    except (ValueError, TypeError, NotImplementedError):
-        return ""  # datetime64 and the like have no buffer format
 
 
 @functools.cache
@@ -615,13 +710,16 @@ class SegmentReader(_Mapped):
         # The C side counts pins per slot; each view's base is a _hot.Pin, a read-only
         # buffer of one slot that unpins it when the last array built on it is collected.
         # It keeps both mappings alive, so a view outlives this object safely.
+        # Each view is built in C from its slot's own dtype and shape; a frame of the
+        # header's structured dtype comes back as its Pin, and view_of() builds it here.
         self._via_bytes = h.dtype.names is not None or h.dtype.subdtype is not None
         direct: dict[str, Any] = {} if self._via_bytes else {"shape": h.shape, "dtype": h.dtype}
         self._c = _hot.Reader(base=self.base_addr, row=self.row, nslots=self.nslots,
                               header_size=lay.header_size, stride=lay.stride, nbytes=lay.nbytes,
-                              keep=(self.mm, self._rw), **direct)
+                              keep=(self.mm, self._rw), meta_capacity=lay.meta_capacity, **direct)
         # read_new(last_count): the view of a newer frame in one C call (None: nothing new;
-        # an int: ask latest()); None where views are built in Python (structured dtypes).
+        # an int: ask latest()). None for a header of a structured dtype, whose frames C
+        # hands back as Pins: the general path builds those views with view_of().
         self.read_new = None if self._via_bytes else self._c.read
 
     def _claim_row(self, rw_addr: int) -> int:
@@ -698,16 +796,32 @@ class SegmentReader(_Mapped):
         return self.view_of(self._c.view(i))
 
     def view_of(self, pin: _hot.Pin) -> np.ndarray[Any, Any]:
-        """A read-only array of the slot ``pin`` holds, keeping it (as its base)."""
-        arr: np.ndarray[Any, Any] = np.ndarray(
-            (self.layout.nbytes,), np.uint8, buffer=pin)  # type: ignore[arg-type]
-        return arr.view(self.header.dtype).reshape(self.header.shape)
+        """A read-only array of the frame ``pin`` holds, of its own dtype and shape, keeping
+        the pin (as its base)."""
+        try:
+            got = self._c.array_of(pin)
+        except ValueError as exc:
+            raise CorruptSegmentError(f"segment {self.name}: {exc}") from None
+        if not isinstance(got, _hot.Pin):
+            return got
+        h = self.header  # a frame of the header's structured dtype and shape
+        nbytes = math.prod(h.shape) * h.dtype.itemsize
+        arr: np.ndarray[Any, Any] = np.ndarray((nbytes,), np.uint8, buffer=pin)  # type: ignore[arg-type]
+        return arr.view(h.dtype).reshape(h.shape)
 
     def copy(self, pin: _hot.Pin) -> np.ndarray[Any, Any]:
-        """An owned, writable copy of the slot ``pin`` holds."""
-        src: np.ndarray[Any, Any] = np.ndarray(
-            self.header.shape, self.header.dtype, buffer=pin)  # type: ignore[arg-type]
-        return src.copy()
+        """An owned, writable copy of the frame ``pin`` holds."""
+        return self.view_of(pin).copy()
+
+    @property
+    def meta(self) -> tuple[int, bytes] | None:
+        """(kind, bytes) of the metadata of the frame pinned last, or None."""
+        return self._c.meta
+
+    @property
+    def shape_gen(self) -> int:
+        """The writer's count of dtype/shape changes at the frame pinned last."""
+        return int(self._c.shape_gen)
 
     def close(self) -> None:
         """Stop using the segment; the fd (and its row) goes when the last view does."""
@@ -738,9 +852,13 @@ class SegmentReader(_Mapped):
 
 
 class SegmentWriter(_Mapped):
-    """A writable mapping of a segment; the single writer's side of the protocol."""
+    """A writable mapping of a segment; the single writer's side of the protocol.
 
-    def __init__(self, name: str, token: str | None = None) -> None:
+    ``variable``: the C fast path takes any frame that fits the slots' capacity and whose
+    dtype and ndim a slot's entry can describe; otherwise only frames of the header's
+    dtype and shape (ndsharray before layout 3)."""
+
+    def __init__(self, name: str, token: str | None = None, variable: bool = False) -> None:
         super().__init__(name, writable=True)
         h = self.header
         self.dtype, self.shape = h.dtype, h.shape  # read on every write
@@ -765,15 +883,27 @@ class SegmentWriter(_Mapped):
         latest = pub & 0xFF
         # The C writer holds a buffer export of the mapping: it cannot be unmapped while
         # any thread still writes through it (close() lets it go after the last write).
+        latest = latest if count and latest < self.nslots else -1
+        shape_gen = 0
+        if latest >= 0:  # a writer taking over continues the shape generations too
+            try:
+                shape_gen = frame_in_slot(self.mm, h, latest)[3]
+            except ValueError:
+                pass
         self.fast = _hot.Writer(
             mapping=self.mm, rows_offset=lay.rows_offset, nslots=self.nslots, nbytes=lay.nbytes,
             header_size=lay.header_size, stride=lay.stride, shape=h.shape,
-            format=_buffer_format(h.dtype), count=count,
-            latest=latest if count and latest < self.nslots else -1,
+            text=slot_dtype_text(h.dtype), count=count, latest=latest,
+            meta_capacity=lay.meta_capacity, variable=variable, shape_gen=shape_gen,
         )
         # Our first write into each slot would fault page by page (see prefault.py).
         prefault.prefault_slots(self.mm, [lay.slot_offset(i) for i in prefault.slot_order(
             self.nslots, self.fast.latest)], lay.nbytes)
+
+    def slot_array(self, i: int, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+        """A writable array of ``dtype`` and ``shape`` at the start of slot ``i`` (the
+        caller checked that it fits the capacity)."""
+        return np.ndarray(shape, dtype, buffer=self.mm, offset=self.layout.slot_offset(i))
 
     def try_acquire(self) -> int:
         """A slot that is neither the latest nor pinned, its count zeroed; -1 if none is free,

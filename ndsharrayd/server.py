@@ -21,13 +21,13 @@ import socket
 import stat
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
 from ndsharray import config, lockfile, safefs
 from ndsharray._version import __version__
-from ndsharray.dtypes import text_to_dtype
+from ndsharray.dtypes import dtype_to_text, text_to_dtype
 from ndsharray.errors import CorruptSegmentError, UnsafeFileError
 from ndsharray.procs import alive as _alive
 from ndsharray.protocol import (
@@ -63,8 +63,11 @@ from ndsharray.segment import (
     Layout,
     create_segment,
     dropped_frames,
+    frame_in_slot,
+    latest_slot,
     latest_write,
     parse_header,
+    plan_layout,
     reader_rows,
     segment_path,
     shape_problem,
@@ -167,11 +170,12 @@ class SegmentFiles:
         self.tags: dict[str, str] = {}  # segment name -> tag
 
     def create(self, rec: TagRecord, pid: int, dtype: str, shape: tuple[int, ...], slots: int,
-               key: bytes = NO_KEY) -> str:
+               key: bytes = NO_KEY, capacity: int | None = None, meta_capacity: int = 0) -> str:
         name = self.prefix + secrets.token_hex(8)
         layout = create_segment(
             name, tag=rec.tag, dtype_text=dtype, shape=shape, nslots=slots,
             generation=rec.generation + 1, writer_pid=pid, writer_key=key, mode=self.mode,
+            capacity=capacity, meta_capacity=meta_capacity,
         )
         try:
             fd = os.open(segment_path(name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -346,6 +350,13 @@ class SegmentFiles:
             self.tags[name] = h.tag
             self.point(h.tag, name)
         return adopted, orphans, removed
+
+
+class _Generation(NamedTuple):
+    """A generation's frame (what frame_in_slot() falls back to)."""
+
+    dtype: Any
+    shape: tuple[int, ...]
 
 
 def _raise_fd_limit() -> None:
@@ -582,12 +593,25 @@ class Daemon:
             lat = [s["latency_s"] for s in stats if s["latency_s"] is not None]
             behind = [s["behind"] for s in stats if s["behind"] is not None]
             dtype = text_to_dtype(rec.dtype) if rec.dtype else None
+            shape, nbytes, descr = rec.shape, rec.nbytes, rec.dtype
+            if got and dtype is not None and rec.shape is not None:
+                # The latest frame's own dtype and shape (layout 3: they vary within a generation).
+                slot = latest_slot(got[0], got[1].nslots)
+                try:
+                    if slot is not None:
+                        dtype, shape, _, _ = frame_in_slot(got[0], _Generation(dtype, rec.shape), slot)
+                        nbytes = math.prod(shape) * dtype.itemsize
+                        descr = dtype_to_text(dtype)
+                except ValueError:
+                    pass  # torn or broken: the generation's
             out.append(TagInfo(
                 tag=rec.tag,
                 dtype=None if dtype is None else (dtype.name if dtype.names is None else str(dtype)),
-                descr=rec.dtype,
-                shape=rec.shape,
-                nbytes=rec.nbytes,
+                descr=descr,
+                shape=shape,
+                nbytes=nbytes,
+                capacity=rec.nbytes,
+                meta_capacity=got[1].meta_capacity if got else 0,
                 writer_pid=rec.writer.pid if rec.writer else None,
                 last_writer_pid=rec.last_writer_pid or None,
                 writer_left=rec.writer_left,
@@ -673,8 +697,12 @@ class Daemon:
         except ValueError as exc:
             raise RequestError(ErrorCode.BAD_REQUEST, f"field 'dtype': {exc}", req.id) from None
         shape = a["shape"]
-        nbytes = math.prod(shape) * dtype.itemsize
-        layout = Layout(nbytes, a["slots"], len(shape), len(a["tag"].encode()), len(a["dtype"]))
+        try:
+            layout = plan_layout(a["tag"], a["dtype"], shape, a["slots"], a.get("capacity"),
+                                 a.get("meta_capacity", 0))
+        except ValueError as exc:
+            raise RequestError(ErrorCode.BAD_REQUEST, f"field 'capacity': {exc}", req.id) from None
+        nbytes = layout.nbytes  # the slots' capacity
         need = layout.total_size
         if need > MAX_SEGMENT_BYTES:
             raise RequestError(ErrorCode.NO_SPACE, (
@@ -695,7 +723,8 @@ class Daemon:
         try:
             # (the writer's key from the start: a daemon that restarts before the writer
             # opened the segment must still know whom it belongs to)
-            name = self.files.create(rec, a["pid"], a["dtype"], shape, a["slots"], writer_key(a["token"]))
+            name = self.files.create(rec, a["pid"], a["dtype"], shape, a["slots"], writer_key(a["token"]),
+                                     nbytes, layout.meta_capacity)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
                 raise RequestError(ErrorCode.NO_SPACE, (
