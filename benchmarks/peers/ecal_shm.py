@@ -31,7 +31,7 @@ from .base import Reader as _Reader
 from .base import Writer as _Writer
 
 DOMAIN_PREFIX = "ndsb_ecal_"
-_started = False
+_open = 0  # publishers and subscribers of this process; eCAL runs while there are any
 
 
 def domain(spec: Spec) -> str:
@@ -40,8 +40,12 @@ def domain(spec: Spec) -> str:
 
 
 def _start(spec: Spec, role: str) -> None:
-    global _started
-    if _started:
+    """Initialize eCAL for this process's first handle. _stop() finalizes it after the
+    last: eCAL left running at interpreter exit sometimes aborts ("Resource deadlock
+    avoided") or hangs there, its threads waiting for a GIL that is gone."""
+    global _open
+    _open += 1
+    if _open > 1:
         return
     cfg = ecal.Configuration()
     cfg.registration.local.transport_type = ecal.LocalTransportType.SHM
@@ -52,8 +56,15 @@ def _start(spec: Spec, role: str) -> None:
         layers.udp.enable = False
         layers.tcp.enable = False
     if not ecal.initialize(cfg, f"ndsb-{role}-{os.getpid()}", ecal.init.PUBLISHER | ecal.init.SUBSCRIBER):
+        _open -= 1
         raise RuntimeError("eCAL did not initialize")
-    _started = True
+
+
+def _stop() -> None:
+    global _open
+    _open -= 1
+    if _open == 0:
+        ecal.finalize()
 
 
 class Writer(_Writer):
@@ -79,6 +90,7 @@ class Writer(_Writer):
 
     def close(self) -> None:
         del self.pub
+        _stop()
 
 
 class Reader(_Reader):
@@ -119,3 +131,4 @@ class Reader(_Reader):
     def close(self) -> None:
         self.sub.remove_receive_callback()
         del self.sub
+        _stop()
