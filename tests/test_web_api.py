@@ -221,3 +221,23 @@ def test_a_token_given_is_required_on_the_loopback_too(daemon: Daemon) -> None:
     out = subprocess.run([sys.executable, "-m", "ndsharray", "--endpoint", daemon.endpoint, "serve",
                           "--token", "short"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "at least 16 characters" in out.stderr
+
+
+def test_a_viewer_pins_no_more_than_a_reader_does(server: Server, puppets: Any) -> None:
+    """While a frame is encoded (slow: a float frame is scaled first), the writer goes on;
+    the encoder works on a copy, so the writer always finds a free slot of its 3 and never
+    grows its ring (a new generation through the daemon: a slow write)."""
+    w = puppets()
+    w(op="open", name="w", tag="cam", rw="w", kw={"slots": 3})
+    w(op="put", name="w", dtype="float32", shape=[480, 640, 3], value=[0.0, 0.5, 1.0])
+    with contextlib.ExitStack() as stack:
+        viewers = [stack.enter_context(connect(server.ws_url("cam") + q, open_timeout=10)) for q in ("", "?bgr=1")]
+        for i in range(40):
+            # Ready at once (the frames are not even read): writes come while frames are
+            # being encoded (two pictures each: as is, and BGR).
+            for ws in viewers:
+                ws.send(json.dumps({"ready": True}))
+            w(op="put", name="w", dtype="float32", shape=[480, 640, 3], value=[float(i), 0.5, 1.0])
+        assert server.figures()["cam"]["encodes"] >= 2
+    info = ndsharray.tag_info("cam")
+    assert (info.slots, info.generation) == (3, 1)

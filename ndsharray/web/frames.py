@@ -16,7 +16,7 @@ import numpy as np
 from ..imaging import encode_image, rgb_image
 
 # Statistics of larger arrays are taken from an evenly strided sample of about this size.
-STATS_SAMPLE = 1 << 18
+STATS_SAMPLE = 1 << 16
 HIST_BINS = 32
 TABLE_ROWS = 8
 TABLE_COLS = 8

@@ -163,30 +163,33 @@ class Stream:
             sub.wake.set()
 
     def _pump(self) -> None:
-        """Hand the newest frame to every ready browser that has not got it, encoding it
-        first (once, in a worker thread) when the cache does not hold it yet."""
+        """Hand every ready browser the newest frame it has not got: the last encoded one if
+        that is newer than its own (shared by all, no new work), else the newest frame read,
+        encoded first (once, in a worker thread, for all the browsers waiting for it)."""
         frame = self._latest
         if frame is None or not self.subs:
             return
-        waiting = [s for s in self.subs if s.ready and s.have != frame.seq]
-        if not waiting:
-            return  # nobody ready: this frame costs nothing
-        colour = frames.has_colour(tuple(frame.array.shape))
         cache = self._cache
-        if cache is not None and cache.seq == frame.seq:
-            for s in waiting:
-                image = cache.images.get(s.bgr and colour)
-                if image is not None or not cache.header["image"]:
-                    self._deliver(s, cache, image)
-            waiting = [s for s in waiting if s.ready]
-            if not waiting:
-                return
+        if cache is not None:
+            for s in self.subs:
+                if s.ready and s.have < cache.seq:
+                    image = cache.images.get(s.bgr and cache.header["colour"])
+                    if image is not None or not cache.header["image"]:
+                        self._deliver(s, cache, image)
+        waiting = [s for s in self.subs if s.ready and s.have < frame.seq]
+        if not waiting:
+            return  # nobody ready for a newer frame: this one costs nothing
         if self._encoding:
             return  # the encode in flight calls _pump again when it is done
+        colour = frames.has_colour(tuple(frame.array.shape))
         variants = {s.bgr and colour for s in waiting}
         self._encoding = True
         self.encodes += 1
-        fut = self.loop.run_in_executor(None, _encode, frame, variants, self.encodes)
+        # The encoder gets the view in a box it empties: it copies the frame first and lets
+        # go of the view, so that the slot is pinned for one memcpy, not for the encoding
+        # (a second pin held that long made writers grow their ring: 3 -> 6 slots).
+        facts = (frame.seq, frame.count, frame.write_time_ns, frame.meta)
+        fut = self.loop.run_in_executor(None, _encode, [frame.array], facts, variants, self.encodes)
         fut.add_done_callback(self._encoded)
 
     def _encoded(self, fut: asyncio.Future[tuple[Encoded, float]]) -> None:
@@ -212,20 +215,23 @@ class Stream:
         sub.wake.set()
 
 
-def _encode(frame: Frame, variants: set[bool], serial: int) -> tuple[Encoded, float]:
-    """Everything the page shows of ``frame`` (runs in a worker thread)."""
+def _encode(box: list[np.ndarray[Any, Any]], facts: tuple[int, int, int, Any], variants: set[bool],
+            serial: int) -> tuple[Encoded, float]:
+    """Everything the page shows of a frame (runs in a worker thread). ``box`` holds its
+    view, which is copied and dropped at once; ``facts`` are the Frame's other fields."""
     t0 = time.perf_counter()
-    a = frame.array
+    a = np.array(box.pop())  # (the view goes with the box's only reference)
+    seq, count, write_time_ns, meta = facts
     shape = tuple(a.shape)
     image = frames.image_like(shape, a.dtype)
     header = {
-        "type": "frame", "count": frame.count, "serial": serial, "shape": list(shape), "dtype": str(a.dtype),
+        "type": "frame", "count": count, "serial": serial, "shape": list(shape), "dtype": str(a.dtype),
         "image": image, "colour": frames.has_colour(shape),
-        "age_ms": (time.monotonic_ns() - frame.write_time_ns) / 1e6 if frame.write_time_ns else None,
+        "age_ms": (time.monotonic_ns() - write_time_ns) / 1e6 if write_time_ns else None,
         "stats": frames.stats(a), "values": None if image else frames.values(a),
-        "meta": frames.jsonable(frame.meta),
+        "meta": frames.jsonable(meta),
     }
-    enc = Encoded(frame.seq, serial, header)
+    enc = Encoded(seq, serial, header)
     if image:
         for bgr in variants:
             enc.images[bgr] = frames.jpeg(a, bgr=bgr)
