@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import Daemon, wait_until
 from PIL import Image
@@ -101,7 +102,13 @@ def test_solid_colour_frames_show_in_a_screenshot(server: Server, page: Any, pup
     page.locator("#bgr").check()
     wait_until(lambda: near(centre(page), (40, 250, 250)), timeout=10, what="the BGR toggle to swap channels")
     assert "90x120x3" in page.locator("#s-shape").inner_text()
-    if SCREENSHOT:
+    if SCREENSHOT:  # the README's picture: a gradient, as a camera would show something
+        y, x = np.mgrid[0:120, 0:200]
+        frame = np.stack([x * 255 // 199, y * 255 // 119, 255 - x * 255 // 199], axis=-1)
+        w(op="put", name="w", dtype="uint8", value=frame.tolist())
+        wait_until(lambda: near(colour_at(page, 0.01, 0.01), (255, 0, 0)), timeout=10, what="the gradient")
+        page.locator("#bgr").uncheck()
+        wait_until(lambda: near(colour_at(page, 0.01, 0.01), (0, 0, 255)), timeout=10, what="the gradient in RGB")
         page.screenshot(path=SCREENSHOT)
 
 

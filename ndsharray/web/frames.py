@@ -66,21 +66,27 @@ def _number(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def stats(a: np.ndarray[Any, Any]) -> dict[str, Any] | None:
-    """min, max, mean and a histogram of the finite values; None for non-numeric dtypes.
+def sample(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """A copy of at most ``STATS_SAMPLE`` evenly strided values of ``a``, flat (cheap: it is
+    taken while the frame is pinned, the statistics are computed from it later)."""
+    flat = a.reshape(-1)
+    step = max(1, -(-flat.size // STATS_SAMPLE))
+    return np.array(flat[::step])
+
+
+def stats(values: np.ndarray[Any, Any], size: int) -> dict[str, Any] | None:
+    """min, max, mean and a histogram of the finite ``values`` (a :func:`sample` of a frame of
+    ``size`` elements); None for non-numeric dtypes.
 
     ``sampled`` says how many values they come from when that is fewer than the frame's.
     Complex values are described by their magnitude.
     """
-    if a.dtype.kind not in "biufc" or a.size == 0:
+    if values.dtype.kind not in "biufc" or values.size == 0:
         return None
-    flat = a.reshape(-1)
-    step = max(1, -(-flat.size // STATS_SAMPLE))
-    sample = flat[::step]
-    vals = np.abs(sample) if a.dtype.kind == "c" else sample.astype(np.float64, copy=False)
+    vals = np.abs(values) if values.dtype.kind == "c" else values.astype(np.float64, copy=False)
     finite = vals[np.isfinite(vals)]
     out: dict[str, Any] = {
-        "sampled": int(sample.size) if step > 1 else None,
+        "sampled": int(values.size) if values.size < size else None,
         "nonfinite": int(vals.size - finite.size),
         "min": None, "max": None, "mean": None, "hist": [], "hist_range": None,
     }

@@ -9,6 +9,7 @@ let imageUrl = null;
 let header = null;
 let received = 0; // frames shown (the benchmark reads it)
 let socket = null;
+const MIN_WIDTH = 480;
 window.ndsharrayFrames = () => received;
 
 document.title = "ndsharray: " + tag;
@@ -88,6 +89,8 @@ function showImage(bytes) {
   const url = URL.createObjectURL(new Blob([bytes], { type: "image/jpeg" }));
   const img = $("frame");
   img.onload = () => {
+    // Small frames are shown at least MIN_WIDTH wide (pixels stay sharp: see app.css).
+    img.style.width = Math.max(img.naturalWidth, MIN_WIDTH) + "px";
     if (imageUrl) URL.revokeObjectURL(imageUrl);
     imageUrl = url;
     received++;
