@@ -179,3 +179,15 @@ def test_token_in_the_browser(daemon: Daemon, page: Any, puppets: Any) -> None:
         page.goto(s.base + "/tag/cam")
         wait_until(lambda: page.locator("#frame").is_visible() and near(centre(page), (0, 0, 255)), timeout=10,
                    what="frames over the WebSocket, with the cookie")
+
+
+def test_without_a_daemon_the_page_says_so_and_starts_none(folder: str, page: Any) -> None:
+    endpoint = f"ipc://{folder}/none.sock"
+    with Server(endpoint) as s:
+        page.goto(s.url)
+        empty = page.locator("#empty").filter(has_text="no ndsharrayd runs")
+        empty.wait_for(timeout=10_000)
+        assert endpoint in empty.inner_text() and "The first writer starts one" in empty.inner_text()
+        with s.client() as c:
+            assert c.get("/api/tags").json() == [] and c.get("/api/tags/cam").status_code == 404
+    assert not os.path.exists(f"{folder}/none.sock")  # looking started no daemon

@@ -168,7 +168,9 @@ def create_app(endpoint: str, token: str | None = None) -> Starlette:
 
     async def _frame_file(tag: str, kind: str, bgr: bool) -> Response:
         a = hub.latest(tag)
-        if a is None:
+        if a is not None:
+            a = np.array(a)  # (a copy: the encoding below must not keep the writer's slot pinned)
+        else:
             try:
                 a = await run_in_threadpool(_read_one, endpoint, tag)
             except TagNotFoundError as exc:
