@@ -78,11 +78,11 @@ def main() -> None:
     import numpy as np
 
     import ndsharray
-    from ndsharray import admin, transport
+    from ndsharray import admin
 
     folder = tempfile.mkdtemp(prefix="ndrss-", dir="/tmp")
     ep = f"ipc://{folder}/d.sock"
-    transport.start_daemon(ep)
+    admin.start_daemon(ep)
     wp = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", ep], start_new_session=True)
     if args.tracemalloc:
         tracemalloc.start(10)

@@ -321,7 +321,7 @@ ENDPOINT = ""
 def orchestrate(args: argparse.Namespace) -> int:
     global ENDPOINT
     import ndsharray.admin as admin
-    from ndsharray import config, transport
+    from ndsharray import config, daemonctl
 
     folder = tempfile.mkdtemp(prefix="ndsoak-", dir="/tmp")
     ENDPOINT = ep = f"ipc://{folder}/d.sock"
@@ -348,7 +348,7 @@ def orchestrate(args: argparse.Namespace) -> int:
           f"daemon SIGKILL every {args.kill_every:g} s; code {rev} in {os.path.dirname(here)}")
     start_snap: dict[str, Any] | None = None
     try:
-        transport.start_daemon(ep)
+        daemonctl.start_daemon(ep)
         cmd = [sys.executable, os.path.abspath(__file__), "--endpoint", ep,
                "--hz", str(args.hz), "--shape-every", str(args.shape_every),
                "--reopen-every", str(args.reopen_every), "--churn-hz", str(args.churn_hz)]

@@ -8,7 +8,7 @@ import re
 import stat
 from dataclasses import dataclass
 
-from . import config, safefs, segment, transport
+from . import config, daemonctl, safefs, segment, transport
 from .errors import NdShArrayError, UnsafeFileError
 from .procs import alive
 from .protocol import PING
@@ -27,10 +27,12 @@ class Check:
 
 def check_daemon(endpoint: str) -> Check:
     try:
-        running = transport.daemon_running(endpoint)
+        state = daemonctl.daemon_state(endpoint)
     except UnsafeFileError as exc:  # (a folder others can write, a lock not ours)
         return Check("FAIL", "daemon", str(exc))
-    if not running:
+    if state is not None and state.elsewhere:
+        return Check("FAIL", "daemon", str(daemonctl.other_namespace(endpoint, state)))
+    if state is None:
         stranded = stranded_tags(endpoint)
         if stranded:
             return Check("WARN", "daemon", describe(endpoint, stranded))
@@ -140,7 +142,7 @@ def _closed_to_others(folder: str) -> str | None:
 
 def _running_or_untrusted(endpoint: str) -> bool:
     try:
-        return transport.daemon_running(endpoint)
+        return daemonctl.daemon_running(endpoint)
     except UnsafeFileError:
         return True  # the daemon check says why; no verdict on segments then
 

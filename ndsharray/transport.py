@@ -2,8 +2,8 @@
 
 Lazy Pirate: a DEALER socket, every request waits at most ``timeout`` for its reply; on a
 timeout the socket is closed with linger 0, the daemon's liveness is checked through its
-lock file (auto-starting one if allowed) and the request is sent again, a bounded number of
-times. Request ids let a late reply to an abandoned request be dropped.
+lock file (auto-starting one if allowed; both through daemonctl) and the request is sent
+again, a bounded number of times. Request ids let a late reply to an abandoned request be dropped.
 
 Fork safety: zmq contexts must never be used across ``fork``. After a fork the child forgets
 the parent's connections without closing them (closing would disturb the parent's sockets)
@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import atexit
 import collections
-import fcntl
 import itertools
-import json
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 from typing import Any, TypeVar, overload
 
 import zmq
 
-from . import config, daemonpath, lockfile, procs, safefs
+from . import config, daemonctl
 from .errors import (
     DaemonError,
     DaemonUnavailableError,
@@ -37,7 +33,6 @@ from .errors import (
     TagBusyError,
     TagNotFoundError,
     TagRemovedError,
-    UnsafeFileError,
 )
 from .protocol import OPS, ErrorCode, Op, decode_reply, encode_request
 from .replies import Wire
@@ -55,158 +50,14 @@ _ERRORS: dict[str, type[DaemonError]] = {
 }
 
 
-# daemon_state's identity of a daemon that holds the lock but has not written who it is.
-STARTING = ""
-
 # While a request waits for its reply, look this often whether the daemon it went to still
 # runs: one that died or was replaced will never answer, and nobody should wait out the
 # timeout for it (a lock-file read, only once a reply is late).
 WATCH = 0.05
 
-
-def daemon_state(endpoint: str) -> tuple[str, bool] | None:
-    """``(identity, serving)`` of the daemon holding the endpoint's lock, None if none does.
-
-    The lock file's first line (pid and start time) identifies a daemon: it changes with
-    every restart. A second line, ``serving``, is added once the daemon has recovered and
-    answers requests; until then it is starting (or restarting). See lockfile.
-    """
-    lock = config.lock_path(endpoint)
-    try:
-        fd = safefs.open_checked(lock, os.O_RDONLY, owners=safefs.ANYONE, single_link=False)
-    except FileNotFoundError:
-        return None
-    except UnsafeFileError:
-        raise
-    except PermissionError:
-        raise DaemonUnavailableError(
-            f"permission denied on {config.lock_path(endpoint)}: the daemon at {endpoint} "
-            "belongs to another user; use your own (unset NDSHARRAY_ENDPOINT) or ask its owner "
-            "to share it with a group (ndsharrayd --group)"
-        ) from None
-    try:
-        # Whose daemon this is, and who could have put it there: checked on every request
-        # (a few stat calls), since the lock, socket and folder may change between two.
-        safefs.check_daemon_files(lock, os.fstat(fd), config.ipc_path(endpoint))
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        content = lockfile.parse(os.pread(fd, 256, 0))
-        if not _exists(content.pid):
-            # Held, but by a daemon that has not written who it is yet: the file is empty or
-            # still names its dead predecessor (maybe even "serving"). It is starting.
-            return STARTING, False
-        return content.ident, content.serving
-    finally:
-        os.close(fd)
-    return None
-
-
-def _exists(pid: int) -> bool:
-    """One kill(pid, 0): False for a pid that no process has (a zombie still counts)."""
-    if not 0 < pid < 1 << 22:
-        return False  # (0 would mean our process group)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # (another user's: a --group daemon)
-    return True
-
-
-def daemon_running(endpoint: str) -> bool:
-    """True when some process holds the endpoint's daemon lock."""
-    return daemon_state(endpoint) is not None
-
-
-def daemon_command(*args: str) -> list[str]:
-    """The argv that starts this installation's ndsharrayd with ``args``, immune to the
-    caller's working folder and Python path settings (``python -I``), yet finding the
-    dependencies where this process found them (see daemonpath)."""
-    return [sys.executable, "-I", "-c", daemonpath.MAIN, "ndsharrayd",
-            json.dumps(daemonpath.folders()), *args]
-
-
-def start_daemon(endpoint: str, timeout: float = 20.0) -> None:
-    """Start a detached daemon for ``endpoint`` unless one runs; safe to race.
-
-    Concurrent starters serialise on a start lock, so exactly one daemon is spawned.
-    """
-    ipc = config.ipc_path(endpoint)
-    group = _previous_group(endpoint)
-    if ipc is not None:
-        config.ensure_private_dir(os.path.dirname(ipc) or ".")  # a fresh endpoint's folder
-        safefs.check_endpoint_folder(os.path.dirname(ipc) or ".", os.geteuid(), group)
-    start_lock = config.lock_path(endpoint) + ".start"
-    fd = safefs.open_checked(start_lock, os.O_RDWR | os.O_CREAT)
-    try:
-        _lock_within(fd, start_lock, timeout)
-        if daemon_running(endpoint):
-            return
-        shared = [] if group is None else ["--group", str(group)]
-        cmd = daemon_command("--endpoint", endpoint, "--detach", *shared)
-        for _attempt in range(3):
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, timeout=timeout, check=False, cwd="/")
-            if proc.returncode != config.EXIT_DAEMON_KILLED_STARTING or daemon_running(endpoint):
-                break
-        if proc.returncode != 0 and not daemon_running(endpoint):
-            # Nobody runs: the start lock is ours to remove (a daemon removes it when it
-            # stops; one that never started must not leave it either).
-            _unlink_quietly(start_lock)
-            raise DaemonUnavailableError(
-                f"could not start ndsharrayd at {endpoint}: "
-                f"{proc.stderr.decode(errors='replace').strip() or 'exit ' + str(proc.returncode)}"
-            )
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _previous_group(endpoint: str) -> int | None:
-    """The group a daemon of ours that died at ``endpoint`` shared with (its lock file is
-    left, naming the group): a client restarting it shares with the same group, or the
-    group's members would lose the daemon. None when there was none or it was private."""
-    try:
-        fd = safefs.open_checked(config.lock_path(endpoint), os.O_RDONLY, single_link=False)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        content = lockfile.parse(os.pread(fd, 256, 0))
-    finally:
-        os.close(fd)
-    if content.known:
-        return content.group
-    # Empty (killed before it wrote), or an older daemon's: its mode says (and a daemon
-    # sets the mode before it writes).
-    return st.st_gid if st.st_mode & 0o040 else None
-
-
-def _lock_within(fd: int, path: str, timeout: float) -> None:
-    """``flock(LOCK_EX)`` on the start lock, giving up after ``timeout``: a starter that
-    hangs (or anyone holding the file) must not hang every client with it."""
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-    holders = "; ".join(procs.describe(pid) for pid in safefs.flock_holders(os.fstat(fd))) or "an unknown process"
-    raise DaemonUnavailableError(
-        f"{path} stayed locked for {timeout:g} s, by {holders}: a client starting the daemon "
-        f"is stuck; stop that process (or remove {path}) and try again")
+# (Until keeper.py asks daemonctl itself.)
+daemon_state = daemonctl.daemon_state
+start_daemon = daemonctl.start_daemon
 
 
 class Connection:
@@ -279,9 +130,11 @@ class Connection:
 
     def _ensure_daemon(self, autostart: bool = True) -> str:
         """The identity of the daemon that runs, after starting one if allowed and needed."""
-        state = daemon_state(self.endpoint)
+        state = daemonctl.daemon_state(self.endpoint)
         if state is not None:
-            return state[0]
+            if state.elsewhere:
+                raise daemonctl.other_namespace(self.endpoint, state)
+            return state.ident
         if not autostart:
             raise DaemonUnavailableError(
                 f"no ndsharrayd serves {self.endpoint}; a writer or reader starts one, or "
@@ -292,9 +145,9 @@ class Connection:
                 f"no ndsharrayd serves {self.endpoint} and {config.ENV_AUTOSTART}=0 forbids "
                 f"starting one; start it with: ndsharrayd --endpoint {self.endpoint}"
             )
-        start_daemon(self.endpoint)
-        state = daemon_state(self.endpoint)
-        return "" if state is None else state[0]
+        daemonctl.start_daemon(self.endpoint)
+        state = daemonctl.daemon_state(self.endpoint)
+        return daemonctl.STARTING if state is None else state.ident
 
     def send_or_post(self, op: str, **args: Any) -> None:
         """Send a request whose answer nobody needs (close()'s release or detach) without
@@ -311,10 +164,10 @@ class Connection:
         try:
             if op == "detach" and self._cancel_posted("attach", args["token"]):
                 return  # a reader closed before its registration went: neither need go
-            state = daemon_state(self.endpoint)
-            if state is None:
+            state = daemonctl.daemon_state(self.endpoint)
+            if state is None or state.elsewhere:
                 log.debug("no daemon at %s to %s %r", self.endpoint, op, args.get("tag"))
-            elif not state[1]:
+            elif not state.serving:
                 self.post(op, **args)
             else:
                 self._send_posted(patient=False)
@@ -368,10 +221,10 @@ class Connection:
                 if left <= 0:
                     break
                 if not sock.poll(int(min(left, WATCH) * 1000) + 1, zmq.POLLIN):
-                    state = daemon_state(self.endpoint)
-                    if ident == STARTING and state is not None:
-                        ident = state[0]  # sent while it started: it has now said who it is
-                    elif state is None or state[0] != ident:
+                    state = daemonctl.daemon_state(self.endpoint)
+                    if ident == daemonctl.STARTING and state is not None:
+                        ident = state.ident  # sent while it started: it has now said who it is
+                    elif state is None or state.ident != ident:
                         gone = True  # the daemon we asked died or was replaced: no answer comes
                         break
                     continue

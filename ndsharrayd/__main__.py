@@ -17,11 +17,12 @@ import click
 
 from ndsharray import config, safefs
 from ndsharray._version import __version__
+from ndsharray.daemonctl import AlreadyRunning
 from ndsharray.errors import UnsafeFileError
 from ndsharray.units import parse_size
 
 from . import logfile
-from .server import AlreadyRunning, Daemon
+from .server import Daemon
 
 
 def _byte_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:

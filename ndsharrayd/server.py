@@ -10,7 +10,6 @@ it and replies INTERNAL.
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import math
 import os
@@ -25,8 +24,9 @@ from typing import Any, NamedTuple
 
 import zmq
 
-from ndsharray import config, lockfile, safefs
+from ndsharray import config, safefs
 from ndsharray._version import __version__
+from ndsharray.daemonctl import DaemonLock
 from ndsharray.dtypes import dtype_to_text, text_to_dtype
 from ndsharray.errors import CorruptSegmentError, UnsafeFileError
 from ndsharray.procs import alive as _alive
@@ -86,71 +86,6 @@ log = logging.getLogger("ndsharrayd")
 Handler = Callable[[Request], Wire]
 MAX_SEGMENT_BYTES = 1 << 44  # 16 TiB: beyond it a request is a mistake, not a frame
 BROKEN_NOTE_S = 600.0  # ls reports a tag removed as broken for this long
-
-
-class AlreadyRunning(Exception):
-    pass
-
-
-class DaemonLock:
-    """An exclusive ``flock`` on the endpoint's lock file: one daemon per endpoint.
-
-    ``group``: the --group the daemon shares with, recorded in the file's mode, group and
-    content (a client restarting a dead daemon shares with the same group); None: private,
-    and a file an earlier --group daemon left is made private again."""
-
-    def __init__(self, path: str, group: int | None = None) -> None:
-        self.path = path
-        while True:
-            # Beside the socket, where a --group's members may write: a link planted there
-            # (to ~/important.txt) must not be truncated, chowned or chmodded.
-            fd = safefs.open_checked(path, os.O_RDWR | os.O_CREAT)
-            # Clients probe liveness with a brief shared lock: only a lock held for half a
-            # second means another daemon.
-            deadline = time.monotonic() + 0.5
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() < deadline:
-                        time.sleep(0.01)
-                        continue
-                    holder = lockfile.parse(os.pread(fd, 256, 0)).pid or "?"
-                    os.close(fd)
-                    raise AlreadyRunning(f"a daemon (pid {holder}) already serves this endpoint") from None
-            # The previous holder may have unlinked the file between our open and our lock.
-            try:
-                same = os.lstat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        # Group members check the lock before each request (safefs.check_daemon_files), so
-        # the mode goes before the content; a private daemon takes back a file a --group
-        # predecessor left (0640 with its group), or it would be shared from then on.
-        os.fchown(fd, -1, os.getegid() if group is None else group)
-        os.fchmod(fd, 0o600 if group is None else 0o640)
-        os.ftruncate(fd, 0)
-        # Clients compare this line to notice a restarted daemon (lockfile).
-        os.pwrite(fd, lockfile.identity_line(os.getpid(), time.time_ns(), group), 0)
-        self.fd = fd
-
-    def mark_serving(self) -> None:
-        """Add "serving" to the lock file: clients closing handles while a daemon starts
-        queue their release instead of waiting for the answer (transport.daemon_state)."""
-        os.pwrite(self.fd, lockfile.SERVING, os.fstat(self.fd).st_size)
-
-    def release(self) -> None:
-        # (and the clients' start lock: a starter holding it goes on, and two starters
-        # that both get one are settled by this lock, as always)
-        for path in (self.path, self.path + ".start"):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        os.close(self.fd)
 
 
 class SegmentFiles:
@@ -454,7 +389,7 @@ class Daemon:
         if ipc is not None:  # nobody beyond us (and our --group) may replace socket or lock
             safefs.check_endpoint_folder(os.path.dirname(ipc) or ".", os.geteuid(), self.group)
         _raise_fd_limit()
-        lock = DaemonLock(config.lock_path(self.endpoint), self.group)
+        lock = DaemonLock(self.endpoint, self.group)
         ctx = zmq.Context()
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)

@@ -16,7 +16,7 @@ import pytest
 from conftest import Daemon, daemon_pids, our_segments, pid_gone, wait_until
 
 import ndsharray
-from ndsharray import admin, config, transport
+from ndsharray import admin, config, daemonctl, transport
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -75,7 +75,7 @@ def test_cli_version_and_daemon_errors(folder: str) -> None:
     assert out.returncode == 0 and json.loads(out.stdout) == []
     out = run_cli("rm", "cam", env=env)
     assert out.returncode == 1 and "no ndsharrayd serves" in out.stderr
-    assert not transport.daemon_running(env[config.ENV_ENDPOINT])
+    assert not daemonctl.daemon_running(env[config.ENV_ENDPOINT])
 
 
 def test_no_autostart_fails_fast_saying_how_to_start(folder: str, monkeypatch: Any) -> None:
@@ -110,7 +110,7 @@ def test_concurrent_autostart_ends_with_one_daemon(folder: str) -> None:
         assert int(f.read().split()[0]) == pid
     os.kill(pid, 15)
     wait_until(lambda: pid_gone(pid), what="auto-started daemon to exit")
-    assert not transport.daemon_running(endpoint)
+    assert not daemonctl.daemon_running(endpoint)
     assert not our_segments(config.segment_prefix(endpoint))
 
 

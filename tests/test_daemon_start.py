@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ndsharray
-from ndsharray import admin, config, transport
+from ndsharray import admin, config, daemonctl, transport
 
 CLIENT = """
 import sys
@@ -56,9 +56,9 @@ def test_a_daemon_that_cannot_start_says_why_and_leaves_no_start_lock(folder: st
     endpoint = f"ipc://{folder}/d.sock"
     os.symlink(os.path.join(folder, "elsewhere"), config.log_path(endpoint))
     with pytest.raises(ndsharray.DaemonUnavailableError, match=r"could not start .*d\.sock\.log is a symbolic link"):
-        transport.start_daemon(endpoint)
-    assert not os.path.exists(config.lock_path(endpoint) + ".start")
-    assert not transport.daemon_running(endpoint)
+        daemonctl.start_daemon(endpoint)
+    assert not os.path.exists(daemonctl.start_lock_path(endpoint))
+    assert not daemonctl.daemon_running(endpoint)
 
 
 def other_group() -> int:
@@ -89,7 +89,7 @@ def test_a_private_daemon_takes_back_a_lock_file_a_group_daemon_left(folder: str
         st = os.stat(lock)
         assert (st.st_mode & 0o777, st.st_gid) == (0o600, os.getegid())
         with open(lock) as f:
-            assert f.readline().split()[2:] == ["private"]
+            assert f.readline().split()[2:3] == ["private"]
     finally:
         d.proc.kill()  # its lock file stays: the next client restarts it
         d.proc.wait(15)
@@ -102,7 +102,7 @@ def test_a_private_daemon_takes_back_a_lock_file_a_group_daemon_left(folder: str
             seg = os.stat(f"/dev/shm/{w.ndarray_mmap_name}")
             assert seg.st_mode & 0o777 == 0o600
             with open(lock) as f:
-                assert f.readline().split()[2:] == ["private"]
+                assert f.readline().split()[2:3] == ["private"]
     finally:
         admin.stop_daemon(endpoint)
 
@@ -117,7 +117,7 @@ def test_a_client_restarts_a_group_daemon_by_the_group_its_lock_file_names(folde
     lock = config.lock_path(d.endpoint)
     try:
         with open(lock) as f:
-            assert f.readline().split()[2:] == [f"group={gid}"]
+            assert f.readline().split()[2:3] == [f"group={gid}"]
     finally:
         d.proc.kill()
         d.proc.wait(15)
@@ -126,7 +126,7 @@ def test_a_client_restarts_a_group_daemon_by_the_group_its_lock_file_names(folde
     try:
         with ndsharray.NdShArray("t", np.zeros(2), "w"):
             with open(lock) as f:
-                assert f.readline().split()[2:] == [f"group={gid}"]
+                assert f.readline().split()[2:3] == [f"group={gid}"]
             assert (os.stat(lock).st_mode & 0o777, os.stat(lock).st_gid) == (0o640, gid)
     finally:
         admin.stop_daemon(d.endpoint)
@@ -156,7 +156,7 @@ def test_daemon_stop_works_without_pidfd_open(daemon: Any, how: str) -> None:
     assert stop.returncode == 0, stop.stderr
     assert f"stopped ndsharrayd pid {daemon.proc.pid}" in stop.stdout
     assert daemon.proc.wait(15) == 0
-    assert not transport.daemon_running(daemon.endpoint)
+    assert not daemonctl.daemon_running(daemon.endpoint)
 
 
 # Runs ndsharrayd with one segment removed between the daemon's two opens of it during
@@ -283,7 +283,7 @@ def test_a_close_while_the_next_daemon_takes_the_lock_reaches_that_daemon(
         with open(log_path) as f:
             return f.read()
     try:
-        wait_until(lambda: transport.daemon_running(a.endpoint) or b.poll() is not None, what="lock taken")
+        wait_until(lambda: daemonctl.daemon_running(a.endpoint) or b.poll() is not None, what="lock taken")
         with open(lock) as f:
             assert f.read().split()[0] == str(a.proc.pid), "the daemon wrote its pid already: no window"
         w.close()
@@ -307,7 +307,7 @@ def test_the_daemon_gets_a_dependency_folder_only_if_not_everyones(folder: str, 
     # A dependency the client found ahead of the standard library (PYTHONPATH) goes first on
     # the daemon's sys.path; unless its folder is world-writable (/tmp as sys.path[0]): a
     # click.py planted there must not become the daemon's.
-    from ndsharray import daemonpath
+    from ndsharray.daemonctl import command as daemonpath
     where = os.path.join(folder, "deps")
     os.makedirs(os.path.join(where, "fakedep"))
     with open(os.path.join(where, "fakedep", "__init__.py"), "w"):

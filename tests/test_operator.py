@@ -239,7 +239,7 @@ def test_ls_fits_the_terminal_and_json_keeps_everything(daemon: Daemon, monkeypa
 
 
 def _daemon_start(endpoint: str, *args: str) -> None:
-    from ndsharray.transport import daemon_command
+    from ndsharray.daemonctl import daemon_command
 
     started = subprocess.run(daemon_command("--endpoint", endpoint, "--detach", *args),
                              capture_output=True, text=True, timeout=60)

@@ -13,7 +13,7 @@ from typing import Any
 
 from conftest import Daemon, wait_until
 
-from ndsharray import admin, config
+from ndsharray import admin, config, daemonctl
 
 
 def has_open(pid: int, path: str) -> bool:
@@ -37,7 +37,7 @@ def test_a_reader_opened_while_the_daemon_restarts_waits_for_nothing(crashable: 
     reader(op="open", name="r", tag="cam", rw="r")
     seg = writer.start_writer("cam", "u1", [8], 1)
     assert reader(op="read", name="r", wait=10)["status"]
-    start_lock = config.lock_path(crashable.endpoint) + ".start"
+    start_lock = daemonctl.start_lock_path(crashable.endpoint)
     hold = os.open(start_lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(hold, fcntl.LOCK_EX)  # every starter now waits until we let go

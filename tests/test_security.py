@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import ndsharray
-from ndsharray import admin, config, safefs, transport
+from ndsharray import admin, config, daemonctl, safefs, transport
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid (CI runs as root)")
 NOBODY = 65534
@@ -102,7 +102,7 @@ def test_the_detached_daemon_never_logs_into_a_planted_link(folder: str, plant: 
     (os.symlink if plant == "symlink" else os.link)(victim, config.log_path(endpoint))
     try:
         with pytest.raises(ndsharray.DaemonUnavailableError, match=r"d\.sock\.log .*(symbolic link|hard links)"):
-            transport.start_daemon(endpoint)
+            daemonctl.start_daemon(endpoint)
     finally:
         admin.stop_daemon(endpoint)
     assert unchanged(victim, before)
@@ -116,7 +116,7 @@ def test_the_detached_daemon_never_logs_into_another_users_file(folder: str) -> 
     os.chown(config.log_path(endpoint), NOBODY, NOBODY)
     try:
         with pytest.raises(ndsharray.DaemonUnavailableError, match=r"d\.sock\.log belongs to uid 65534"):
-            transport.start_daemon(endpoint)
+            daemonctl.start_daemon(endpoint)
     finally:
         admin.stop_daemon(endpoint)
     assert os.path.getsize(config.log_path(endpoint)) == 0
@@ -137,7 +137,7 @@ def test_planted_segment_names_are_logged_escaped(folder: str, monkeypatch: pyte
             f.write("junk")
     os.chown(planted[0], NOBODY, NOBODY)  # left alone and logged; the other is ours: removed
     try:
-        transport.start_daemon(endpoint)
+        daemonctl.start_daemon(endpoint)
         admin.stop_daemon(endpoint)
         with open(config.log_path(endpoint)) as f:
             log = f.read()
@@ -168,7 +168,7 @@ def test_the_daemon_lock_never_follows_a_planted_link(folder: str, plant: str, g
     if group:
         os.chown(folder, -1, any_group().gr_gid)
         os.chmod(folder, 0o750)
-    proc = subprocess.Popen(transport.daemon_command("--endpoint", endpoint, *args),
+    proc = subprocess.Popen(daemonctl.daemon_command("--endpoint", endpoint, *args),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _, err = proc.communicate(timeout=30)
@@ -184,7 +184,7 @@ def test_the_daemon_lock_never_follows_a_planted_link(folder: str, plant: str, g
 def test_a_held_start_lock_times_out_naming_file_and_holder(folder: str) -> None:
     # Issue 11 item 7: a blocking flock on <socket>.lock.start had no timeout.
     endpoint = f"ipc://{folder}/d.sock"
-    start_lock = config.lock_path(endpoint) + ".start"
+    start_lock = daemonctl.start_lock_path(endpoint)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); "
          "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", start_lock],
@@ -193,7 +193,7 @@ def test_a_held_start_lock_times_out_naming_file_and_holder(folder: str) -> None
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         with pytest.raises(ndsharray.DaemonUnavailableError,
                            match=rf"d\.sock\.lock\.start stayed locked for 1 s, by pid {holder.pid} \(uid"):
-            transport.start_daemon(endpoint, timeout=1.0)
+            daemonctl.start_daemon(endpoint, timeout=1.0)
     finally:
         holder.communicate("")
     assert admin.daemon_pid(endpoint) is None
@@ -202,12 +202,12 @@ def test_a_held_start_lock_times_out_naming_file_and_holder(folder: str) -> None
 @needs_root
 def test_a_start_lock_of_another_user_is_refused(folder: str) -> None:
     endpoint = f"ipc://{folder}/d.sock"
-    start_lock = config.lock_path(endpoint) + ".start"
+    start_lock = daemonctl.start_lock_path(endpoint)
     with open(start_lock, "w"):
         pass
     os.chown(start_lock, NOBODY, NOBODY)
     with pytest.raises(ndsharray.UnsafeFileError, match=r"d\.sock\.lock\.start belongs to uid 65534"):
-        transport.start_daemon(endpoint, timeout=1.0)
+        daemonctl.start_daemon(endpoint, timeout=1.0)
 
 
 def test_the_socket_mode_is_set_on_the_socket_not_on_what_its_name_now_names(folder: str) -> None:
@@ -346,7 +346,7 @@ def test_an_endpoint_folder_every_user_can_write_is_refused(folder: str, monkeyp
     monkeypatch.setenv(config.ENV_AUTOSTART, "1")
     with pytest.raises(ndsharray.UnsafeFileError, match=r"shared is writable by every user .* unset NDSHARRAY_"):
         ndsharray.NdShArray("t", np.zeros(2), "w")
-    by_hand = subprocess.run(transport.daemon_command("--endpoint", endpoint), capture_output=True, text=True,
+    by_hand = subprocess.run(daemonctl.daemon_command("--endpoint", endpoint), capture_output=True, text=True,
                              timeout=60, stdin=subprocess.DEVNULL)
     assert by_hand.returncode != 0 and "writable by every user" in by_hand.stderr
     assert os.listdir(shared) == [] and os.stat(shared).st_mode & 0o7777 == mode

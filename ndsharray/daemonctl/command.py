@@ -1,4 +1,4 @@
-"""Where an auto-started daemon finds its modules.
+"""The command that starts this installation's daemon, and where it finds its modules.
 
 The daemon runs under ``python -I`` (no PYTHONPATH, no user site-packages, no working
 folder on sys.path), so nothing planted in /tmp or named by the environment runs in its
@@ -12,6 +12,7 @@ whose first entry may be /tmp), absolute, in the client's order.
 from __future__ import annotations
 
 import importlib.machinery
+import json
 import os
 import stat
 import sys
@@ -32,6 +33,13 @@ MAIN = ("import sys, json, site; front, back = json.loads(sys.argv.pop(2)); "
         "sys.path[at:at] = [p for p in back if p not in sys.path]; "
         "sys.path[:0] = [p for p in front if p not in sys.path]; "
         "from ndsharrayd.__main__ import main; main()")
+
+
+def daemon_command(*args: str) -> list[str]:
+    """The argv that starts this installation's ndsharrayd with ``args``, immune to the
+    caller's working folder and Python path settings (``python -I``), yet finding the
+    dependencies where this process found them."""
+    return [sys.executable, "-I", "-c", MAIN, "ndsharrayd", json.dumps(folders()), *args]
 
 
 def _folder_of(module: str) -> str | None:
@@ -65,7 +73,8 @@ def folders() -> tuple[list[str], list[str]]:
 
     The folder of *this* ndsharray always goes first, so the daemon started is the one
     installed beside it."""
-    home = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # (this file is ndsharray/daemonctl/command.py: three levels up is the folder holding ndsharray)
+    home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     found = [f for f in map(_folder_of, DEPENDENCIES) if f is not None and f != home]
     order = {os.path.abspath(p or "."): i for i, p in reversed(list(enumerate(sys.path)))}
     stdlib = order.get(os.path.dirname(os.path.abspath(os.__file__)), len(sys.path))
