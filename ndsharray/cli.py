@@ -37,7 +37,7 @@ from .client import NdShArray
 from .doctor import run_checks
 from .errors import NdShArrayError, TagRemovedError, UsageError
 from .protocol import check_tag
-from .stranded import describe, stranded_tags
+from .stranded import StrandedTag, describe, stranded_tags
 from .table import render, terminal_width
 from .units import format_size as _size
 from .web.command import serve as serve_cmd  # (the web libraries load only when it runs)
@@ -154,17 +154,26 @@ LS_DROP = ["GEN", "DROPPED", "SIZE", "WRITES", "AGE AT READ", "DTYPE", "BEHIND",
            "SHAPE", "WRITER"]
 
 
-def _ls_text(endpoint: str, prefix: str) -> str:
-    tags, broken = list_tags_and_notes(endpoint)
+def _listing(endpoint: str, prefix: str) -> tuple[list[TagInfo], list[str], list[StrandedTag] | None]:
+    """The tags under ``prefix``, the daemon's notes, and when no daemon runs (None when
+    one does) the tags still streamed through a stopped daemon's segments: after `daemon
+    stop`, clients go on without one, and ls says so, and who."""
+    tags, notes = list_tags_and_notes(endpoint)
     tags = [t for t in tags if t.tag.startswith(prefix)]
+    if tags or daemon_running(endpoint):
+        return tags, notes, None
+    return tags, notes, [t for t in stranded_tags(endpoint) if t.tag.startswith(prefix)]
+
+
+def _ls_text(endpoint: str, prefix: str) -> str:
+    tags, broken, stranded = _listing(endpoint, prefix)
     notes = "".join(f"\nnote: {n}" for n in broken)
-    if not tags and not daemon_running(endpoint):
-        stranded = stranded_tags(endpoint)
-        if stranded:  # after `daemon stop`, clients go on without one: say so, and who
+    if stranded is not None:
+        if stranded:
             return describe(endpoint, stranded) + ":\n" + render(
                 ["TAG", "WRITER", "READERS"],
                 [[t.tag, " ".join(map(str, t.writer_pids)) or "-", " ".join(map(str, t.reader_pids)) or "-"]
-                 for t in stranded if t.tag.startswith(prefix)], terminal_width())[0]
+                 for t in stranded], terminal_width())[0]
         return f"no ndsharrayd runs at {endpoint}, so no tags - the first writer starts one"
     if not tags:
         where = f" under {prefix!r}" if prefix else ""
@@ -179,7 +188,9 @@ def _ls_text(endpoint: str, prefix: str) -> str:
 
 @main.command("ls")
 @click.argument("prefix", default="")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print a JSON list for scripts (with no daemon running: the tags still streamed, '
+                   'each marked "stranded": true).')
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
 @click.option("--remote", is_flag=True, help="Tags exported by every bridge this host's bridges reach.")
 @click.pass_obj
@@ -189,8 +200,12 @@ def ls(endpoint: str, prefix: str, as_json: bool, watch: bool, remote: bool) -> 
         from .bridge.cli import print_remote
         return print_remote(endpoint, prefix, as_json)
     if as_json:
-        tags, notes = list_tags_and_notes(endpoint)
-        click.echo(json.dumps([t.as_json() for t in tags if t.tag.startswith(prefix)], indent=2))
+        tags, notes, stranded = _listing(endpoint, prefix)
+        if stranded:  # the same facts as the text: the rows say "stranded", the note why
+            notes = [*notes, describe(endpoint, stranded)]
+            click.echo(json.dumps([t.as_json() for t in stranded], indent=2))
+        else:
+            click.echo(json.dumps([t.as_json() for t in tags], indent=2))
         for n in notes:
             click.echo(f"note: {n}", err=True)
         return

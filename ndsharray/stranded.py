@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import config
 from .errors import NdShArrayError
@@ -27,6 +28,12 @@ class StrandedTag:
     segment: str
     writer_pids: list[int] = field(default_factory=list)
     reader_pids: list[int] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """The row ``ls --json`` prints for it: marked ``"stranded": true`` (a daemon's rows
+        are TagInfo's, which have no such key)."""
+        return {"tag": self.tag, "stranded": True, "segment": self.segment,
+                "writer_pids": self.writer_pids, "reader_pids": self.reader_pids}
 
 
 def stranded_tags(endpoint: str) -> list[StrandedTag]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import threading
@@ -249,7 +250,7 @@ def test_a_close_while_a_daemon_starts_does_not_wait_and_releases_before_the_nex
 def test_after_a_daemon_stop_data_flows_and_ls_and_doctor_say_who_streams(
         daemon: Daemon, puppets: Any) -> None:
     writer, reader = puppets(), puppets()
-    writer.start_writer("cam", "u1", [4], 1)
+    seg = writer.start_writer("cam", "u1", [4], 1)
     reader(op="open", name="r", tag="cam", rw="r")
     assert reader(op="read", name="r", wait=10)["status"]
     assert daemon.stop() == 0
@@ -262,6 +263,10 @@ def test_after_a_daemon_stop_data_flows_and_ls_and_doctor_say_who_streams(
     assert "no ndsharrayd runs" in out and "'cam'" in out and "ndsharray daemon start" in out, out
     row = next(line.split() for line in out.splitlines() if line.startswith("cam "))
     assert row[1:] == [str(writer.pid), str(reader.pid)], out
+    listed = CliRunner().invoke(main, ["ls", "--json"])  # the same facts for scripts (was [])
+    assert json.loads(listed.stdout) == [{"tag": "cam", "stranded": True, "segment": seg,
+                                          "writer_pids": [writer.pid], "reader_pids": [reader.pid]}]
+    assert "no ndsharrayd runs" in listed.stderr and "'cam'" in listed.stderr, listed.stderr
     doc = CliRunner().invoke(main, ["doctor"]).output
     assert doc.startswith("WARN  daemon") and "'cam'" in doc and str(writer.pid) in doc, doc
     # The next daemon (any new handle, or `ndsharray daemon start`, starts one) gets them
