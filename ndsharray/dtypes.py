@@ -72,6 +72,8 @@ def shareable(dtype: Any) -> bool:
 
 def check_shareable(dtype: np.dtype[Any]) -> None:
     """Raise :class:`UnsupportedDtypeError` (a ``TypeError``) naming why ``dtype`` cannot be put in shared memory."""
+    # (Kind first: numpy 2's StringDType also "has objects", but its kind says more. Kind
+    # "O" always has objects, so nothing of another kind passes both checks.)
     if dtype.kind not in _SHAREABLE_KINDS and dtype.kind != "O":
         raise UnsupportedDtypeError(
             f"dtype {dtype} (kind {dtype.kind!r}) is not a fixed-size dtype and cannot be "
@@ -81,11 +83,6 @@ def check_shareable(dtype: np.dtype[Any]) -> None:
         raise UnsupportedDtypeError(
             f"dtype {dtype} holds Python objects, which live in one process's heap and "
             "cannot be shared; convert to a fixed-size dtype (e.g. 'U32' for strings)"
-        )
-    if dtype.kind not in _SHAREABLE_KINDS:
-        raise UnsupportedDtypeError(
-            f"dtype {dtype} (kind {dtype.kind!r}) is not a fixed-size dtype and cannot be "
-            "shared; use numeric, bool, datetime, fixed-width 'S'/'U' or structured dtypes"
         )
     if dtype.itemsize == 0 and dtype.kind in "SUV" and dtype.names is None:
         raise UnsupportedDtypeError(f"dtype {dtype} has no size; give it a width such as 'S16'")

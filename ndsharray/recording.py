@@ -59,18 +59,20 @@ def record(
         raise UsageError("frames must be at least 1")
     part = path + ".part"
     try:
-        return _record(tag, path, part, frames, seconds, endpoint, progress, first_frame_timeout,
-                       idle_timeout)
+        return _record(tag, path, part, frames=frames, seconds=seconds, endpoint=endpoint,
+                       progress=progress, first_frame_timeout=first_frame_timeout,
+                       idle_timeout=idle_timeout)
     finally:
         if os.path.exists(part):
             os.unlink(part)  # an error or interrupt leaves no half-written file behind
 
 
 def _record(
-    tag: str, path: str, part: str, frames: int | None, seconds: float | None,
+    tag: str, path: str, part: str, *, frames: int | None, seconds: float | None,
     endpoint: str | None, progress: Callable[[int], None] | None, first_frame_timeout: float,
     idle_timeout: float | None,
 ) -> Recording:
+    """:func:`record`'s work, writing the frames to ``part`` (which record() removes)."""
     stamps: list[int] = []
     counts: list[int] = []
     dropped = 0
