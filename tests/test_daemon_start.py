@@ -6,6 +6,7 @@ from __future__ import annotations
 import grp
 import logging
 import os
+import pwd
 import subprocess
 import sys
 from typing import Any
@@ -28,8 +29,9 @@ admin.stop_daemon()
 
 
 def module_folder(name: str) -> str:
-    mod = __import__(name)
-    return os.path.dirname(os.path.dirname(os.path.abspath(mod.__file__)))
+    file = __import__(name).__file__
+    assert file is not None
+    return os.path.dirname(os.path.dirname(os.path.abspath(file)))
 
 
 def test_autostart_finds_dependencies_that_only_pythonpath_names(folder: str) -> None:
@@ -227,8 +229,13 @@ def test_a_user_private_group_folder_is_not_looked_up_on_every_request(folder: s
     os.chown(folder, -1, os.getegid())
     os.chmod(folder, 0o770)
     calls: list[int] = []
-    real = safefs.pwd.getpwuid
-    monkeypatch.setattr(safefs.pwd, "getpwuid", lambda uid: calls.append(uid) or real(uid))
+    real = pwd.getpwuid
+
+    def counted(uid: int) -> pwd.struct_passwd:
+        calls.append(uid)
+        return real(uid)
+
+    monkeypatch.setattr("ndsharray.safefs.pwd.getpwuid", counted)
     monkeypatch.setattr(safefs, "_private_groups", {}, raising=False)  # (a fresh cache)
     for _ in range(50):
         safefs.check_endpoint_folder(folder, os.geteuid(), None)  # (as each request does)

@@ -159,7 +159,8 @@ def test_a_nan_or_negative_timeout_is_refused(daemon: Daemon) -> None:
             r.read(timeout=float("nan"))
         with pytest.raises(ValueError, match="NaN"):
             r.wait(float("nan"))
-        for negative in (-1, -1.0, -0.001, np.float32(-2), -float("inf")):
+        negatives: tuple[Any, ...] = (-1, -1.0, -0.001, np.float32(-2), -float("inf"))
+        for negative in negatives:
             with pytest.raises(ValueError, match="timeout is negative"):
                 r.read(timeout=negative)
             with pytest.raises(ValueError, match="timeout is negative"):

@@ -220,11 +220,12 @@ def test_a_close_while_a_daemon_starts_does_not_wait_and_releases_before_the_nex
     writer = puppets()
     writer.start_writer("cam", "u1", [4], 1)
     kill_daemon(crashable)
-    crashable.proc = Daemon(crashable.folder).start().proc  # adopts the writer's segment
+    crashable.proc = proc = Daemon(crashable.folder).start().proc  # adopts the writer's segment
+    assert proc is not None
     wait_until(lambda: (row := tag_row("cam")) and row.writer_pid == writer.pid, what="adoption")
     # Make it a daemon that holds the lock but does not serve yet (recovering, say): stopped,
     # and its lock file without the "serving" line it adds once it answers.
-    crashable.proc.send_signal(signal.SIGSTOP)
+    proc.send_signal(signal.SIGSTOP)
     lock = config.lock_path(crashable.endpoint)
     with open(lock) as f:
         ident, serving = f.read().split("\n", 1)
@@ -237,7 +238,7 @@ def test_a_close_while_a_daemon_starts_does_not_wait_and_releases_before_the_nex
         print(f"close() with the daemon not serving: {took * 1000:.0f} ms")
         assert took < 1.0, f"close() waited {took:.1f} s for a daemon that was not serving"
     finally:
-        crashable.proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGCONT)
     # The release was kept, not dropped: it reaches the daemon before the same process's
     # next claim of the tag, which is granted.
     writer(op="open", name="w", tag="cam", rw="w")
@@ -293,7 +294,11 @@ def test_a_daemon_that_has_locked_but_not_yet_written_its_pid_is_not_taken_for_a
     try:
         os.write(fd, b"999999999 1\n")  # a predecessor's identity
         fcntl.flock(fd, fcntl.LOCK_EX)
-        writer = threading.Timer(0.1, lambda: (os.ftruncate(fd, 0), os.pwrite(fd, f"{os.getpid()} 2\n".encode(), 0)))
+        def write_identity() -> None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} 2\n".encode(), 0)
+
+        writer = threading.Timer(0.1, write_identity)
         writer.start()
         try:
             assert admin.daemon_pid(endpoint) == os.getpid()

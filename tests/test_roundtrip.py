@@ -215,9 +215,10 @@ def test_writer_stalls_with_clear_error_at_max_slots(daemon: Any) -> None:
 def test_default_slots_keep_very_large_arrays_near_twice_their_size(daemon: Any) -> None:
     # 1.1.4 took 1x (and tore frames); 3 slots made a 2 GB array cost 6 GB of /dev/shm.
     big = ring.BIG_ARRAY_BYTES // 8 + 1  # float64 items: just over the threshold
-    cases = [("small", np.zeros(10), {}, 3), ("edge", np.zeros(ring.BIG_ARRAY_BYTES // 8), {}, 3),
-             ("big", np.zeros(big), {}, 2), ("big3", np.zeros(big), {"slots": 3}, 3),
-             ("small2", np.zeros(10), {"slots": 2}, 2), ("capped", np.zeros(10), {"max_slots": 2}, 2)]
+    cases: list[tuple[str, np.ndarray[Any, Any], dict[str, Any], int]] = [
+        ("small", np.zeros(10), {}, 3), ("edge", np.zeros(ring.BIG_ARRAY_BYTES // 8), {}, 3),
+        ("big", np.zeros(big), {}, 2), ("big3", np.zeros(big), {"slots": 3}, 3),
+        ("small2", np.zeros(10), {"slots": 2}, 2), ("capped", np.zeros(10), {"max_slots": 2}, 2)]
     for tag, a, kw, slots in cases:
         with ndsharray.NdShArray(tag, a, "w", **kw) as w:
             info = ndsharray.tag_info(tag)

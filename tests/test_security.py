@@ -241,7 +241,7 @@ def test_the_tags_folder_mode_is_set_on_the_folder_the_daemon_made(folder: str, 
         os.rmdir(path)
         os.symlink(victim, path)
 
-    monkeypatch.setattr(pointers.os, "mkdir", mkdir_then_swap)
+    monkeypatch.setattr("ndsharrayd.pointers.os.mkdir", mkdir_then_swap)
     with pytest.raises(OSError):
         pointers.Pointers(tags, 0o750, any_group().gr_gid).reset()
     st = os.stat(victim)
