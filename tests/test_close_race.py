@@ -303,7 +303,7 @@ class _ClosedAtTheCheck(ndsharray.NdShArray):
     armed: threading.Thread | None = None
     closer: threading.Thread | None = None
 
-    @property  # type: ignore[override]
+    @property
     def _ended(self) -> bool:
         ended: bool = self.__dict__.get("_ended_v", False)
         if self.armed is not None and threading.current_thread() is self.armed:
@@ -439,25 +439,25 @@ def interrupted_close(write_ends: str) -> None:
     t = threading.Thread(target=fill)
     t.start()
     assert lent.wait(10)
-    real_time = segment.time
+    real_time = time  # (segment's own time module; set through vars(), its namespace)
 
     def interrupting_sleep(seconds: float) -> None:
-        segment.time = real_time  # (once)
+        vars(segment)["time"] = real_time  # (once)
         if write_ends == "before_the_interrupt":
             go.set()
             t.join()
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, while close() waits for the loan
         real_time.sleep(seconds)
 
-    segment.time = type("T", (), {"monotonic": staticmethod(real_time.monotonic),
-                                  "sleep": staticmethod(interrupting_sleep)})  # type: ignore[assignment]
+    vars(segment)["time"] = type("T", (), {"monotonic": staticmethod(real_time.monotonic),
+                                           "sleep": staticmethod(interrupting_sleep)})
     try:
         w.close()
         raise AssertionError("close() was not interrupted")
     except KeyboardInterrupt:
         pass
     finally:
-        segment.time = real_time
+        vars(segment)["time"] = real_time
     assert w.closed
     go.set()
     t.join()
