@@ -33,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .. import admin, transport
+from .. import admin
 from ..client import NdShArray
 from ..errors import TagNotFoundError
 from ..protocol import check_tag
@@ -97,7 +97,7 @@ class TableFeed:
             tags, notes = admin.list_tags_and_notes(self.endpoint)
         except Exception as exc:  # a daemon that runs but does not answer: say so on the page
             return {"tags": [], "error": str(exc), "endpoint": self.endpoint, "daemon": True}
-        running = transport.daemon_running(self.endpoint)
+        running = admin.daemon_running(self.endpoint)
         return {"tags": [t.as_json() for t in tags], "notes": notes, "endpoint": self.endpoint,
                 "daemon": running, "time": time.time()}
 
