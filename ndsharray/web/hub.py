@@ -6,13 +6,14 @@ no polling, no CPU between frames), so the writer never waits for the viewer and
 viewer shows in ``ndsharray ls`` like any reader. The thread only keeps the newest frame
 (a zero-copy view); it encodes nothing.
 
-Encoding happens on demand, on the event loop's worker threads, at most one encode per
-stream at a time: when a new frame arrives and some browser is *ready* (it has shown the
-previous frame it got and said so), the newest frame is encoded once for every variant
-the ready browsers want (``bgr`` or not), and each of them gets that one result. A browser
-that is not ready when a frame arrives simply misses the frame: nothing is queued for it,
-so a slow browser or network gets fewer frames, and a tag whose watchers are all busy
-costs no encoding at all.
+Encoding happens on demand, at most one encode per stream at a time: when some browser
+is *ready* (it has shown the previous frame it got and said so) and has not seen the last
+encoded frame, it gets that one at once (no new work); when it has, the newest frame read
+is copied on the event loop (the view goes no further: the writer's slot is pinned for one
+memcpy) and encoded in a worker thread, once for every variant the ready browsers want
+(``bgr`` or not), and each of them gets that one result. A browser that is not ready when
+a frame arrives simply misses it: nothing is queued for it, so a slow browser or network
+gets fewer frames, and a tag whose watchers are all busy costs no encoding at all.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class Stream:
         self.encode_s = 0.0  # time spent encoding, summed
         self._on_empty = on_empty
         self._latest: Frame | None = None  # set by the reader thread (one reference swap)
-        self._cache: Encoded | None = None  # the last encode, for browsers joining later
+        self._cache: Encoded | None = None  # the last encode: what a browser that is ready gets first
         self._encoding = False
         self._stop = threading.Event()
         self._reader: NdShArray | None = None
