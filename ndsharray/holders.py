@@ -48,7 +48,7 @@ def busy_in_this_process(tag: str, endpoint: str, handles: Iterable[Any]) -> Tag
     is not in this process (the daemon's own message then says which pid it is)."""
     pid = os.getpid()
     for h in list(handles):
-        if (h._access == "w" and not h._closed and h._tag == tag and h._endpoint == endpoint
+        if (h.access == "w" and not h.closed and h.tag == tag and h.endpoint == endpoint
                 and h._pid == pid):
             file, line = h._site
             names = _names_of(h, _user_frame(sys._getframe(1)))

@@ -6,9 +6,9 @@ came back. A background thread per process looks at the daemon's lock file five 
 auto-start is allowed, it (re)starts one and re-registers every live handle of this
 process. Metadata calls run the same check first, so they never act on a stale daemon.
 
-The same thread sends requests nobody waits for (``Connection.post``): the registration of
-a reader that found its segment through the tag's pointer, and the release of a handle the
-garbage collector closed.
+The same thread sends the requests nobody waits for (``Connection.post``, through
+``transport.flush_all``): the registration of a reader that found its segment through the
+tag's pointer, and the release of a handle the garbage collector closed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import logging
 import os
 import threading
 import weakref
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from . import config, transport
 from .errors import DaemonUnavailableError
@@ -30,10 +31,16 @@ _UNREGISTERED = "not registered"  # never a lock file's content (pid and start t
 
 
 class Registrant(Protocol):
-    _endpoint: str
-    _closed: bool
+    """A handle, as the keeper sees it: its daemon, and whether it is still open."""
 
-    def _reregister(self) -> None: ...
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+
+Reregister = Callable[[Any], None]  # called with the handle after its daemon changed
 
 
 def daemon_identity(endpoint: str) -> str | None:
@@ -50,22 +57,26 @@ class Keeper:
         # For _seen and the thread's start, never held across a wait: opening a handle
         # (track) must not wait for a restart that _lock may be holding for a second.
         self._state_lock = threading.Lock()
-        self._handles: weakref.WeakSet[Registrant] = weakref.WeakSet()
+        # Each handle with what re-registers it (a function of the handle, so that the
+        # keeper holds no strong reference to it).
+        self._handles: weakref.WeakKeyDictionary[Registrant, Reregister] = weakref.WeakKeyDictionary()
         self._seen: dict[str, str | None] = {}
         self._started = False
         self._pid = 0
 
-    def track(self, handle: Registrant, registered: bool = True) -> None:
-        """Watch ``handle``'s daemon from now on. ``registered=False``: its registration is
-        posted, not yet sent; the thread notes the daemon's identity before sending it."""
+    def track(self, handle: Registrant, reregister: Reregister, registered: bool = True) -> None:
+        """Watch ``handle``'s daemon from now on; when it changes, call ``reregister(handle)``.
+        ``registered=False``: its registration is posted, not yet sent; the thread notes the
+        daemon's identity before sending it."""
+        endpoint = handle.endpoint
         with self._handles_lock:
-            self._handles.add(handle)
+            self._handles[handle] = reregister
         # Not under _lock: a reader found through its pointer needs no daemon, so it must
         # not wait while this thread starts one and re-registers (a restart stalled every
         # reopening reader for as long). Its posted attach reaches the new daemon anyway.
         with self._state_lock:
-            if registered and handle._endpoint not in self._seen:
-                self._seen[handle._endpoint] = daemon_identity(handle._endpoint)
+            if registered and endpoint not in self._seen:
+                self._seen[endpoint] = daemon_identity(endpoint)
             if not self._started or self._pid != os.getpid():
                 self._pid = os.getpid()
                 self._started = True
@@ -73,25 +84,14 @@ class Keeper:
                 # costs an attaching reader most of a millisecond on a busy machine.
                 _thread.start_new_thread(self._run, ())
 
-    def defer(self, conn: transport.Connection, op: str, tag: str, token: str) -> None:
-        """Queue a release/detach from a garbage-collected handle; the thread sends it within
-        ``INTERVAL`` (no wake-up: the collector may run inside ``Event.set`` itself)."""
-        conn.post(op, tag=tag, token=token)
-
-    def post(self, conn: transport.Connection, op: str, **args: object) -> None:
-        """Have the thread send a request within ``INTERVAL``, or this process's next request
-        send it first. Not at once: a fresh process's first request builds the zmq context
-        and socket while holding the GIL for milliseconds, which would stall the caller's
-        next steps (a reader's first read)."""
-        conn.post(op, autostart=True, **args)
-
     def untrack(self, handle: Registrant) -> None:
         with self._handles_lock:
-            self._handles.discard(handle)
+            self._handles.pop(handle, None)
 
-    def _live(self, endpoint: str | None = None) -> list[Registrant]:
+    def _live(self, endpoint: str | None = None) -> list[tuple[Registrant, Reregister]]:
         with self._handles_lock:
-            return [h for h in self._handles if not h._closed and endpoint in (None, h._endpoint)]
+            return [(h, f) for h, f in self._handles.items()
+                    if not h.closed and endpoint in (None, h.endpoint)]
 
     def check(self, endpoint: str) -> str | None:
         """Re-register this process's handles on ``endpoint`` if its daemon changed; returns
@@ -112,8 +112,8 @@ class Keeper:
             first = self._seen[endpoint] == _POSTED
             self._seen[endpoint] = ident
             try:
-                for handle in self._live(endpoint):
-                    handle._reregister()
+                for handle, reregister in self._live(endpoint):
+                    reregister(handle)
             except DaemonUnavailableError:
                 # The new daemon went away or did not answer: the next look tries again. (A
                 # refusal, such as --max-clients, would only be refused again every 0.2 s.)
@@ -137,7 +137,7 @@ class Keeper:
     def _round(self) -> None:
         live = self._live()
         with self._lock, self._state_lock:
-            endpoints = {h._endpoint for h in live}
+            endpoints = {h.endpoint for h, _ in live}
             for ep in endpoints - self._seen.keys():
                 # Only handles whose registration was posted (readers found through their
                 # tag's pointer) are here. The daemon they found may have stopped and

@@ -93,6 +93,7 @@ import functools
 import hashlib
 import math
 import mmap
+import operator
 import os
 import re
 import stat
@@ -101,6 +102,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -690,7 +692,30 @@ def abandon(mark: int, token: str) -> list[Any]:
 
 REMOVED = -2  # what the C writer's acquire() says once the tag was removed
 RETIRED = -3  # what SegmentReader.latest() says of a segment a newer generation replaced
+_LAST_PINNED = operator.attrgetter("count", "stamp", "read_ns")
 CLOSED = -3  # what the C writer's acquire() says once it is closed
+
+
+def _view_of(c: _hot.Reader, name: str, h: Header, pin: _hot.Pin) -> np.ndarray[Any, Any]:
+    """SegmentReader.view_of, of what it needs only (see read_new)."""
+    try:
+        got = c.array_of(pin)
+    except ValueError as exc:
+        raise CorruptSegmentError(f"segment {name}: {exc}") from None
+    if not isinstance(got, _hot.Pin):
+        return got
+    # a frame of the header's structured dtype and shape
+    nbytes = math.prod(h.shape) * h.dtype.itemsize
+    arr: np.ndarray[Any, Any] = np.ndarray((nbytes,), np.uint8, buffer=pin)  # type: ignore[arg-type]
+    return arr.view(h.dtype).reshape(h.shape)
+
+
+def _read_via_pin(c: _hot.Reader, name: str, h: Header, last_count: int) -> np.ndarray[Any, Any] | int | None:
+    """SegmentReader.read_new where C hands frames back as Pins (structured dtypes)."""
+    got = c.pin(last_count)
+    if got is None or isinstance(got, int):
+        return got
+    return _view_of(c, name, h, got)
 
 
 class SegmentReader(_Mapped):
@@ -717,10 +742,14 @@ class SegmentReader(_Mapped):
         self._c = _hot.Reader(base=self.base_addr, row=self.row, nslots=self.nslots,
                               header_size=lay.header_size, stride=lay.stride, nbytes=lay.nbytes,
                               keep=(self.mm, self._rw), meta_capacity=lay.meta_capacity, **direct)
-        # read_new(last_count): the view of a newer frame in one C call (None: nothing new;
-        # an int: ask latest()). None for a header of a structured dtype, whose frames C
-        # hands back as Pins: the general path builds those views with view_of().
-        self.read_new = None if self._via_bytes else self._c.read
+        # read_new(last_count): the view of a newer frame, pinned, in one C call (None:
+        # nothing new; an int: retired or corrupt, which pin() tells apart). Where C hands
+        # frames back as Pins (a header of a structured dtype), two calls: pin, view_of.
+        self.read_new: Callable[[int], Any] = self._c.read
+        if self._via_bytes:  # (a partial, not a bound method: no cycle to keep the fds open)
+            self.read_new = functools.partial(_read_via_pin, self._c, self.name, h)
+        # last_pinned(): (count, stamp_ns, read_ns) of the frame pinned last, in C calls only.
+        self.last_pinned: Callable[[], tuple[int, int, int]] = functools.partial(_LAST_PINNED, self._c)
 
     def _claim_row(self, rw_addr: int) -> int:
         """Lock the first free reader row and return its address: the lock lasts as long as
@@ -752,7 +781,7 @@ class SegmentReader(_Mapped):
         that holds the pin until it (and every view built on it) is collected; None when
         nothing newer was published; RETIRED. Pinning and handing the pin to that object
         happen in one C call, so no exception (a KeyboardInterrupt) can come between them.
-        ``count``, ``stamp`` and ``read_ns`` of ``self._c`` then describe the frame."""
+        :meth:`last_pinned` then describes the frame."""
         got = self._c.pin(last_count)
         if got is None or got == RETIRED or type(got) is not int:
             return got
@@ -798,16 +827,7 @@ class SegmentReader(_Mapped):
     def view_of(self, pin: _hot.Pin) -> np.ndarray[Any, Any]:
         """A read-only array of the frame ``pin`` holds, of its own dtype and shape, keeping
         the pin (as its base)."""
-        try:
-            got = self._c.array_of(pin)
-        except ValueError as exc:
-            raise CorruptSegmentError(f"segment {self.name}: {exc}") from None
-        if not isinstance(got, _hot.Pin):
-            return got
-        h = self.header  # a frame of the header's structured dtype and shape
-        nbytes = math.prod(h.shape) * h.dtype.itemsize
-        arr: np.ndarray[Any, Any] = np.ndarray((nbytes,), np.uint8, buffer=pin)  # type: ignore[arg-type]
-        return arr.view(h.dtype).reshape(h.shape)
+        return _view_of(self._c, self.name, self.header, pin)
 
     def copy(self, pin: _hot.Pin) -> np.ndarray[Any, Any]:
         """An owned, writable copy of the frame ``pin`` holds."""

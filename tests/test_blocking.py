@@ -27,7 +27,7 @@ def asleep(r: ndsharray.NdShArray, thread: threading.Thread) -> bool:
     write now must wake it (the next look of its own would be a minute away). Read from
     /proc: a thread that merely said it may sleep (its row's sleepers count) can still see
     the write before it sleeps, and then needs no wake-up."""
-    seg = r._rseg
+    seg = r._seg
     if seg is None or thread.native_id is None:
         return False
     try:
@@ -60,7 +60,7 @@ class Waiter(threading.Thread):
 
 def test_blocking_read_is_woken_by_a_write_from_another_process(daemon: Any, puppets: Any,
                                                                 monkeypatch: Any) -> None:
-    monkeypatch.setattr(ndsharray.client, "WAIT_SLICE", NO_SAFETY_NET)
+    monkeypatch.setattr(ndsharray.reader, "WAIT_SLICE", NO_SAFETY_NET)
     writer = puppets()
     writer.start_writer("blk", "f4", [100], 1)
     with ndsharray.NdShArray("blk", r_w="r") as r:
@@ -99,7 +99,7 @@ def test_wait_does_not_consume(daemon: Any) -> None:
 
 
 def test_blocking_reader_before_any_writer(daemon: Any, puppets: Any, monkeypatch: Any) -> None:
-    monkeypatch.setattr(ndsharray.client, "WAIT_SLICE", NO_SAFETY_NET)
+    monkeypatch.setattr(ndsharray.reader, "WAIT_SLICE", NO_SAFETY_NET)
     with ndsharray.NdShArray("late", r_w="r") as r:
         waiter = Waiter(lambda: r.read(timeout=NO_SAFETY_NET))
         waiter.start()
@@ -124,7 +124,7 @@ def test_blocking_reader_before_any_writer(daemon: Any, puppets: Any, monkeypatc
 def test_blocking_reader_follows_a_shape_change(daemon: Any, monkeypatch: Any) -> None:
     # The old segment's retirement wakes the reader (the new segment's write cannot: the
     # reader does not sleep on it yet).
-    monkeypatch.setattr(ndsharray.client, "WAIT_SLICE", NO_SAFETY_NET)
+    monkeypatch.setattr(ndsharray.reader, "WAIT_SLICE", NO_SAFETY_NET)
     with ndsharray.NdShArray("grow", np.zeros(2), "w") as w, ndsharray.NdShArray("grow", r_w="r") as r:
         assert r.read()[0]
         waiter = Waiter(lambda: r.read(timeout=NO_SAFETY_NET))
@@ -138,7 +138,7 @@ def test_blocking_reader_follows_a_shape_change(daemon: Any, monkeypatch: Any) -
 
 
 def test_iteration_yields_each_frame_and_ends_on_close(daemon: Any, monkeypatch: Any) -> None:
-    monkeypatch.setattr(ndsharray.client, "WAIT_SLICE", NO_SAFETY_NET)
+    monkeypatch.setattr(ndsharray.reader, "WAIT_SLICE", NO_SAFETY_NET)
     w = ndsharray.NdShArray("it", r_w="w")
     r = ndsharray.NdShArray("it", r_w="r")
     seen: list[float] = []
@@ -209,7 +209,7 @@ def test_hot_path_never_calls_the_daemon(daemon: Any) -> None:
 
 def test_no_wake_up_is_lost_in_a_ping_pong(daemon: Any, monkeypatch: Any) -> None:
     # Lost wake-ups must show, and a slow machine must not pass for one: no 1 s safety net.
-    monkeypatch.setattr(ndsharray.client, "WAIT_SLICE", 30.0)
+    monkeypatch.setattr(ndsharray.reader, "WAIT_SLICE", 30.0)
     # A lost wake-up would leave the reader asleep until the end of its 1 s wait slice:
     # every round trip must complete well within that. Random pauses on both sides vary
     # who comes first.
@@ -248,7 +248,7 @@ def test_no_wake_up_is_lost_in_a_ping_pong(daemon: Any, monkeypatch: Any) -> Non
         assert acks == list(range(1, n + 1))
         # Back to polling: no reader says it may sleep, so writes wake nobody.
         r.read()
-        seg = w._wseg
+        seg = w._seg
         assert seg is not None
         rows = seg.layout.rows_offset
         assert all(seg.mm[rows + 64 * k : rows + 64 * k + 4] == bytes(4) for k in range(4))
@@ -258,10 +258,10 @@ def test_writes_leave_the_notify_word_alone_while_no_reader_sleeps(daemon: Any, 
     # The notify word shares a cache line with the retired word that every read() loads;
     # a write that stored it while nobody sleeps made that line bounce between the writer's
     # and the readers' cores (issue 16). It moves only for a write that wakes a sleeper.
-    monkeypatch.setattr(ndsharray.client, "WAIT_SLICE", NO_SAFETY_NET)
+    monkeypatch.setattr(ndsharray.reader, "WAIT_SLICE", NO_SAFETY_NET)
     frame = np.zeros(16)
     with ndsharray.NdShArray("quiet", frame, "w") as w, ndsharray.NdShArray("quiet", r_w="r") as r:
-        seg = w._wseg
+        seg = w._seg
         assert seg is not None
 
         def notify() -> int:

@@ -23,7 +23,7 @@ import pytest
 from conftest import Daemon, wait_until
 
 import ndsharray
-from ndsharray import client
+from ndsharray import writer
 
 ROWS, COLS = 4096, 2048  # 64 MiB of float64: a copy takes milliseconds (numpy's transposing one, far more)
 
@@ -149,7 +149,7 @@ def test_close_during_a_loan_in_another_thread_hands_the_tag_back_when_the_block
 
 
 def race_close_with_loan_open() -> None:
-    client.CLOSE_DRAIN = 0.2  # close() stops waiting for the block soon (this child only)
+    writer.CLOSE_DRAIN = 0.2  # close() stops waiting for the block soon (this child only)
     w = ndsharray.NdShArray("lent", np.zeros(1024), "w", slots=3)
     r = ndsharray.NdShArray("lent", r_w="r")
     lent, go = threading.Event(), threading.Event()
@@ -194,7 +194,7 @@ def test_close_inside_this_threads_own_loan_does_not_wait_and_publishes_nothing(
         with w.loan() as buf:
             buf[:] = 1.0
             w.close()  # nobody else can end this block: no point waiting for it
-    assert time.monotonic() - t0 < client.CLOSE_DRAIN
+    assert time.monotonic() - t0 < writer.CLOSE_DRAIN
     w2 = _successor("own")
     try:
         with ndsharray.NdShArray("own", r_w="r") as r:
@@ -272,7 +272,7 @@ def test_a_keyboard_interrupt_in_a_read_never_leaves_a_pin_behind(daemon: Daemon
     interrupted = 0
     try:
         assert r.read(copy=copy)[0]  # past the first read's lookups
-        seg = r._rseg
+        seg = r._seg
         assert seg is not None
         rng = np.random.default_rng(7)
         for k in range(3000):
@@ -295,7 +295,7 @@ def test_a_keyboard_interrupt_in_a_read_never_leaves_a_pin_behind(daemon: Daemon
     assert seg._c.pinned == 0  # (a pin nobody owns would also keep the reader's row forever)
 
 
-class _ClosedAtTheCheck(ndsharray.NdShArray):
+class _ClosedAtTheCheck(writer.Writer):
     """A writer whose first look at ``_ended`` in the armed thread (the check before a new
     segment is installed) lets another thread's close() run right there: the window of
     review item 1, which is a few bytecodes wide in the real code."""
@@ -394,7 +394,7 @@ def test_close_racing_a_switch_to_a_new_segment_leaves_no_writer_behind(daemon: 
     if reader is not None:
         reader.close()
     # Nothing of the closed handle is left: no segment fd, no writer that still publishes.
-    assert w._fast is None and w._wseg is None and not _segment_fds()
+    assert w._direct is None and w._seg is None and not _segment_fds()
     with pytest.raises(ndsharray.HandleClosedError):
         w.write(frame)
     w2 = _successor("nsw")
@@ -479,7 +479,7 @@ def test_close_between_a_new_segment_and_its_first_slot_says_closed(
     # installed its new segment unmapped it, and the write's check of the segment's
     # retired word raised "ValueError: mmap closed or invalid".
     w = ndsharray.NdShArray("nsw2", r_w="w")
-    real = client.NdShArray._acquire
+    real = writer.Writer._acquire
 
     def closed_first(self: ndsharray.NdShArray, seg: Any) -> Any:
         t = threading.Thread(target=self.close)
@@ -487,7 +487,7 @@ def test_close_between_a_new_segment_and_its_first_slot_says_closed(
         t.join(30)
         return real(self, seg)
 
-    monkeypatch.setattr(client.NdShArray, "_acquire", closed_first)
+    monkeypatch.setattr(writer.Writer, "_acquire", closed_first)
     with pytest.raises(ndsharray.HandleClosedError):
         w.write(np.zeros(1000))
     assert w.closed and not _segment_fds()
@@ -504,7 +504,7 @@ DUP_RACE = textwrap.dedent("""
     assert child.stdout.readline().strip() == "held"
     w.write(np.ones(8))  # the other slot; the reader pins the first one
     child.kill(); child.wait()
-    seg = w._wseg
+    seg = w._seg
     number, inode = seg.fd, os.fstat(seg.fd).st_ino
     if hasattr(seg, "_fd_lock"):
         seg._fd_lock = _Watched(seg._fd_lock)
@@ -580,7 +580,7 @@ def test_an_interrupt_right_after_a_slot_is_taken_gives_it_back(
     # or gives back the slot left it busy for good: close() then waited CLOSE_DRAIN for it
     # and never handed the tag back.
     w = ndsharray.NdShArray("kbs", np.zeros(1000), "w", slots=3)
-    fast = w._fast
+    fast = w._direct
     odd = np.zeros(2000)[::2]  # not contiguous: write() takes its Python path
     if how == "write_inside_a_loan":
         with w.loan() as buf:
@@ -604,7 +604,7 @@ def test_an_interrupt_right_after_a_slot_is_taken_gives_it_back(
     assert fast.busy == 0
     t0 = time.monotonic()
     w.close()
-    assert time.monotonic() - t0 < client.CLOSE_DRAIN  # nothing left to wait for
+    assert time.monotonic() - t0 < writer.CLOSE_DRAIN  # nothing left to wait for
     ndsharray.NdShArray("kbs", r_w="w").close()  # handed back by close() itself
 
 
@@ -614,7 +614,7 @@ def test_close_while_a_write_asks_for_its_new_segment_leaves_no_fd_of_it(
     # write asked the daemon for a new segment; the write must close that segment itself
     # (its fd, and our pid in its header) and say the handle was closed.
     w = ndsharray.NdShArray("ncs", r_w="w")
-    real = client.SegmentWriter
+    real = writer.SegmentWriter
     made: list[Any] = []
 
     def segment_then_close(*args: Any, **kw: Any) -> Any:
@@ -626,10 +626,10 @@ def test_close_while_a_write_asks_for_its_new_segment_leaves_no_fd_of_it(
         assert not t.is_alive()
         return seg
 
-    monkeypatch.setattr(client, "SegmentWriter", segment_then_close)
+    monkeypatch.setattr(writer, "SegmentWriter", segment_then_close)
     with pytest.raises(ndsharray.HandleClosedError):
         w.write(np.zeros(1000))
-    assert made and made[0].closed and w._wseg is None and w._fast is None
+    assert made and made[0].closed and w._seg is None and w._direct is None
     del made[:]  # (an mmap keeps an fd of its own while it lives)
     assert not _segment_fds()
     ndsharray.NdShArray("ncs", r_w="w").close()  # the tag went back
@@ -674,7 +674,7 @@ def test_a_loan_ended_by_an_exception_in_another_thread_gives_its_slot_back(daem
     t = threading.Thread(target=end_it)
     t.start()
     t.join()
-    assert w._wseg is not None and w._wseg.fast.busy == 0
+    assert w._seg is not None and w._seg.fast.busy == 0
     w.close()
     w2 = wait_until(lambda: _claim_again("lx"), timeout=5, what="the tag to be handed back")
     w2.close()
@@ -694,7 +694,7 @@ def test_an_interrupt_early_in_close_still_frees_the_tag_and_the_segment_fds(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(client._keeper.keeper, "untrack", interrupted)
+        m.setattr(writer._keeper.keeper, "untrack", interrupted)
         for h in (r, w):
             with pytest.raises(KeyboardInterrupt):
                 h.close()
@@ -708,7 +708,7 @@ def test_an_interrupt_right_after_an_overtaken_loan_gave_its_slot_back_still_fre
     # close() in another thread stopped waiting for the open loan; the loan's publish() then
     # gave the slot back itself, and an interrupt landing as it returned left nothing to
     # abandon: nobody asked whether the tag was now this write's to hand back.
-    monkeypatch.setattr(client, "CLOSE_DRAIN", 0.05)
+    monkeypatch.setattr(writer, "CLOSE_DRAIN", 0.05)
     w = ndsharray.NdShArray("ol", np.zeros(4), "w")
     closer = threading.Thread(target=w.close)
 

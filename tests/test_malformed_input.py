@@ -101,7 +101,7 @@ def test_garbage_in_the_reader_rows_does_not_stop_the_writer(daemon: Daemon) -> 
             ndsharray.NdShArray("rows", r_w="r") as r:
         status, held = r.read()  # a live reader keeps a pin: its row must survive
         assert status
-        seg = w._wseg
+        seg = w._seg
         assert seg is not None
         lay = seg.layout
         fd = os.open(segment.segment_path(seg.name), os.O_RDWR)

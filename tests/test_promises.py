@@ -180,7 +180,7 @@ def test_handles_the_collector_closes_are_released_and_del_never_raises(
     # Whatever fails in a collected handle's release stays inside __del__.
     def broken(*args: Any) -> None:
         raise RuntimeError("release failed")
-    monkeypatch.setattr(ndsharray.keeper.keeper, "defer", broken)
+    monkeypatch.setattr(ndsharray.transport.Connection, "post", broken)
     w = ndsharray.NdShArray("gc2", np.arange(3), "w")
     del w
     gc.collect()

@@ -53,7 +53,7 @@ def test_a_thread_waiting_briefly_does_not_steal_another_threads_wake_ups(daemon
     # Thread B blocks for every frame; thread A keeps waiting for short times on the same
     # handle. Each frame is written only after B acknowledged the previous one: a lost
     # wake-up would leave B asleep past the writer's 10 s deadline (no 1 s safety net here).
-    monkeypatch.setattr(ndsharray.client, "WAIT_SLICE", 30.0)
+    monkeypatch.setattr(ndsharray.reader, "WAIT_SLICE", 30.0)
     n = 200
     got = threading.Semaphore(0)
     seen: list[int] = []
@@ -124,7 +124,7 @@ def test_closing_a_writer_while_another_thread_copies_a_large_frame_does_not_cra
 
 def test_close_from_another_thread_ends_a_blocked_read_at_once(daemon: Any, monkeypatch: Any) -> None:
     # Lost wake-ups must show, and a slow machine must not pass for one: no 1 s safety net.
-    monkeypatch.setattr(ndsharray.client, "WAIT_SLICE", 30.0)
+    monkeypatch.setattr(ndsharray.reader, "WAIT_SLICE", 30.0)
     # A wake-up sent between the waiting thread's last look and its FUTEX_WAIT is lost; close()
     # must still end the wait at once, not at the wait slice. Each round closes the reader
     # while its other thread is on its way into the wait, or in it.

@@ -17,7 +17,7 @@ def blocked_reader(tag: str) -> tuple[ndsharray.NdShArray, Any]:
     r = ndsharray.NdShArray(tag, r_w="r")
     status, _ = r.read(timeout=10)
     assert status
-    seg = r._rseg
+    seg = r._seg
     assert seg is not None
     return r, seg
 

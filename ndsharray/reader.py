@@ -1,0 +1,378 @@
+"""``Reader``: a reader of a tag (``NdShArray(tag, r_w='r')``).
+
+A read pins the latest complete write of the tag's segment and returns a read-only view
+of it (or a copy). While the segment it read last is still current, one C call does it
+(``_direct``), with no daemon call; otherwise the reader finds the tag's current segment
+through the tag's pointer in the file system, else by asking the daemon.
+
+Reading has one loop, :meth:`Reader._await`: ``read()`` enters it when its one C call has
+nothing to return, ``wait()`` uses it without taking the frame, and iteration is
+``read(timeout=None)`` over and over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any, Literal, overload
+
+import numpy as np
+
+from . import config
+from . import keeper as _keeper
+from .arguments import seconds
+from .errors import (
+    CorruptSegmentError,
+    HandleClosedError,
+    NdShArrayError,
+    SegmentGoneError,
+)
+from .handle import NdShArray, _live
+from .segment import SegmentReader, is_segment_name
+
+log = logging.getLogger("ndsharray")
+
+# A reader that finds no writer for this long says so once (a misspelt tag waits forever).
+MISSING_WARN_AFTER = 5.0
+
+# Longest single sleep of a waiting reader. Writes, retirement and close() wake it at once;
+# the slice is the safety net that re-checks its segment and handle anyway.
+WAIT_SLICE = 1.0
+
+_EMPTY: np.ndarray[Any, Any] = np.empty((0,))
+_EMPTY.flags.writeable = False
+
+
+class Reader(NdShArray, role="r", ops=("attach", "detach")):
+    """A reader of a tag: see :class:`NdShArray` and :meth:`read`."""
+
+    # The segment a read may go straight to: found, checked and read from, and not seen
+    # replaced since. None sends the next read through _await, which finds the segment.
+    _direct: SegmentReader | None = None
+    _seg: SegmentReader | None = None
+    _missing_since: float | None = None  # since when lookups find no segment
+    _warned_missing = False
+
+    def __init__(
+        self,
+        tag: str,
+        array: np.ndarray[Any, Any] | None = None,
+        r_w: str | None = None,
+        *,
+        endpoint: str | None = None,
+        slots: int | None = None,
+        max_slots: int = 32,
+        write_timeout: float = 2.0,
+    ) -> None:
+        self._init_common(tag, array, r_w, endpoint, slots, max_slots)
+        self._last: np.ndarray[Any, Any] = _EMPTY
+        self._count = 0
+        self._misses = 0  # lookups in a row that found no segment
+        self._last_lookup = 0.0
+        self._pointer = os.path.join(config.pointer_dir(self._endpoint), config.pointer_name(self._tag))
+        self._attach()
+        _live.add(self)
+
+    def _attach(self) -> None:
+        self._register()
+        if self._follow_pointer() is not None:
+            # Found through the tag's pointer: register in the background, so a reader
+            # attaches in well under a millisecond instead of a daemon round trip (the
+            # first request of a process costs milliseconds). Every later request of
+            # this process is sent after this one: the keeper thread sends it within its
+            # round, or this process's next request first. Not at once: a fresh process's
+            # first request builds the zmq context and socket while holding the GIL for
+            # milliseconds, which would stall the caller's next steps (its first read).
+            self._closed = False
+            _keeper.keeper.track(self, Reader._reregister, registered=False)
+            self._conn.post("attach", autostart=True, tag=self._tag, pid=self._pid, token=self._token)
+            return
+        res = self._conn.request("attach", tag=self._tag, pid=self._pid, token=self._token)
+        self._closed = False
+        if res["segment"] is not None:
+            try:
+                self._switch(SegmentReader(res["segment"]["name"]))
+            except SegmentGoneError:
+                pass  # replaced since the daemon answered: the first read resolves it again
+        _keeper.keeper.track(self, Reader._reregister)
+
+    @property
+    def write_count(self) -> int:
+        return self._count
+
+    # ---- reading ----------------------------------------------------------------------
+
+    def read(self, copy: bool = False, timeout: float | None = 0.0) -> tuple[bool, np.ndarray[Any, Any]]:
+        """Return ``(True, newest array)`` if a write arrived since the last read.
+
+        Otherwise ``(False, <the array returned last time>)``, an empty array if none was
+        ever written. The array is a read-only zero-copy view that stays unchanged while you
+        hold it, or with ``copy=True`` an owned, writable copy. Never a torn array.
+
+        ``timeout``: 0 (the default, as in ndsharray 1.x) returns at once; a number of
+        seconds waits up to that long for the next write; None waits for as long as it takes.
+        A waiting reader sleeps on a futex and uses no CPU.
+        """
+        if timeout is not None and (timeout or type(timeout) not in (float, int)):
+            timeout = seconds(timeout)  # (0, the default, and None need no check)
+        direct = self._direct
+        if direct is not None and not copy:
+            # The common case in one C call (pin and view): a camera's reader comes here
+            # once per frame interval, when little of this code is still in the cache.
+            got = direct.read_new(self._count)
+            if got is None:
+                if timeout == 0:
+                    return False, self._last
+            elif type(got) is not int:  # (an int: retired, or corrupt: _await finds out which)
+                # _record_frame, inlined: a call less per frame.
+                self._count, self._stamp, self._read_ns = direct.last_pinned()
+                self._last = got
+                self._valid = True
+                return True, got
+        arr = self._await(True, copy, timeout)
+        return (False, self._last) if arr is None else (True, arr)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a write this handle has not read yet exists; False on timeout or close.
+
+        Does not consume the write: the next ``read()`` returns it.
+        """
+        return self._await(False, False, seconds(timeout)) is not None
+
+    def __iter__(self) -> Iterator[np.ndarray[Any, Any]]:
+        """Yield every new array as it arrives (blocking); ends when the handle is closed."""
+        while True:
+            try:
+                status, arr = self.read(timeout=None)
+            except HandleClosedError:
+                return
+            if not status:
+                return
+            yield arr
+
+    @overload
+    def _await(self, take: Literal[True], copy: bool, timeout: float | None) -> np.ndarray[Any, Any] | None: ...
+    @overload
+    def _await(self, take: Literal[False], copy: bool, timeout: float | None) -> bool | None: ...
+
+    def _await(self, take: bool, copy: bool, timeout: float | None) -> np.ndarray[Any, Any] | bool | None:
+        """The read loop: until a write this handle has not read exists, or ``timeout``
+        seconds passed (0: look once; None: no limit), or the handle is closed.
+
+        ``take``: pin that write and return it (a view, or a copy with ``copy``), as
+        ``read()``; otherwise return True and leave it for the next read, as ``wait()``.
+        None at the deadline or when the handle was closed while it waited. A closed
+        handle raises HandleClosedError when taking, and returns None when only waiting.
+        """
+        deadline = time.monotonic() + timeout if timeout else None
+        idle = 0.001  # sleep between lookups while the tag has no segment
+        while True:
+            # wait() looks again each time (has_new() would not see a retirement).
+            seg = self._direct if take else None
+            if seg is None:
+                if self._closed and not take:
+                    return None
+                self._check()
+                seg = self._current()
+            if seg is not None:
+                if not take:
+                    if seg.has_new(self._count):
+                        return True
+                else:
+                    # A Pin holds the pin from the moment it is taken: a KeyboardInterrupt
+                    # anywhere below drops it with this frame, and the pin with it (review
+                    # defect 7).
+                    pin = seg.pin(self._count)
+                    if pin is None:
+                        self._direct = seg  # checked: later reads go straight to the C reader
+                    elif isinstance(pin, int):
+                        # Retired: a newer generation replaced it (or the tag was removed).
+                        if self._direct is seg:
+                            self._direct = None
+                            continue  # look for the newer one at once
+                        seg = None  # just looked up: the daemon knows nothing newer yet
+                    else:
+                        self._direct = seg
+                        return self._record_frame(seg, seg.copy(pin) if copy else seg.view_of(pin))
+            if timeout == 0:
+                return None
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            if seg is None:  # no writer yet: ask the daemon again soon, not in a busy loop
+                time.sleep(idle if left is None else min(idle, left))
+                idle = min(idle * 2, 0.05)
+            else:
+                seg.wait(self._count, WAIT_SLICE if left is None else min(left, WAIT_SLICE))
+            if self._closed:
+                return None
+
+    def _record_frame(self, seg: SegmentReader, arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Note the frame just read, and return it: its count, write time and read time
+        are what the segment's C reader recorded when it pinned it."""
+        self._count, self._stamp, self._read_ns = seg.last_pinned()
+        self._last = arr
+        self._valid = True
+        return arr
+
+    # ---- finding the tag's segment ----------------------------------------------------
+
+    def _current(self) -> SegmentReader | None:
+        """The segment to read, after asking the daemon if ours was replaced (a newer
+        generation has the newer frames) or a restarted daemon does not know it."""
+        seg = self._seg
+        if seg is None or self._stale or seg.retired():
+            return self._resolve()
+        return seg
+
+    def _follow_pointer(self) -> SegmentReader | None:
+        """Switch to the segment the tag's pointer names, if it is live; no request."""
+        try:
+            name = os.readlink(self._pointer)
+        except OSError:
+            return None  # no segment yet, or a daemon without pointers
+        if not is_segment_name(name):
+            return None  # not a segment name: never open what a planted link names
+        seg = self._seg
+        if seg is None or seg.name != name:
+            try:
+                seg = SegmentReader(name)
+            except (SegmentGoneError, CorruptSegmentError, OSError):
+                return None  # replaced or removed since the pointer was read
+            if seg.header.tag != self._tag:
+                seg.close()
+                return None
+            if seg.retired():
+                seg.close()
+                return None
+            self._switch(seg)
+        elif seg.retired():
+            return None
+        self._misses = 0
+        self._stale = False
+        return seg
+
+    def _resolve(self) -> SegmentReader | None:
+        """Find the tag's current segment and switch to it if it changed: through the tag's
+        pointer, else by asking the daemon.
+
+        After a few lookups that found nothing, ask at most every 20 ms: a polling loop on
+        a tag nobody writes must not hammer the daemon.
+        """
+        seg = self._follow_pointer()
+        if seg is not None:
+            return seg
+        now = time.monotonic()
+        if self._misses >= 3 and now - self._last_lookup < 0.02:
+            return None
+        self._last_lookup = now
+        _keeper.keeper.check(self._endpoint)
+        for _ in range(5):
+            res = self._conn.request("lookup", tag=self._tag)
+            info = res["segment"]
+            if res.get("removed") and not self._warned_missing:  # (the daemon's own rm)
+                self._warned_missing = True
+                log.warning("reader of %r: %s", self._tag, res["removed"])
+            if info is None or (self._seg is not None and self._seg.retired() and info["name"] == self._seg.name):
+                self._misses += 1
+                if info is None and self._seg is None:
+                    self._warn_if_missing(now)
+                return None
+            self._misses = 0
+            self._stale = False
+            if self._seg is not None and info["name"] == self._seg.name:
+                return self._seg
+            try:
+                return self._switch(SegmentReader(info["name"]))
+            except SegmentGoneError:
+                continue  # replaced again while we looked: ask once more
+        return self._seg
+    def _warn_if_missing(self, now: float) -> None:
+        """Log once when no writer has published the tag for MISSING_WARN_AFTER seconds,
+        naming the tags it may have been meant to be."""
+        if self._missing_since is None:
+            self._missing_since = now
+        if self._warned_missing or now - self._missing_since < MISSING_WARN_AFTER:
+            return
+        self._warned_missing = True
+        try:  # (the lookup just answered: no retries, so a read is never held long)
+            tags = [t["tag"] for t in self._conn.request("list", retries=0)["tags"] if t["segment"]]
+        except NdShArrayError:
+            tags = []
+        near = difflib.get_close_matches(self._tag, tags, n=3)
+        if near:
+            hint = "if it is misspelt, similar tags with data: " + ", ".join(map(repr, near))
+        else:
+            hint = f"{len(tags)} other tag(s) have data (ndsharray ls lists them)"
+        log.warning("reader of %r: no writer has published this tag at %s for %.0f s (still "
+                    "waiting); %s", self._tag, self._endpoint, now - self._missing_since, hint)
+
+    def _switch(self, seg: SegmentReader) -> SegmentReader:
+        old, self._seg = self._seg, seg
+        self._direct = None
+        self._count = 0
+        if old is not None:
+            old.close()  # its mapping lives on while views of it do
+        if self._ended:
+            # close() ran in another thread while this one opened seg (the open lets other
+            # threads run) and did not see it: close it here, or its fd and row would stay.
+            self._seg = None
+            seg.close()
+            raise HandleClosedError(f"NdShArray {self._tag!r} was closed while it read")
+        return seg
+
+    # ---- lifetime ---------------------------------------------------------------------
+
+    def _after_fork(self) -> None:
+        """Inherited across fork: leave the parent's fds and locks alone, start afresh."""
+        self._seg = None  # the parent's; its finalizers do nothing in this process
+        self._last = _EMPTY
+        self._count = 0
+        self._attach()
+
+    def _close(self, in_gc: bool) -> None:
+        if self._close_in_child():
+            return
+        with self._swap:  # (as a writer's close: see Writer._install)
+            self._closed = self._ended = True
+            self._direct = None
+            seg, self._seg = self._seg, None
+        try:
+            if not in_gc:
+                _keeper.keeper.untrack(self)  # (the keeper's weak set forgets collected handles)
+            if seg is not None:
+                seg.stop_waits()  # end a wait() or iteration in another thread
+                seg.close()
+            self._last = _EMPTY
+            if in_gc:
+                # The collector may run inside a daemon request of this very thread: never
+                # do blocking IPC here; the keeper thread sends it.
+                self._conn.post("detach", tag=self._tag, token=self._token)
+            else:
+                # Never waits for a daemon that is down or restarting; never fails (the
+                # daemon notices our death anyway).
+                self._conn.send_or_post("detach", tag=self._tag, token=self._token)
+        except BaseException:
+            # Interrupted: _closed is set, so no later close() will try again. The detach
+            # still goes (by the keeper; a second one is a no-op), and the segment this
+            # handle forgot is closed here, or its fd and row lock would stay.
+            self._conn.post("detach", tag=self._tag, token=self._token)
+            if seg is not None:
+                with contextlib.suppress(Exception):
+                    seg.stop_waits()
+                    seg.close()
+            self._last = _EMPTY  # (its pin keeps the segment open)
+            raise
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A reader pickles as its tag and endpoint: the receiving process (a spawned pool
+        worker, say) opens a reader of its own."""
+        return (_reader_from_pickle, (self._tag, self._endpoint))
+
+
+def _reader_from_pickle(tag: str, endpoint: str) -> Reader:
+    return Reader(tag, endpoint=endpoint)

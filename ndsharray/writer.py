@@ -1,0 +1,473 @@
+"""``Writer``: the one writer of a tag (``NdShArray(tag, array, r_w='w')``).
+
+A write copies the array into a free slot of the tag's segment and publishes it: for the
+same shape and dtype one C call does it (``_direct``), with no daemon call; a new shape or
+dtype, or a ring that must grow, asks the daemon for a new segment generation, which
+readers follow by themselves. ``loan()`` lends a free slot to fill in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import numpy as np
+
+from . import keeper as _keeper
+from . import ring
+from .arguments import check_array
+from .dtypes import dtype_to_text
+from .errors import (
+    DaemonUnavailableError,
+    HandleClosedError,
+    NdShArrayError,
+    ResourceLimitError,
+    SegmentGoneError,
+    TagBusyError,
+    TagRemovedError,
+    WriterStalledError,
+)
+from .handle import NdShArray, _live
+from .holders import busy_in_this_process
+from .segment import (
+    CLOSED,
+    ENV_SHM_DIR,
+    REMOVED,
+    SegmentWriter,
+    abandon,
+    acquisitions,
+    process_pid_holder,
+    shm_dir,
+)
+
+log = logging.getLogger("ndsharray")
+
+# Longest close() waits for writes still copying in other threads before it hands the tag
+# back; past it, the last of those writes hands it back when its copy ends.
+CLOSE_DRAIN = 1.0
+
+
+class Writer(NdShArray, role="w", ops=("claim", "release")):
+    """The writer of a tag: see :class:`NdShArray` and :meth:`write`."""
+
+    # The current segment's C writer while writes may go straight to it: same handle, same
+    # process, segment not replaced. None sends write() through the checks of its general path.
+    _direct: Any = None
+    _seg: SegmentWriter | None = None
+    _loaned = False  # inside a loan() block
+    _loan_thread: int | None = None  # the thread that opened it
+    _written = 0  # its count when it closed
+
+    def __init__(
+        self,
+        tag: str,
+        array: np.ndarray[Any, Any] | None = None,
+        r_w: str | None = None,
+        *,
+        endpoint: str | None = None,
+        slots: int | None = None,
+        max_slots: int = 32,
+        write_timeout: float = 2.0,
+    ) -> None:
+        self._init_common(tag, array, r_w, endpoint, slots, max_slots)
+        if array is not None:
+            array = check_array(array, "NdShArray(array=...)")
+        self._slots = slots  # None: by the array's size (ring.initial_slots)
+        self._max_slots = max_slots
+        self._write_timeout = write_timeout
+        self._offered: dict[str, Any] | None = None  # a dead writer's segment we may continue in
+        self._claim()
+        _live.add(self)
+        if array is not None and array.size:
+            self.write(array)
+
+    def _claim(self) -> None:
+        self._register()
+        try:
+            res = self._conn.request("claim", tag=self._tag, pid=self._pid, token=self._token)
+        except TagBusyError as exc:
+            mine = busy_in_this_process(self._tag, self._endpoint, _live)
+            if mine is not None:
+                raise mine from exc
+            raise
+        self._closed = False
+        self._offered = res["segment"]
+        _keeper.keeper.track(self, Writer._reregister)
+
+    def _offer(self, segment: dict[str, Any] | None) -> None:
+        self._offered = segment  # what the new daemon offers (an orphan it recovered, or none)
+
+    @property
+    def write_count(self) -> int:
+        seg = self._seg
+        return self._written if seg is None else int(seg.fast.count)
+
+    # ---- writing ----------------------------------------------------------------------
+
+    def write(self, array: np.ndarray[Any, Any]) -> None:
+        """Publish a copy of ``array`` as the tag's latest value.
+
+        Any layout works (non-contiguous, Fortran order); a new shape or dtype makes a new
+        segment generation. Raises ``TypeError`` for dtypes holding Python objects.
+        """
+        direct = self._direct
+        if direct is not None:
+            if type(array) is not np.ndarray:  # (the C call takes any buffer: check first)
+                array = check_array(array)
+            # Same shape and dtype, C-contiguous: one C call acquires, copies, publishes.
+            count = direct.write(array)
+            if count > 0:
+                self._valid = True
+                return
+            if count == REMOVED:
+                self._removed()
+            if count == CLOSED:
+                self._overtaken(direct)
+        if self._closed or self._pid != process_pid_holder.pid:
+            self._check()  # raises
+        arr = array if type(array) is np.ndarray else check_array(array)
+        seg = self._seg
+        if seg is None or self._stale or arr.dtype != seg.dtype or arr.shape != seg.shape:
+            self._no_loan_open("change shape or dtype")
+            seg = self._new_generation(arr.dtype, arr.shape, self._slots_for(arr.nbytes))
+        mark = acquisitions()
+        try:  # (the acquire too: see _abandon)
+            seg, i = self._acquire(seg)
+            np.copyto(seg.slots[i], arr, casting="no")  # (without the GIL when large)
+            count = seg.fast.publish(i)
+        except BaseException:
+            self._abandon(mark)
+            raise
+        if not count:
+            self._overtaken(seg.fast)
+        self._valid = True
+
+    @contextmanager
+    def loan(
+        self, shape: tuple[int, ...] | None = None, dtype: Any = None
+    ) -> Iterator[np.ndarray[Any, Any]]:
+        """Lend a free slot as a writable array; leaving the block publishes it.
+
+        ``with w.loan() as buf: np.add(a, b, out=buf)`` fills shared memory directly (no
+        extra copy). The slot holds an older frame: overwrite all of it. Without arguments
+        the shape and dtype of the last write are kept; giving ``shape``/``dtype`` starts a
+        new generation when they differ. An exception inside the block publishes nothing.
+        The array becomes read-only when the block ends: keep no reference to it.
+        """
+        self._check()
+        self._no_loan_open("open a second loan()")
+        seg = self._seg
+        if shape is not None or dtype is not None:
+            want_shape = tuple(shape) if shape is not None else (seg.header.shape if seg else None)
+            want_dtype = np.dtype(dtype) if dtype is not None else (seg.header.dtype if seg else None)
+            if want_shape is None or want_dtype is None:
+                raise ValueError("the first loan() of a writer needs both shape and dtype")
+            if seg is None or want_dtype != seg.header.dtype or want_shape != seg.header.shape:
+                nbytes = math.prod(want_shape) * want_dtype.itemsize
+                seg = self._new_generation(want_dtype, want_shape, self._slots_for(nbytes))
+        elif seg is None:
+            raise ValueError("the first loan() of a writer needs shape= and dtype=")
+        mark = acquisitions()
+        try:  # (see _abandon)
+            seg, i = self._acquire(seg)
+            buf = seg.slots[i][...]
+            self._loaned = True
+            self._loan_thread = threading.get_ident()
+        except BaseException:
+            self._loaned = False
+            self._loan_thread = None
+            self._abandon(mark)
+            raise
+        try:
+            yield buf
+        except BaseException:
+            # The lent slot, unpublished: by its index, since the block may end in another
+            # thread (abandon() knows only this thread's slots), or in the collector.
+            self._give_back(seg, i)
+            raise
+        finally:
+            self._loaned = False
+            self._loan_thread = None
+            buf.flags.writeable = False
+        try:
+            count = seg.fast.publish(i)
+        except BaseException:
+            self._abandon(mark)
+            raise
+        if not count:  # close() ran meanwhile (the block's writes are not shown)
+            self._overtaken(seg.fast)
+        self._valid = True
+
+    def _slots_for(self, nbytes: int) -> int:
+        """The slot count of a new generation: as given, or as grown, or by the size."""
+        if self._slots is not None:
+            return self._slots
+        free = None
+        if nbytes > ring.BIG_ARRAY_BYTES:  # (a statvfs only where it can change the answer)
+            try:
+                st = os.statvfs(shm_dir())
+                free = st.f_bavail * st.f_frsize
+            except OSError:
+                pass
+        return ring.initial_slots(nbytes, self._max_slots, free)
+
+    def _abandon(self, mark: int) -> None:
+        """Give back, unpublished, the slots this thread acquired for this handle since
+        ``mark`` and still holds: a copy or loan block failed, or an exception came between
+        an acquire and the code that would publish or give back its slot (review item 4: a
+        KeyboardInterrupt can land wherever Python code runs, and the slot index it carried
+        is then lost, while the C writer still has the slot busy: no write would use it,
+        and close() would wait for it and never hand the tag back)."""
+        for fast in abandon(mark, self._token):
+            self._hand_back_if_last(fast)
+
+    def _give_back(self, seg: SegmentWriter, i: int) -> None:
+        """Give lent slot ``i`` back unpublished, from whichever thread ends the loan."""
+        with contextlib.suppress(ValueError):  # (not busy: nothing to give back)
+            seg.fast.release(i)
+        self._hand_back_if_last(seg.fast)
+
+    def _hand_back_if_last(self, fast: Any) -> None:
+        """After a write of a closed handle gave its slot back: if close() stopped waiting
+        for writes in flight and this was the last, the tag goes back to the daemon now."""
+        if fast.hand_over(False):
+            self._conn.post("release", tag=self._tag, token=self._token)
+
+    def _overtaken(self, fast: Any) -> NoReturn:
+        """close() in another thread overtook this write (its copy ran without the GIL, or
+        its loan() block was open): the slot went back unpublished, so that no successor
+        writer finds a second writer's frame in it."""
+        self._hand_back_if_last(fast)
+        raise HandleClosedError(
+            f"NdShArray {self._tag!r} was closed by another thread while this write copied; "
+            "nothing was published")
+
+    def _no_loan_open(self, what: str) -> None:
+        """The lent slot belongs to the current segment: nothing may replace it meanwhile."""
+        if self._loaned:
+            raise NdShArrayError(
+                f"cannot {what} of {self._tag!r} inside a loan() block; leave the block first")
+
+    def _acquire(self, seg: SegmentWriter) -> tuple[SegmentWriter, int]:
+        """Lock a free slot of ``seg`` (or of a grown ring) for the next write."""
+        i = self._try_acquire(seg)
+        if i < 0:
+            return self._acquire_slow(seg)
+        return seg, i
+
+    def _try_acquire(self, seg: SegmentWriter) -> int:
+        """A free slot of ``seg`` or -1. (Asks the C writer whether the tag was removed: a
+        close() in another thread may have unmapped ``seg`` since this thread got it.)"""
+        i = seg.try_acquire()
+        if i == REMOVED:
+            self._removed()
+        return i
+
+    def _removed(self) -> None:
+        raise TagRemovedError("NOT_WRITER",
+            f"tag {self._tag!r} was removed (ndsharray rm, or by the daemon when another "
+            "process broke its segment: see ndsharray ls) while this process wrote it; "
+            "close this writer and open a new NdShArray to publish again"
+        )
+
+    def _new_generation(self, dtype: np.dtype[Any], shape: tuple[int, ...], slots: int) -> SegmentWriter:
+        text = dtype_to_text(dtype)
+        daemon = _keeper.keeper.check(self._endpoint)
+        offer, self._offered = self._offered, None
+        seg: SegmentWriter | None = None
+        if offer and offer["dtype"] == text and tuple(offer["shape"]) == shape:
+            seg = self._take_over(offer["name"])  # a previous writer's segment: readers keep going
+        if seg is None:
+            args: dict[str, Any] = dict(tag=self._tag, pid=self._pid, token=self._token, dtype=text,
+                                        shape=list(shape), slots=slots)
+            try:
+                res = self._conn.request("generation", **args)
+            except TagRemovedError:
+                # The daemon died with our request and its successor got the retry before
+                # this process re-registered: re-register, then ask once more.
+                if _keeper.keeper.check(self._endpoint) == daemon:
+                    raise
+                res = self._conn.request("generation", **args)
+            name = res["segment"]["name"]
+            try:
+                seg = SegmentWriter(name, self._token)
+            except SegmentGoneError:
+                raise NdShArrayError(
+                    f"the daemon at {self._endpoint} just created segment {name}, but it is not in "
+                    f"{shm_dir()}: the daemon and this process must agree on {ENV_SHM_DIR} (restart "
+                    "the daemon with this process's environment, or set it alike here)"
+                ) from None
+        self._stale = False
+        old = self._install(seg)
+        if old is not None:
+            old.retire()  # the daemon does too, unless it lost track of it in a restart
+            old.close()
+        return seg
+
+    def _install(self, seg: SegmentWriter) -> SegmentWriter | None:
+        """Make ``seg`` the segment writes go to; returns the one it replaces.
+
+        Under ``_swap``, as close() takes the segment and marks the handle ended: checking
+        ``_ended`` and installing ``seg`` must be one step for other threads. Were they two,
+        a close() between them would take the old segment, hand the tag back and return,
+        and this handle would go on publishing into ``seg``, which a successor writer then
+        takes over (defect 1 again). With the lock, close() either came first (we see
+        ``_ended``, and ``seg``, which no other thread has seen, is closed here: its fd and
+        writer pid go with it) or comes after (it takes ``seg`` and stops it).
+
+        A signal handler of this very thread that closes the handle could still run inside
+        (the lock is reentrant, or it would deadlock): ``_seg`` is stored before ``_direct``,
+        so a handler running after that store takes and stops ``seg``, and a ``_direct`` stored
+        after it is a stopped writer that refuses every write. Between the check and the
+        store only attribute loads and stores run, where CPython runs no handler (it does
+        at calls, function entry and backward jumps).
+        """
+        with self._swap:
+            if not self._ended:
+                old, self._seg = self._seg, seg
+                self._direct = seg.fast
+                return old
+        # close() ran in another thread while this one asked for the segment (requests
+        # let other threads run): it is not ours to use.
+        seg.close()
+        raise HandleClosedError(f"NdShArray {self._tag!r} was closed while it wrote")
+
+    def _take_over(self, name: str) -> SegmentWriter | None:
+        """Open the segment a previous writer of the tag left (offered by our claim), or None
+        when it went since the claim: removed (``ndsharray rm``: the generation request then
+        says the tag was removed) or dropped by a daemon that restarted meanwhile (the
+        request gets a fresh segment). Either way the daemon, not the file system, decides."""
+        try:
+            seg = SegmentWriter(name, self._token)
+        except SegmentGoneError:
+            return None
+        if seg.retired():  # replaced or removed between the claim and now
+            seg.close()
+            return None
+        return seg
+
+    def _acquire_slow(self, seg: SegmentWriter) -> tuple[SegmentWriter, int]:
+        """Every slot but the latest is pinned: free dead readers' pins, wait a moment, then
+        grow the ring."""
+        if seg.reclaim_rows():
+            i = self._try_acquire(seg)
+            if i >= 0:
+                return seg, i
+        # A reader holds two pins for a moment while it swaps views; that passes quickly.
+        spin_until = time.monotonic() + 0.002
+        while time.monotonic() < spin_until:
+            os.sched_yield()
+            i = self._try_acquire(seg)
+            if i >= 0:
+                return seg, i
+        grow_failed = ""
+        if seg.nslots < self._max_slots and not self._loaned:
+            # Pins that persist are views readers keep: give them more room (not under a
+            # loan: the lent slot must stay in this segment to be published).
+            h = seg.header
+            try:
+                seg = self._new_generation(h.dtype, h.shape,
+                                           ring.grown_slots(seg.nslots, h.layout.nbytes, self._max_slots))
+            except (DaemonUnavailableError, ResourceLimitError) as exc:
+                log.debug("could not grow the ring of %r (%s); waiting for a free slot", self._tag, exc)
+                grow_failed = f"; growing the ring to more slots failed: {exc}"
+            else:
+                self._slots = seg.nslots
+                i = self._try_acquire(seg)
+                if i >= 0:
+                    return seg, i
+        deadline = time.monotonic() + self._write_timeout
+        tries = 0
+        while time.monotonic() < deadline:
+            time.sleep(0.0005)
+            tries += 1
+            if tries % 20 == 0:
+                seg.reclaim_rows()  # a reader may have died meanwhile (or its last fd closed)
+            i = self._try_acquire(seg)
+            if i >= 0:
+                return seg, i
+        lent = " (one is lent out by the open loan() block)" if self._loaned else ""
+        raise WriterStalledError(
+            f"tag {self._tag!r}: all {seg.nslots} slots stayed pinned by readers{lent} for "
+            f"{self._write_timeout:g} s; readers hold on to old arrays - drop them, read with "
+            f"copy=True, or raise max_slots{grow_failed}"
+        )
+
+    # ---- lifetime ---------------------------------------------------------------------
+
+    def _after_fork(self) -> NoReturn:
+        raise NdShArrayError(
+            f"this writer of {self._tag!r} belongs to pid {self._pid}; a forked child must "
+            "open its own NdShArray (under another tag, or after the parent closes)"
+        )
+
+    def _close(self, in_gc: bool) -> None:
+        if self._close_in_child():
+            return
+        with self._swap:  # one step for a writer installing a new segment (see _install)
+            self._closed = self._ended = True
+            self._direct = None
+            seg, self._seg = self._seg, None
+            if seg is not None:
+                # Writes in flight publish nothing from now on, and hand_over() below means
+                # something even if an interrupt comes before _let_go (one C call: no Python
+                # signal handler runs inside it).
+                seg.fast.stop()
+        try:
+            if not in_gc:
+                _keeper.keeper.untrack(self)  # (the keeper's weak set forgets collected handles)
+            self._let_go(seg, in_gc)
+        except BaseException:
+            # Interrupted (a KeyboardInterrupt while close() waited up to CLOSE_DRAIN for a
+            # write in flight, say; review item 2): _closed is set, so no later close() will
+            # try again. The tag still goes back: by the keeper now if no write is in
+            # flight, else by the last such write when its copy ends (hand_over(True) tells
+            # it close() stopped waiting). Asking again is safe: hand_over(True) repeats
+            # its answer to close(), and a second release is a no-op.
+            if seg is None or seg.fast.hand_over(True):
+                self._conn.post("release", tag=self._tag, token=self._token)
+            # The handle forgot its segment: close it here or its fd would stay until the
+            # process exits.
+            if seg is not None and not seg.closed:
+                with contextlib.suppress(Exception):
+                    seg.close(drain=0.0)
+            raise
+
+    def _let_go(self, seg: SegmentWriter | None, in_gc: bool) -> None:
+        """close()'s work once the handle is marked closed: stop the segment, then hand the
+        tag back to the daemon once no write is in flight any more."""
+        if seg is not None:
+            self._written = int(seg.fast.count)
+            # Writes still copying into its slots in other threads publish nothing now, and
+            # the tag goes back only once they are done (review defect 1): a successor
+            # writer taking over this segment could pick a slot still being filled. (Not
+            # waiting for a loan() open in this very thread, nor in the collector: then no
+            # other thread can be writing through this handle.)
+            own_loan = self._loan_thread == threading.get_ident()
+            seg.close(drain=0.0 if in_gc or own_loan else CLOSE_DRAIN)
+            if not seg.fast.hand_over(True):
+                log.debug("closing the writer of %r: a write still copies in another thread; "
+                          "it hands the tag back when its copy ends", self._tag)
+                return
+        if in_gc:
+            # The collector may run inside a daemon request of this very thread: never do
+            # blocking IPC here; the keeper thread sends it.
+            self._conn.post("release", tag=self._tag, token=self._token)
+            return
+        # Never waits for a daemon that is down or restarting (a stopped one has nothing to
+        # release, a restarting one gets it before this process's next request); never
+        # fails (the daemon notices our death anyway).
+        self._conn.send_or_post("release", tag=self._tag, token=self._token)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            f"the writer of {self._tag!r} cannot be pickled: a tag has one writer; pass the "
+            "tag and open a reader (or a writer of another tag) in the other process"
+        )
