@@ -66,6 +66,7 @@ class Source:
         self.stopped = False
         self.frames_read = 0
         self.error: str | None = None
+        self._kind: tuple[Any, ...] | None = None  # (dtype, shape, dtype text) checked for the codec
         self.reader = NdShArray(tag, r_w="r", endpoint=exporter.endpoint)
         self.thread = threading.Thread(target=self._read_loop, name=f"bridge-read {tag}", daemon=True)
         self.thread.start()
@@ -81,9 +82,21 @@ class Source:
                     continue
                 seq += 1
                 with self.cond:
-                    self.latest = _Latest(arr, seq, reader.write_count, reader.write_time_ns)
+                    latest = self.latest = _Latest(arr, seq, reader.write_count, reader.write_time_ns)
                     self.frames_read = seq
-                    self.cond.notify_all()
+                    # One importer (the usual case) with its credit in hand: send from this
+                    # thread, sparing the hand-over to the stream's thread (most of the
+                    # bridge's own latency). With several, each stream's thread sends, so
+                    # that one stalled link never holds up the others.
+                    inline = next(iter(self.streams.values())) if len(self.streams) == 1 else None
+                    grant = None if inline is None else inline.take(latest)
+                    if grant is None:
+                        self.cond.notify_all()
+                if inline is not None and grant is not None:
+                    try:
+                        inline.send(latest, *grant)
+                    except Exception as exc:  # a link or session gone: the stream's thread sees it too
+                        log.warning("export %s: %s", self.tag, exc)
         except NdShArrayError as exc:  # the tag was removed, the daemon went: the scan ends it
             if not self.stopped:
                 log.info("export %s: reader stopped: %s", self.tag, exc)
@@ -95,9 +108,12 @@ class Source:
                 return latest.header, latest.payload
         arr = latest.array
         try:
-            self.rule.codec.check(arr.dtype, arr.shape, self.tag)
+            kind = (arr.dtype, arr.shape)
+            if self._kind is None or self._kind[:2] != kind:  # once per shape and dtype
+                self.rule.codec.check(arr.dtype, arr.shape, self.tag)
+                self._kind = (*kind, dtype_to_text(arr.dtype))
+            dtype = self._kind[2]
             payload = self.rule.codec.encode(arr)
-            dtype = dtype_to_text(arr.dtype)
         except (CodecError, TypeError, ValueError) as exc:
             if self.error != str(exc):
                 log.error("export %s: %s", self.tag, exc)
@@ -184,6 +200,8 @@ class Stream:
         self.force = False
         self.sent_seq = 0
         self.next_ns = 0  # --max-rate: not before this
+        self.period_ns = int(1e9 / source.rule.max_rate) if source.rule.max_rate else 0
+        self.sending = False  # a send is in progress (sends of one stream never overlap)
         self.sent = 0
         self.bytes = 0
         self.stopped = False
@@ -194,23 +212,25 @@ class Stream:
         self.credit_id, self.credit_ns, self.granted = credit, time.monotonic_ns(), True
         self.force = self.force or force
 
-    def _loop(self) -> None:
+    def take(self, latest: _Latest) -> tuple[int, int] | None:
+        """Take this stream's credit for ``latest`` if it may go now (under the source's
+        lock): (credit id, when it came); None if not (no credit, sent already, a send in
+        progress, or too soon for --max-rate)."""
+        if (self.sending or not self.granted or (latest.seq <= self.sent_seq and not self.force)
+                or time.monotonic_ns() < self.next_ns):
+            return None
+        self.granted = self.force = False
+        self.sending = True
+        self.sent_seq = latest.seq
+        return self.credit_id, self.credit_ns
+
+    def send(self, latest: _Latest, credit: int, credit_ns: int) -> None:
+        """Send ``latest`` against ``credit`` (taken with :meth:`take`), outside the lock."""
         src = self.source
-        period_ns = int(1e9 / src.rule.max_rate) if src.rule.max_rate else 0
+        got = None
         try:
-            while True:
-                with src.cond:
-                    latest = self._wait(src)
-                    if latest is None:
-                        break
-                    credit, credit_ns = self.credit_id, self.credit_ns
-                    self.granted = self.force = False
-                    self.sent_seq = latest.seq
-                got = src.encoded(latest)
-                if got is None:
-                    with src.cond:  # not sendable: keep the credit for the next frame
-                        self.granted = True
-                    continue
+            got = src.encoded(latest)
+            if got is not None:
                 head, payload = got
                 now = time.monotonic_ns()
                 head = wire.Frame(head.kind, head.codec, head.dtype, head.shape, head.count, head.write_ns,
@@ -218,8 +238,25 @@ class Stream:
                 self.publisher.put(payload, attachment=head.pack())
                 self.sent += 1
                 self.bytes += len(payload)
-                if period_ns:
-                    self.next_ns = time.monotonic_ns() + period_ns
+        finally:
+            with src.cond:
+                self.sending = False
+                if got is None:  # not sendable: keep the credit for the next frame
+                    self.granted = True
+                elif self.period_ns:
+                    self.next_ns = time.monotonic_ns() + self.period_ns
+                src.cond.notify_all()
+
+    def _loop(self) -> None:
+        src = self.source
+        try:
+            while True:
+                with src.cond:
+                    got = self._wait(src)
+                    if got is None:
+                        break
+                    latest, grant = got
+                self.send(latest, *grant)
             if src.ending is not None and not self.stopped:
                 end = wire.Frame(wire.END, reason=src.ending, count=src.frames_read)
                 self.publisher.put(b"", attachment=end.pack())
@@ -232,27 +269,28 @@ class Stream:
             except Exception:
                 pass
 
-    def _wait(self, src: Source) -> _Latest | None:
-        """The frame to send next, once there is one and a credit (under the lock); None
-        when this stream ends."""
+    def _wait(self, src: Source) -> tuple[_Latest, tuple[int, int]] | None:
+        """The frame to send next and its credit, once both are there (under the lock);
+        None when this stream ends."""
         end_by = None
         while True:
             if self.stopped:
                 return None
             latest = src.latest
             fresh = latest is not None and (latest.seq > self.sent_seq or self.force)
-            if src.ending is not None:
+            if src.ending is not None and not self.sending:
                 if not fresh:
                     return None
                 end_by = end_by or time.monotonic() + src.grace
                 if time.monotonic() > end_by:
                     return None
             timeout = None
-            if fresh and self.granted:
-                wait_ns = self.next_ns - time.monotonic_ns()
-                if wait_ns <= 0:
-                    return latest
-                timeout = wait_ns / 1e9
+            if latest is not None and fresh:
+                grant = self.take(latest)
+                if grant is not None:
+                    return latest, grant
+                if self.granted and not self.sending:  # only --max-rate holds it back
+                    timeout = max(0.0, (self.next_ns - time.monotonic_ns()) / 1e9)
             if end_by is not None:
                 left = max(0.0, end_by - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)

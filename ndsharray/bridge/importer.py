@@ -88,20 +88,31 @@ class ImportStream:
             self.fresh_from = 0
             try:
                 arr = decode(head.codec, payload.to_bytes(), text_to_dtype(head.dtype), head.shape)
+            except (CodecError, ValueError, TypeError) as exc:
+                self._failed(exc, now)
+                return
+            # The next credit first: it travels while this frame is written, so the exporter
+            # has it by the time a reader here has reacted and its writer has written again.
+            self.ask(force=False)
+            try:
                 self._write(arr)
-            except (CodecError, ValueError, NdShArrayError, TypeError) as exc:
-                self.errors += 1
-                if self.error != str(exc):
-                    log.warning("import %s: %s", self.local_tag, exc)
-                self.error = str(exc)
-                self.retry_ns = now + int(RETRY * 1e9)
+            except (ValueError, NdShArrayError, TypeError) as exc:
+                self._failed(exc, now)
                 return
             self.error = None
             self.frames += 1
             self.bytes += len(payload)
             self.source_count, self.source_age_ns, self.link_ns = head.count, head.age_ns, link
             self.state, self.reason = "live", None
-            self.ask(force=False)
+
+    def _failed(self, exc: Exception, now: int) -> None:
+        """A frame that could not be decoded or written: say so once, ask again later."""
+        self.errors += 1
+        if self.error != str(exc):
+            log.warning("import %s: %s", self.local_tag, exc)
+        self.error = str(exc)
+        self.asked_ns = 0
+        self.retry_ns = now + int(RETRY * 1e9)
 
     def _write(self, arr: np.ndarray[Any, Any]) -> None:
         w = self.writer
