@@ -1,14 +1,15 @@
 """The exporting half of a bridge: local tags out to the importers that ask for them.
 
 Latest value, never a backlog: each exported tag has one reader thread that keeps only
-the newest frame, and each importer gets frames by credit (it asks for the next frame when
-it has written the previous one). A slow or stalled link therefore holds at most one frame
-per importer in flight; frames written meanwhile are skipped, and the source writer never
+the newest frame, and each importer gets frames by credit (it grants two, and one more for
+each frame it receives). A slow or stalled link therefore holds at most two frames per
+importer in flight; frames written meanwhile are skipped, and the source writer never
 waits for anything the bridge does (the bridge is an ordinary reader of its tag).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ log = logging.getLogger("ndsharray.bridge")
 SCAN_PERIOD = 0.2  # seconds between looks at the daemon's tag list (new tags, writers gone)
 READ_SLICE = 0.25  # longest a reader thread sleeps before it checks whether to stop
 END_GRACE = 1.0  # seconds a stream waits for a credit to send a writer's last frame
+WINDOW = 2  # credits an importer may have outstanding (frames in flight to it, at most)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Source:
         self.grace = END_GRACE
         self.stopped = False
         self.frames_read = 0
+        self.poll_gen = 0  # the reader thread's looks at the tag (a stream's credit waits for the next)
         self.error: str | None = None
         self._kind: tuple[Any, ...] | None = None  # (dtype, shape, dtype text) checked for the codec
         self.reader = NdShArray(tag, r_w="r", endpoint=exporter.endpoint)
@@ -77,11 +80,25 @@ class Source:
         seq = 0
         try:
             while not self.stopped:
-                ok, arr = reader.read(timeout=READ_SLICE)
-                if not ok:
-                    continue
-                seq += 1
+                # Read only for an importer that may be sent a frame now: frames written
+                # meanwhile are never looked at (the next read returns the newest), so a
+                # writer far faster than the link costs the bridge nothing.
                 with self.cond:
+                    wait = self._until_ready()
+                    if wait:
+                        self.cond.wait(min(wait, READ_SLICE))
+                        continue
+                    # A credit that came since the last look gets the newest frame, not the
+                    # one kept from before (which may be from before a stall).
+                    catch_up = any(s.grant_gen > self.poll_gen for s in self.streams.values())
+                ok, arr = reader.read(timeout=0 if catch_up else READ_SLICE)
+                with self.cond:
+                    self.poll_gen += 1
+                    if not ok:
+                        if catch_up:
+                            self.cond.notify_all()  # (a forced resend may take the one kept)
+                        continue
+                    seq += 1
                     latest = self.latest = _Latest(arr, seq, reader.write_count, reader.write_time_ns)
                     self.frames_read = seq
                     # One importer (the usual case) with its credit in hand: send from this
@@ -100,6 +117,15 @@ class Source:
         except NdShArrayError as exc:  # the tag was removed, the daemon went: the scan ends it
             if not self.stopped:
                 log.info("export %s: reader stopped: %s", self.tag, exc)
+
+    def _until_ready(self) -> float:
+        """Seconds until a stream may take a frame (0: one may now); under the lock."""
+        now = time.monotonic_ns()
+        best = READ_SLICE
+        for s in self.streams.values():
+            if s.credits and not s.sending:
+                best = min(best, max(0.0, (s.next_ns - now) / 1e9))
+        return best
 
     def encoded(self, latest: _Latest) -> tuple[wire.Frame, bytes] | None:
         """(header, payload) of ``latest``, encoded once; None when the codec refuses it."""
@@ -134,7 +160,7 @@ class Source:
                     return
                 stream = self.streams[importer] = Stream(self, importer)
             stream.grant(credit, force)
-            self.cond.notify_all()
+            self.cond.notify_all()  # (the reader thread waits for a credit too)
 
     def drop_importer(self, importer: str) -> None:
         with self.cond:
@@ -157,6 +183,8 @@ class Source:
                     self.latest = _Latest(arr, self.frames_read, self.reader.write_count, self.reader.write_time_ns)
         except NdShArrayError:
             pass
+        with self.cond:
+            self.poll_gen += 1 << 30  # no more looks: streams send what is kept
         with self.cond:
             self.ending, self.grace = reason, grace
             streams = list(self.streams.values())
@@ -183,7 +211,7 @@ class Source:
 
 
 class Stream:
-    """Frames of one source to one importer, one at a time, each against a credit."""
+    """Frames of one source to one importer, in order, each against a credit."""
 
     def __init__(self, source: Source, importer: str) -> None:
         self.source, self.importer = source, importer
@@ -194,14 +222,16 @@ class Stream:
         self.publisher = exp.session.declare_publisher(
             wire.frame_key(exp.name, importer, source.tag), congestion_control=zenoh.CongestionControl.BLOCK,
             express=True, priority=zenoh.Priority.DATA)
-        self.credit_id = 0
-        self.credit_ns = 0
-        self.granted = False
+        # The importer's credits not used yet, oldest first: (credit id, when it came).
+        # At most WINDOW: one frame on the link and the next one ready behind it, so one
+        # slow frame does not cost the next, and a stall still holds at most WINDOW frames.
+        self.credits: collections.deque[tuple[int, int]] = collections.deque(maxlen=WINDOW)
         self.force = False
         self.sent_seq = 0
         self.next_ns = 0  # --max-rate: not before this
         self.period_ns = int(1e9 / source.rule.max_rate) if source.rule.max_rate else 0
         self.sending = False  # a send is in progress (sends of one stream never overlap)
+        self.grant_gen = 0  # frames the source read before its look number grant_gen are too old for it
         self.sent = 0
         self.bytes = 0
         self.stopped = False
@@ -209,20 +239,22 @@ class Stream:
         self.thread.start()
 
     def grant(self, credit: int, force: bool) -> None:  # (under the source's lock)
-        self.credit_id, self.credit_ns, self.granted = credit, time.monotonic_ns(), True
+        self.credits.append((credit, time.monotonic_ns()))
+        self.grant_gen = self.source.poll_gen + 1
         self.force = self.force or force
 
     def take(self, latest: _Latest) -> tuple[int, int] | None:
         """Take this stream's credit for ``latest`` if it may go now (under the source's
         lock): (credit id, when it came); None if not (no credit, sent already, a send in
         progress, or too soon for --max-rate)."""
-        if (self.sending or not self.granted or (latest.seq <= self.sent_seq and not self.force)
+        if (self.sending or not self.credits or (latest.seq <= self.sent_seq and not self.force)
+                or self.source.poll_gen < self.grant_gen
                 or time.monotonic_ns() < self.next_ns):
             return None
-        self.granted = self.force = False
+        self.force = False
         self.sending = True
         self.sent_seq = latest.seq
-        return self.credit_id, self.credit_ns
+        return self.credits.popleft()
 
     def send(self, latest: _Latest, credit: int, credit_ns: int) -> None:
         """Send ``latest`` against ``credit`` (taken with :meth:`take`), outside the lock."""
@@ -242,7 +274,7 @@ class Stream:
             with src.cond:
                 self.sending = False
                 if got is None:  # not sendable: keep the credit for the next frame
-                    self.granted = True
+                    self.credits.appendleft((credit, credit_ns))
                 elif self.period_ns:
                     self.next_ns = time.monotonic_ns() + self.period_ns
                 src.cond.notify_all()
@@ -289,7 +321,7 @@ class Stream:
                 grant = self.take(latest)
                 if grant is not None:
                     return latest, grant
-                if self.granted and not self.sending:  # only --max-rate holds it back
+                if self.credits and not self.sending:  # only --max-rate holds it back
                     timeout = max(0.0, (self.next_ns - time.monotonic_ns()) / 1e9)
             if end_by is not None:
                 left = max(0.0, end_by - time.monotonic())

@@ -1,7 +1,7 @@
 """The importing half of a bridge: remote tags written into local tags ``<exporter>/<tag>``.
 
-An importer asks each exporter for one frame at a time (a credit) and asks for the next
-once it has written the last. A frame that spent longer than ``stale_after`` on the link
+An importer gives each exporter two credits (frames it may send) and one more for each
+frame that arrives. A frame that spent longer than ``stale_after`` on the link
 (measured on this host's clock: from the credit it answers, less the time the exporter
 held that credit) is stale: it is dropped and the exporter is asked for its newest frame
 instead, so the first frame written after a stall is a current one.
@@ -83,7 +83,8 @@ class ImportStream:
                 # slow still carries frames.
                 self.stale += 1
                 self.ask(force=True)
-                self.fresh_from = self.last_credit
+                if not self.fresh_from:  # (the first of a stall's stale frames: later ones
+                    self.fresh_from = self.last_credit  # keep it, or a slow link never settles)
                 return
             self.fresh_from = 0
             try:
@@ -127,6 +128,7 @@ class ImportStream:
             if alive:
                 self.fresh_from = 0
                 self.ask(force=True)  # the newest frame at once
+                self.ask(force=False)  # and the one after it: two in flight (exporter.WINDOW)
             elif self.state != "ended":
                 self._end(f"bridge {self.exporter} or the link to it is gone")
 
