@@ -471,6 +471,7 @@ def make_certificates(folder: str) -> dict[str, str]:
 def tls_config(folder: str, files: dict[str, str], me: str, listen: str | None) -> str:
     """A Zenoh JSON5 config for mutual TLS (what the README shows)."""
     path = os.path.join(folder, f"{me}.json5")
+    side = "listen" if listen else "connect"
     listen_part = f'listen: {{ endpoints: ["{listen}"] }},' if listen else ""
     with open(path, "w") as f:
         f.write(f"""{{
@@ -479,8 +480,8 @@ def tls_config(folder: str, files: dict[str, str], me: str, listen: str | None) 
   transport: {{ link: {{ tls: {{
     root_ca_certificate: "{files['ca_crt']}",
     enable_mtls: true,
-    listen_private_key: "{files[me + '_key']}", listen_certificate: "{files[me + '_crt']}",
-    connect_private_key: "{files[me + '_key']}", connect_certificate: "{files[me + '_crt']}",
+    {side}_private_key: "{files[me + '_key']}",
+    {side}_certificate: "{files[me + '_crt']}",
   }} }} }},
 }}
 """)

@@ -37,6 +37,7 @@ class ImportStream:
     def __init__(self, importer: Importer, exporter: str, tag: str) -> None:
         self.importer, self.exporter, self.tag = importer, exporter, tag
         self.local_tag = f"{exporter}/{tag}"
+        self.credit_key = wire.credit_key(exporter, importer.zid, tag)
         self.lock = threading.Lock()
         self.writer: NdShArray | None = None
         self.credits: dict[int, int] = {}  # credit id -> when it was sent (monotonic ns)
@@ -61,9 +62,7 @@ class ImportStream:
         if len(self.credits) > 8:
             del self.credits[min(self.credits)]
         self.asked_ns, self.retry_ns = now, 0
-        imp = self.importer
-        imp.session.put(wire.credit_key(self.exporter, imp.zid, self.tag), wire.pack_credit(self.last_credit, force),
-                        express=True)
+        self.importer.session.put(self.credit_key, wire.pack_credit(self.last_credit, force), express=True)
 
     def on_frame(self, head: wire.Frame, payload: Any) -> None:
         with self.lock:
@@ -170,6 +169,7 @@ class Importer:
         self.patterns, self.endpoint = patterns, endpoint
         self.stale_after_ns = int(stale_after * 1e9)
         self.streams: dict[tuple[str, str], ImportStream] = {}
+        self.by_key: dict[str, ImportStream] = {}  # frame key -> its stream
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.decls: list[Any] = []
@@ -200,8 +200,15 @@ class Importer:
         stream.on_token(sample.kind == self.zenoh.SampleKind.PUT)
 
     def _on_frame(self, sample: Any) -> None:
+        key = str(sample.key_expr)
         try:
-            exporter, _, tag = wire.split_key(str(sample.key_expr), "frame", with_peer=True)
+            stream = self.by_key.get(key)
+            if stream is None:
+                exporter, _, tag = wire.split_key(key, "frame", with_peer=True)
+                with self.lock:
+                    stream = self.streams.get((exporter, tag))
+                if stream is not None:
+                    self.by_key[key] = stream  # (parsing and checking the key once per tag)
             att = sample.attachment
             if att is None:
                 raise ValueError("frame without header")
@@ -209,8 +216,6 @@ class Importer:
         except ValueError as exc:
             log.debug("ignored a frame: %s", exc)
             return
-        with self.lock:
-            stream = self.streams.get((exporter, tag))
         if stream is not None and not self.stopping.is_set():
             stream.on_frame(head, sample.payload)
 
