@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import config, transport
+from . import config, daemonctl, transport
 from .errors import DaemonUnavailableError
 
 log = logging.getLogger("ndsharray")
@@ -45,8 +45,8 @@ Reregister = Callable[[Any], None]  # called with the handle after its daemon ch
 
 def daemon_identity(endpoint: str) -> str | None:
     """The running daemon's identity (pid and start time), or None if none runs."""
-    state = transport.daemon_state(endpoint)
-    return None if state is None else state[0]
+    state = daemonctl.daemon_state(endpoint)
+    return None if state is None else state.ident
 
 
 class Keeper:
@@ -103,11 +103,11 @@ class Keeper:
             if ident == self._seen[endpoint] and ident is not None:
                 return ident
             if ident is None:
-                # Restart only a daemon that crashed (its lock file is still there): one
-                # stopped on purpose stays stopped until someone needs it again.
-                if not config.autostart_enabled() or not os.path.exists(config.lock_path(endpoint)):
+                # Restart only a daemon that crashed: one stopped on purpose stays stopped
+                # until someone needs it again.
+                if not config.autostart_enabled() or not daemonctl.crashed(endpoint):
                     return self._seen[endpoint]
-                transport.start_daemon(endpoint)
+                daemonctl.start_daemon(endpoint)
                 ident = daemon_identity(endpoint)
             first = self._seen[endpoint] == _POSTED
             self._seen[endpoint] = ident

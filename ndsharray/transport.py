@@ -55,10 +55,6 @@ _ERRORS: dict[str, type[DaemonError]] = {
 # timeout for it (a lock-file read, only once a reply is late).
 WATCH = 0.05
 
-# (Until keeper.py asks daemonctl itself.)
-daemon_state = daemonctl.daemon_state
-start_daemon = daemonctl.start_daemon
-
 
 class Connection:
     """Request/reply to one daemon; thread-safe, reconnecting, never blocking forever."""

@@ -270,7 +270,7 @@ class Writer(NdShArray, role="w", ops=("claim", "release")):
             self._removed()
         return i
 
-    def _removed(self) -> None:
+    def _removed(self) -> NoReturn:
         raise TagRemovedError("NOT_WRITER",
             f"tag {self._tag!r} was removed (ndsharray rm, or by the daemon when another "
             "process broke its segment: see ndsharray ls) while this process wrote it; "
