@@ -17,7 +17,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, TypeVar, overload
 
 import numpy as np
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 _live: weakref.WeakSet[NdShArray] = weakref.WeakSet()
 
+
+_Handle = TypeVar("_Handle", bound="NdShArray")
 
 class NdShArray:
     """A writer (``r_w='w'``) or reader (``r_w='r'``) of the array shared under ``tag``.
@@ -302,7 +304,7 @@ class NdShArray:
         self._direct = None
         return True
 
-    def __enter__(self) -> NdShArray:
+    def __enter__(self: _Handle) -> _Handle:  # (a Writer stays a Writer in a with block)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -23,7 +23,8 @@ import pytest
 from conftest import Daemon, wait_until
 
 import ndsharray
-from ndsharray import writer
+from ndsharray import keeper, writer
+from ndsharray.segment import SegmentWriter
 
 ROWS, COLS = 4096, 2048  # 64 MiB of float64: a copy takes milliseconds (numpy's transposing one, far more)
 
@@ -481,7 +482,7 @@ def test_close_between_a_new_segment_and_its_first_slot_says_closed(
     w = ndsharray.NdShArray("nsw2", r_w="w")
     real = writer.Writer._acquire
 
-    def closed_first(self: ndsharray.NdShArray, seg: Any) -> Any:
+    def closed_first(self: writer.Writer, seg: Any) -> Any:
         t = threading.Thread(target=self.close)
         t.start()
         t.join(30)
@@ -614,7 +615,7 @@ def test_close_while_a_write_asks_for_its_new_segment_leaves_no_fd_of_it(
     # write asked the daemon for a new segment; the write must close that segment itself
     # (its fd, and our pid in its header) and say the handle was closed.
     w = ndsharray.NdShArray("ncs", r_w="w")
-    real = writer.SegmentWriter
+    real = SegmentWriter  # (what writer calls)
     made: list[Any] = []
 
     def segment_then_close(*args: Any, **kw: Any) -> Any:
@@ -694,7 +695,7 @@ def test_an_interrupt_early_in_close_still_frees_the_tag_and_the_segment_fds(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(writer._keeper.keeper, "untrack", interrupted)
+        m.setattr(keeper.keeper, "untrack", interrupted)
         for h in (r, w):
             with pytest.raises(KeyboardInterrupt):
                 h.close()

@@ -27,7 +27,7 @@ def test_r_or_w_given_as_the_array_asks_whether_r_w_was_meant(mode: str, monkeyp
     # NdShArray('camera/left', 'r'): the second positional argument is array=.
     monkeypatch.setenv("NDSHARRAY_AUTOSTART", "0")
     with pytest.raises(ValueError, match=f"did you mean r_w='{mode}'\\?") as err:
-        ndsharray.NdShArray("camera/left", mode)  # type: ignore[arg-type]
+        ndsharray.NdShArray("camera/left", mode)  # type: ignore[call-overload]
     assert f"NdShArray('camera/left', r_w='{mode}')" in str(err.value)
 
 
@@ -41,7 +41,7 @@ def test_bad_tags_are_refused_before_any_daemon_call(tag: str, monkeypatch: Any)
 
 def test_tag_must_be_str() -> None:
     with pytest.raises(TypeError, match="tag must be a str"):
-        ndsharray.NdShArray(b"bytes", r_w="r")  # type: ignore[arg-type]
+        ndsharray.NdShArray(b"bytes", r_w="r")  # type: ignore[call-overload]
 
 
 def test_object_and_string_dtypes_are_refused_with_the_reason(daemon: Any) -> None:
@@ -70,7 +70,7 @@ def test_only_numpy_arrays_are_written(daemon: Any) -> None:
         w.write(np.arange(3.0).view(np.matrix).A1.view(np.matrix))  # subclasses are arrays
         assert w.shape == (1, 3)
     with pytest.raises(TypeError, match=r"NdShArray\(array=...\) takes a numpy array, got list"):
-        ndsharray.NdShArray("kinds2", [1, 2], "w")  # type: ignore[arg-type]
+        ndsharray.NdShArray("kinds2", [1, 2], "w")  # type: ignore[call-overload]
 
 
 def test_wrong_direction_and_closed_handles(daemon: Any) -> None:

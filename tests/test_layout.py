@@ -66,7 +66,8 @@ def _read_all(name: str, n: int, seed: int, q: Any) -> None:
     """In another process: read frames as they come; check each against the stream."""
     want = frames(n, seed)
     r = segment.SegmentReader(name)
-    last, seen, bad = 0, 0, []
+    last, seen = 0, 0
+    bad: list[tuple[Any, ...]] = []
     kept = []
     try:
         while last < n:

@@ -11,9 +11,10 @@ import pytest
 
 import ndsharray
 from ndsharray.liveness import WriterWatch
+from ndsharray.reader import Reader
 
 
-def blocked_reader(tag: str) -> tuple[ndsharray.NdShArray, Any]:
+def blocked_reader(tag: str) -> tuple[Reader, Any]:
     r = ndsharray.NdShArray(tag, r_w="r")
     status, _ = r.read(timeout=10)
     assert status
