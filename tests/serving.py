@@ -17,6 +17,7 @@ class Server:
     ``url`` is the URL it printed (with ``?token=`` when it asks for one)."""
 
     def __init__(self, endpoint: str, *args: str, bind: str = "127.0.0.1:0") -> None:
+        self.stderr = ""  # what it printed there, once stopped
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ndsharray", "--endpoint", endpoint, "serve", "--bind", bind, *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -114,7 +114,8 @@ def frame(i: int) -> np.ndarray:
     dtype, shape = kinds[(i // 3) % len(kinds)]
     n = int(np.prod(shape))
     words = (np.arange(n, dtype=np.uint64) * 2654435761 + i * 97) % 251
-    return (words.astype(dtype) + dtype(i % 7)).reshape(shape)
+    out: np.ndarray = (words.astype(dtype) + dtype(i % 7)).reshape(shape)
+    return out
 
 
 def index_of(a: np.ndarray) -> int | None:
@@ -173,9 +174,9 @@ def test_frames_cross_whole_and_in_order_to_two_hosts(hosts: Any, bridges: Any) 
         time.sleep(0.002)
     for t in threads:
         t.join()
-    for key, got in seen.items():
-        assert got and got[-1] == 59, f"host {key} did not get the last frame: {got}"
-        assert got == sorted(set(got)), f"host {key}: out of order or repeated: {got}"
+    for key, indices in seen.items():
+        assert indices and indices[-1] == 59, f"host {key} did not get the last frame: {indices}"
+        assert indices == sorted(set(indices)), f"host {key}: out of order or repeated: {indices}"
     w.close()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -58,7 +60,7 @@ def test_bad_codec_specs_are_refused(spec: str) -> None:
         Codec.parse(spec)
 
 
-ARRAYS = [
+ARRAYS: list[np.ndarray[Any, Any]] = [
     np.arange(24, dtype=np.uint16).reshape(2, 3, 4),
     np.linspace(-1, 1, 35, dtype=np.float64).reshape(5, 7)[:, ::2],  # not contiguous
     np.array([(1, 2.5), (3, -1.0)], dtype=[("a", "<i4"), ("b", ">f8")]),
@@ -83,7 +85,8 @@ def _image(shape: tuple[int, ...]) -> np.ndarray:
     img = x * 200 // shape[1] + y * 55 // shape[0]  # a smooth ramp: what JPEG is for
     if len(shape) == 3:
         img = np.stack([img, 255 - img, (img // 2)], axis=-1)
-    return img.astype(np.uint8)
+    out: np.ndarray = img.astype(np.uint8)
+    return out
 
 
 @pytest.mark.parametrize("shape", [(48, 64), (48, 64, 3)])

@@ -20,6 +20,7 @@ from PIL import Image
 from serving import Server
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 import ndsharray
 
@@ -207,7 +208,7 @@ def test_token_is_checked_on_every_request_and_stream(daemon: Daemon, puppets: A
             assert next_frame(ws)[0]["count"] == 1
         # A page of another site may not open a WebSocket with the user's cookie.
         with pytest.raises(InvalidStatus), connect(ws_url, additional_headers={"cookie": cookie},
-                                                   origin="http://attacker.example", open_timeout=10):  # type: ignore[arg-type]
+                                                   origin=Origin("http://attacker.example"), open_timeout=10):
             pass
 
 

@@ -96,7 +96,7 @@ def test_solid_colour_frames_show_in_a_screenshot(server: Server, page: Any, pup
     page.goto(server.base + "/tag/cam")
     for colour in ((255, 0, 0), (0, 200, 0), (0, 0, 255), (250, 250, 40)):
         w(op="put", name="w", dtype="uint8", shape=[90, 120, 3], value=list(colour))
-        wait_until(lambda c=colour: page.locator("#frame").is_visible() and near(centre(page), c),  # type: ignore[misc]
+        wait_until(lambda c=colour: page.locator("#frame").is_visible() and near(centre(page), c),
                    timeout=10, what=f"the page to show {colour}")
     # OpenCV's order: the same frame read as BGR shows blue and red swapped.
     page.locator("#bgr").check()
