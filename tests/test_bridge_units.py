@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -118,8 +119,22 @@ def test_decode_refuses_payloads_that_do_not_fit_the_header() -> None:
         decode(RAW, b"1234567", np.dtype(np.uint8), (8,))
     with pytest.raises(CodecError, match="zstd"):
         decode(ZSTD, b"not zstd", np.dtype(np.uint8), (8,))
-    with pytest.raises(CodecError, match="needs 16 bytes"):  # a zstd bomb stops at the announced size
+    with pytest.raises(CodecError, match="needs 16 bytes"):
         decode(ZSTD, Codec.parse("zstd").encode(np.zeros(1 << 20, np.uint8)), np.dtype(np.uint8), (16,))
+
+
+def test_a_zstd_bomb_is_refused_before_it_is_decompressed() -> None:
+    """A peer's few KB announcing 256 MiB for a 16-byte frame: refused without allocating."""
+    bomb = Codec.parse("zstd").encode(np.zeros(256 << 20, np.uint8))
+    assert len(bomb) < 64 << 10
+    tracemalloc.start()
+    try:
+        with pytest.raises(CodecError, match="needs 16 bytes"):
+            decode(ZSTD, bomb, np.dtype(np.uint8), (16,))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"decoding the bomb allocated {peak} bytes"
     with pytest.raises(CodecError, match="JPEG"):
         decode(JPEG, b"\xff\xd8 no jpeg", np.dtype(np.uint8), (4, 4))
     with pytest.raises(CodecError, match="unknown codec"):

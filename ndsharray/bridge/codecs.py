@@ -81,6 +81,11 @@ def decode(kind: int, payload: bytes, dtype: np.dtype[Any], shape: tuple[int, ..
         import zstandard
 
         try:
+            # max_output_size bounds only a frame that does not state its size: one that
+            # does is decompressed to whatever it states (a few KB can announce GBs).
+            stated = zstandard.frame_content_size(payload)
+            if stated not in (-1, nbytes):
+                raise CodecError(f"zstd payload holds {stated} bytes, {dtype} {shape} needs {nbytes} bytes")
             data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=nbytes)
         except zstandard.ZstdError as exc:
             raise CodecError(f"zstd payload does not decode: {exc}") from None
