@@ -17,6 +17,7 @@ from .dtypes import shareable, supported_types
 from .errors import (
     CorruptSegmentError,
     DaemonError,
+    DaemonLimitError,
     DaemonUnavailableError,
     HandleClosedError,
     NdShArrayError,
@@ -28,14 +29,15 @@ from .errors import (
     TagRemovedError,
     UnsafeFileError,
     UnsupportedDtypeError,
+    UsageError,
     WriterStalledError,
 )
 
 __all__ = [
-    "CorruptSegmentError", "DaemonError", "DaemonUnavailableError", "HandleClosedError",
+    "CorruptSegmentError", "DaemonError", "DaemonLimitError", "DaemonUnavailableError", "HandleClosedError",
     "NdShArray", "NdShArrayError", "ProtocolError", "ResourceLimitError", "SegmentGoneError",
     "TagBusyError", "TagInfo", "TagNotFoundError", "TagRemovedError", "UnsafeFileError",
-    "UnsupportedDtypeError",
+    "UnsupportedDtypeError", "UsageError",
     "WriterStalledError", "__version__",
     "close_all", "daemon_stats", "list_tags", "remove_tag", "shareable", "supported_types", "tag_info",
 ]

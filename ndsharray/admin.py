@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import config, daemonctl, transport
-from .errors import DaemonUnavailableError, TagNotFoundError
+from .errors import DaemonUnavailableError, ErrorCode, TagNotFoundError
 from .protocol import LIST, REMOVE, STATS
 from .replies import Removed, Stats
 from .replies import TagInfo as TagInfo  # (the ls row: defined once, with the replies)
@@ -75,7 +75,8 @@ def tag_info(tag: str, endpoint: str | None = None) -> TagInfo:
     for t in list_tags(endpoint):
         if t.tag == tag:
             return t
-    raise TagNotFoundError("NOT_FOUND", f"no tag {tag!r} at {config.resolve_endpoint(endpoint)} (see ndsharray ls)")
+    raise TagNotFoundError(ErrorCode.NOT_FOUND,
+                           f"no tag {tag!r} at {config.resolve_endpoint(endpoint)} (see ndsharray ls)")
 
 
 def remove_tag(tag: str, endpoint: str | None = None) -> Removed:

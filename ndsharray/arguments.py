@@ -1,5 +1,5 @@
-"""Checks of what users hand to a handle: a clear ``ValueError`` or ``TypeError`` that
-names the slip and the way out, before anything is opened or written."""
+"""Checks of what users hand to a handle: a clear :class:`UsageError` (a ``ValueError``)
+or ``TypeError`` that names the slip and the way out, before anything is opened or written."""
 
 from __future__ import annotations
 
@@ -8,17 +8,19 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UsageError
+
 
 def role_of(tag: object, array: object, r_w: object) -> str:
-    """'w' or 'r' from ``r_w``; a clear ValueError naming the likely slip otherwise."""
+    """'w' or 'r' from ``r_w``; a clear UsageError naming the likely slip otherwise."""
     if not isinstance(r_w, str) or r_w.lower() not in ("r", "w"):
         if isinstance(array, str) and array.lower() in ("r", "w"):
             # NdShArray('camera/left', 'r'): the second positional argument is array=.
-            raise ValueError(
+            raise UsageError(
                 f"r_w must be 'r' (reader) or 'w' (writer), got {r_w!r}, and array={array!r}: "
                 f"did you mean r_w={array!r}? The second positional argument is the array: "
                 f"write NdShArray({tag!r}, r_w={array!r})")
-        raise ValueError(f"r_w must be 'r' (reader) or 'w' (writer), got {r_w!r}")
+        raise UsageError(f"r_w must be 'r' (reader) or 'w' (writer), got {r_w!r}")
     return r_w.lower()
 
 
@@ -36,9 +38,9 @@ def seconds(timeout: float | None) -> float | None:
         except (TypeError, ValueError):
             raise TypeError(f"timeout must be None or a number of seconds, got {timeout!r}") from None
     if timeout != timeout:
-        raise ValueError("timeout is NaN; give None (wait as long as it takes) or seconds")
+        raise UsageError("timeout is NaN; give None (wait as long as it takes) or seconds")
     if timeout < 0:
-        raise ValueError(f"timeout is negative ({timeout:g} s); give 0 (do not wait), a number of "
+        raise UsageError(f"timeout is negative ({timeout:g} s); give 0 (do not wait), a number of "
                          "seconds, or None (wait as long as it takes)")
     return timeout
 

@@ -23,9 +23,10 @@ import numpy as np
 
 from . import config, transport
 from .arguments import role_of
-from .errors import HandleClosedError, NdShArrayError, TagBusyError
+from .errors import HandleClosedError, TagBusyError, UsageError
 from .holders import creation_site
-from .protocol import check_tag
+from .protocol import Op, check_tag
+from .replies import Claimed, SegmentInfo
 from .segment import MAX_SLOTS, current_pid
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class NdShArray:
 
     _roles: ClassVar[dict[str, type[NdShArray]]] = {}
     _role: ClassVar[str] = ""  # 'w' or 'r': set by each role's class
-    _ops: ClassVar[tuple[str, str]] = ("", "")  # its daemon requests to register, to leave
+    _ops: ClassVar[tuple[Op[Claimed], str]]  # its daemon requests to register, to leave
     _closed = True
     _ended = False  # close() ran (_closed is also True before the handle is open)
     _direct: Any = None  # the role's one-call hot path while nothing changed (see the role)
@@ -72,9 +73,10 @@ class NdShArray:
     _stamp = 0  # reader: when the last array read was written (time.monotonic_ns() clock)
     _read_ns = 0  # reader: when it was read
 
-    def __init_subclass__(cls, role: str = "", ops: tuple[str, str] = ("", ""), **kw: Any) -> None:
+    def __init_subclass__(cls, role: str = "", ops: tuple[Op[Claimed], str] | None = None,
+                          **kw: Any) -> None:
         super().__init_subclass__(**kw)
-        if role:
+        if role and ops is not None:
             cls._role = role
             cls._ops = ops
             NdShArray._roles[role] = cls
@@ -112,11 +114,11 @@ class NdShArray:
                      slots: int | None, max_slots: int) -> None:
         """The checks and the state both roles' constructors start with."""
         if r_w is not None and role_of(tag, array, r_w) != self._role:  # (Writer(tag) needs none)
-            raise ValueError(f"{type(self).__name__} takes r_w={self._role!r}, got {r_w!r}")
+            raise UsageError(f"{type(self).__name__} takes r_w={self._role!r}, got {r_w!r}")
         if (slots is not None and not 2 <= slots <= MAX_SLOTS) or not (slots or 2) <= max_slots <= MAX_SLOTS:
-            raise ValueError(f"need 2 <= slots <= max_slots <= {MAX_SLOTS}, got {slots}, {max_slots}")
+            raise UsageError(f"need 2 <= slots <= max_slots <= {MAX_SLOTS}, got {slots}, {max_slots}")
         if array is not None and self._role != "w":
-            raise ValueError("array= is only for writers (r_w='w'); a reader gets arrays from read()")
+            raise UsageError("array= is only for writers (r_w='w'); a reader gets arrays from read()")
         self._tag = check_tag(tag)
         self._endpoint = config.resolve_endpoint(endpoint)
         self._site = creation_site()  # where the user's code made it, for a TagBusyError
@@ -138,7 +140,7 @@ class NdShArray:
             return
         register, leave = self._ops
         try:
-            info = self._conn.request(register, tag=self._tag, pid=self._pid, token=self._token)["segment"]
+            info = self._conn.request(register, tag=self._tag, pid=self._pid, token=self._token).segment
             if self._closed:
                 # close() ran meanwhile (it does not wait for the keeper): its release may
                 # have reached the daemon before this claim, so send another after it.
@@ -153,14 +155,14 @@ class NdShArray:
         seg = self._seg
         if seg is None:
             self._offer(info)
-        elif info is None or info["name"] != seg.name:
+        elif info is None or info.name != seg.name:
             # The new daemon does not know our segment. A writer makes a new generation on
             # its next write (readers attaching now find the tag again); a reader asks the
             # daemon on its next read instead of waiting on a segment nobody writes.
             self._stale = True
             self._direct = None
 
-    def _offer(self, segment: dict[str, Any] | None) -> None:
+    def _offer(self, segment: SegmentInfo | None) -> None:
         """What the new daemon offers a handle that has no segment yet (a writer's hook)."""
 
     # ---- properties of the original API ---------------------------------------------
@@ -264,7 +266,7 @@ class NdShArray:
     def _wrong_role(self, role: str, method: str) -> NoReturn:
         if self._closed:
             raise HandleClosedError(f"NdShArray {self._tag!r} is closed")
-        raise NdShArrayError(
+        raise UsageError(
             f"NdShArray {self._tag!r} was opened with r_w={self._role!r}; "
             f"{method}() needs r_w={role!r}"
         )

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from types import FrameType
 from typing import Any
 
-from .errors import TagBusyError
+from .errors import ErrorCode, TagBusyError
 
 
 def _user_frame(f: FrameType | None) -> FrameType | None:
@@ -54,7 +54,7 @@ def busy_in_this_process(tag: str, endpoint: str, handles: Iterable[Any]) -> Tag
             names = _names_of(h, _user_frame(sys._getframe(1)))
             bound = f", bound to {', '.join(names)}" if names else ""
             close = " or ".join(f"{n}.close()" for n in names[:2]) or "its close()"
-            return TagBusyError("TAG_BUSY", (
+            return TagBusyError(ErrorCode.TAG_BUSY, (
                 f"tag {tag!r} already has a writer in this same process (pid {pid}): the "
                 f"NdShArray created at {file}:{line}{bound}. Close it first ({close}), or "
                 "close every handle of this process with ndsharray.close_all()"))

@@ -32,6 +32,7 @@ from .errors import (
     SegmentGoneError,
 )
 from .handle import NdShArray, _live
+from .protocol import ATTACH, LIST, LOOKUP
 from .segment import SegmentReader, is_segment_name
 
 log = logging.getLogger("ndsharray")
@@ -47,7 +48,7 @@ _EMPTY: np.ndarray[Any, Any] = np.empty((0,))
 _EMPTY.flags.writeable = False
 
 
-class Reader(NdShArray, role="r", ops=("attach", "detach")):
+class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
     """A reader of a tag: see :class:`NdShArray` and :meth:`read`."""
 
     # The segment a read may go straight to: found, checked and read from, and not seen
@@ -91,11 +92,11 @@ class Reader(NdShArray, role="r", ops=("attach", "detach")):
             _keeper.keeper.track(self, Reader._reregister, registered=False)
             self._conn.post("attach", autostart=True, tag=self._tag, pid=self._pid, token=self._token)
             return
-        res = self._conn.request("attach", tag=self._tag, pid=self._pid, token=self._token)
+        res = self._conn.request(ATTACH, tag=self._tag, pid=self._pid, token=self._token)
         self._closed = False
-        if res["segment"] is not None:
+        if res.segment is not None:
             try:
-                self._switch(SegmentReader(res["segment"]["name"]))
+                self._switch(SegmentReader(res.segment.name))
             except SegmentGoneError:
                 pass  # replaced since the daemon answered: the first read resolves it again
         _keeper.keeper.track(self, Reader._reregister)
@@ -272,22 +273,22 @@ class Reader(NdShArray, role="r", ops=("attach", "detach")):
         self._last_lookup = now
         _keeper.keeper.check(self._endpoint)
         for _ in range(5):
-            res = self._conn.request("lookup", tag=self._tag)
-            info = res["segment"]
-            if res.get("removed") and not self._warned_missing:  # (the daemon's own rm)
+            res = self._conn.request(LOOKUP, tag=self._tag)
+            info = res.segment
+            if res.removed and not self._warned_missing:  # (the daemon's own rm)
                 self._warned_missing = True
-                log.warning("reader of %r: %s", self._tag, res["removed"])
-            if info is None or (self._seg is not None and self._seg.retired() and info["name"] == self._seg.name):
+                log.warning("reader of %r: %s", self._tag, res.removed)
+            if info is None or (self._seg is not None and self._seg.retired() and info.name == self._seg.name):
                 self._misses += 1
                 if info is None and self._seg is None:
                     self._warn_if_missing(now)
                 return None
             self._misses = 0
             self._stale = False
-            if self._seg is not None and info["name"] == self._seg.name:
+            if self._seg is not None and info.name == self._seg.name:
                 return self._seg
             try:
-                return self._switch(SegmentReader(info["name"]))
+                return self._switch(SegmentReader(info.name))
             except SegmentGoneError:
                 continue  # replaced again while we looked: ask once more
         return self._seg
@@ -300,7 +301,7 @@ class Reader(NdShArray, role="r", ops=("attach", "detach")):
             return
         self._warned_missing = True
         try:  # (the lookup just answered: no retries, so a read is never held long)
-            tags = [t["tag"] for t in self._conn.request("list", retries=0)["tags"] if t["segment"]]
+            tags = [t.tag for t in self._conn.request(LIST, retries=0).tags if t.segment]
         except NdShArrayError:
             tags = []
         near = difflib.get_close_matches(self._tag, tags, n=3)

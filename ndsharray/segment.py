@@ -760,7 +760,7 @@ class SegmentReader(_Mapped):
                 _hot.claim_row(rw_addr, row, r, _Process.pid)
                 return row
         raise ResourceLimitError(
-            "LIMIT", f"segment {self.name} has {READER_ROWS} readers already, its limit; "
+            f"segment {self.name} has {READER_ROWS} readers already, its limit; "
             "close readers of this tag that you do not use"
         )
 

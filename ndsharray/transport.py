@@ -25,29 +25,17 @@ import zmq
 
 from . import config, daemonctl
 from .errors import (
-    DaemonError,
     DaemonUnavailableError,
     NdShArrayError,
     ProtocolError,
-    ResourceLimitError,
-    TagBusyError,
-    TagNotFoundError,
-    TagRemovedError,
+    from_reply,
 )
-from .protocol import OPS, ErrorCode, Op, decode_reply, encode_request
+from .protocol import OPS, Op, decode_reply, encode_request
 from .replies import Wire
 
 log = logging.getLogger("ndsharray")
 
 R = TypeVar("R", bound=Wire)
-
-_ERRORS: dict[str, type[DaemonError]] = {
-    ErrorCode.TAG_BUSY.value: TagBusyError,
-    ErrorCode.NOT_FOUND.value: TagNotFoundError,
-    ErrorCode.NO_SPACE.value: ResourceLimitError,
-    ErrorCode.NOT_WRITER.value: TagRemovedError,
-    ErrorCode.LIMIT.value: ResourceLimitError,
-}
 
 
 # While a request waits for its reply, look this often whether the daemon it went to still
@@ -233,7 +221,7 @@ class Connection:
                         return OPS[op].reply_from(reply.result) if op in OPS else reply.result
                 except ProtocolError as exc:
                     raise ProtocolError(f"bad reply from {self.endpoint}: {exc}") from None
-                raise _ERRORS.get(reply.code, DaemonError)(reply.code, reply.message)
+                raise from_reply(reply.code, reply.message)
             # No answer in time, or none will come: the daemon may have died or restarted.
             self._drop_socket()
             if attempt < retries:

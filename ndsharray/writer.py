@@ -26,16 +26,19 @@ from .arguments import check_array
 from .dtypes import dtype_to_text
 from .errors import (
     DaemonUnavailableError,
+    ErrorCode,
     HandleClosedError,
-    NdShArrayError,
     ResourceLimitError,
     SegmentGoneError,
     TagBusyError,
     TagRemovedError,
+    UsageError,
     WriterStalledError,
 )
 from .handle import NdShArray, _live
 from .holders import busy_in_this_process
+from .protocol import CLAIM, GENERATION
+from .replies import SegmentInfo
 from .segment import (
     CLOSED,
     ENV_SHM_DIR,
@@ -54,7 +57,7 @@ log = logging.getLogger("ndsharray")
 CLOSE_DRAIN = 1.0
 
 
-class Writer(NdShArray, role="w", ops=("claim", "release")):
+class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
     """The writer of a tag: see :class:`NdShArray` and :meth:`write`."""
 
     # The current segment's C writer while writes may go straight to it: same handle, same
@@ -82,7 +85,7 @@ class Writer(NdShArray, role="w", ops=("claim", "release")):
         self._slots = slots  # None: by the array's size (ring.initial_slots)
         self._max_slots = max_slots
         self._write_timeout = write_timeout
-        self._offered: dict[str, Any] | None = None  # a dead writer's segment we may continue in
+        self._offered: SegmentInfo | None = None  # a dead writer's segment we may continue in
         self._claim()
         _live.add(self)
         if array is not None and array.size:
@@ -91,17 +94,17 @@ class Writer(NdShArray, role="w", ops=("claim", "release")):
     def _claim(self) -> None:
         self._register()
         try:
-            res = self._conn.request("claim", tag=self._tag, pid=self._pid, token=self._token)
+            res = self._conn.request(CLAIM, tag=self._tag, pid=self._pid, token=self._token)
         except TagBusyError as exc:
             mine = busy_in_this_process(self._tag, self._endpoint, _live)
             if mine is not None:
                 raise mine from exc
             raise
         self._closed = False
-        self._offered = res["segment"]
+        self._offered = res.segment
         _keeper.keeper.track(self, Writer._reregister)
 
-    def _offer(self, segment: dict[str, Any] | None) -> None:
+    def _offer(self, segment: SegmentInfo | None) -> None:
         self._offered = segment  # what the new daemon offers (an orphan it recovered, or none)
 
     @property
@@ -168,12 +171,12 @@ class Writer(NdShArray, role="w", ops=("claim", "release")):
             want_shape = tuple(shape) if shape is not None else (seg.header.shape if seg else None)
             want_dtype = np.dtype(dtype) if dtype is not None else (seg.header.dtype if seg else None)
             if want_shape is None or want_dtype is None:
-                raise ValueError("the first loan() of a writer needs both shape and dtype")
+                raise UsageError("the first loan() of a writer needs both shape and dtype")
             if seg is None or want_dtype != seg.header.dtype or want_shape != seg.header.shape:
                 nbytes = math.prod(want_shape) * want_dtype.itemsize
                 seg = self._new_generation(want_dtype, want_shape, self._slots_for(nbytes))
         elif seg is None:
-            raise ValueError("the first loan() of a writer needs shape= and dtype=")
+            raise UsageError("the first loan() of a writer needs shape= and dtype=")
         mark = acquisitions()
         try:  # (see _abandon)
             seg, i = self._acquire(seg)
@@ -252,7 +255,7 @@ class Writer(NdShArray, role="w", ops=("claim", "release")):
     def _no_loan_open(self, what: str) -> None:
         """The lent slot belongs to the current segment: nothing may replace it meanwhile."""
         if self._loaned:
-            raise NdShArrayError(
+            raise UsageError(
                 f"cannot {what} of {self._tag!r} inside a loan() block; leave the block first")
 
     def _acquire(self, seg: SegmentWriter) -> tuple[SegmentWriter, int]:
@@ -271,7 +274,7 @@ class Writer(NdShArray, role="w", ops=("claim", "release")):
         return i
 
     def _removed(self) -> NoReturn:
-        raise TagRemovedError("NOT_WRITER",
+        raise TagRemovedError(ErrorCode.NOT_WRITER,
             f"tag {self._tag!r} was removed (ndsharray rm, or by the daemon when another "
             "process broke its segment: see ndsharray ls) while this process wrote it; "
             "close this writer and open a new NdShArray to publish again"
@@ -282,24 +285,24 @@ class Writer(NdShArray, role="w", ops=("claim", "release")):
         daemon = _keeper.keeper.check(self._endpoint)
         offer, self._offered = self._offered, None
         seg: SegmentWriter | None = None
-        if offer and offer["dtype"] == text and tuple(offer["shape"]) == shape:
-            seg = self._take_over(offer["name"])  # a previous writer's segment: readers keep going
+        if offer and offer.dtype == text and offer.shape == shape:
+            seg = self._take_over(offer.name)  # a previous writer's segment: readers keep going
         if seg is None:
             args: dict[str, Any] = dict(tag=self._tag, pid=self._pid, token=self._token, dtype=text,
                                         shape=list(shape), slots=slots)
             try:
-                res = self._conn.request("generation", **args)
+                res = self._conn.request(GENERATION, **args)
             except TagRemovedError:
                 # The daemon died with our request and its successor got the retry before
                 # this process re-registered: re-register, then ask once more.
                 if _keeper.keeper.check(self._endpoint) == daemon:
                     raise
-                res = self._conn.request("generation", **args)
-            name = res["segment"]["name"]
+                res = self._conn.request(GENERATION, **args)
+            name = res.segment.name
             try:
                 seg = SegmentWriter(name, self._token)
             except SegmentGoneError:
-                raise NdShArrayError(
+                raise UsageError(
                     f"the daemon at {self._endpoint} just created segment {name}, but it is not in "
                     f"{shm_dir()}: the daemon and this process must agree on {ENV_SHM_DIR} (restart "
                     "the daemon with this process's environment, or set it alike here)"
@@ -403,7 +406,7 @@ class Writer(NdShArray, role="w", ops=("claim", "release")):
     # ---- lifetime ---------------------------------------------------------------------
 
     def _after_fork(self) -> NoReturn:
-        raise NdShArrayError(
+        raise UsageError(
             f"this writer of {self._tag!r} belongs to pid {self._pid}; a forked child must "
             "open its own NdShArray (under another tag, or after the parent closes)"
         )

@@ -61,7 +61,7 @@ def test_a_takeover_writers_first_write_after_a_daemon_crash_succeeds(
         monkeypatch.setenv(config.ENV_AUTOSTART, "0")  # this test starts the successor
         kill_daemon(crashable)
         # A successor that does not keep the offered segment (its retention ran out):
-        os.unlink(segment.segment_path(offered["name"]))
+        os.unlink(segment.segment_path(offered.name))
         crashable.proc = Daemon(crashable.folder).start().proc
         second.write(np.ones(4))  # the first write after the restart publishes
         with ndsharray.NdShArray("offer", r_w="r") as r:

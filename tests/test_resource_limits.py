@@ -23,7 +23,7 @@ def test_byte_quota_refuses_with_needed_and_free_bytes(folder: str, monkeypatch:
     try:
         with ndsharray.NdShArray("small", np.zeros(1000), "w") as small, \
                 ndsharray.NdShArray("big", r_w="w") as big:
-            with pytest.raises(ndsharray.ResourceLimitError, match=r"needs [\d.]+ \S+ \(3 slots x .* quota") as info:
+            with pytest.raises(ndsharray.DaemonLimitError, match=r"needs [\d.]+ \S+ \(3 slots x .* quota") as info:
                 big.write(np.zeros(1 << 20, np.uint8))
             assert info.value.code == "NO_SPACE"
             small.write(np.ones(1000))  # existing tags keep working
