@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -242,3 +243,37 @@ def test_a_viewer_pins_no_more_than_a_reader_does(server: Server, puppets: Any) 
         assert server.figures()["cam"]["encodes"] >= 2
     info = ndsharray.tag_info("cam")
     assert (info.slots, info.generation) == (3, 1)
+
+
+OTHER_USER = """
+import os, sys
+import encodings.idna  # (imported lazily; the interpreter may live under /root)
+import httpx
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+os.setgid(65534); os.setuid(65534)
+base, ws_url = sys.argv[1], sys.argv[2]
+print(httpx.get(base + "/api/tags", timeout=10).status_code)
+try:
+    with connect(ws_url, open_timeout=10):
+        print("stream")
+except InvalidStatus as exc:
+    print(exc.response.status_code)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another uid (CI runs as root)")
+def test_without_a_token_another_local_user_is_refused(server: Server, puppets: Any) -> None:
+    """127.0.0.1 is open to every local user, the user's tags are not (the daemon's socket
+    is 0700, the segments 0600): without a token, only the user's own sockets are served."""
+    w = puppets()
+    w.start_writer("cam", "uint8", [16, 16], seed=1)
+    child = subprocess.run([sys.executable, "-c", OTHER_USER, server.base, server.ws_url("cam")],
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == ["403", "403"]
+    with server.client() as c:
+        assert c.get("/api/tags").status_code == 200
+    with connect(server.ws_url("cam"), open_timeout=10) as ws:
+        assert next_frame(ws)[0]["count"] >= 1
+    assert "cam" not in server.figures() or server.figures()["cam"]["viewers"] == 0

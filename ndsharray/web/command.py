@@ -91,6 +91,7 @@ def serve(endpoint: str, bind: str, token: str | None) -> None:
                 loop.call_soon_threadsafe(end_tables)
             super().handle_exit(sig, frame)
 
+    # proxy_headers off: no proxy stands in front, and the guard needs the real peer address.
     config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on",
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, proxy_headers=False)
     Server(config).run(sockets=[sock])

@@ -4,6 +4,8 @@
   is given): from an ``Authorization: Bearer`` header, a ``?token=`` query (the printed
   URL; a page opened that way is redirected to the same URL without it and gets the token
   as an HttpOnly, SameSite=Strict cookie) or that cookie. Compared in constant time.
+- **User** (without a token only): the loopback is open to every local user, the tags
+  are not, so the connecting socket must be this user's or root's (:mod:`.peer`).
 - **Host** (without a token only): the Host header must name the loopback, so a web page
   that re-points its own DNS name at 127.0.0.1 (DNS rebinding) cannot read the API.
 - **Origin** (WebSocket): browsers let any site open a WebSocket to any address, so a
@@ -21,6 +23,8 @@ from urllib.parse import urlencode, urlsplit
 from starlette.datastructures import URL, Headers, QueryParams
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .peer import same_user
 
 COOKIE = "ndsharray_token"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -68,6 +72,9 @@ class Guard:
         host = headers.get("host", "")
         if self.token is None and _hostname(host) not in LOOPBACK_HOSTS:
             return 403, "this server answers on 127.0.0.1 only (see ndsharray serve --help)"
+        if self.token is None and not same_user(scope.get("client"), scope.get("server")):
+            return 403, ("without a token this server answers its own user's processes only: "
+                         "its owner can restart it with --token and share that")
         origin = headers.get("origin")
         if scope["type"] == "websocket" and origin is not None and urlsplit(origin).netloc.lower() != host.lower():
             return 403, "a WebSocket from another site"
