@@ -315,6 +315,12 @@ typedef struct {
     npy_intp dims[64];
     unsigned long long count, stamp, read_ns; /* of the frame read() returned last */
     unsigned shape_gen;   /* of that frame */
+    /* The descriptor of the last view built, checked: a frame described alike (the usual
+     * case) reuses its dtype and size check without a lookup. */
+    uint64_t seen_text[2];
+    unsigned seen_ndim;
+    npy_intp seen_dims[MAX_SLOT_NDIM];
+    PyArray_Descr *seen_descr; /* a reference; NULL: nothing seen */
     PyObject *meta;       /* its metadata (bytes) or NULL */
     int meta_kind;
     int waiting;  /* threads in wait() now (each holds the GIL before and after its sleep) */
@@ -425,6 +431,7 @@ static void reader_dealloc(ReaderObject *r) {
     Py_XDECREF(r->on_idle);
     Py_XDECREF(r->descr);
     Py_XDECREF(r->meta);
+    Py_XDECREF(r->seen_descr);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
@@ -545,9 +552,23 @@ static PyObject *pin_array(ReaderObject *r, PyObject *pin) {
         ndim = (unsigned)r->ndim;
         shape = r->dims;
     } else {
-        char text[MAX_SLOT_DTYPE];
+        uint64_t text[2];
         memcpy(text, e + ENTRY_DTYPE, MAX_SLOT_DTYPE);
-        descr = ndim <= MAX_SLOT_NDIM ? dtype_from_text(text) : NULL;
+        if (ndim <= MAX_SLOT_NDIM && r->seen_descr != NULL && ndim == r->seen_ndim && text[0] == r->seen_text[0] &&
+            text[1] == r->seen_text[1]) {
+            int same = 1;
+            for (unsigned k = 0; k < ndim; k++) {
+                uint64_t n;
+                memcpy(&n, e + ENTRY_SHAPE + 8 * k, 8);
+                same &= (npy_intp)n == r->seen_dims[k];
+            }
+            if (same) {
+                descr = r->seen_descr;
+                shape = r->seen_dims;
+                goto build;
+            }
+        }
+        descr = ndim <= MAX_SLOT_NDIM ? dtype_from_text((const char *)text) : NULL;
         if (descr == NULL) {
             Py_DECREF(pin);
             if (ndim <= MAX_SLOT_NDIM) PyErr_Clear();
@@ -568,7 +589,15 @@ static PyObject *pin_array(ReaderObject *r, PyObject *pin) {
             return NULL;
         }
         shape = dims;
+        /* Remember it (a reference of our own: the shared cache may drop its own). */
+        Py_INCREF(descr);
+        Py_XSETREF(r->seen_descr, descr);
+        r->seen_ndim = ndim;
+        memcpy(r->seen_text, text, MAX_SLOT_DTYPE);
+        memcpy(r->seen_dims, dims, sizeof(npy_intp) * ndim);
+        shape = r->seen_dims;
     }
+build:
     Py_INCREF(descr); /* stolen by the call */
     PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, descr, (int)ndim, shape, NULL, data,
                                          NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
