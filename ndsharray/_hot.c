@@ -349,6 +349,9 @@ typedef struct {
     PyObject_HEAD
     ReaderObject *reader;
     unsigned slot;
+    unsigned shape_gen; /* of the frame it holds, and its metadata (bytes, or NULL) */
+    int meta_kind;
+    PyObject *meta;
 } PinObject;
 
 static int pin_getbuffer(PinObject *p, Py_buffer *view, int flags) {
@@ -358,12 +361,25 @@ static int pin_getbuffer(PinObject *p, Py_buffer *view, int flags) {
 }
 
 static void pin_dealloc(PinObject *p) {
+    Py_CLEAR(p->meta);
     reader_release(p->reader, p->slot);
     Py_DECREF(p->reader);
     Py_TYPE(p)->tp_free((PyObject *)p);
 }
 
 static PyBufferProcs pin_as_buffer = {(getbufferproc)pin_getbuffer, NULL};
+
+static PyObject *pin_get_meta(PinObject *p, void *c) {
+    if (p->meta == NULL) Py_RETURN_NONE;
+    return Py_BuildValue("(iO)", p->meta_kind, p->meta);
+}
+static PyObject *pin_get_shape_gen(PinObject *p, void *c) { return PyLong_FromUnsignedLong(p->shape_gen); }
+
+static PyGetSetDef pin_getset[] = {
+    {"meta", (getter)pin_get_meta, NULL, "(kind, bytes) of the metadata of the frame it holds, or None", NULL},
+    {"shape_gen", (getter)pin_get_shape_gen, NULL, "the writer's shape/dtype change count at that frame", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
 
 static PyTypeObject PinType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -373,6 +389,7 @@ static PyTypeObject PinType = {
     .tp_doc = "One slot, read-only, pinned until this object (the base of every view of it) goes.",
     .tp_dealloc = (destructor)pin_dealloc,
     .tp_as_buffer = &pin_as_buffer,
+    .tp_getset = pin_getset,
 };
 
 static int reader_init(ReaderObject *r, PyObject *args, PyObject *kw) {
@@ -528,6 +545,10 @@ static PyObject *new_pin(ReaderObject *r, unsigned slot) {
     Py_INCREF(r);
     p->reader = r;
     p->slot = slot; /* takes over one pin */
+    p->shape_gen = r->shape_gen; /* (r describes the frame pinned last: this one) */
+    p->meta_kind = r->meta_kind;
+    p->meta = r->meta;
+    Py_XINCREF(p->meta);
     return (PyObject *)p;
 }
 
@@ -1448,6 +1469,26 @@ static PyObject *writer_describe(WriterObject *w, PyObject *const *args, Py_ssiz
 static PyObject *writer_get_count(WriterObject *w, void *c) { return PyLong_FromUnsignedLongLong(w->count); }
 static PyObject *writer_get_latest(WriterObject *w, void *c) { return PyLong_FromLong(w->latest); }
 static PyObject *writer_get_shape_gen(WriterObject *w, void *c) { return PyLong_FromUnsignedLong(w->shape_gen); }
+/* (dtype text, shape) of the frame described last, or None: the header's. */
+static PyObject *writer_get_last_frame(WriterObject *w, void *c) {
+    if (w->last_ndim == NDIM_HEADER) Py_RETURN_NONE;
+    PyObject *shape = PyTuple_New(w->last_ndim);
+    if (shape == NULL) return NULL;
+    for (int k = 0; k < w->last_ndim; k++) {
+        PyObject *n = PyLong_FromSsize_t(w->last_dims[k]);
+        if (n == NULL) {
+            Py_DECREF(shape);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(shape, k, n);
+    }
+    PyObject *text = PyUnicode_DecodeASCII(w->last_text, (Py_ssize_t)strnlen(w->last_text, MAX_SLOT_DTYPE), "strict");
+    if (text == NULL) {
+        Py_DECREF(shape);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", text, shape);
+}
 static PyObject *writer_get_shrink_to(WriterObject *w, void *c) { return PyLong_FromSsize_t(w->shrink_to); }
 static PyObject *writer_get_busy(WriterObject *w, void *c) {
     return PyLong_FromLong(__builtin_popcountll(w->busy[0]) + __builtin_popcountll(w->busy[1]) +
@@ -1458,6 +1499,7 @@ static PyGetSetDef writer_getset[] = {
     {"count", (getter)writer_get_count, NULL, "writes published in this segment", NULL},
     {"latest", (getter)writer_get_latest, NULL, "slot of the latest write (-1: none)", NULL},
     {"shape_gen", (getter)writer_get_shape_gen, NULL, "how often the frames' dtype or shape changed", NULL},
+    {"last_frame", (getter)writer_get_last_frame, NULL, "(dtype text, shape) of the frame described last, or None (the header's)", NULL},
     {"shrink_to", (getter)writer_get_shrink_to, NULL, "> 0: the capacity a smaller generation should have", NULL},
     {"busy", (getter)writer_get_busy, NULL, "slots acquired and not yet published or given back (any thread)", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -21,6 +21,7 @@ class Writer:
     busy: int
     shape_gen: int
     shrink_to: int
+    last_frame: tuple[str, tuple[int, ...]] | None
     def __init__(
         self, *, mapping: object, rows_offset: int, nslots: int, nbytes: int, header_size: int, stride: int,
         shape: tuple[int, ...], text: str | None, count: int, latest: int, meta_capacity: int = ...,
@@ -42,6 +43,8 @@ class Writer:
 
 class Pin:
     """A read-only buffer of one pinned slot."""
+    meta: tuple[int, bytes] | None
+    shape_gen: int
 
 class Reader:
     pinned: int
