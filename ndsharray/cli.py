@@ -69,9 +69,16 @@ def _shape(shape: tuple[int, ...] | None) -> str:
     return "-" if shape is None else ("x".join(map(str, shape)) or "()")
 
 
+def _frame_size(t: TagInfo) -> str:
+    """The latest frame's size, and the slots' capacity when it is larger (layout 3)."""
+    if t.capacity > t.nbytes:
+        return f"{_size(t.nbytes)}/{_size(t.capacity)}"
+    return _size(t.nbytes)
+
+
 def _row(t: TagInfo) -> list[str]:
     return [
-        t.tag, t.dtype or "-", _shape(t.shape), _size(t.nbytes) if t.dtype else "-", _writer(t),
+        t.tag, t.dtype or "-", _shape(t.shape), _frame_size(t) if t.dtype else "-", _writer(t),
         str(t.readers), str(t.writes), "-" if t.rate_hz is None else f"{t.rate_hz:.1f}",
         _age(t.last_write_age_s), _latency(t.max_read_latency_s),
         "-" if t.max_behind is None else str(t.max_behind), str(t.generation), str(t.dropped),
@@ -238,7 +245,11 @@ def info(endpoint: str, tag: str, as_json: bool) -> None:
     state = "alive" if t.writer_pid else ((t.writer_left or "gone") if t.last_writer_pid else "none yet")
     rows = [
         ("tag", t.tag), ("dtype", t.dtype or "-"), ("shape", _shape(t.shape)),
-        ("nbytes", f"{t.nbytes} ({_size(t.nbytes)})"), ("generation", str(t.generation)),
+        ("nbytes", f"{t.nbytes} ({_size(t.nbytes)})"),
+        ("capacity", f"{t.capacity} ({_size(t.capacity)}) per slot: any frame up to it without a new "
+                     f"generation; metadata up to {t.meta_capacity} bytes per frame"),
+        ("latest meta", "-" if t.meta is None else t.meta),
+        ("generation", str(t.generation)),
         ("segment", t.segment or "-"), ("slots", str(t.slots)),
         ("segment size", _size(t.size) if t.size else "-"),
         ("writer", f"pid {t.writer_pid or t.last_writer_pid or '-'} ({state})"),
@@ -272,10 +283,12 @@ def show(endpoint: str, tag: str, png: str | None, bgr: bool, timeout: float) ->
         raise click.UsageError("--bgr says how to write the --png file; give --png FILE too")
     with NdShArray(tag, r_w="r", endpoint=endpoint) as r:
         status, a = r.read(copy=True, timeout=timeout)
-        age = r.read_time_ms
+        age, meta = r.read_time_ms, getattr(r, "meta", None)
     if not status:
         raise click.ClickException(f"no frame under {tag!r} within {timeout:g} s")
     click.echo(f"{tag}: {a.dtype} {_shape(a.shape)}, written {age:.1f} ms before this read")
+    if meta is not None:
+        click.echo(f"meta: {json.dumps(meta) if isinstance(meta, dict) else repr(meta)}")
     if a.dtype.kind in "biufc" and a.size:
         vals = a.astype(np.float64) if a.dtype.kind != "c" else np.abs(a)
         click.echo(f"min {np.nanmin(vals):.6g}  max {np.nanmax(vals):.6g}  mean {np.nanmean(vals):.6g}")

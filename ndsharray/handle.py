@@ -90,15 +90,15 @@ class NdShArray:
     @overload
     def __new__(cls, tag: str, array: np.ndarray[Any, Any] | None, r_w: Literal["w", "W"], *,
                 endpoint: str | None = ..., slots: int | None = ..., max_slots: int = ...,
-                write_timeout: float = ...) -> Writer: ...
+                write_timeout: float = ..., meta_capacity: int = ...) -> Writer: ...
     @overload
     def __new__(cls, tag: str, array: np.ndarray[Any, Any] | None = ..., *, r_w: Literal["w", "W"],
                 endpoint: str | None = ..., slots: int | None = ..., max_slots: int = ...,
-                write_timeout: float = ...) -> Writer: ...
+                write_timeout: float = ..., meta_capacity: int = ...) -> Writer: ...
     @overload
     def __new__(cls, tag: str, array: np.ndarray[Any, Any] | None = ..., r_w: str | None = ..., *,
                 endpoint: str | None = ..., slots: int | None = ..., max_slots: int = ...,
-                write_timeout: float = ...) -> NdShArray: ...
+                write_timeout: float = ..., meta_capacity: int = ...) -> NdShArray: ...
 
     def __new__(cls, tag: str, array: Any = None, r_w: str | None = None, **kw: Any) -> NdShArray:
         if cls._role:  # Writer(...), Reader(...)
@@ -243,12 +243,12 @@ class NdShArray:
 
     # ---- the other role's methods: a clear error, as in 1.x -------------------------
 
-    def write(self, array: np.ndarray[Any, Any]) -> None:
+    def write(self, array: np.ndarray[Any, Any], meta: dict[str, Any] | bytes | None = None) -> None:
         """Publish a copy of ``array`` (writers only: see :meth:`Writer.write`)."""
         self._wrong_role("w", "write")
 
-    def loan(self, shape: tuple[int, ...] | None = None,
-             dtype: Any = None) -> AbstractContextManager[np.ndarray[Any, Any]]:
+    def loan(self, shape: tuple[int, ...] | None = None, dtype: Any = None,
+             meta: dict[str, Any] | bytes | None = None) -> AbstractContextManager[np.ndarray[Any, Any]]:
         """Lend a free slot as a writable array (writers only: see :meth:`Writer.loan`)."""
         self._wrong_role("w", "loan")
 

@@ -153,7 +153,7 @@ OPS: dict[str, Op[Any]] = {op.name: op for op in (
 # op -> optional fields and their checkers (absent: the daemon's default)
 OPTIONAL: dict[str, dict[str, Callable[[Any], Any]]] = {
     # bytes per slot for a frame (default: the shape's), metadata bytes per slot (default 0)
-    "generation": {"capacity": _int_in(0, 2**62), "meta_capacity": _int_in(0, 16 << 20)},
+    "generation": {"capacity": _int_in(0, 2**63 - 1), "meta_capacity": _int_in(0, 16 << 20)},
 }
 
 

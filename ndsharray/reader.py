@@ -22,7 +22,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from . import config
+from . import config, framemeta
 from . import keeper as _keeper
 from .arguments import seconds
 from .errors import (
@@ -104,6 +104,20 @@ class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
     @property
     def write_count(self) -> int:
         return self._count
+
+    # What the frame read last carried: the Pin it is a view of says (framemeta.carried);
+    # for a copy, _record_frame noted it. (Nothing for the one-call read to do.)
+    _meta_raw: tuple[int, bytes] | None = None
+    _shape_gen = 0
+    meta = property(lambda self: framemeta.decode(framemeta.carried(self._last, "meta", self._meta_raw)),
+                    doc="The metadata of the frame read last (the dict or bytes given as meta=), or None.")
+    ndarray_mmap_name = property(lambda self: None if self._seg is None else framemeta.mmap_name(
+        self._seg.name, framemeta.carried(self._last, "shape_gen", self._shape_gen)),
+        doc="The segment of the frame read last, and ':<n>' after n changes of shape or dtype in it.")
+    shape = property(lambda self: self._last.shape if self._valid else self._seg and self._seg.header.shape,
+                     doc="Shape of the frame read last (frames of a segment may differ).")
+    dtype = property(lambda self: self._last.dtype if self._valid else self._seg and self._seg.header.dtype,
+                     doc="Dtype of the frame read last.")
 
     # ---- reading ----------------------------------------------------------------------
 
@@ -216,6 +230,7 @@ class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
         """Note the frame just read, and return it: its count, write time and read time
         are what the segment's C reader recorded when it pinned it."""
         self._count, self._stamp, self._read_ns = seg.last_pinned()
+        self._meta_raw, self._shape_gen = seg.meta, seg.shape_gen
         self._last = arr
         self._valid = True
         return arr

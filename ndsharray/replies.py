@@ -254,6 +254,7 @@ class TagInfo(Wire):
     dropped: int = 0  # frames the writer dropped (on_full="drop") because readers pinned every slot
     capacity: int = 0  # bytes a slot holds for a frame (frames of any shape up to it: layout 3)
     meta_capacity: int = 0  # bytes of metadata a slot holds beside its frame
+    meta: str | None = None  # the latest frame's metadata: its JSON text, or "<n bytes> ..." (shortened)
 
     def as_json(self) -> dict[str, Any]:
         """What ``ndsharray ls --json`` prints for this tag."""

@@ -1,9 +1,10 @@
 """``Writer``: the one writer of a tag (``NdShArray(tag, array, r_w='w')``).
 
-A write copies the array into a free slot of the tag's segment and publishes it: for the
-same shape and dtype one C call does it (``_direct``), with no daemon call; a new shape or
-dtype, or a ring that must grow, asks the daemon for a new segment generation, which
-readers follow by themselves. ``loan()`` lends a free slot to fill in place.
+A write copies the array into a free slot of the tag's segment and publishes it: one C call
+(``_direct``), no daemon call, for any frame that fits the slots (layout 3: each slot has its
+frame's dtype, shape and ``meta=``; see framemeta.py); a larger frame, or a ring that must
+grow, asks the daemon for a new generation, which readers follow by themselves.
+``loan()`` lends a free slot to fill in place.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from . import framemeta, ring
 from . import keeper as _keeper
-from . import ring
 from .arguments import check_array
 from .dtypes import dtype_to_text
 from .errors import (
@@ -78,8 +79,10 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
         slots: int | None = None,
         max_slots: int = 32,
         write_timeout: float = 2.0,
+        meta_capacity: int = framemeta.DEFAULT_META_CAPACITY,
     ) -> None:
         self._init_common(tag, array, r_w, endpoint, slots, max_slots)
+        self._meta_capacity = framemeta.check_meta_capacity(meta_capacity)
         if array is not None:
             array = check_array(array, "NdShArray(array=...)")
         self._slots = slots  # None: by the array's size (ring.initial_slots)
@@ -112,20 +115,30 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
         seg = self._seg
         return self._written if seg is None else int(seg.fast.count)
 
+    @property
+    def ndarray_mmap_name(self) -> str | None:
+        """Name of the current segment, with ``:<n>`` once the frames' shape or dtype
+        changed ``n`` times in it (as in 1.x it changes with every change of them)."""
+        return None if self._seg is None else framemeta.mmap_name(self._seg.name, self._seg.fast.shape_gen)
+
+    shape = property(lambda self: self._seg and framemeta.last_frame(self._seg)[1], doc="The last frame's shape.")
+    dtype = property(lambda self: self._seg and framemeta.last_frame(self._seg)[0], doc="The last frame's dtype.")
+
     # ---- writing ----------------------------------------------------------------------
 
-    def write(self, array: np.ndarray[Any, Any]) -> None:
-        """Publish a copy of ``array`` as the tag's latest value.
-
-        Any layout works (non-contiguous, Fortran order); a new shape or dtype makes a new
-        segment generation. Raises ``TypeError`` for dtypes holding Python objects.
-        """
+    def write(self, array: np.ndarray[Any, Any], meta: dict[str, Any] | bytes | None = None) -> None:
+        """Publish a copy of ``array`` as the tag's latest value, with ``meta`` (a JSON-
+        serialisable dict, or bytes: ``reader.meta`` gets exactly this frame's). Any layout
+        works; any shape and dtype that fit the slots cost what a same-shape write costs; a
+        larger frame makes a new generation with headroom. ``TypeError`` for dtypes holding
+        Python objects, ``ValueError`` for a ``meta`` larger than ``meta_capacity``."""
         direct = self._direct
         if direct is not None:
             if type(array) is not np.ndarray:  # (the C call takes any buffer: check first)
                 array = check_array(array)
-            # Same shape and dtype, C-contiguous: one C call acquires, copies, publishes.
-            count = direct.write(array)
+            # A C-contiguous frame that fits: one C call acquires, copies, describes, publishes.
+            count = direct.write(array) if meta is None else direct.write(
+                array, *framemeta.encode(meta, self._meta_capacity))
             if count > 0:
                 self._valid = True
                 return
@@ -136,14 +149,14 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
         if self._closed or self._pid != process_pid_holder.pid:
             self._check()  # raises
         arr = array if type(array) is np.ndarray else check_array(array)
-        seg = self._seg
-        if seg is None or self._stale or arr.dtype != seg.dtype or arr.shape != seg.shape:
-            self._no_loan_open("change shape or dtype")
-            seg = self._new_generation(arr.dtype, arr.shape, self._slots_for(arr.nbytes))
+        data, kind = (None, 0) if meta is None else framemeta.encode(meta, self._meta_capacity)
+        seg = self._segment_for(arr.dtype, arr.shape, arr.nbytes, "change shape or dtype")
         mark = acquisitions()
         try:  # (the acquire too: see _abandon)
             seg, i = self._acquire(seg)
-            np.copyto(seg.slots[i], arr, casting="no")  # (without the GIL when large)
+            dst = seg.slot_array(i, arr.dtype, arr.shape)
+            np.copyto(dst, arr, casting="no")  # (without the GIL when large)
+            seg.fast.describe(i, dst, data, kind)
             count = seg.fast.publish(i)
         except BaseException:
             self._abandon(mark)
@@ -153,34 +166,29 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
         self._valid = True
 
     @contextmanager
-    def loan(
-        self, shape: tuple[int, ...] | None = None, dtype: Any = None
-    ) -> Iterator[np.ndarray[Any, Any]]:
-        """Lend a free slot as a writable array; leaving the block publishes it.
+    def loan(self, shape: tuple[int, ...] | None = None, dtype: Any = None,
+             meta: dict[str, Any] | bytes | None = None) -> Iterator[np.ndarray[Any, Any]]:
+        """Lend a free slot as a writable array; leaving the block publishes it (with ``meta``).
 
         ``with w.loan() as buf: np.add(a, b, out=buf)`` fills shared memory directly (no
         extra copy). The slot holds an older frame: overwrite all of it. Without arguments
-        the shape and dtype of the last write are kept; giving ``shape``/``dtype`` starts a
-        new generation when they differ. An exception inside the block publishes nothing.
-        The array becomes read-only when the block ends: keep no reference to it.
-        """
+        the last write's shape and dtype are kept; ones that do not fit the slots start a
+        new generation. An exception inside the block publishes nothing. The array becomes
+        read-only when the block ends: keep no reference to it."""
         self._check()
         self._no_loan_open("open a second loan()")
-        seg = self._seg
-        if shape is not None or dtype is not None:
-            want_shape = tuple(shape) if shape is not None else (seg.header.shape if seg else None)
-            want_dtype = np.dtype(dtype) if dtype is not None else (seg.header.dtype if seg else None)
-            if want_shape is None or want_dtype is None:
-                raise UsageError("the first loan() of a writer needs both shape and dtype")
-            if seg is None or want_dtype != seg.header.dtype or want_shape != seg.header.shape:
-                nbytes = math.prod(want_shape) * want_dtype.itemsize
-                seg = self._new_generation(want_dtype, want_shape, self._slots_for(nbytes))
-        elif seg is None:
+        data, kind = (None, 0) if meta is None else framemeta.encode(meta, self._meta_capacity)
+        last = None if self._seg is None else framemeta.last_frame(self._seg)
+        want_shape = tuple(shape) if shape is not None else (last[1] if last else None)
+        want_dtype = np.dtype(dtype) if dtype is not None else (last[0] if last else None)
+        if want_shape is None or want_dtype is None:
             raise UsageError("the first loan() of a writer needs shape= and dtype=")
+        seg = self._segment_for(want_dtype, want_shape, math.prod(want_shape) * want_dtype.itemsize,
+                                "change shape or dtype")
         mark = acquisitions()
         try:  # (see _abandon)
             seg, i = self._acquire(seg)
-            buf = seg.slots[i][...]
+            buf = seg.slot_array(i, want_dtype, want_shape)
             self._loaned = True
             self._loan_thread = threading.get_ident()
         except BaseException:
@@ -200,6 +208,7 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
             self._loan_thread = None
             buf.flags.writeable = False
         try:
+            seg.fast.describe(i, buf, data, kind)
             count = seg.fast.publish(i)
         except BaseException:
             self._abandon(mark)
@@ -207,6 +216,16 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
         if not count:  # close() ran meanwhile (the block's writes are not shown)
             self._overtaken(seg.fast)
         self._valid = True
+
+    def _segment_for(self, dtype: np.dtype[Any], shape: tuple[int, ...], nbytes: int, what: str) -> SegmentWriter:
+        """The segment a frame goes into: the current one if it fits, else a new generation
+        (see framemeta.capacity_for)."""
+        seg = self._seg
+        if seg is not None and not self._stale and framemeta.fits(seg, dtype, shape, nbytes, self._meta_capacity):
+            return seg
+        self._no_loan_open(what)
+        capacity = framemeta.capacity_for(seg, dtype, shape, nbytes)
+        return self._new_generation(dtype, shape, self._slots_for(capacity), capacity)
 
     def _slots_for(self, nbytes: int) -> int:
         """The slot count of a new generation: as given, or as grown, or by the size."""
@@ -280,16 +299,20 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
             "close this writer and open a new NdShArray to publish again"
         )
 
-    def _new_generation(self, dtype: np.dtype[Any], shape: tuple[int, ...], slots: int) -> SegmentWriter:
+    def _new_generation(self, dtype: np.dtype[Any], shape: tuple[int, ...], slots: int,
+                        capacity: int | None = None) -> SegmentWriter:
         text = dtype_to_text(dtype)
         daemon = _keeper.keeper.check(self._endpoint)
         offer, self._offered = self._offered, None
         seg: SegmentWriter | None = None
         if offer and offer.dtype == text and offer.shape == shape:
             seg = self._take_over(offer.name)  # a previous writer's segment: readers keep going
+            seg = framemeta.keep_offer(seg, self._meta_capacity, capacity)
         if seg is None:
             args: dict[str, Any] = dict(tag=self._tag, pid=self._pid, token=self._token, dtype=text,
-                                        shape=list(shape), slots=slots)
+                                        shape=list(shape), slots=slots, meta_capacity=self._meta_capacity)
+            if capacity is not None and capacity > math.prod(shape) * dtype.itemsize:
+                args["capacity"] = capacity
             try:
                 res = self._conn.request(GENERATION, **args)
             except TagRemovedError:
@@ -300,7 +323,7 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
                 res = self._conn.request(GENERATION, **args)
             name = res.segment.name
             try:
-                seg = SegmentWriter(name, self._token)
+                seg = SegmentWriter(name, self._token, variable=True)
             except SegmentGoneError:
                 raise UsageError(
                     f"the daemon at {self._endpoint} just created segment {name}, but it is not in "
@@ -348,7 +371,7 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
         says the tag was removed) or dropped by a daemon that restarted meanwhile (the
         request gets a fresh segment). Either way the daemon, not the file system, decides."""
         try:
-            seg = SegmentWriter(name, self._token)
+            seg = SegmentWriter(name, self._token, variable=True)
         except SegmentGoneError:
             return None
         if seg.retired():  # replaced or removed between the claim and now
@@ -377,7 +400,8 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
             h = seg.header
             try:
                 seg = self._new_generation(h.dtype, h.shape,
-                                           ring.grown_slots(seg.nslots, h.layout.nbytes, self._max_slots))
+                                           ring.grown_slots(seg.nslots, h.layout.nbytes, self._max_slots),
+                                           h.layout.nbytes)
             except (DaemonUnavailableError, ResourceLimitError) as exc:
                 log.debug("could not grow the ring of %r (%s); waiting for a free slot", self._tag, exc)
                 grow_failed = f"; growing the ring to more slots failed: {exc}"

@@ -194,6 +194,25 @@ class SegmentFiles:
         return (f"its file is {size} bytes, {layout.total_size} expected: another process "
                 "truncated it")
 
+    def latest_meta(self, name: str, layout: Layout, slot: int, length: int) -> str | None:
+        """The metadata of the frame in ``slot`` as ``ls``/``info`` show it (read with
+        pread, shortened to 1 KiB; it may be torn: a figure for display only)."""
+        entry = self.headers.get(name)
+        if entry is None or not 0 < length <= layout.meta_capacity:
+            return None
+        want = min(length, 1024)
+        try:
+            data = os.pread(entry[0], want, layout.slot_offset(slot) + layout.nbytes)
+        except OSError:
+            return None
+        try:
+            text = data.decode()
+            if want == length:
+                return text if text.startswith("{") else f"<{length} bytes> {data!r:.200}"
+        except UnicodeDecodeError:
+            pass
+        return f"<{length} bytes> {data[:64]!r}"
+
     @staticmethod
     def reader_figures(got: tuple[bytes, Layout], writes: int, now: int) -> list[ReaderStat]:
         """Per live reader of a segment (its header from look()): its last frame's
@@ -528,15 +547,16 @@ class Daemon:
             lat = [s["latency_s"] for s in stats if s["latency_s"] is not None]
             behind = [s["behind"] for s in stats if s["behind"] is not None]
             dtype = text_to_dtype(rec.dtype) if rec.dtype else None
-            shape, nbytes, descr = rec.shape, rec.nbytes, rec.dtype
-            if got and dtype is not None and rec.shape is not None:
+            shape, nbytes, descr, meta = rec.shape, rec.nbytes, rec.dtype, None
+            if got and dtype is not None and rec.shape is not None and rec.segment:
                 # The latest frame's own dtype and shape (layout 3: they vary within a generation).
                 slot = latest_slot(got[0], got[1].nslots)
                 try:
                     if slot is not None:
-                        dtype, shape, _, _ = frame_in_slot(got[0], _Generation(dtype, rec.shape), slot)
+                        dtype, shape, meta_len, _ = frame_in_slot(got[0], _Generation(dtype, rec.shape), slot)
                         nbytes = math.prod(shape) * dtype.itemsize
                         descr = dtype_to_text(dtype)
+                        meta = self.files.latest_meta(rec.segment, got[1], slot, meta_len)
                 except ValueError:
                     pass  # torn or broken: the generation's
             out.append(TagInfo(
@@ -547,6 +567,7 @@ class Daemon:
                 nbytes=nbytes,
                 capacity=rec.nbytes,
                 meta_capacity=got[1].meta_capacity if got else 0,
+                meta=meta,
                 writer_pid=rec.writer.pid if rec.writer else None,
                 last_writer_pid=rec.last_writer_pid or None,
                 writer_left=rec.writer_left,

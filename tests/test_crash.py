@@ -163,7 +163,7 @@ def test_superseded_generation_memory_returns_when_the_last_view_goes(daemon: An
         status, held = r.read()
         old = r.ndarray_mmap_name
         assert old is not None
-        w.write(np.zeros(10, np.int8))  # new generation; the old one is unlinked at once
+        w.write(np.zeros(1 << 17))  # larger than the slots: a new generation; the old one is unlinked at once
         assert old not in our_segments()
         assert r.read()[0]
 

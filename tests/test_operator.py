@@ -109,7 +109,7 @@ def test_max_bytes_takes_suffixes_and_the_quota_error_counts_the_slots(folder: s
     d = Daemon(folder, "--max-bytes", "100K").start()
     monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
     try:
-        with ndsharray.NdShArray("q", r_w="w") as w:
+        with ndsharray.NdShArray("q", r_w="w", meta_capacity=0) as w:  # (slots of the frame alone)
             with pytest.raises(ndsharray.ResourceLimitError) as info:
                 w.write(frame)
         assert (f"needs {format_size(need)} (3 slots x 26.0 KiB per frame + 20.0 KiB of header) but "
@@ -120,7 +120,7 @@ def test_max_bytes_takes_suffixes_and_the_quota_error_counts_the_slots(folder: s
         assert d.stop() == 0
     d = Daemon(folder, "--max-bytes", "100KiB").start()
     try:
-        with ndsharray.NdShArray("q", frame, "w"):
+        with ndsharray.NdShArray("q", frame, "w", meta_capacity=0):
             pass
     finally:
         transport.close_all()

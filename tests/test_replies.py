@@ -25,7 +25,7 @@ ROW: dict[str, Any] = {
     "writer_pid": 10, "last_writer_pid": 10, "writer_left": None, "readers": 1,
     "reader_pids": [11], "writes": 4, "last_write_age_s": 0.5, "generation": 1,
     "segment": "nds-x-0123", "slots": 3, "size": 8192, "rate_hz": 2.0,
-    "max_read_latency_s": 0.001, "max_behind": 0, "dropped": 0, "capacity": 6, "meta_capacity": 0,
+    "max_read_latency_s": 0.001, "max_behind": 0, "dropped": 0, "capacity": 6, "meta_capacity": 0, "meta": None,
     "reader_stats": [{"pid": 11, "latency_s": 0.001, "behind": 0, "read_age_s": 0.2}],
 }
 
