@@ -20,7 +20,7 @@ from conftest import Daemon, our_segments, wait_until
 
 import ndsharray
 from ndsharray import NdShArray, tag_info
-from ndsharray.bridge import Bridge
+from ndsharray.bridge import Bridge, wire, zconfig
 
 pytest.importorskip("zenoh", reason="pip install 'ndsharray[bridge]' (CI installs it)")
 
@@ -501,3 +501,31 @@ def test_mutual_tls_with_a_zenoh_config_file(hosts: Any, bridges: Any, folder: s
     got = read_until(NdShArray("robot1/camera/left", r_w="r", endpoint=b.endpoint), lambda x: True)
     assert got.tobytes() == frame(3).tobytes()
     w.close()
+
+
+def test_credits_from_no_live_bridge_start_no_stream(hosts: Any, puppets: Any) -> None:
+    """A credit names its importer; one whose alive token is not up (forged by any peer,
+    or late from a bridge that left) must not get a stream: that stream, a thread and a
+    publisher, would never be dropped."""
+    (a,) = hosts(1)
+    port = free_port()
+    w = puppets(env={ndsharray.config.ENV_ENDPOINT: a.endpoint})  # (not this process: the bridge's)
+    w(op="open", name="w", tag="cam", rw="w")
+    w(op="write", name="w", dtype="uint8", shape=[5, 5], seed=3)
+    with Bridge("robot1", exports=["cam"], listen=[f"tcp/127.0.0.1:{port}"], endpoint=a.endpoint) as b:
+        wait_until(lambda: [e["tag"] for e in b.exported] == ["cam"], what="cam exported")
+        zenoh = zconfig.zenoh_module()
+        session = zenoh.open(zconfig.build(connect=[f"tcp/127.0.0.1:{port}"]))
+        try:
+            for i in range(20):
+                session.put(wire.credit_key("robot1", f"forged{i}", "cam"), wire.pack_credit(1, True))
+            # Then a bridge that is alive, on the same link: once it has its stream, the
+            # credits sent before it have been handled.
+            token = session.liveliness().declare_token(wire.alive_key("evil", "alive1"))
+            session.put(wire.credit_key("robot1", "alive1", "cam"), wire.pack_credit(1, True))
+            wait_until(lambda: b.exported[0]["importers"] != [], what="the live bridge's stream")
+            assert b.exported[0]["importers"] == ["evil"]
+            token.undeclare()
+            wait_until(lambda: b.exported[0]["importers"] == [], what="its stream dropped with its token")
+        finally:
+            session.close()

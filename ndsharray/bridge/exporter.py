@@ -156,7 +156,12 @@ class Source:
         with self.cond:
             stream = self.streams.get(importer)
             if stream is None:
-                if self.ending is not None:
+                # Only a bridge whose alive token is up gets a stream (a thread and a
+                # publisher): its token going drops it; a credit naming anyone else (a late
+                # one, or forged by any peer) would keep a stream for good. (Checked under
+                # the lock that drop_importer takes after the token went.) Its next credit
+                # comes within the importer's REFRESH.
+                if self.ending is not None or importer not in self.exporter.peers:
                     return
                 stream = self.streams[importer] = Stream(self, importer)
             stream.grant(credit, force)
