@@ -529,3 +529,40 @@ def test_credits_from_no_live_bridge_start_no_stream(hosts: Any, puppets: Any) -
             wait_until(lambda: b.exported[0]["importers"] == [], what="its stream dropped with its token")
         finally:
             session.close()
+
+
+def test_a_frame_sent_again_is_written_once(hosts: Any) -> None:
+    """An exporter answers a forced credit (sent after a stale frame, or when its token comes
+    back) with the newest frame even if it sent it before: the importer must not write the
+    same source frame twice (its readers would count it as a new one)."""
+    (a,) = hosts(1)
+    port = free_port()
+    with Bridge("ws", imports=["forger/**"], listen=[f"tcp/127.0.0.1:{port}"], endpoint=a.endpoint) as b:
+        zenoh = zconfig.zenoh_module()
+        session = zenoh.open(zconfig.build(connect=[f"tcp/127.0.0.1:{port}"]))
+        credits: list[int] = []
+        lock = threading.Lock()
+
+        def on_credit(sample: Any) -> None:
+            with lock:
+                credits.append(wire.unpack_credit(sample.payload.to_bytes())[0])
+
+        try:
+            sub = session.declare_subscriber(wire.credit_key("forger", b.zid, "cam"), on_credit)
+            token = session.liveliness().declare_token(wire.tags_key("forger", "cam"))
+            pub = session.declare_publisher(wire.frame_key("forger", b.zid, "cam"))
+            data = np.arange(16, dtype=np.uint8)
+            # Frame 1, frame 1 again (the answer to a forced credit), then frame 2.
+            for i, count in enumerate((1, 1, 2)):
+                wait_until(lambda i=i: len(credits) > i, what=f"credit {i + 1}")
+                head = wire.Frame(codec=0, dtype=ndsharray.dtypes.dtype_to_text(data.dtype), shape=data.shape,
+                                  count=count, write_ns=1000 * count, credit=credits[i])
+                pub.put((data + count).tobytes(), attachment=head.pack())
+            with NdShArray("forger/cam", r_w="r", endpoint=a.endpoint) as r:
+                read_until(r, lambda x: int(x[0]) == 2)
+            assert tag_info("forger/cam", a.endpoint).writes == 2
+            pub.undeclare()
+            token.undeclare()
+            sub.undeclare()
+        finally:
+            session.close()
