@@ -277,3 +277,13 @@ def test_without_a_token_another_local_user_is_refused(server: Server, puppets: 
     with connect(server.ws_url("cam"), open_timeout=10) as ws:
         assert next_frame(ws)[0]["count"] >= 1
     assert "cam" not in server.figures() or server.figures()["cam"]["viewers"] == 0
+
+
+@pytest.mark.parametrize(("bind", "expected"), [
+    ("127.0.0.1:9", ("127.0.0.1", 9)), ("localhost", ("localhost", 8765)), ("[::1]:0", ("::1", 0)),
+    ("::1", ("::1", 8765)), ("::", ("::", 8765)), ("[::1]", ("::1", 8765))])
+def test_bind_addresses_parse(bind: str, expected: tuple[str, int]) -> None:
+    """--bind takes the loopback addresses its help names, IPv6 ones with or without brackets."""
+    from ndsharray.web.command import _split_bind
+
+    assert _split_bind(bind) == expected

@@ -16,9 +16,10 @@ DEFAULT_BIND = "127.0.0.1:8765"
 
 
 def _split_bind(bind: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``host`` (default port) -> (host, port)."""
+    """``host:port``, ``[v6]:port``, ``host`` or ``v6`` (default port) -> (host, port)."""
     host, sep, port = bind.rpartition(":")
-    if not sep or (host.startswith("[") != host.endswith("]")) or ("]" in port):
+    bare_v6 = bind.count(":") > 1 and not bind.startswith("[")  # "::1": an address, no port
+    if not sep or bare_v6 or (host.startswith("[") != host.endswith("]")) or ("]" in port):
         host, port = bind, DEFAULT_BIND.rsplit(":", 1)[1]
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
