@@ -63,12 +63,12 @@ def many_tags(n: int) -> dict[str, Any]:
 
 REQUESTER = """
 import sys, time
-from ndsharray import transport
+from ndsharray import protocol, transport
 conn = transport.connection()
 n, t0 = 0, time.perf_counter()
 end = t0 + float(sys.argv[1])
 while time.perf_counter() < end:
-    conn.request("lookup", tag="load/none")
+    conn.request(protocol.LOOKUP, tag="load/none")
     n += 1
 print(n / (time.perf_counter() - t0), flush=True)
 """
@@ -155,11 +155,11 @@ print(lat[len(lat) // 2] / 1000 if lat else -1, len(lat), flush=True)
 
 BURST = """
 import sys, time
-from ndsharray import transport
+from ndsharray import protocol, transport
 conn = transport.connection()
 end = time.perf_counter() + float(sys.argv[1])
 while time.perf_counter() < end:
-    conn.request("list")
+    conn.request(protocol.LIST)
 """
 
 

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import zmq
 
@@ -162,33 +162,20 @@ class Connection:
         finally:
             self._lock.release()
 
-    @overload
     def request(self, op: Op[R], *, autostart: bool = True, retries: int | None = None,
-                **args: Any) -> R: ...
+                **args: Any) -> R:
+        """Send one request (``op``: one of ``protocol.OPS``) and return its reply, checked
+        against the op's reply class; raise the mapped exception on an error reply.
 
-    @overload
-    def request(self, op: str, *, autostart: bool = True, retries: int | None = None,
-                **args: Any) -> dict[str, Any]: ...
-
-    def request(self, op: Op[R] | str, *, autostart: bool = True, retries: int | None = None,
-                **args: Any) -> R | dict[str, Any]:
-        """Send one request and return its reply, checked against the op's reply class;
-        raise the mapped exception on an error reply.
-
-        ``op`` is one of ``protocol.OPS``: given as an :class:`Op`, the reply comes back as
-        its class; given by name, in its JSON form (for scripts and tests that speak the wire).
         ``autostart=False``: fail at once when no daemon runs instead of starting one.
         """
         retries = self.retries if retries is None else retries
         with self._lock:
             self._send_posted()
-            result = self._request(op.name if isinstance(op, Op) else op, autostart, retries, args)
+            result: R = self._request(op.name, autostart, retries, args)
             if self._posted:  # (posted while we waited: a close() in another thread)
                 self._send_posted()
-        if isinstance(op, Op):
-            typed: R = result
-            return typed
-        return result.to_wire() if isinstance(result, Wire) else result
+        return result
 
     def _request(self, op: str, autostart: bool, retries: int, args: dict[str, Any]) -> Any:
         """The reply to ``op``: an instance of its reply class (``protocol.OPS``)."""
@@ -218,7 +205,7 @@ class Connection:
                     if reply.id != req_id:
                         continue  # a late answer to an abandoned request
                     if reply.ok:
-                        return OPS[op].reply_from(reply.result) if op in OPS else reply.result
+                        return OPS[op].reply_from(reply.result)
                 except ProtocolError as exc:
                     raise ProtocolError(f"bad reply from {self.endpoint}: {exc}") from None
                 raise from_reply(reply.code, reply.message)

@@ -11,7 +11,7 @@ from arrays import make_array
 from conftest import Daemon, wait_until
 
 import ndsharray
-from ndsharray import config, segment, transport
+from ndsharray import config, protocol, segment, transport
 
 
 def pointer(daemon: Daemon, tag: str) -> str:
@@ -125,8 +125,8 @@ def test_a_reader_counts_in_ls_before_its_registration_arrives(daemon: Daemon) -
             assert r.read()[0]
             other = transport.Connection(daemon.endpoint)  # as another process would ask
             try:
-                row = next(t for t in other.request("list")["tags"] if t["tag"] == "cam")
+                row = next(t for t in other.request(protocol.LIST).tags if t.tag == "cam")
             finally:
                 other.close()
-            assert row["readers"] == 1 and row["reader_pids"] == [os.getpid()]  # its row counts it
+            assert row.readers == 1 and row.reader_pids == (os.getpid(),)  # its row counts it
         r.close()

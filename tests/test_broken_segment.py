@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import Daemon, wait_until
 
 import ndsharray
-from ndsharray import segment
+from ndsharray import protocol, segment
 from ndsharray.cli import main
 
 
@@ -56,7 +56,7 @@ def test_writer_and_reader_of_a_shrunk_segment_are_told(daemon: Daemon, caplog: 
             w.write(np.arange(4096.0))
         # The daemon's own answer to that writer's next request for a segment says why.
         with pytest.raises(ndsharray.TagRemovedError, match=f"segment {name} is broken: its file is"):
-            w._conn.request("generation", tag="trunc/b", pid=os.getpid(), token=w._token,
+            w._conn.request(protocol.GENERATION, tag="trunc/b", pid=os.getpid(), token=w._token,
                             dtype="'<f8'", shape=[5], slots=3)
         with caplog.at_level(logging.WARNING, logger="ndsharray"):
             assert r.read()[0] is False

@@ -16,7 +16,7 @@ import pytest
 from conftest import Daemon, daemon_pids, our_segments, pid_gone, wait_until
 
 import ndsharray
-from ndsharray import admin, config, daemonctl, transport
+from ndsharray import admin, config, daemonctl, protocol, transport
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -128,7 +128,7 @@ def test_a_daemon_killed_while_starting_is_started_again(folder: str, monkeypatc
             for path in junk:  # unreadable segments: a starting daemon removes each first
                 with open(path, "wb"):
                     pass
-            asker = threading.Thread(target=lambda: answers.append(transport.connection().request("ping")))
+            asker = threading.Thread(target=lambda: answers.append(transport.connection().request(protocol.PING)))
             asker.start()
             deadline = time.monotonic() + 30
             while (pid := admin.daemon_pid(endpoint)) is None:  # a tight look: the window is short
@@ -143,8 +143,8 @@ def test_a_daemon_killed_while_starting_is_started_again(folder: str, monkeypatc
             admin.stop_daemon(endpoint)  # served before the kill: try again
             answers.clear()
         assert killed, "no kill landed before the daemon served"
-        assert answers and answers[0]["pid"] not in killed
-        assert admin.daemon_pid(endpoint) == answers[0]["pid"]
+        assert answers and answers[0].pid not in killed
+        assert admin.daemon_pid(endpoint) == answers[0].pid
     finally:
         admin.stop_daemon(endpoint)
         for path in junk:

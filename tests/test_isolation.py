@@ -59,12 +59,13 @@ def test_readers_map_read_only(daemon: Daemon) -> None:
 OTHER_USER = """
 import os, sys
 import ndsharray  # before dropping privileges: the interpreter may live under /root
+from ndsharray.protocol import LIST
 from ndsharray.transport import Connection
 os.setgid(65534); os.setuid(65534)
 endpoint, segment = sys.argv[1], sys.argv[2]
 results = []
 try:
-    Connection(endpoint, timeout=0.5, retries=0).request("list")
+    Connection(endpoint, timeout=0.5, retries=0).request(LIST)
     results.append("listed")
 except Exception as exc:
     results.append(type(exc).__name__)

@@ -79,7 +79,7 @@ def test_the_daemon_refuses_a_generation_whose_shape_numpy_cannot_index(daemon: 
     # (2**61, 2**61, 0) is 0 bytes, but no reader could build its view (review defect 6).
     with ndsharray.NdShArray("huge", r_w="w") as w:
         with pytest.raises(ndsharray.DaemonError, match="more than numpy can index") as err:
-            w._conn.request("generation", tag="huge", pid=os.getpid(), token=w._token, dtype="'|u1'",
+            w._conn.request(protocol.GENERATION, tag="huge", pid=os.getpid(), token=w._token, dtype="'|u1'",
                             shape=[2**61, 2**61, 0], slots=3)
         assert err.value.code == "BAD_REQUEST"
         w.write(np.zeros((2, 0)))  # a zero-size array numpy can index is fine
