@@ -240,7 +240,7 @@ def load_with_meta(path: str) -> tuple[Any, np.ndarray[Any, Any] | None, list[An
     try:
         if path.endswith(".npz"):
             with np.load(path) as z:
-                metas = _metas_from(str(z["meta_json"])) if "meta_json" in z.files else None
+                metas = _metas_from(str(z["meta_json"].reshape(-1)[0])) if "meta_json" in z.files else None
                 if "frames" in z.files:
                     return z["frames"], z.get("timestamps_ns"), metas
                 members = sorted(f for f in z.files if f.startswith("frame_"))
