@@ -11,7 +11,7 @@ writer changes shape right after each kill (SIGUSR1), which needs the new daemon
 Each reader logs every gap over 100 ms between two frames it received, with when it began
 relative to the last kill, and, if the gap lasted past 150 ms, where its main thread was
 at that moment (a stack sampled by a watchdog thread): a daemon request, start_daemon, the
-keeper's lock, ...
+registrar's lock, ...
 """
 
 from __future__ import annotations

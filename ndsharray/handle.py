@@ -135,14 +135,14 @@ class NdShArray:
         self._conn = transport.connection(self._endpoint)
 
     def _reregister(self) -> None:
-        """After a daemon restart (the keeper calls it): tell the new daemon who we are."""
+        """After a daemon restart (the registrar calls it): tell the new daemon who we are."""
         if self._closed or self._pid != current_pid():
             return
         register, leave = self._ops
         try:
             info = self._conn.request(register, tag=self._tag, pid=self._pid, token=self._token).segment
             if self._closed:
-                # close() ran meanwhile (it does not wait for the keeper): its release may
+                # close() ran meanwhile (it does not wait for the registrar): its release may
                 # have reached the daemon before this claim, so send another after it.
                 self._conn.post(leave, tag=self._tag, token=self._token)
                 return

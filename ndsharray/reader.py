@@ -23,7 +23,6 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from . import config, framemeta
-from . import keeper as _keeper
 from .arguments import seconds
 from .errors import (
     CorruptSegmentError,
@@ -33,6 +32,7 @@ from .errors import (
 )
 from .handle import NdShArray, _live
 from .protocol import ATTACH, LIST, LOOKUP
+from .registrar import registrar
 from .segment import SegmentReader, is_segment_name
 
 log = logging.getLogger("ndsharray")
@@ -84,12 +84,12 @@ class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
             # Found through the tag's pointer: register in the background, so a reader
             # attaches in well under a millisecond instead of a daemon round trip (the
             # first request of a process costs milliseconds). Every later request of
-            # this process is sent after this one: the keeper thread sends it within its
+            # this process is sent after this one: the registrar thread sends it within its
             # round, or this process's next request first. Not at once: a fresh process's
             # first request builds the zmq context and socket while holding the GIL for
             # milliseconds, which would stall the caller's next steps (its first read).
             self._closed = False
-            _keeper.keeper.track(self, Reader._reregister, registered=False)
+            registrar.track(self, Reader._reregister, registered=False)
             self._conn.post("attach", autostart=True, tag=self._tag, pid=self._pid, token=self._token)
             return
         res = self._conn.request(ATTACH, tag=self._tag, pid=self._pid, token=self._token)
@@ -99,7 +99,7 @@ class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
                 self._switch(SegmentReader(res.segment.name))
             except SegmentGoneError:
                 pass  # replaced since the daemon answered: the first read resolves it again
-        _keeper.keeper.track(self, Reader._reregister)
+        registrar.track(self, Reader._reregister)
 
     @property
     def write_count(self) -> int:
@@ -286,7 +286,7 @@ class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
         if self._misses >= 3 and now - self._last_lookup < 0.02:
             return None
         self._last_lookup = now
-        _keeper.keeper.check(self._endpoint)
+        registrar.check(self._endpoint)
         for _ in range(5):
             res = self._conn.request(LOOKUP, tag=self._tag)
             info = res.segment
@@ -359,14 +359,14 @@ class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
             seg, self._seg = self._seg, None
         try:
             if not in_gc:
-                _keeper.keeper.untrack(self)  # (the keeper's weak set forgets collected handles)
+                registrar.untrack(self)  # (the registrar's weak set forgets collected handles)
             if seg is not None:
                 seg.stop_waits()  # end a wait() or iteration in another thread
                 seg.close()
             self._last = _EMPTY
             if in_gc:
                 # The collector may run inside a daemon request of this very thread: never
-                # do blocking IPC here; the keeper thread sends it.
+                # do blocking IPC here; the registrar thread sends it.
                 self._conn.post("detach", tag=self._tag, token=self._token)
             else:
                 # Never waits for a daemon that is down or restarting; never fails (the
@@ -374,7 +374,7 @@ class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
                 self._conn.send_or_post("detach", tag=self._tag, token=self._token)
         except BaseException:
             # Interrupted: _closed is set, so no later close() will try again. The detach
-            # still goes (by the keeper; a second one is a no-op), and the segment this
+            # still goes (by the registrar; a second one is a no-op), and the segment this
             # handle forgot is closed here, or its fd and row lock would stay.
             self._conn.post("detach", tag=self._tag, token=self._token)
             if seg is not None:

@@ -55,7 +55,7 @@ class Connection:
         self._ids = itertools.count(1)
         self._sock: zmq.Socket[bytes] | None = None
         # Requests whose answer nobody waits for (a reader's registration, a collected
-        # handle's release): sent by the keeper thread, or before this connection's next
+        # handle's release): sent by the registrar thread, or before this connection's next
         # request, so the daemon sees them in order and before anything this process asks.
         self._posted: collections.deque[tuple[str, bool, dict[str, Any]]] = collections.deque()
 
@@ -71,7 +71,7 @@ class Connection:
                 try:
                     self._posted.remove(item)
                 except ValueError:
-                    return False  # the keeper sent it meanwhile
+                    return False  # the registrar sent it meanwhile
                 return True
         return False
 
@@ -87,7 +87,7 @@ class Connection:
     def _send_posted(self, patient: bool = True) -> None:
         """``patient=False``: no auto-start and no retries (for a close(), which must not wait
         for a daemon that died meanwhile; a reader's attach lost so is sent again when the
-        keeper re-registers it with the next daemon)."""
+        registrar re-registers it with the next daemon)."""
         while self._posted:
             op, autostart, args = self._posted.popleft()
             autostart = autostart and patient
@@ -140,7 +140,7 @@ class Connection:
         One runs but does not serve yet, or another thread's request holds the connection
         (it may be waiting for that daemon): post it; it goes before this process's next
         request (the order that matters: a release before our next claim of the tag), or
-        with the keeper within its round. Otherwise send it now: a serving daemon answers
+        with the registrar within its round. Otherwise send it now: a serving daemon answers
         in a millisecond, and one that dies meanwhile ends the wait (WATCH)."""
         if not self._lock.acquire(timeout=WATCH):
             self.post(op, **args)
@@ -253,7 +253,7 @@ def connection(endpoint: str | None = None) -> Connection:
 
 
 def flush_all() -> None:
-    """Send every connection's posted requests (the keeper thread calls this)."""
+    """Send every connection's posted requests (the registrar thread calls this)."""
     with _state_lock:
         conns = [c for c in _connections.values() if c.has_posted]
     for conn in conns:

@@ -22,7 +22,6 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import framemeta, ring
-from . import keeper as _keeper
 from .arguments import check_array
 from .dtypes import dtype_to_text
 from .errors import (
@@ -40,6 +39,7 @@ from .handle import NdShArray, _live
 from .holders import busy_in_this_process
 from .protocol import CLAIM, GENERATION
 from .replies import SegmentInfo
+from .registrar import registrar
 from .segment import (
     CLOSED,
     ENV_SHM_DIR,
@@ -105,7 +105,7 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
             raise
         self._closed = False
         self._offered = res.segment
-        _keeper.keeper.track(self, Writer._reregister)
+        registrar.track(self, Writer._reregister)
 
     def _offer(self, segment: SegmentInfo | None) -> None:
         self._offered = segment  # what the new daemon offers (an orphan it recovered, or none)
@@ -302,7 +302,7 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
     def _new_generation(self, dtype: np.dtype[Any], shape: tuple[int, ...], slots: int,
                         capacity: int | None = None) -> SegmentWriter:
         text = dtype_to_text(dtype)
-        daemon = _keeper.keeper.check(self._endpoint)
+        daemon = registrar.check(self._endpoint)
         offer, self._offered = self._offered, None
         seg: SegmentWriter | None = None
         if offer and offer.dtype == text and offer.shape == shape:
@@ -318,7 +318,7 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
             except TagRemovedError:
                 # The daemon died with our request and its successor got the retry before
                 # this process re-registered: re-register, then ask once more.
-                if _keeper.keeper.check(self._endpoint) == daemon:
+                if registrar.check(self._endpoint) == daemon:
                     raise
                 res = self._conn.request(GENERATION, **args)
             name = res.segment.name
@@ -449,12 +449,12 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
                 seg.fast.stop()
         try:
             if not in_gc:
-                _keeper.keeper.untrack(self)  # (the keeper's weak set forgets collected handles)
+                registrar.untrack(self)  # (the registrar's weak set forgets collected handles)
             self._let_go(seg, in_gc)
         except BaseException:
             # Interrupted (a KeyboardInterrupt while close() waited up to CLOSE_DRAIN for a
             # write in flight, say; review item 2): _closed is set, so no later close() will
-            # try again. The tag still goes back: by the keeper now if no write is in
+            # try again. The tag still goes back: by the registrar now if no write is in
             # flight, else by the last such write when its copy ends (hand_over(True) tells
             # it close() stopped waiting). Asking again is safe: hand_over(True) repeats
             # its answer to close(), and a second release is a no-op.
@@ -485,7 +485,7 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
                 return
         if in_gc:
             # The collector may run inside a daemon request of this very thread: never do
-            # blocking IPC here; the keeper thread sends it.
+            # blocking IPC here; the registrar thread sends it.
             self._conn.post("release", tag=self._tag, token=self._token)
             return
         # Never waits for a daemon that is down or restarting (a stopped one has nothing to

@@ -84,7 +84,7 @@ def test_daemon_sigkill_data_keeps_flowing_and_registry_is_rebuilt(crashable: Da
     writer(op="write", name="w", dtype="u2", shape=[16, 16], seed=2)
     got = reader(op="read", name="r", wait=10)
     assert got["status"] and got["segment"] == seg
-    # The clients' keepers start a new daemon, which adopts the segment; they re-register.
+    # The clients' registrars start a new daemon, which adopts the segment; they re-register.
     wait_until(lambda: admin.daemon_pid() not in (None, crashable.proc.pid), what="a new daemon")  # type: ignore[union-attr]
     after = wait_until(lambda: (row := tag_row("cam")) and row.readers == 1 and row.writer_pid and row,
                        what="the registry to be rebuilt")
@@ -112,7 +112,7 @@ def waiting_for_a_reply(pid: int) -> bool:
 
 def test_a_request_retried_to_a_restarted_daemon_is_answered(crashable: Daemon, puppets: Any) -> None:
     # A writer asks for a new generation; the daemon dies with the request unanswered, and
-    # the retry reaches its successor before the writer's keeper re-registered it. The
+    # the retry reaches its successor before the writer's registrar re-registered it. The
     # writer re-registers and asks again instead of failing with TagRemovedError.
     writer = puppets()
     writer.start_writer("cam", "u1", [8], 1)

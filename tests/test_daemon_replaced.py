@@ -14,7 +14,7 @@ from conftest import Daemon, our_segments
 
 import ndsharray
 from ndsharray import admin, config
-from ndsharray import keeper as _keeper
+from ndsharray.registrar import registrar
 
 
 def test_reader_follows_a_new_writer_after_a_clean_daemon_stop(daemon: Daemon, puppets: Any) -> None:
@@ -35,14 +35,14 @@ def test_reader_follows_a_new_writer_after_a_clean_daemon_stop(daemon: Daemon, p
 def test_a_reader_registered_in_the_background_follows_a_daemon_replaced_meanwhile(
         daemon: Daemon, puppets: Any, monkeypatch: Any) -> None:
     # A reader found through the pointer posts its attach; if the daemon it found stops and
-    # another starts before the keeper's first round, that attach reached the new daemon,
-    # whose answer nobody read, and the keeper took the new daemon as the one the reader
+    # another starts before the registrar's first round, that attach reached the new daemon,
+    # whose answer nobody read, and the registrar took the new daemon as the one the reader
     # had registered with: the reader waited on its old segment for good (1 run in ~15 of
     # the test above, before and after this session's changes).
     first = puppets()
     first.start_writer("cam", "u1", [4], 1)
     with monkeypatch.context() as m:
-        m.setattr(_keeper.keeper, "_round", lambda: None)  # its first round comes late
+        m.setattr(registrar, "_round", lambda: None)  # its first round comes late
         r = ndsharray.NdShArray("cam", r_w="r")
         assert r.read()[0]
         assert daemon.stop() == 0

@@ -297,8 +297,8 @@ def test_a_close_while_the_next_daemon_takes_the_lock_reaches_that_daemon(
         wait_until(lambda: f"(pid {b.pid})" in read_log() or b.poll() is not None, what="daemon serving")
         assert b.poll() is None, read_log()
         conn = transport.connection(a.endpoint)
-        wait_until(lambda: not conn.has_posted, what="the keeper to send what close() posted")
-        # The release, then this (and maybe the keeper's re-registration of w, had its round
+        wait_until(lambda: not conn.has_posted, what="the registrar to send what close() posted")
+        # The release, then this (and maybe the registrar's re-registration of w, had its round
         # come before the close): nothing dropped on the way.
         assert admin.daemon_stats(a.endpoint).requests >= 2
         assert not [r for r in caplog.records if "could not release" in r.getMessage()]

@@ -19,8 +19,8 @@ from test_crash import waiting_for_a_reply
 
 import ndsharray
 from ndsharray import admin, config, segment
-from ndsharray import keeper as _keeper
 from ndsharray.cli import main
+from ndsharray.registrar import registrar
 
 
 def kill_daemon(d: Daemon) -> int:
@@ -77,10 +77,10 @@ def test_after_a_daemon_restart_only_the_adopted_writer_gets_its_tag_back(
     first = ndsharray.NdShArray("adopt", np.zeros(16), "w")
     try:
         seg = first.ndarray_mmap_name
-        # Hold this process's keeper back, so the restarted daemon has adopted the segment
-        # and the first writer has not re-registered yet (the window is a keeper round).
+        # Hold this process's registrar back, so the restarted daemon has adopted the segment
+        # and the first writer has not re-registered yet (the window is a registrar round).
         with monkeypatch.context() as m:
-            m.setattr(_keeper.keeper, "_round", lambda: None)
+            m.setattr(registrar, "_round", lambda: None)
             m.setenv(config.ENV_AUTOSTART, "0")
             kill_daemon(crashable)
             crashable.proc = Daemon(crashable.folder).start().proc
@@ -216,7 +216,7 @@ def test_a_close_in_flight_when_the_daemon_dies_returns_at_once(crashable: Daemo
 
 def test_a_close_while_a_daemon_starts_does_not_wait_and_releases_before_the_next_claim(
         crashable: Daemon, monkeypatch: pytest.MonkeyPatch, puppets: Any) -> None:
-    monkeypatch.setenv(config.ENV_AUTOSTART, "0")  # (the puppet's keeper starts no daemon)
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")  # (the puppet's registrar starts no daemon)
     writer = puppets()
     writer.start_writer("cam", "u1", [4], 1)
     kill_daemon(crashable)

@@ -173,7 +173,7 @@ def test_handles_the_collector_closes_are_released_and_del_never_raises(
     wait_until(lambda: tag_row("gc").readers == 1, what="the reader to register")
     del w, r
     gc.collect()
-    # The release is sent after the collection, by the keeper thread: the daemon hears it.
+    # The release is sent after the collection, by the registrar thread: the daemon hears it.
     row = wait_until(lambda: (t := tag_row("gc")) is not None and t.writer_pid is None and t.readers == 0 and t,
                      what="the collected handles' release")
     assert row.writer_left == "closed"

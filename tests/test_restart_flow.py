@@ -33,7 +33,7 @@ def has_open(pid: int, path: str) -> bool:
 def test_a_reader_opened_while_the_daemon_restarts_waits_for_nothing(crashable: Daemon, puppets: Any) -> None:
     writer, reader = puppets(), puppets()
     # Opened before the tag has data: registered by its own request, so nothing is left
-    # for the keeper to send, and after the kill the keeper itself restarts the daemon.
+    # for the registrar to send, and after the kill the registrar itself restarts the daemon.
     reader(op="open", name="r", tag="cam", rw="r")
     seg = writer.start_writer("cam", "u1", [8], 1)
     assert reader(op="read", name="r", wait=10)["status"]
@@ -44,9 +44,9 @@ def test_a_reader_opened_while_the_daemon_restarts_waits_for_nothing(crashable: 
         assert crashable.proc is not None
         crashable.proc.kill()
         crashable.proc.wait()
-        # The reader's keeper notices within its round and starts a successor: it waits
+        # The reader's registrar notices within its round and starts a successor: it waits
         # for the start lock, holding whatever it holds while it restarts the daemon.
-        wait_until(lambda: has_open(reader.pid, start_lock), what="the reader's keeper to start a daemon")
+        wait_until(lambda: has_open(reader.pid, start_lock), what="the reader's registrar to start a daemon")
         writer(op="write", name="w", dtype="u1", shape=[8], seed=2)  # the hot path
         # A new handle found through the tag's pointer needs no daemon: it opens and reads
         # at once (a deadline far beyond noise, far below the start lock's 20 s).
@@ -74,7 +74,7 @@ def test_a_daemon_restart_leaves_a_live_writers_tag_pointer_in_place(crashable: 
         assert crashable.proc is not None
         crashable.proc.kill()
         crashable.proc.wait()
-        writer(op="write", name="w", dtype="u1", shape=[8], seed=2)  # the keeper restarts it
+        writer(op="write", name="w", dtype="u1", shape=[8], seed=2)  # the registrar restarts it
         wait_until(lambda: admin.daemon_pid() not in (None, crashable.proc.pid), what="the successor")
         wait_until(lambda: [t.writer_pid for t in admin.list_tags()] == [writer.pid],
                    what="the successor to adopt the writer's segment")

@@ -1,10 +1,12 @@
-"""Re-registration after a daemon restart, off the hot path.
+"""The registrar: keeps this process's handles registered with their daemon, off the hot path.
 
 The hot path never talks to the daemon, so nothing on it notices that the daemon died and
-came back. A background thread per process looks at the daemon's lock file five times a second
-(a local file read, no request): when the daemon's identity changed, or no daemon runs and
-auto-start is allowed, it (re)starts one and re-registers every live handle of this
-process. Metadata calls run the same check first, so they never act on a stale daemon.
+came back. One background thread per process looks at the daemon's lock file five times a
+second (a local file read, no request): when the daemon's identity changed, it re-registers
+every live handle of this process with the new one, restarting the daemon first when it
+crashed and auto-start is allowed (one stopped on purpose stays stopped). Calls that ask the
+daemon about a segment (a reader's lookup, a writer's new generation) run the same
+:meth:`Registrar.check` first, so they never act on a stale daemon.
 
 The same thread sends the requests nobody waits for (``Connection.post``, through
 ``transport.flush_all``): the registration of a reader that found its segment through the
@@ -31,7 +33,7 @@ _UNREGISTERED = "not registered"  # never a lock file's content (pid and start t
 
 
 class Registrant(Protocol):
-    """A handle, as the keeper sees it: its daemon, and whether it is still open."""
+    """A handle, as the registrar sees it: its daemon, and whether it is still open."""
 
     @property
     def endpoint(self) -> str: ...
@@ -49,8 +51,13 @@ def daemon_identity(endpoint: str) -> str | None:
     return None if state is None else state.ident
 
 
-class Keeper:
+class Registrar:
+    """This process's handles by daemon endpoint, and the thread that keeps them registered."""
+
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self._lock = threading.RLock()  # held while re-registering, which waits for a daemon
         # Only for the set itself: close() (untrack) must never wait for a daemon.
         self._handles_lock = threading.Lock()
@@ -58,7 +65,7 @@ class Keeper:
         # (track) must not wait for a restart that _lock may be holding for a second.
         self._state_lock = threading.Lock()
         # Each handle with what re-registers it (a function of the handle, so that the
-        # keeper holds no strong reference to it).
+        # registrar holds no strong reference to it).
         self._handles: weakref.WeakKeyDictionary[Registrant, Reregister] = weakref.WeakKeyDictionary()
         self._seen: dict[str, str | None] = {}
         self._started = False
@@ -131,8 +138,8 @@ class Keeper:
                 return
             try:
                 self._round()
-            except Exception as exc:  # the keeper must outlive any one failure
-                log.warning("ndsharray keeper: %s", exc)
+            except Exception as exc:  # the registrar must outlive any one failure
+                log.warning("ndsharray registrar: %s", exc)
 
     def _round(self) -> None:
         live = self._live()
@@ -157,12 +164,11 @@ class Keeper:
                 log.warning("could not re-register with the daemon at %s: %s", ep, exc)
 
 
-keeper = Keeper()
+registrar = Registrar()
 
 
 def _after_fork_in_child() -> None:
-    global keeper
-    keeper = Keeper()  # the parent's handles and thread are not this process's
+    registrar._reset()  # the parent's handles and thread are not this process's
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
