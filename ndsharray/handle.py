@@ -10,8 +10,6 @@ checks; each role's module holds its own state and its one hot path.
 
 from __future__ import annotations
 
-import atexit
-import os
 import secrets
 import threading
 import weakref
@@ -21,13 +19,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, TypeVar, ove
 
 import numpy as np
 
-from . import config, transport
+from . import config, process, transport
 from .arguments import role_of
 from .errors import HandleClosedError, TagBusyError, UsageError
 from .holders import creation_site
 from .protocol import Op, check_tag
 from .replies import Claimed, SegmentInfo
-from .segment import MAX_SLOTS, current_pid
+from .segment import MAX_SLOTS
 
 if TYPE_CHECKING:
     from .reader import Reader
@@ -130,13 +128,13 @@ class NdShArray:
 
     def _register(self) -> None:
         """A fresh identity towards the daemon (at open, and again after a fork)."""
-        self._pid = os.getpid()
+        self._pid = process.pid()
         self._token = secrets.token_hex(8)
         self._conn = transport.connection(self._endpoint)
 
     def _reregister(self) -> None:
         """After a daemon restart (the registrar calls it): tell the new daemon who we are."""
-        if self._closed or self._pid != current_pid():
+        if self._closed or self._pid != process.pid():
             return
         register, leave = self._ops
         try:
@@ -278,7 +276,7 @@ class NdShArray:
         opened it (a forked child starts afresh, or is refused)."""
         if self._closed:
             raise HandleClosedError(f"NdShArray {self._tag!r} is closed")
-        if self._pid != current_pid():
+        if self._pid != process.pid():
             self._after_fork()
 
     def _after_fork(self) -> None:
@@ -300,7 +298,7 @@ class NdShArray:
         parent may have held it at the fork)."""
         if self._closed:
             return True
-        if self._pid == current_pid():
+        if self._pid == process.pid():
             return False
         self._closed = self._ended = True
         self._direct = None
@@ -345,7 +343,7 @@ def _after_fork_in_child() -> None:
         handle._swap = threading.RLock()  # a parent's thread may have held it at the fork
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+process.on_fork("handles", _after_fork_in_child)
 
 
 def close_all() -> None:
@@ -358,4 +356,4 @@ def close_all() -> None:
             pass
 
 
-atexit.register(close_all)
+process.on_exit("handles", close_all)

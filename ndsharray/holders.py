@@ -8,12 +8,12 @@ code made it, and how to close it.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any
 
+from . import process
 from .errors import ErrorCode, TagBusyError
 
 
@@ -46,7 +46,7 @@ def _names_of(obj: object, f: FrameType | None) -> list[str]:
 def busy_in_this_process(tag: str, endpoint: str, handles: Iterable[Any]) -> TagBusyError | None:
     """A TagBusyError naming this process's open writer of ``tag``, or None if the holder
     is not in this process (the daemon's own message then says which pid it is)."""
-    pid = os.getpid()
+    pid = process.pid()
     for h in list(handles):
         if (h.access == "w" and not h.closed and h.tag == tag and h.endpoint == endpoint
                 and h._pid == pid):

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import _thread
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import config, daemonctl, transport
+from . import config, daemonctl, process, transport
 from .errors import DaemonUnavailableError
 
 log = logging.getLogger("ndsharray")
@@ -84,8 +83,8 @@ class Registrar:
         with self._state_lock:
             if registered and endpoint not in self._seen:
                 self._seen[endpoint] = daemon_identity(endpoint)
-            if not self._started or self._pid != os.getpid():
-                self._pid = os.getpid()
+            if not self._started or self._pid != process.pid():
+                self._pid = process.pid()
                 self._started = True
                 # _thread, not threading: Thread.start() waits until the thread runs, which
                 # costs an attaching reader most of a millisecond on a busy machine.
@@ -134,7 +133,7 @@ class Registrar:
         sleep = threading.Event()
         while True:
             sleep.wait(INTERVAL)
-            if self._pid != os.getpid():
+            if self._pid != process.pid():
                 return
             try:
                 self._round()
@@ -167,8 +166,5 @@ class Registrar:
 registrar = Registrar()
 
 
-def _after_fork_in_child() -> None:
-    registrar._reset()  # the parent's handles and thread are not this process's
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+# After a fork: the parent's handles and thread are not this process's.
+process.on_fork("registrar", registrar._reset)

@@ -108,7 +108,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from . import _hot, prefault
+from . import _hot, prefault, process
 from . import layout as _layout
 from .dtypes import MAX_DESCR_LEN, check_shareable, text_to_dtype
 from .errors import (
@@ -548,17 +548,10 @@ def retire(mm: mmap.mmap, why: int) -> None:
     _hot.retire(mm, why)
 
 
-class _Process:
-    """This process's pid, kept current across fork without a syscall per use."""
-
-    pid = os.getpid()
-
-
 _open_segments: weakref.WeakSet[_Mapped] = weakref.WeakSet()
 
 
-def _after_fork() -> None:
-    _Process.pid = os.getpid()
+def _close_inherited() -> None:
     # The child shares the parent's open file descriptions, and so its OFD locks: keep
     # them and a dead parent's pins would outlive it. Closing our copy of each fd releases
     # nothing the parent holds. (Views inherited by the child are no longer pinned.)
@@ -572,14 +565,7 @@ def _after_fork() -> None:
             m.closed = True
 
 
-os.register_at_fork(after_in_child=_after_fork)
-
-
-process_pid_holder = _Process  # for hot paths: ``process_pid_holder.pid`` without a call
-
-
-def current_pid() -> int:
-    return _Process.pid
+process.on_fork("segments", _close_inherited)
 
 
 def _flock(kind: int, start: int, length: int = 1) -> bytes:
@@ -724,7 +710,7 @@ class SegmentReader(_Mapped):
     def __init__(self, name: str) -> None:
         super().__init__(name, writable=False)
         self._closing = False
-        self._owner_pid = _Process.pid
+        self._owner_pid = process.pid()
         h = self.header
         lay = h.layout
         try:
@@ -757,7 +743,7 @@ class SegmentReader(_Mapped):
         for r in range(READER_ROWS):
             if self._try_lock(_row_lock(r, fcntl.F_WRLCK)):
                 row = rw_addr + self.layout.rows_offset + ROW_SIZE * r
-                _hot.claim_row(rw_addr, row, r, _Process.pid)
+                _hot.claim_row(rw_addr, row, r, process.pid())
                 return row
         raise ResourceLimitError(
             f"segment {self.name} has {READER_ROWS} readers already, its limit; "
@@ -858,7 +844,7 @@ class SegmentReader(_Mapped):
             self._close_fd()
 
     def _close_fd(self) -> None:
-        if getattr(self, "row", None) is not None and self.fd >= 0 and _Process.pid == self._owner_pid:
+        if getattr(self, "row", None) is not None and self.fd >= 0 and process.pid() == self._owner_pid:
             # A closing reader leaves its row clean (a crashed one leaves it for the
             # writer's reclaim); the row's lock goes with the fd, and another reader may
             # take the row at once: our C side must not touch it any more.
@@ -868,7 +854,7 @@ class SegmentReader(_Mapped):
                 c.detach()
         super()._close_fd()
 
-    _owner_pid = _Process.pid
+    _owner_pid = process.pid()
 
 
 class SegmentWriter(_Mapped):
@@ -896,7 +882,7 @@ class SegmentWriter(_Mapped):
         # nobody could re-register as).
         self._key = NO_KEY if token is None else writer_key(token)
         self.mm[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES] = self._key
-        _U32.pack_into(self.mm, OFF_WRITER_PID, _Process.pid)
+        _U32.pack_into(self.mm, OFF_WRITER_PID, process.pid())
         pub = self.publish_word()
         count = pub >> 8  # a writer taking over a tag continues its count: readers see new frames
         lay = h.layout
@@ -1016,9 +1002,9 @@ class SegmentWriter(_Mapped):
     def _forget(self) -> None:
         """The end of close(): clear our pid and key, close the fd and the mapping."""
         # A restarted daemon must not adopt this segment for a writer that has gone.
-        if (_U32.unpack_from(self.mm, OFF_WRITER_PID)[0] == _Process.pid
+        if (_U32.unpack_from(self.mm, OFF_WRITER_PID)[0] == process.pid()
                 and self.mm[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES] == self._key):
-            _U32.pack_into(self.mm, OFF_CLOSED_PID, _Process.pid)  # (who: for ls after a restart)
+            _U32.pack_into(self.mm, OFF_CLOSED_PID, process.pid())  # (who: for ls after a restart)
             _U32.pack_into(self.mm, OFF_WRITER_PID, 0)
             self.mm[OFF_WRITER_KEY : OFF_WRITER_KEY + KEY_BYTES] = NO_KEY
             # End of stream: wake blocked readers, who then find the writer closed.

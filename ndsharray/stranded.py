@@ -17,7 +17,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import config
+from . import config, process
 from .errors import NdShArrayError
 from .segment import parse_header, shm_dir
 
@@ -40,7 +40,7 @@ def stranded_tags(endpoint: str) -> list[StrandedTag]:
     """Tags of ``endpoint`` that processes of this user still write or read through a
     segment file they hold open (call it when no daemon runs). Sorted by tag."""
     prefix = os.path.join(shm_dir(), config.segment_prefix(endpoint))
-    me, uid = os.getpid(), os.getuid()
+    me, uid = process.pid(), os.getuid()
     found: dict[str, StrandedTag] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:

@@ -12,18 +12,16 @@ and builds its own on first use.
 
 from __future__ import annotations
 
-import atexit
 import collections
 import itertools
 import logging
-import os
 import threading
 import time
 from typing import Any, TypeVar
 
 import zmq
 
-from . import config, daemonctl
+from . import config, daemonctl, process
 from .errors import (
     DaemonUnavailableError,
     NdShArrayError,
@@ -269,7 +267,7 @@ def close_all() -> None:
         conn.close()
 
 
-atexit.register(close_all)
+process.on_exit("connections", close_all)
 
 
 def _after_fork_in_child() -> None:
@@ -280,4 +278,4 @@ def _after_fork_in_child() -> None:
     _state_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+process.on_fork("connections", _after_fork_in_child)

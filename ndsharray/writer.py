@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from . import framemeta, ring
+from . import framemeta, process, ring
 from .arguments import check_array
 from .dtypes import dtype_to_text
 from .errors import (
@@ -47,7 +47,6 @@ from .segment import (
     SegmentWriter,
     abandon,
     acquisitions,
-    process_pid_holder,
     shm_dir,
 )
 
@@ -146,7 +145,7 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
                 self._removed()
             if count == CLOSED:
                 self._overtaken(direct)
-        if self._closed or self._pid != process_pid_holder.pid:
+        if self._closed or self._pid != process.pid():
             self._check()  # raises
         arr = array if type(array) is np.ndarray else check_array(array)
         data, kind = (None, 0) if meta is None else framemeta.encode(meta, self._meta_capacity)

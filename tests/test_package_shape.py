@@ -123,3 +123,45 @@ def test_a_subclass_of_the_facade_gets_the_role_too(daemon: Daemon) -> None:
         assert r.latest().tolist() == [0, 1, 2, 3]
         with Camera("shape/sub", r_w="r") as r2:
             assert type(r2) is type(r)  # (one class per role, made once)
+
+
+def test_only_the_process_module_registers_fork_and_exit_hooks() -> None:
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            with open(path) as f:
+                tree = ast.parse(f.read())
+            calls = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+            hooks = calls & {"os.register_at_fork", "register_at_fork", "atexit.register"}
+            rel = os.path.relpath(path, PACKAGE)
+            assert not hooks or rel == "process.py", f"ndsharray/{rel} calls {hooks}: use ndsharray.process"
+
+
+def test_fork_steps_run_in_the_documented_order(monkeypatch: Any) -> None:
+    from ndsharray import process
+
+    order: list[str] = []
+
+    def recorder(step: str, hook: Any) -> Any:
+        def run() -> None:
+            order.append(f"{step}:{process.pid() == os.getpid()}")
+            hook()
+        return run
+
+    for step, hook in list(process._on_fork.items()):
+        monkeypatch.setitem(process._on_fork, step, recorder(step, hook))
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the steps as they ran, and leave at once
+        try:
+            os.write(wfd, ",".join(order).encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    with os.fdopen(rfd) as got:
+        ran = got.read()
+    os.waitpid(pid, 0)
+    assert ran.split(",") == [f"{s}:True" for s in process.FORK_STEPS]  # each saw the child's pid
+    assert order == []  # (nothing ran in the parent)
