@@ -123,9 +123,10 @@ def log_path(endpoint: str) -> str:
     return os.path.join(runtime_dir(), f"ndsharrayd-{_key(endpoint)}.log")
 
 
-def segment_prefix(endpoint: str) -> str:
-    """Name prefix in /dev/shm of the segments owned by the daemon at ``endpoint``."""
-    return f"nds-{os.getuid()}-{_key(endpoint)}-"
+def segment_prefix(endpoint: str, uid: int | None = None) -> str:
+    """Name prefix in /dev/shm of the segments owned by the daemon at ``endpoint``, run by
+    ``uid`` (None: this user; a daemon shared with a group is its owner's)."""
+    return f"nds-{os.getuid() if uid is None else uid}-{_key(endpoint)}-"
 
 
 def pointer_dir(endpoint: str) -> str:

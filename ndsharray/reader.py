@@ -13,32 +13,26 @@ nothing to return, ``wait()`` uses it without taking the frame, and iteration is
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
-import os
 import time
 from collections.abc import Iterator
 from typing import Any, Literal, overload
 
 import numpy as np
 
-from . import config, framemeta
+from . import framemeta
 from .arguments import seconds
 from .errors import (
-    CorruptSegmentError,
     HandleClosedError,
-    NdShArrayError,
     SegmentGoneError,
 )
+from .finder import SegmentFinder
 from .handle import NdShArray, _live
-from .protocol import ATTACH, LIST, LOOKUP
+from .protocol import ATTACH
 from .registrar import registrar
-from .segment import SegmentReader, is_segment_name
+from .segment import SegmentReader
 
 log = logging.getLogger("ndsharray")
-
-# A reader that finds no writer for this long says so once (a misspelt tag waits forever).
-MISSING_WARN_AFTER = 5.0
 
 # Longest single sleep of a waiting reader. Writes, retirement and close() wake it at once;
 # the slice is the safety net that re-checks its segment and handle anyway.
@@ -55,8 +49,6 @@ class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
     # replaced since. None sends the next read through _await, which finds the segment.
     _direct: SegmentReader | None = None
     _seg: SegmentReader | None = None
-    _missing_since: float | None = None  # since when lookups find no segment
-    _warned_missing = False
 
     def __init__(
         self,
@@ -72,15 +64,17 @@ class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
         self._init_common(tag, array, r_w, endpoint, slots, max_slots)
         self._last: np.ndarray[Any, Any] = _EMPTY
         self._count = 0
-        self._misses = 0  # lookups in a row that found no segment
-        self._last_lookup = 0.0
-        self._pointer = os.path.join(config.pointer_dir(self._endpoint), config.pointer_name(self._tag))
         self._attach()
         _live.add(self)
 
     def _attach(self) -> None:
         self._register()
-        if self._follow_pointer() is not None:
+        self._finder = SegmentFinder(self._tag, self._conn)
+        found = self._finder.by_pointer(self._seg)
+        if found is not None:
+            if found is not self._seg:
+                self._switch(found)
+            self._stale = False
             # Found through the tag's pointer: register in the background, so a reader
             # attaches in well under a millisecond instead of a daemon round trip (the
             # first request of a process costs milliseconds). Every later request of
@@ -245,87 +239,15 @@ class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
             return self._resolve()
         return seg
 
-    def _follow_pointer(self) -> SegmentReader | None:
-        """Switch to the segment the tag's pointer names, if it is live; no request."""
-        try:
-            name = os.readlink(self._pointer)
-        except OSError:
-            return None  # no segment yet, or a daemon without pointers
-        if not is_segment_name(name):
-            return None  # not a segment name: never open what a planted link names
-        seg = self._seg
-        if seg is None or seg.name != name:
-            try:
-                seg = SegmentReader(name)
-            except (SegmentGoneError, CorruptSegmentError, OSError):
-                return None  # replaced or removed since the pointer was read
-            if seg.header.tag != self._tag:
-                seg.close()
-                return None
-            if seg.retired():
-                seg.close()
-                return None
-            self._switch(seg)
-        elif seg.retired():
-            return None
-        self._misses = 0
-        self._stale = False
-        return seg
-
     def _resolve(self) -> SegmentReader | None:
-        """Find the tag's current segment and switch to it if it changed: through the tag's
-        pointer, else by asking the daemon.
-
-        After a few lookups that found nothing, ask at most every 20 ms: a polling loop on
-        a tag nobody writes must not hammer the daemon.
-        """
-        seg = self._follow_pointer()
-        if seg is not None:
-            return seg
-        now = time.monotonic()
-        if self._misses >= 3 and now - self._last_lookup < 0.02:
+        """Find the tag's current segment, through its pointer, else by asking the daemon
+        (see :mod:`ndsharray.finder`), and switch to it if it changed."""
+        current = self._seg
+        seg = self._finder.by_pointer(current) or self._finder.by_daemon(current)
+        if seg is None:
             return None
-        self._last_lookup = now
-        registrar.check(self._endpoint)
-        for _ in range(5):
-            res = self._conn.request(LOOKUP, tag=self._tag)
-            info = res.segment
-            if res.removed and not self._warned_missing:  # (the daemon's own rm)
-                self._warned_missing = True
-                log.warning("reader of %r: %s", self._tag, res.removed)
-            if info is None or (self._seg is not None and self._seg.retired() and info.name == self._seg.name):
-                self._misses += 1
-                if info is None and self._seg is None:
-                    self._warn_if_missing(now)
-                return None
-            self._misses = 0
-            self._stale = False
-            if self._seg is not None and info.name == self._seg.name:
-                return self._seg
-            try:
-                return self._switch(SegmentReader(info.name))
-            except SegmentGoneError:
-                continue  # replaced again while we looked: ask once more
-        return self._seg
-    def _warn_if_missing(self, now: float) -> None:
-        """Log once when no writer has published the tag for MISSING_WARN_AFTER seconds,
-        naming the tags it may have been meant to be."""
-        if self._missing_since is None:
-            self._missing_since = now
-        if self._warned_missing or now - self._missing_since < MISSING_WARN_AFTER:
-            return
-        self._warned_missing = True
-        try:  # (the lookup just answered: no retries, so a read is never held long)
-            tags = [t.tag for t in self._conn.request(LIST, retries=0).tags if t.segment]
-        except NdShArrayError:
-            tags = []
-        near = difflib.get_close_matches(self._tag, tags, n=3)
-        if near:
-            hint = "if it is misspelt, similar tags with data: " + ", ".join(map(repr, near))
-        else:
-            hint = f"{len(tags)} other tag(s) have data (ndsharray ls lists them)"
-        log.warning("reader of %r: no writer has published this tag at %s for %.0f s (still "
-                    "waiting); %s", self._tag, self._endpoint, now - self._missing_since, hint)
+        self._stale = False
+        return seg if seg is current else self._switch(seg)
 
     def _switch(self, seg: SegmentReader) -> SegmentReader:
         old, self._seg = self._seg, seg

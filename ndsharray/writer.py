@@ -38,8 +38,8 @@ from .errors import (
 from .handle import NdShArray, _live
 from .holders import busy_in_this_process
 from .protocol import CLAIM, GENERATION
-from .replies import SegmentInfo
 from .registrar import registrar
+from .replies import SegmentInfo
 from .segment import (
     CLOSED,
     ENV_SHM_DIR,

@@ -66,6 +66,27 @@ def test_a_pointer_to_another_tags_segment_is_not_followed(daemon: Daemon) -> No
             assert status and arr.tolist() == [1.0, 1.0, 1.0]  # asked the daemon instead
 
 
+def test_a_pointer_to_another_daemons_segment_is_not_followed(daemon: Daemon, folder: str) -> None:
+    # The same tag written at another endpoint: its segment carries the tag, and a pointer
+    # planted to it names a well-formed segment name, but not one of this daemon's
+    # (config.segment_prefix of this endpoint): the reader must ask its own daemon.
+    other = Daemon(os.path.join(folder, "other"))
+    os.mkdir(other.folder)
+    other.start()
+    try:
+        with ndsharray.NdShArray("cam", np.full(3, 7.0), "w", endpoint=other.endpoint) as w:
+            assert w.ndarray_mmap_name is not None
+            os.makedirs(config.pointer_dir(daemon.endpoint), exist_ok=True)
+            os.symlink(w.ndarray_mmap_name, pointer(daemon, "cam"))
+            with ndsharray.NdShArray("cam", r_w="r") as r:
+                status, arr = r.read()
+                assert not status and arr.size == 0  # nothing at this daemon
+                assert r.ndarray_mmap_name is None
+            os.unlink(pointer(daemon, "cam"))
+    finally:
+        other.stop()
+
+
 def test_daemon_restart_rebuilds_the_pointers(folder: str, monkeypatch: Any, puppets: Any) -> None:
     d = Daemon(folder).start()
     monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)

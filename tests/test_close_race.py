@@ -24,6 +24,7 @@ from conftest import Daemon, wait_until
 
 import ndsharray
 from ndsharray import writer
+from ndsharray.registrar import registrar
 from ndsharray.segment import SegmentWriter
 
 ROWS, COLS = 4096, 2048  # 64 MiB of float64: a copy takes milliseconds (numpy's transposing one, far more)
@@ -695,7 +696,7 @@ def test_an_interrupt_early_in_close_still_frees_the_tag_and_the_segment_fds(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(writer.registrar, "untrack", interrupted)
+        m.setattr(registrar, "untrack", interrupted)
         for h in (r, w):
             with pytest.raises(KeyboardInterrupt):
                 h.close()

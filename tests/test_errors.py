@@ -127,7 +127,7 @@ def test_exported_names_are_the_public_ones() -> None:
 
 def test_a_reader_of_a_tag_nobody_writes_says_so_once(daemon: Any, monkeypatch: Any, caplog: Any) -> None:
     # A misspelt tag would otherwise wait forever in silence.
-    monkeypatch.setattr(ndsharray.reader, "MISSING_WARN_AFTER", 0.05)
+    monkeypatch.setattr(ndsharray.finder, "MISSING_WARN_AFTER", 0.05)
 
     def said() -> list[str]:
         return [m for m in caplog.messages if "no writer has published" in m]

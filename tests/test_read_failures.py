@@ -82,7 +82,7 @@ def test_a_reader_closed_while_it_opens_the_next_generation_keeps_nothing_open(
         daemon: Daemon, monkeypatch: Any) -> None:
     # Another thread closes the reader while this one opens the segment of a new generation
     # (simulated by closing it inside the open): the new segment's fd and row must go too.
-    from ndsharray import reader
+    from ndsharray import finder
 
     def fds_on(name: str) -> list[str]:
         out = []
@@ -101,17 +101,17 @@ def test_a_reader_closed_while_it_opens_the_next_generation_keeps_nothing_open(
         new = w.ndarray_mmap_name
         assert new is not None
         writers_fds = fds_on(new)
-        real = segment.SegmentReader  # (what the reader calls)
+        real = segment.SegmentReader  # (what the finder opens)
 
         def open_while_closed(name: str) -> segment.SegmentReader:
             seg = real(name)
             r.close()
             return seg
 
-        monkeypatch.setattr(reader, "SegmentReader", open_while_closed)
+        monkeypatch.setattr(finder, "SegmentReader", open_while_closed)
         with pytest.raises(ndsharray.HandleClosedError, match="closed while it read"):
             r.read()
         assert fds_on(new) == writers_fds
-        monkeypatch.setattr(reader, "SegmentReader", real)
+        monkeypatch.setattr(finder, "SegmentReader", real)
         row = next(t for t in ndsharray.list_tags() if t.tag == "gen2")
         assert all(s.get("pid") != os.getpid() for s in row.reader_stats)
