@@ -522,8 +522,14 @@ def test_credits_from_no_live_bridge_start_no_stream(hosts: Any, puppets: Any) -
             # Then a bridge that is alive, on the same link: once it has its stream, the
             # credits sent before it have been handled.
             token = session.liveliness().declare_token(wire.alive_key("evil", "alive1"))
-            session.put(wire.credit_key("robot1", "alive1", "cam"), wire.pack_credit(1, True))
-            wait_until(lambda: b.exported[0]["importers"] != [], what="the live bridge's stream")
+
+            def credit_from_the_live_one() -> bool:
+                # (again until it takes, as an importer does: the token may reach the
+                # exporter after a credit)
+                session.put(wire.credit_key("robot1", "alive1", "cam"), wire.pack_credit(1, True))
+                return bool(b.exported[0]["importers"])
+
+            wait_until(credit_from_the_live_one, what="the live bridge's stream")
             assert b.exported[0]["importers"] == ["evil"]
             token.undeclare()
             wait_until(lambda: b.exported[0]["importers"] == [], what="its stream dropped with its token")
@@ -566,3 +572,4 @@ def test_a_frame_sent_again_is_written_once(hosts: Any) -> None:
             sub.undeclare()
         finally:
             session.close()
+
