@@ -573,3 +573,19 @@ def test_a_frame_sent_again_is_written_once(hosts: Any) -> None:
         finally:
             session.close()
 
+
+def zenoh_shm_files(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/maps") as f:
+        return {line.split()[-1] for line in f if line.rstrip().endswith(".zenoh") and "/dev/shm/" in line}
+
+
+def test_bridges_map_no_zenoh_shared_memory(hosts: Any, bridges: Any) -> None:
+    """Zenoh's shared-memory transport leaves /dev/shm/<n>.zenoh (16 MB once frames larger
+    than 3 KB pass) behind a bridge that is stopped or killed: the bridges keep it off."""
+    a, b, ba, bb = linked(hosts, bridges)
+    with NdShArray("camera/big", np.full(100_000, 7, np.uint8), "w", endpoint=a.endpoint), \
+            NdShArray("robot1/camera/big", r_w="r", endpoint=b.endpoint) as r:
+        read_until(r, lambda x: x.shape == (100_000,))
+        for p in (ba, bb):
+            assert p.proc is not None
+            assert zenoh_shm_files(p.proc.pid) == set()

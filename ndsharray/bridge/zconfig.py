@@ -2,7 +2,8 @@
 
 Peers are reached only through the locators given: multicast and gossip scouting are
 always off, so a bridge never announces itself on, or reaches into, a network nobody
-named. A ``--zenoh-config`` JSON5 file (TLS, routers, access control) is the base; the
+named. Zenoh's shared-memory transport is off too (it leaves files in /dev/shm). A
+``--zenoh-config`` JSON5 file (TLS, routers, access control) is the base; the
 locators given on the command line are added to its own.
 """
 
@@ -42,6 +43,9 @@ def build(listen: Sequence[str] = (), connect: Sequence[str] = (), config_file: 
         cfg.insert_json5("mode", json.dumps(mode))
     for key in ("scouting/multicast/enabled", "scouting/gossip/enabled"):
         cfg.insert_json5(key, "false")
+    # Zenoh's shared-memory transport helps only peers on one host, and its /dev/shm files
+    # (a 16 MB pool once large frames pass) outlive a bridge that stops or is killed.
+    cfg.insert_json5("transport/shared_memory/enabled", "false")
     for key, extra in (("listen/endpoints", listen), ("connect/endpoints", connect)):
         mine = _endpoints(json.loads(cfg.get_json(key)))
         try:
