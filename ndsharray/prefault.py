@@ -25,6 +25,7 @@ import errno
 import mmap
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -47,35 +48,58 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1") != "0"
 
 
-def populate(mm: mmap.mmap, offset: int, length: int) -> None:
-    """Map ``length`` bytes of ``mm`` from ``offset`` (page aligned) into our page tables,
-    writable. Best effort: a failure only means the writes fault as before."""
-    if length <= 0:
-        return
-    if _Kernel.populate:
-        addr = _hot.address(mm) + offset
-        if _libc.madvise(addr, length, MADV_POPULATE_WRITE) == 0:  # (without the GIL)
-            return
-        if ctypes.get_errno() != errno.EINVAL:
-            return  # ENOMEM, EFAULT (the file was shrunk): the write will say so, or fault
-        _Kernel.populate = False
+def _madvise(addr: int, length: int) -> bool:
+    """MADV_POPULATE_WRITE at ``addr``; False where the kernel lacks it (then the caller
+    touches the pages instead). Best effort: any other failure means the writes fault as
+    before (ENOMEM, EFAULT: the file was shrunk; the write then says so, or faults)."""
+    if _libc.madvise(addr, length, MADV_POPULATE_WRITE) == 0:  # (without the GIL)
+        return True
+    if ctypes.get_errno() != errno.EINVAL:
+        return True
+    _Kernel.populate = False
+    return False
+
+
+def _touch(mm: mmap.mmap, offset: int, length: int) -> None:
     pages = np.frombuffer(mm, np.uint8, length, offset)[:: mmap.PAGESIZE]
     int(pages.sum())  # one read per page; the sum is only there to make numpy read
 
 
+def populate(mm: mmap.mmap, offset: int, length: int) -> None:
+    """Map ``length`` bytes of ``mm`` from ``offset`` (page aligned) into our page tables,
+    writable."""
+    if length <= 0:
+        return
+    if not (_Kernel.populate and _madvise(_hot.address(mm) + offset, length)):
+        _touch(mm, offset, length)
+
+
 def prefault_slots(mm: mmap.mmap, offsets: Sequence[int], length: int) -> threading.Thread | None:
     """Populate the slot at ``offsets[0]`` now and the others in a background thread
-    (returned, for tests; it holds ``mm`` alive until it ends)."""
+    (returned, for tests).
+
+    The thread keeps no reference to ``mm``: the mapping (and the fd an mmap object keeps)
+    must go when the writer's last array does, not when the thread ends. It looks the
+    mapping up through a weak reference before each slot and madvises by address: if the
+    mapping went meanwhile, the kernel finds the range unmapped (ENOMEM), or mapped by
+    another object, which populating changes nothing in.
+    """
     if length < MIN_BYTES or not offsets or not enabled():
         return None
     populate(mm, offsets[0], length)
     rest = list(offsets[1:])
     if not rest:
         return None
+    ref, addr = weakref.ref(mm), _hot.address(mm)
 
     def run() -> None:
         for off in rest:
-            populate(mm, off, length)
+            if _Kernel.populate and ref() is not None and _madvise(addr + off, length):
+                continue
+            held = ref()  # the fallback reads through the mapping: hold it meanwhile
+            if held is not None:
+                _touch(held, off, length)
+            del held
 
     t = threading.Thread(target=run, name="ndsharray-prefault", daemon=True)
     t.start()
