@@ -3,12 +3,12 @@ or ``TypeError`` that names the slip and the way out, before anything is opened 
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
 
 from .errors import UsageError
+from .foreign import as_array
 
 
 def role_of(tag: object, array: object, r_w: object) -> str:
@@ -46,16 +46,6 @@ def seconds(timeout: float | None) -> float | None:
 
 
 def check_array(array: Any, what: str = "write()") -> np.ndarray[Any, Any]:
-    """``array`` as a plain ndarray if it can be written; a clear TypeError if not."""
-    if not isinstance(array, np.ndarray):
-        raise TypeError(
-            f"{what} takes a numpy array, got {type(array).__name__}; convert it first, "
-            "e.g. np.asarray(x, dtype=np.float32), so that you choose its dtype"
-        )
-    ma = sys.modules.get("numpy.ma")  # (not imported: no masked array exists, and np.ma
-    if ma is not None and isinstance(array, ma.MaskedArray):  # would import it, ~10 ms)
-        raise TypeError(
-            f"{what} of a masked array would drop its mask; write array.filled(value), or "
-            "its .data and np.ma.getmaskarray(array) under two tags"
-        )
-    return np.asarray(array)  # a subclass (np.memmap, np.matrix) as a plain array
+    """``array`` as a plain ndarray if it can be written (an ndarray, or an object numpy can
+    view without a copy: see foreign.py); a clear TypeError if not."""
+    return as_array(array, what)
