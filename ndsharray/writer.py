@@ -37,6 +37,7 @@ from .errors import (
 )
 from .handle import NdShArray, _live
 from .holders import busy_in_this_process
+from .onfull import Dropped, check_on_full
 from .protocol import CLAIM, GENERATION
 from .registrar import registrar
 from .replies import SegmentInfo
@@ -66,6 +67,7 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
     _seg: SegmentWriter | None = None
     _loaned = False  # inside a loan() block
     _loan_thread: int | None = None  # the thread that opened it
+    _lending = False  # loan() is taking its slot
     _written = 0  # its count when it closed
 
     def __init__(
@@ -79,7 +81,9 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
         max_slots: int = 32,
         write_timeout: float = 2.0,
         meta_capacity: int = framemeta.DEFAULT_META_CAPACITY,
+        on_full: str = "grow",
     ) -> None:
+        self._on_full = check_on_full(on_full)  # (see onfull.py)
         self._init_common(tag, array, r_w, endpoint, slots, max_slots)
         self._meta_capacity = framemeta.check_meta_capacity(meta_capacity)
         if array is not None:
@@ -87,6 +91,7 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
         self._slots = slots  # None: by the array's size (ring.initial_slots)
         self._max_slots = max_slots
         self._write_timeout = write_timeout
+        self._dropped = 0  # frames dropped (on_full="drop"); the segment header shows it to ls
         self._offered: SegmentInfo | None = None  # a dead writer's segment we may continue in
         self._claim()
         _live.add(self)
@@ -122,15 +127,19 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
 
     shape = property(lambda self: self._seg and framemeta.last_frame(self._seg)[1], doc="The last frame's shape.")
     dtype = property(lambda self: self._seg and framemeta.last_frame(self._seg)[0], doc="The last frame's dtype.")
+    on_full = property(lambda self: self._on_full, doc="When readers pin every slot: grow, drop or block.")
 
     # ---- writing ----------------------------------------------------------------------
 
-    def write(self, array: np.ndarray[Any, Any], meta: dict[str, Any] | bytes | None = None) -> None:
+    def write(self, array: Any, meta: dict[str, Any] | bytes | None = None) -> bool:
         """Publish a copy of ``array`` as the tag's latest value, with ``meta`` (a JSON-
-        serialisable dict, or bytes: ``reader.meta`` gets exactly this frame's). Any layout
-        works; any shape and dtype that fit the slots cost what a same-shape write costs; a
-        larger frame makes a new generation with headroom. ``TypeError`` for dtypes holding
-        Python objects, ``ValueError`` for a ``meta`` larger than ``meta_capacity``."""
+        serialisable dict, or bytes: ``reader.meta`` gets exactly this frame's); True when it
+        did, False only under ``on_full="drop"``. Any layout works; any shape and dtype that
+        fit the slots cost what a same-shape write costs; a larger frame makes a new
+        generation with headroom. Any object numpy views without a copy works too (a buffer,
+        ``__array_interface__``, a CPU ``__dlpack__`` tensor). ``TypeError`` for dtypes
+        holding Python objects and for lists, str or None, ``ValueError`` for a ``meta``
+        larger than ``meta_capacity``."""
         direct = self._direct
         if direct is not None:
             if type(array) is not np.ndarray:  # (the C call takes any buffer: check first)
@@ -140,7 +149,7 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
                 array, *framemeta.encode(meta, self._meta_capacity))
             if count > 0:
                 self._valid = True
-                return
+                return True
             if count == REMOVED:
                 self._removed()
             if count == CLOSED:
@@ -157,12 +166,17 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
             np.copyto(dst, arr, casting="no")  # (without the GIL when large)
             seg.fast.describe(i, dst, data, kind)
             count = seg.fast.publish(i)
+        except Dropped:
+            self._dropped += 1
+            seg.set_dropped(self._dropped)
+            return False
         except BaseException:
             self._abandon(mark)
             raise
         if not count:
             self._overtaken(seg.fast)
         self._valid = True
+        return True
 
     @contextmanager
     def loan(self, shape: tuple[int, ...] | None = None, dtype: Any = None,
@@ -186,7 +200,11 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
                                 "change shape or dtype")
         mark = acquisitions()
         try:  # (see _abandon)
-            seg, i = self._acquire(seg)
+            self._lending = True  # (must lend a slot: never dropped, see onfull.py)
+            try:
+                seg, i = self._acquire(seg)
+            finally:
+                self._lending = False
             buf = seg.slot_array(i, want_dtype, want_shape)
             self._loaned = True
             self._loan_thread = threading.get_ident()
@@ -277,7 +295,8 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
                 f"cannot {what} of {self._tag!r} inside a loan() block; leave the block first")
 
     def _acquire(self, seg: SegmentWriter) -> tuple[SegmentWriter, int]:
-        """Lock a free slot of ``seg`` (or of a grown ring) for the next write."""
+        """Lock a free slot of ``seg`` (or of a grown ring) for the next write (Dropped: a
+        write under on_full="drop" found every slot pinned past the short grace)."""
         i = self._try_acquire(seg)
         if i < 0:
             return self._acquire_slow(seg)
@@ -330,6 +349,7 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
                     "the daemon with this process's environment, or set it alike here)"
                 ) from None
         self._stale = False
+        seg.set_dropped(self._dropped)  # (carried over: ls counts the tag's drops, not a generation's)
         old = self._install(seg)
         if old is not None:
             old.retire()  # the daemon does too, unless it lost track of it in a restart
@@ -380,7 +400,8 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
 
     def _acquire_slow(self, seg: SegmentWriter) -> tuple[SegmentWriter, int]:
         """Every slot but the latest is pinned: free dead readers' pins, wait a moment, then
-        grow the ring."""
+        by on_full: grow the ring ("grow"), give up on this frame ("drop"), or wait up to
+        write_timeout for a slot ("block", and "grow" once the ring cannot grow)."""
         if seg.reclaim_rows():
             i = self._try_acquire(seg)
             if i >= 0:
@@ -392,8 +413,10 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
             i = self._try_acquire(seg)
             if i >= 0:
                 return seg, i
+        if self._on_full == "drop" and not self._lending:
+            raise Dropped
         grow_failed = ""
-        if seg.nslots < self._max_slots and not self._loaned:
+        if self._on_full == "grow" and seg.nslots < self._max_slots and not self._loaned:
             # Pins that persist are views readers keep: give them more room (not under a
             # loan: the lent slot must stay in this segment to be published).
             h = seg.header
@@ -420,6 +443,7 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
             if i >= 0:
                 return seg, i
         lent = " (one is lent out by the open loan() block)" if self._loaned else ""
+        grow_failed += f"; on_full={self._on_full!r} never grows the ring" if self._on_full != "grow" else ""
         raise WriterStalledError(
             f"tag {self._tag!r}: all {seg.nslots} slots stayed pinned by readers{lent} for "
             f"{self._write_timeout:g} s; readers hold on to old arrays - drop them, read with "
