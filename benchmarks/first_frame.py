@@ -14,17 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
+
+from private_daemon import private_daemon
 
 SIZES = {"256 MiB": (256, 1024, 1024), "1080p rgb": (1080, 1920, 3)}
 
 TRIAL = r"""
 import json, os, sys, time
 import numpy as np, ndsharray
+
 shape, writes = tuple(json.loads(sys.argv[1])), int(sys.argv[2])
 a = np.ones(shape, np.uint8)
 w = ndsharray.NdShArray(f"first-frame/{os.getpid()}", r_w="w")
@@ -48,12 +49,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--writes", type=int, default=4)
     args = ap.parse_args()
-    folder = tempfile.mkdtemp(prefix="nds-ff-")
-    endpoint = f"ipc://{folder}/d.sock"
-    os.environ["NDSHARRAY_ENDPOINT"] = endpoint
-    daemon = subprocess.Popen([sys.executable, "-m", "ndsharrayd", "--endpoint", endpoint],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with private_daemon("nds-ff-"):
         print(f"median ms of write k (k=1 creates the generation), {args.trials} alternating trials")
         print(f"{'':<22}" + "".join(f"{'write ' + str(k + 1):>10}" for k in range(args.writes)))
         for label, shape in SIZES.items():
@@ -65,10 +61,7 @@ def main() -> None:
                 med = [statistics.median(t[k] for t in got[on]) * 1e3 for k in range(args.writes)]
                 name = f"{label}, prefault {'on' if on else 'off'}"
                 print(f"{name:<22}" + "".join(f"{m:>10.2f}" for m in med))
-    finally:
-        daemon.terminate()
-        daemon.wait(15)
-        shutil.rmtree(folder, ignore_errors=True)
+
 
 
 if __name__ == "__main__":

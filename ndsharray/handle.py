@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, TypeVar, overload
 
@@ -88,15 +88,18 @@ class NdShArray:
     @overload
     def __new__(cls, tag: str, array: np.ndarray[Any, Any] | None, r_w: Literal["w", "W"], *,
                 endpoint: str | None = ..., slots: int | None = ..., max_slots: int = ...,
-                write_timeout: float = ..., meta_capacity: int = ...) -> Writer: ...
+                write_timeout: float = ..., meta_capacity: int = ...,
+                on_full: Literal["grow", "drop", "block"] = ...) -> Writer: ...
     @overload
     def __new__(cls, tag: str, array: np.ndarray[Any, Any] | None = ..., *, r_w: Literal["w", "W"],
                 endpoint: str | None = ..., slots: int | None = ..., max_slots: int = ...,
-                write_timeout: float = ..., meta_capacity: int = ...) -> Writer: ...
+                write_timeout: float = ..., meta_capacity: int = ...,
+                on_full: Literal["grow", "drop", "block"] = ...) -> Writer: ...
     @overload
     def __new__(cls, tag: str, array: np.ndarray[Any, Any] | None = ..., r_w: str | None = ..., *,
                 endpoint: str | None = ..., slots: int | None = ..., max_slots: int = ...,
-                write_timeout: float = ..., meta_capacity: int = ...) -> NdShArray: ...
+                write_timeout: float = ..., meta_capacity: int = ...,
+                on_full: Literal["grow", "drop", "block"] = ...) -> NdShArray: ...
 
     def __new__(cls, tag: str, array: Any = None, r_w: str | None = None, **kw: Any) -> NdShArray:
         if cls._role:  # Writer(...), Reader(...)
@@ -241,7 +244,7 @@ class NdShArray:
 
     # ---- the other role's methods: a clear error, as in 1.x -------------------------
 
-    def write(self, array: np.ndarray[Any, Any], meta: dict[str, Any] | bytes | None = None) -> None:
+    def write(self, array: Any, meta: dict[str, Any] | bytes | None = None) -> bool:
         """Publish a copy of ``array`` (writers only: see :meth:`Writer.write`)."""
         self._wrong_role("w", "write")
 
@@ -260,6 +263,17 @@ class NdShArray:
 
     def __iter__(self) -> Iterator[np.ndarray[Any, Any]]:
         self._wrong_role("r", "read")
+
+    def frames(self, until_closed: bool = False, timeout: float | None = None,
+               copy: bool = False) -> Iterator[np.ndarray[Any, Any]]:
+        self._wrong_role("r", "frames")
+
+    async def aread(self, timeout: float | None = None, copy: bool = False) -> tuple[bool, np.ndarray[Any, Any]]:
+        self._wrong_role("r", "aread")
+
+    def aframes(self, until_closed: bool = False, timeout: float | None = None,
+                copy: bool = False) -> AsyncIterator[np.ndarray[Any, Any]]:
+        self._wrong_role("r", "aframes")
 
     def _wrong_role(self, role: str, method: str) -> NoReturn:
         if self._closed:

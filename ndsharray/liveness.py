@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import threading
 from typing import Literal
 
 from . import _waitv
@@ -38,6 +39,10 @@ class WriterWatch:
         self._fd = -1
         self._poll: select.poll | None = None
         self._reported: tuple[str, int, str, int] | None = None
+        # Two threads of one handle may wait at once (one reads, one waits): a poll object
+        # must not be used by both, nor the pidfd closed under one.
+        self._lock = threading.Lock()
+        self.ends = 0  # ends of stream reported so far (frames() tells them from timeouts)
 
     def state(self, seg: SegmentReader | None) -> tuple[WriterState, int]:
         """(state, pid) of the writer of ``seg`` (the reader's segment; None: it has none)."""
@@ -58,16 +63,19 @@ class WriterWatch:
         if st not in ENDED or seg is None:
             return None
         key = (seg.name, pid, st, latest_write(seg.mm, seg.nslots)[0])
-        if key == self._reported:
-            return None
-        self._reported = key
+        with self._lock:
+            if key == self._reported:
+                return None
+            self._reported = key
+            self.ends += 1
         return st
 
     def _alive(self, pid: int) -> bool:
-        if pid != self._pid:
-            self._watch(pid)
-        if self._poll is not None:
-            return not self._poll.poll(0)
+        with self._lock:
+            if pid != self._pid:
+                self._watch(pid)
+            if self._poll is not None:
+                return not self._poll.poll(0)
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -77,7 +85,7 @@ class WriterWatch:
         return True
 
     def _watch(self, pid: int) -> None:
-        self.close()
+        self._forget()
         self._pid = pid
         try:
             self._fd = os.pidfd_open(pid)
@@ -93,6 +101,10 @@ class WriterWatch:
 
     def close(self) -> None:
         """Let the pidfd go (the handle closes)."""
+        with self._lock:
+            self._forget()
+
+    def _forget(self) -> None:
         fd, self._fd, self._poll, self._pid = self._fd, -1, None, 0
         if fd >= 0:
             os.close(fd)

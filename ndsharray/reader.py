@@ -20,6 +20,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
+from . import aio as _aio
 from . import framemeta
 from .arguments import seconds
 from .errors import (
@@ -28,9 +29,11 @@ from .errors import (
 )
 from .finder import SegmentFinder
 from .handle import NdShArray, _live
+from .liveness import WriterWatch
 from .protocol import ATTACH
 from .registrar import registrar
 from .segment import SegmentReader
+from .stream import ReaderStream
 
 log = logging.getLogger("ndsharray")
 
@@ -42,7 +45,7 @@ _EMPTY: np.ndarray[Any, Any] = np.empty((0,))
 _EMPTY.flags.writeable = False
 
 
-class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
+class Reader(ReaderStream, NdShArray, role="r", ops=(ATTACH, "detach")):
     """A reader of a tag: see :class:`NdShArray` and :meth:`read`."""
 
     # The segment a read may go straight to: found, checked and read from, and not seen
@@ -64,6 +67,7 @@ class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
         self._init_common(tag, array, r_w, endpoint, slots, max_slots)
         self._last: np.ndarray[Any, Any] = _EMPTY
         self._count = 0
+        self._watch = WriterWatch()  # the writer's state, and the ends of stream reported
         self._attach()
         _live.add(self)
 
@@ -153,24 +157,28 @@ class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
         return self._await(False, False, seconds(timeout)) is not None
 
     def __iter__(self) -> Iterator[np.ndarray[Any, Any]]:
-        """Yield every new array as it arrives (blocking); ends when the handle is closed."""
+        """Yield every new array as it arrives (blocking); ends when the handle is closed
+        (not when the writer closes: it waits for the next writer; see :meth:`frames`)."""
         while True:
             try:
-                status, arr = self.read(timeout=None)
+                arr = self._await(True, False, None, ends=False)
             except HandleClosedError:
                 return
-            if not status:
+            if arr is None:
                 return
             yield arr
 
     @overload
-    def _await(self, take: Literal[True], copy: bool, timeout: float | None) -> np.ndarray[Any, Any] | None: ...
+    def _await(self, take: Literal[True], copy: bool, timeout: float | None,
+               ends: bool = True) -> np.ndarray[Any, Any] | None: ...
     @overload
-    def _await(self, take: Literal[False], copy: bool, timeout: float | None) -> bool | None: ...
+    def _await(self, take: Literal[False], copy: bool, timeout: float | None, ends: bool = True) -> bool | None: ...
 
-    def _await(self, take: bool, copy: bool, timeout: float | None) -> np.ndarray[Any, Any] | bool | None:
+    def _await(self, take: bool, copy: bool, timeout: float | None,
+               ends: bool = True) -> np.ndarray[Any, Any] | bool | None:
         """The read loop: until a write this handle has not read exists, or ``timeout``
-        seconds passed (0: look once; None: no limit), or the handle is closed.
+        seconds passed (0: look once; None: no limit), or the handle is closed, or (with
+        ``ends``) the writer closed or died since this handle last said so.
 
         ``take``: pin that write and return it (a view, or a copy with ``copy``), as
         ``read()``; otherwise return True and leave it for the next read, as ``wait()``.
@@ -216,7 +224,14 @@ class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
                 time.sleep(idle if left is None else min(idle, left))
                 idle = min(idle * 2, 0.05)
             else:
-                seg.wait(self._count, WAIT_SLICE if left is None else min(left, WAIT_SLICE))
+                # The notify word before the writer's state: a close or death after this
+                # look moves it, and the wait below returns at once (see liveness.py).
+                expect = seg.notify()
+                if ends and self._new_end(seg):
+                    return None
+                if self._seg is not seg:
+                    continue  # the tag's pointer names a newer segment: read that
+                seg.wait(self._count, WAIT_SLICE if left is None else min(left, WAIT_SLICE), expect)
             if self._closed:
                 return None
 
@@ -284,7 +299,9 @@ class Reader(NdShArray, role="r", ops=(ATTACH, "detach")):
                 registrar.untrack(self)  # (the registrar's weak set forgets collected handles)
             if seg is not None:
                 seg.stop_waits()  # end a wait() or iteration in another thread
+                _aio.wake(seg)  # and an aread() in any event loop
                 seg.close()
+            self._watch.close()
             self._last = _EMPTY
             if in_gc:
                 # The collector may run inside a daemon request of this very thread: never

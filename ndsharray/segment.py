@@ -786,15 +786,26 @@ class SegmentReader(_Mapped):
         count = int(_U64.unpack_from(self.mm, OFF_PUBLISH)[0]) >> 8
         return count != last_count and count != 0
 
-    def wait(self, last_count: int, timeout: float) -> None:
-        """Sleep until something is published after ``last_count`` (or ``timeout``).
+    def wait(self, last_count: int, timeout: float, expect: int = -1) -> None:
+        """Sleep until something is published after ``last_count`` (or ``timeout``), or at
+        once if the notify word moved from ``expect`` (from :meth:`notify`, taken before the
+        caller looked at the writer: a close or death since then is not slept through).
 
         Lost wake-ups are impossible: see the blocking reader in the module docstring.
         """
         if _hot.FUTEX:
-            self._c.wait(last_count, timeout)
+            self._c.wait(last_count, timeout, expect)
         else:
             time.sleep(min(timeout, 0.001))  # no futex: poll, gently
+
+    def notify(self) -> int:
+        """The notify word now (an acquire load): see :meth:`wait`."""
+        return self._c.notify
+
+    @property
+    def pinned(self) -> int:
+        """Pins this reader holds (views alive, and frames being read)."""
+        return self._c.pinned
 
     def stop_waits(self) -> None:
         """End every :meth:`wait` on this reader in other threads, now and for good."""

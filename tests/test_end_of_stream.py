@@ -1,0 +1,132 @@
+"""End of stream through the public API: writer_state, writer_pid, blocking reads that
+return when the writer closes or dies, frames(until_closed=...)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import wait_until
+
+import ndsharray
+
+
+def reader_in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        t0 = time.monotonic()
+        out.append((fn(), time.monotonic() - t0))
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def test_writer_state_follows_the_writer(daemon: Any, puppets: Any) -> None:
+    with ndsharray.NdShArray("cam/state", r_w="r") as r:
+        assert (r.writer_state, r.writer_pid) == ("none", 0)
+        a = puppets()
+        a.start_writer("cam/state", "uint8", [16], seed=1)
+        assert r.read(timeout=10)[0]
+        assert (r.writer_state, r.writer_pid) == ("alive", a.pid)
+        a(op="close", name="w")
+        assert (r.writer_state, r.writer_pid) == ("closed", a.pid)
+        b = puppets()
+        b.start_writer("cam/state", "uint8", [16], seed=2)  # the same shape: the same segment
+        wait_until(lambda: r.writer_state == "alive", what="the new writer seen")
+        assert r.writer_pid == b.pid
+        b.kill()
+        assert (r.writer_state, r.writer_pid) == ("died", b.pid)  # no daemon needed to say so
+
+
+@pytest.mark.parametrize("how", ["close", "kill"])
+@pytest.mark.parametrize("call", ["read", "wait"])
+def test_a_blocked_read_returns_when_the_writer_goes_and_reads_its_successor(
+        daemon: Any, puppets: Any, how: str, call: str) -> None:
+    a = puppets()
+    a.start_writer("cam/gone", "uint8", [32], seed=1)
+    with ndsharray.NdShArray("cam/gone", r_w="r") as r:
+        assert r.read(timeout=10)[0]
+        first = r._last
+        fn = (lambda: r.read(timeout=30)) if call == "read" else (lambda: r.wait(30))
+        t, out = reader_in_thread(fn)
+        if how == "close":
+            a(op="close", name="w")
+        else:
+            a.kill()
+        t.join(25)
+        got, took = out[0]
+        assert took < 10, took  # at the writer's end, not at the 30 s timeout
+        if call == "read":
+            assert got[0] is False and got[1] is first
+        else:
+            assert got is False
+        assert r.writer_state == ("closed" if how == "close" else "died")
+        # The end was reported once: the next blocking read waits for a new writer.
+        t, out = reader_in_thread(lambda: r.read(timeout=30))
+        b = puppets()
+        b.start_writer("cam/gone", "uint8", [32], seed=2)
+        t.join(25)
+        (status, arr), took = out[0]
+        assert status and took < 10 and r.writer_state == "alive" and r.writer_pid == b.pid
+
+
+def test_frames_until_closed_ends_after_the_last_frame(daemon: Any, puppets: Any) -> None:
+    p = puppets()
+    p.start_writer("cam/finite", "uint8", [8], seed=0)
+    with ndsharray.NdShArray("cam/finite", r_w="r") as r:
+        got: list[int] = []
+
+        def consume() -> None:
+            for _ in r.frames(until_closed=True, timeout=30):
+                got.append(r.write_count)
+
+        t = threading.Thread(target=consume)
+        t.start()
+        for k in range(1, 6):
+            wait_until(lambda k=k: len(got) >= k, what=f"frame {k} yielded")
+            p(op="write", name="w", dtype="uint8", shape=[8], seed=k)
+        p(op="close", name="w")  # right after the last write: that frame must still come
+        t.join(20)
+        assert not t.is_alive()
+        assert got == [1, 2, 3, 4, 5, 6]
+
+
+def test_frames_without_until_closed_waits_for_the_next_writer(daemon: Any, puppets: Any) -> None:
+    a = puppets()
+    a.start_writer("cam/relay", "uint8", [8], seed=0)
+    with ndsharray.NdShArray("cam/relay", r_w="r") as r:
+        frames = r.frames(timeout=30)
+        assert next(frames) is not None
+        a(op="close", name="w")
+        b = puppets()
+        b.start_writer("cam/relay", "uint8", [8], seed=1)
+        assert next(frames) is not None and r.writer_pid == b.pid
+        # A timeout with no frame ends the generator.
+        assert list(r.frames(timeout=0.05)) == []
+
+
+def test_plain_iteration_does_not_end_at_the_writers_close(daemon: Any, puppets: Any) -> None:
+    a = puppets()
+    a.start_writer("cam/iter", "uint8", [8], seed=0)
+    r = ndsharray.NdShArray("cam/iter", r_w="r")
+    got: list[int] = []
+
+    def consume() -> None:
+        for _ in r:
+            got.append(r.write_count)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    wait_until(lambda: got, what="the first frame")
+    a(op="close", name="w")
+    b = puppets()
+    b.start_writer("cam/iter", "uint8", [8], seed=1)
+    wait_until(lambda: len(got) >= 2, what="the next writer's frame, through the close")
+    assert t.is_alive()
+    r.close()  # ends the iteration, as before
+    t.join(20)
+    assert not t.is_alive()
