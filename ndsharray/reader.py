@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -155,18 +154,6 @@ class Reader(ReaderStream, NdShArray, role="r", ops=(ATTACH, "detach")):
         Does not consume the write: the next ``read()`` returns it.
         """
         return self._await(False, False, seconds(timeout)) is not None
-
-    def __iter__(self) -> Iterator[np.ndarray[Any, Any]]:
-        """Yield every new array as it arrives (blocking); ends when the handle is closed
-        (not when the writer closes: it waits for the next writer; see :meth:`frames`)."""
-        while True:
-            try:
-                arr = self._await(True, False, None, ends=False)
-            except HandleClosedError:
-                return
-            if arr is None:
-                return
-            yield arr
 
     @overload
     def _await(self, take: Literal[True], copy: bool, timeout: float | None,

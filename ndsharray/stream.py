@@ -9,7 +9,7 @@ before it sleeps); asyncio waits go through one waiter thread (aio.py).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -44,6 +44,22 @@ class ReaderStream:
         if seg is None:
             return None
         return seg if seg is current else self._switch(seg)
+
+    def _await(self, take: Literal[True], copy: bool, timeout: float | None,
+               ends: bool = True) -> np.ndarray[Any, Any] | None:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[np.ndarray[Any, Any]]:
+        """Yield every new array as it arrives (blocking); ends when the handle is closed
+        (not when the writer closes: it waits for the next writer; see :meth:`frames`)."""
+        while True:
+            try:
+                arr = self._await(True, False, None, ends=False)
+            except HandleClosedError:
+                return
+            if arr is None:
+                return
+            yield arr
 
     def frames(self, until_closed: bool = False, timeout: float | None = None,
                copy: bool = False) -> Iterator[np.ndarray[Any, Any]]:

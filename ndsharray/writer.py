@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -25,19 +24,16 @@ from . import framemeta, process, ring
 from .arguments import check_array
 from .dtypes import dtype_to_text
 from .errors import (
-    DaemonUnavailableError,
     ErrorCode,
     HandleClosedError,
-    ResourceLimitError,
     SegmentGoneError,
     TagBusyError,
     TagRemovedError,
     UsageError,
-    WriterStalledError,
 )
 from .handle import NdShArray, _live
 from .holders import busy_in_this_process
-from .onfull import Dropped, check_on_full
+from .onfull import Dropped, FullRing, check_on_full
 from .protocol import CLAIM, GENERATION
 from .registrar import registrar
 from .replies import SegmentInfo
@@ -58,7 +54,7 @@ log = logging.getLogger("ndsharray")
 CLOSE_DRAIN = 1.0
 
 
-class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
+class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
     """The writer of a tag: see :class:`NdShArray` and :meth:`write`."""
 
     # The current segment's C writer while writes may go straight to it: same handle, same
@@ -397,58 +393,6 @@ class Writer(NdShArray, role="w", ops=(CLAIM, "release")):
             seg.close()
             return None
         return seg
-
-    def _acquire_slow(self, seg: SegmentWriter) -> tuple[SegmentWriter, int]:
-        """Every slot but the latest is pinned: free dead readers' pins, wait a moment, then
-        by on_full: grow the ring ("grow"), give up on this frame ("drop"), or wait up to
-        write_timeout for a slot ("block", and "grow" once the ring cannot grow)."""
-        if seg.reclaim_rows():
-            i = self._try_acquire(seg)
-            if i >= 0:
-                return seg, i
-        # A reader holds two pins for a moment while it swaps views; that passes quickly.
-        spin_until = time.monotonic() + 0.002
-        while time.monotonic() < spin_until:
-            os.sched_yield()
-            i = self._try_acquire(seg)
-            if i >= 0:
-                return seg, i
-        if self._on_full == "drop" and not self._lending:
-            raise Dropped
-        grow_failed = ""
-        if self._on_full == "grow" and seg.nslots < self._max_slots and not self._loaned:
-            # Pins that persist are views readers keep: give them more room (not under a
-            # loan: the lent slot must stay in this segment to be published).
-            h = seg.header
-            try:
-                seg = self._new_generation(h.dtype, h.shape,
-                                           ring.grown_slots(seg.nslots, h.layout.nbytes, self._max_slots),
-                                           h.layout.nbytes)
-            except (DaemonUnavailableError, ResourceLimitError) as exc:
-                log.debug("could not grow the ring of %r (%s); waiting for a free slot", self._tag, exc)
-                grow_failed = f"; growing the ring to more slots failed: {exc}"
-            else:
-                self._slots = seg.nslots
-                i = self._try_acquire(seg)
-                if i >= 0:
-                    return seg, i
-        deadline = time.monotonic() + self._write_timeout
-        tries = 0
-        while time.monotonic() < deadline:
-            time.sleep(0.0005)
-            tries += 1
-            if tries % 20 == 0:
-                seg.reclaim_rows()  # a reader may have died meanwhile (or its last fd closed)
-            i = self._try_acquire(seg)
-            if i >= 0:
-                return seg, i
-        lent = " (one is lent out by the open loan() block)" if self._loaned else ""
-        grow_failed += f"; on_full={self._on_full!r} never grows the ring" if self._on_full != "grow" else ""
-        raise WriterStalledError(
-            f"tag {self._tag!r}: all {seg.nslots} slots stayed pinned by readers{lent} for "
-            f"{self._write_timeout:g} s; readers hold on to old arrays - drop them, read with "
-            f"copy=True, or raise max_slots{grow_failed}"
-        )
 
     # ---- lifetime ---------------------------------------------------------------------
 
