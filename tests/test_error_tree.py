@@ -36,6 +36,7 @@ DAEMON_INTERNAL = {
     "ForeignFile": "the daemon's recovery: a file it leaves alone",
     "AlreadyRunning": "the daemon's start: becomes a click error",
     "_Bad": "the reply checker's: becomes a ProtocolError naming the op",
+    "Dropped": "a write under on_full='drop': caught in Writer.write, which returns False",
 }
 WITH_CODE = {name for name, cls in TREE.items() if issubclass(cls, DaemonError)} | {"RequestError"}
 
