@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
-import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import _waitv
+from . import _waitv, process
 from .errors import HandleClosedError
 from .segment import SegmentReader
 
@@ -203,7 +202,7 @@ def _after_fork() -> None:
     _pool = _Pool()  # the parent's threads do not exist in a child
 
 
-os.register_at_fork(after_in_child=_after_fork)
+process.on_fork("aio", _after_fork)
 
 
 def wake(seg: SegmentReader) -> None:

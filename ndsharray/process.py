@@ -17,7 +17,8 @@ In a forked child (``after_in_child``):
    dead parent's pins and rows would outlive it.
 3. ``connections``: abandon the parent's zmq context and sockets, never using them.
 4. ``registrar``: a fresh one: the parent's thread and handle set are not this process's.
-5. ``handles``: inherited handles lose their one-call paths and get fresh locks, so their
+5. ``aio``: a fresh asyncio waiter pool: the parent's waiter threads do not exist here.
+6. ``handles``: inherited handles lose their one-call paths and get fresh locks, so their
    next call checks the pid (a writer refuses, a reader reopens as this process).
 
 At exit (``atexit``):
@@ -37,7 +38,7 @@ from collections.abc import Callable
 
 log = logging.getLogger("ndsharray")
 
-FORK_STEPS = ("segments", "connections", "registrar", "handles")  # after step 1, the pid
+FORK_STEPS = ("segments", "connections", "registrar", "aio", "handles")  # after step 1, the pid
 EXIT_STEPS = ("handles", "connections")
 
 _on_fork: dict[str, Callable[[], None]] = {}
