@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import socket
@@ -94,6 +95,7 @@ class Bridge:
                                           self.stale_after)
                 self._exporter.start()
                 self._importer.start()
+                self._catalog = session.declare_queryable(wire.catalog_key(self.name), self._on_catalog)
             except BaseException:
                 self._stop()
                 raise
@@ -159,6 +161,12 @@ class Bridge:
     def imported(self) -> list[dict[str, Any]]:
         """Per imported tag: state (waiting, live, ended and why), frames, stale frames dropped."""
         return [] if self._importer is None else self._importer.status()
+
+    def _on_catalog(self, query: Any) -> None:
+        """What ``ndsharray ls --remote`` shows of this bridge: its exported tags (and its
+        imported ones, for scripts: ``remote.bridge_status``)."""
+        doc = {"bridge": self.name, "tags": self.exported, "imported": self.imported}
+        query.reply(wire.catalog_key(self.name), json.dumps(doc))
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "running": self.running, "exported": self.exported, "imported": self.imported}

@@ -10,7 +10,6 @@ waits for anything the bridge does (the bridge is an ordinary reader of its tag)
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import threading
@@ -354,7 +353,6 @@ class Exporter:
         self.decls = [
             s.declare_subscriber(wire.credit_key(self.name, "*"), self._on_credit),
             s.liveliness().declare_subscriber(f"{wire.ROOT}/*/alive/*", self._on_alive, history=True),
-            s.declare_queryable(wire.catalog_key(self.name), self._on_catalog),
         ]
         self.scan()
         self.thread = threading.Thread(target=self._scan_loop, name="bridge-scan", daemon=True)
@@ -435,9 +433,6 @@ class Exporter:
 
     def importer_names(self, streams: list[Stream]) -> list[str]:
         return [self.peers.get(s.importer, s.importer) for s in streams]
-
-    def _on_catalog(self, query: Any) -> None:
-        query.reply(wire.catalog_key(self.name), json.dumps({"bridge": self.name, "tags": self.status()}))
 
     def status(self) -> list[dict[str, Any]]:
         with self.lock:

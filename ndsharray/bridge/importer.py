@@ -60,7 +60,7 @@ class ImportStream:
         self.last_credit += 1
         now = time.monotonic_ns()
         self.credits[self.last_credit] = now
-        if len(self.credits) > 8:
+        if len(self.credits) > 64:
             del self.credits[min(self.credits)]
         self.asked_ns, self.retry_ns = now, 0
         self.importer.session.put(self.credit_key, wire.pack_credit(self.last_credit, force), express=True)
@@ -75,7 +75,8 @@ class ImportStream:
             now = time.monotonic_ns()
             sent = self.credits.get(head.credit)
             self.asked_ns = 0
-            link = 0 if sent is None else now - sent - head.hold_ns
+            # (A credit too old to be remembered answers a frame that is stale by now.)
+            link = self.importer.stale_after_ns + 1 if sent is None else now - sent - head.hold_ns
             trusted = self.fresh_from and head.credit >= self.fresh_from
             if link > self.importer.stale_after_ns and not trusted:
                 # Stale: it waited on the link (a stall). Ask for the newest instead, and take

@@ -13,6 +13,15 @@ from . import wire, zconfig
 def list_remote(endpoint: str | None = None, connect: Sequence[str] = (), timeout: float = 2.0) -> list[dict[str, Any]]:
     """One dict per exported tag (``bridge``, ``tag``, ``dtype``, ``shape``, ``codec``,
     frames, importers), sorted by bridge and tag. Raises OSError when no bridge is reachable."""
+    rows = [{"bridge": str(doc["bridge"]), **t} for doc in bridge_status(endpoint, connect, timeout)
+            for t in doc.get("tags", ())]
+    return sorted(rows, key=lambda r: (r["bridge"], str(r.get("tag"))))
+
+
+def bridge_status(endpoint: str | None = None, connect: Sequence[str] = (),
+                  timeout: float = 2.0) -> list[dict[str, Any]]:
+    """Every reachable bridge's own account: ``{"bridge", "tags" (exported), "imported"}``
+    (the same dicts as ``Bridge.exported`` and ``Bridge.imported``)."""
     zenoh = zconfig.zenoh_module()
     locators = list(connect) or [f"unixsock-stream/{p}" for p in zconfig.local_sockets(endpoint)]
     if not locators:
@@ -25,7 +34,7 @@ def list_remote(endpoint: str | None = None, connect: Sequence[str] = (), timeou
         session = zenoh.open(cfg)
     except zenoh.ZError as exc:
         raise OSError(f"cannot reach a bridge at {', '.join(locators)}: {exc}") from None
-    rows = []
+    docs = []
     try:
         for reply in session.get(f"{wire.ROOT}/*/catalog", timeout=timeout):
             sample = reply.ok
@@ -33,9 +42,10 @@ def list_remote(endpoint: str | None = None, connect: Sequence[str] = (), timeou
                 continue
             try:
                 doc = json.loads(sample.payload.to_bytes())
-                rows += [{"bridge": str(doc["bridge"]), **t} for t in doc["tags"]]
-            except (ValueError, KeyError, TypeError):
+                if isinstance(doc, dict) and isinstance(doc.get("bridge"), str):
+                    docs.append(doc)
+            except ValueError:
                 continue  # not a catalog this version understands
     finally:
         session.close()
-    return sorted(rows, key=lambda r: (r["bridge"], str(r.get("tag"))))
+    return sorted(docs, key=lambda d: str(d["bridge"]))
