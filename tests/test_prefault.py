@@ -37,7 +37,7 @@ def test_a_new_generation_is_in_the_writers_page_tables_before_it_writes(
         daemon: object, monkeypatch: pytest.MonkeyPatch, enabled: bool) -> None:
     if not enabled:
         monkeypatch.setenv(prefault.ENV, "0")
-    frame = np.ones((1080, 1920, 3), np.uint8)
+    frame = np.ones((4096, 4096), np.uint8)  # 16 MiB: the other slots go to the thread
     slot_kib = frame.nbytes // 1024
     made: list[segment.SegmentWriter] = []
     orig = segment.SegmentWriter.__init__
@@ -63,6 +63,10 @@ def test_small_slots_are_left_to_fault(daemon: object) -> None:
     before = len(prefault_threads())
     with ndsharray.NdShArray("cam/small", np.ones(1000, np.uint8), r_w="w"):
         assert len(prefault_threads()) == before
+    # A 1080p frame: its first slot is populated at once, the others fault (no thread).
+    with ndsharray.NdShArray("cam/1080p", np.ones((1080, 1920, 3), np.uint8), r_w="w", slots=3) as w:
+        assert len(prefault_threads()) == before
+        assert w.write_count == 1
 
 
 def test_slot_order_follows_the_writer() -> None:
