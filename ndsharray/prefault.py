@@ -26,12 +26,14 @@ import errno
 import mmap
 import os
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 
 import numpy as np
 
-from . import _hot
+from . import _hot, _waitv
+from .layout import OFF_PUBLISH
 
 MADV_POPULATE_WRITE = 23
 MIN_BYTES = 64 * 1024  # a slot this large is page aligned (see segment.Layout.stride)
@@ -96,8 +98,14 @@ def prefault_slots(mm: mmap.mmap, offsets: Sequence[int], length: int) -> thread
     if not rest or length < THREAD_MIN_BYTES:
         return None
     ref, addr = weakref.ref(mm), _hot.address(mm)
+    start = _publish_word(ref, addr)
 
     def run() -> None:
+        # Not beside the first copy: populating then competed with it (256 MiB: the first
+        # write took 0.4 s instead of 0.3). Wait (up to 1 s) for the first publish.
+        deadline = time.monotonic() + 1.0
+        while _publish_word(ref, addr) == start and time.monotonic() < deadline:
+            time.sleep(0.002)
         for off in rest:
             if _Kernel.populate and ref() is not None and _madvise(addr + off, length):
                 continue
@@ -109,6 +117,17 @@ def prefault_slots(mm: mmap.mmap, offsets: Sequence[int], length: int) -> thread
     t = threading.Thread(target=run, name="ndsharray-prefault", daemon=True)
     t.start()
     return t
+
+
+def _publish_word(ref: weakref.ref[mmap.mmap], addr: int) -> int | None:
+    """The low half of the segment's publish word (it moves with every publish); None once
+    the mapping is gone. Held while loaded: never a load from an unmapped address."""
+    held = ref()
+    if held is None:
+        return None
+    value = _waitv.load(addr + OFF_PUBLISH)
+    del held
+    return value
 
 
 def slot_order(nslots: int, latest: int) -> list[int]:
