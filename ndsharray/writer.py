@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,31 +19,28 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from . import framemeta, process, ring
+from . import framemeta, process
 from .arguments import check_array
-from .dtypes import dtype_to_text
 from .errors import (
     ErrorCode,
     HandleClosedError,
-    SegmentGoneError,
     TagBusyError,
     TagRemovedError,
     UsageError,
 )
+from .generations import open_generation, slots_for
 from .handle import NdShArray, _live
 from .holders import busy_in_this_process
 from .onfull import Dropped, FullRing, check_on_full
-from .protocol import CLAIM, GENERATION
+from .protocol import CLAIM
 from .registrar import registrar
+from .release import TagRelease
 from .replies import SegmentInfo
 from .segment import (
     CLOSED,
-    ENV_SHM_DIR,
     REMOVED,
     SegmentWriter,
-    abandon,
     acquisitions,
-    shm_dir,
 )
 
 log = logging.getLogger("ndsharray")
@@ -104,6 +100,7 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
                 raise mine from exc
             raise
         self._closed = False
+        self._release = TagRelease(self._conn, self._tag, self._token)
         self._offered = res.segment
         registrar.track(self, Writer._reregister)
 
@@ -149,14 +146,14 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
             if count == REMOVED:
                 self._removed()
             if count == CLOSED:
-                self._overtaken(direct)
+                self._release.overtaken(direct)
         if self._closed or self._pid != process.pid():
             self._check()  # raises
         arr = array if type(array) is np.ndarray else check_array(array)
         data, kind = (None, 0) if meta is None else framemeta.encode(meta, self._meta_capacity)
         seg = self._segment_for(arr.dtype, arr.shape, arr.nbytes, "change shape or dtype")
         mark = acquisitions()
-        try:  # (the acquire too: see _abandon)
+        try:  # (the acquire too: see TagRelease.abandon)
             seg, i = self._acquire(seg)
             dst = seg.slot_array(i, arr.dtype, arr.shape)
             np.copyto(dst, arr, casting="no")  # (without the GIL when large)
@@ -167,10 +164,10 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
             seg.set_dropped(self._dropped)
             return False
         except BaseException:
-            self._abandon(mark)
+            self._release.abandon(mark)
             raise
         if not count:
-            self._overtaken(seg.fast)
+            self._release.overtaken(seg.fast)
         self._valid = True
         return True
 
@@ -195,7 +192,7 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
         seg = self._segment_for(want_dtype, want_shape, math.prod(want_shape) * want_dtype.itemsize,
                                 "change shape or dtype")
         mark = acquisitions()
-        try:  # (see _abandon)
+        try:  # (see TagRelease.abandon)
             self._lending = True  # (must lend a slot: never dropped, see onfull.py)
             try:
                 seg, i = self._acquire(seg)
@@ -207,14 +204,14 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
         except BaseException:
             self._loaned = False
             self._loan_thread = None
-            self._abandon(mark)
+            self._release.abandon(mark)
             raise
         try:
             yield buf
         except BaseException:
             # The lent slot, unpublished: by its index, since the block may end in another
             # thread (abandon() knows only this thread's slots), or in the collector.
-            self._give_back(seg, i)
+            self._release.give_back(seg, i)
             raise
         finally:
             self._loaned = False
@@ -224,10 +221,10 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
             seg.fast.describe(i, buf, data, kind)
             count = seg.fast.publish(i)
         except BaseException:
-            self._abandon(mark)
+            self._release.abandon(mark)
             raise
         if not count:  # close() ran meanwhile (the block's writes are not shown)
-            self._overtaken(seg.fast)
+            self._release.overtaken(seg.fast)
         self._valid = True
 
     def _segment_for(self, dtype: np.dtype[Any], shape: tuple[int, ...], nbytes: int, what: str) -> SegmentWriter:
@@ -238,51 +235,7 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
             return seg
         self._no_loan_open(what)
         capacity = framemeta.capacity_for(seg, dtype, shape, nbytes)
-        return self._new_generation(dtype, shape, self._slots_for(capacity), capacity)
-
-    def _slots_for(self, nbytes: int) -> int:
-        """The slot count of a new generation: as given, or as grown, or by the size."""
-        if self._slots is not None:
-            return self._slots
-        free = None
-        if nbytes > ring.BIG_ARRAY_BYTES:  # (a statvfs only where it can change the answer)
-            try:
-                st = os.statvfs(shm_dir())
-                free = st.f_bavail * st.f_frsize
-            except OSError:
-                pass
-        return ring.initial_slots(nbytes, self._max_slots, free)
-
-    def _abandon(self, mark: int) -> None:
-        """Give back, unpublished, the slots this thread acquired for this handle since
-        ``mark`` and still holds: a copy or loan block failed, or an exception came between
-        an acquire and the code that would publish or give back its slot (review item 4: a
-        KeyboardInterrupt can land wherever Python code runs, and the slot index it carried
-        is then lost, while the C writer still has the slot busy: no write would use it,
-        and close() would wait for it and never hand the tag back)."""
-        for fast in abandon(mark, self._token):
-            self._hand_back_if_last(fast)
-
-    def _give_back(self, seg: SegmentWriter, i: int) -> None:
-        """Give lent slot ``i`` back unpublished, from whichever thread ends the loan."""
-        with contextlib.suppress(ValueError):  # (not busy: nothing to give back)
-            seg.fast.release(i)
-        self._hand_back_if_last(seg.fast)
-
-    def _hand_back_if_last(self, fast: Any) -> None:
-        """After a write of a closed handle gave its slot back: if close() stopped waiting
-        for writes in flight and this was the last, the tag goes back to the daemon now."""
-        if fast.hand_over(False):
-            self._conn.post("release", tag=self._tag, token=self._token)
-
-    def _overtaken(self, fast: Any) -> NoReturn:
-        """close() in another thread overtook this write (its copy ran without the GIL, or
-        its loan() block was open): the slot went back unpublished, so that no successor
-        writer finds a second writer's frame in it."""
-        self._hand_back_if_last(fast)
-        raise HandleClosedError(
-            f"NdShArray {self._tag!r} was closed by another thread while this write copied; "
-            "nothing was published")
+        return self._new_generation(dtype, shape, slots_for(capacity, self._slots, self._max_slots), capacity)
 
     def _no_loan_open(self, what: str) -> None:
         """The lent slot belongs to the current segment: nothing may replace it meanwhile."""
@@ -315,35 +268,12 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
 
     def _new_generation(self, dtype: np.dtype[Any], shape: tuple[int, ...], slots: int,
                         capacity: int | None = None) -> SegmentWriter:
-        text = dtype_to_text(dtype)
-        daemon = registrar.check(self._endpoint)
+        """Switch to a new segment for frames of ``dtype`` and ``shape`` (up to ``capacity``
+        bytes): see :mod:`ndsharray.generations`."""
         offer, self._offered = self._offered, None
-        seg: SegmentWriter | None = None
-        if offer and offer.dtype == text and offer.shape == shape:
-            seg = self._take_over(offer.name)  # a previous writer's segment: readers keep going
-            seg = framemeta.keep_offer(seg, self._meta_capacity, capacity)
-        if seg is None:
-            args: dict[str, Any] = dict(tag=self._tag, pid=self._pid, token=self._token, dtype=text,
-                                        shape=list(shape), slots=slots, meta_capacity=self._meta_capacity)
-            if capacity is not None and capacity > math.prod(shape) * dtype.itemsize:
-                args["capacity"] = capacity
-            try:
-                res = self._conn.request(GENERATION, **args)
-            except TagRemovedError:
-                # The daemon died with our request and its successor got the retry before
-                # this process re-registered: re-register, then ask once more.
-                if registrar.check(self._endpoint) == daemon:
-                    raise
-                res = self._conn.request(GENERATION, **args)
-            name = res.segment.name
-            try:
-                seg = SegmentWriter(name, self._token, variable=True)
-            except SegmentGoneError:
-                raise UsageError(
-                    f"the daemon at {self._endpoint} just created segment {name}, but it is not in "
-                    f"{shm_dir()}: the daemon and this process must agree on {ENV_SHM_DIR} (restart "
-                    "the daemon with this process's environment, or set it alike here)"
-                ) from None
+        seg = open_generation(self._conn, tag=self._tag, pid=self._pid, token=self._token, offer=offer,
+                              dtype=dtype, shape=shape, slots=slots, meta_capacity=self._meta_capacity,
+                              capacity=capacity)
         self._stale = False
         seg.set_dropped(self._dropped)  # (carried over: ls counts the tag's drops, not a generation's)
         old = self._install(seg)
@@ -380,20 +310,6 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
         seg.close()
         raise HandleClosedError(f"NdShArray {self._tag!r} was closed while it wrote")
 
-    def _take_over(self, name: str) -> SegmentWriter | None:
-        """Open the segment a previous writer of the tag left (offered by our claim), or None
-        when it went since the claim: removed (``ndsharray rm``: the generation request then
-        says the tag was removed) or dropped by a daemon that restarted meanwhile (the
-        request gets a fresh segment). Either way the daemon, not the file system, decides."""
-        try:
-            seg = SegmentWriter(name, self._token, variable=True)
-        except SegmentGoneError:
-            return None
-        if seg.retired():  # replaced or removed between the claim and now
-            seg.close()
-            return None
-        return seg
-
     # ---- lifetime ---------------------------------------------------------------------
 
     def _after_fork(self) -> NoReturn:
@@ -426,7 +342,7 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
             # it close() stopped waiting). Asking again is safe: hand_over(True) repeats
             # its answer to close(), and a second release is a no-op.
             if seg is None or seg.fast.hand_over(True):
-                self._conn.post("release", tag=self._tag, token=self._token)
+                self._release.post()
             # The handle forgot its segment: close it here or its fd would stay until the
             # process exits.
             if seg is not None and not seg.closed:
@@ -450,15 +366,7 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
                 log.debug("closing the writer of %r: a write still copies in another thread; "
                           "it hands the tag back when its copy ends", self._tag)
                 return
-        if in_gc:
-            # The collector may run inside a daemon request of this very thread: never do
-            # blocking IPC here; the registrar thread sends it.
-            self._conn.post("release", tag=self._tag, token=self._token)
-            return
-        # Never waits for a daemon that is down or restarting (a stopped one has nothing to
-        # release, a restarting one gets it before this process's next request); never
-        # fails (the daemon notices our death anyway).
-        self._conn.send_or_post("release", tag=self._tag, token=self._token)
+        self._release.send(in_gc)
 
     def __reduce__(self) -> NoReturn:
         raise TypeError(

@@ -23,7 +23,7 @@ import pytest
 from conftest import Daemon, wait_until
 
 import ndsharray
-from ndsharray import writer
+from ndsharray import generations, writer
 from ndsharray.registrar import registrar
 from ndsharray.segment import SegmentWriter
 
@@ -616,7 +616,7 @@ def test_close_while_a_write_asks_for_its_new_segment_leaves_no_fd_of_it(
     # write asked the daemon for a new segment; the write must close that segment itself
     # (its fd, and our pid in its header) and say the handle was closed.
     w = ndsharray.NdShArray("ncs", r_w="w")
-    real = SegmentWriter  # (what writer calls)
+    real = SegmentWriter  # (what generations opens)
     made: list[Any] = []
 
     def segment_then_close(*args: Any, **kw: Any) -> Any:
@@ -628,7 +628,7 @@ def test_close_while_a_write_asks_for_its_new_segment_leaves_no_fd_of_it(
         assert not t.is_alive()
         return seg
 
-    monkeypatch.setattr(writer, "SegmentWriter", segment_then_close)
+    monkeypatch.setattr(generations, "SegmentWriter", segment_then_close)
     with pytest.raises(ndsharray.HandleClosedError):
         w.write(np.zeros(1000))
     assert made and made[0].closed and w._seg is None and w._direct is None
