@@ -7,8 +7,8 @@ Three cases per size (1 KiB and a 720p uint8 frame), each the best of ``--repeat
 - ``write, same shape``: ``w.write(a)`` (one copy into a free slot, no daemon call);
 - ``write + read``: a write, then the zero-copy read of that new frame.
 
-It starts a private daemon on a fresh ipc endpoint (unless ``NDSHARRAY_ENDPOINT`` is set)
-and stops it at the end. Compare two builds by running them alternately, several times:
+Without ``NDSHARRAY_ENDPOINT`` it uses a private daemon on a fresh ipc endpoint (started by
+the first handle) and stops it at the end. Compare two builds by running them alternately, several times:
 the figures move with the machine's load far more than with small code changes.
 
     python benchmarks/hotpath.py [--calls 3000] [--repeat 15] [--json]
@@ -21,8 +21,6 @@ import functools
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -79,24 +77,20 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args()
     folder = None
-    daemon = None
     if "NDSHARRAY_ENDPOINT" not in os.environ:
+        # A private daemon, started by the first handle (auto-start) and stopped below: a
+        # daemon started here as well could lose that race and leave the other running.
         folder = tempfile.mkdtemp(prefix="nds-hotpath-")
-        endpoint = f"ipc://{folder}/d.sock"
-        os.environ["NDSHARRAY_ENDPOINT"] = endpoint
-        daemon = subprocess.Popen([sys.executable, "-m", "ndsharrayd", "--endpoint", endpoint],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        os.environ["NDSHARRAY_ENDPOINT"] = f"ipc://{folder}/d.sock"
     try:
         res = measure(args.calls, args.repeat)
     finally:
-        if daemon is not None:
+        if folder is not None:
             import ndsharray
+            from ndsharray import admin
 
             ndsharray.close_all()
-            daemon.terminate()
-            daemon.wait(15)
-        if folder is not None:
+            admin.stop_daemon(os.environ["NDSHARRAY_ENDPOINT"])
             shutil.rmtree(folder, ignore_errors=True)
     if args.json:
         print(json.dumps(res))
