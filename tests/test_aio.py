@@ -14,7 +14,7 @@ from conftest import wait_until
 
 import ndsharray
 from ndsharray import aio
-from ndsharray.segment import mapping_address
+from ndsharray.segment import SegmentReader, mapping_address
 
 LOOPS = ["asyncio", "uvloop"]
 
@@ -29,7 +29,7 @@ def run(loop_kind: str, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 def sleepers(r: ndsharray.NdShArray) -> int:
     """The may-sleep count in the reader's row of its segment (0: nobody of it waits)."""
     seg = r._seg
-    assert seg is not None
+    assert isinstance(seg, SegmentReader)
     return int(struct.unpack_from("@I", seg._rw, seg.row - mapping_address(seg._rw))[0])
 
 

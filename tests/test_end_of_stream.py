@@ -64,7 +64,8 @@ def test_a_blocked_read_returns_when_the_writer_goes_and_reads_its_successor(
             assert got[0] is False and got[1] is first
         else:
             assert got is False
-        assert r.writer_state == ("closed" if how == "close" else "died")
+        ended = r.writer_state  # (a name, so mypy does not keep the narrowing to the end)
+        assert ended == ("closed" if how == "close" else "died")
         # The end was reported once: the next blocking read waits for a new writer.
         t, out = reader_in_thread(lambda: r.read(timeout=30))
         b = puppets()

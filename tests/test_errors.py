@@ -65,7 +65,7 @@ def test_only_numpy_arrays_are_written(daemon: Any) -> None:
     with ndsharray.NdShArray("kinds", np.zeros(3), "w") as w:  # (its fast path is ready)
         for not_an_array in (None, [1.0, 2.0, 3.0], "abc", b"abc"):
             with pytest.raises(TypeError, match="takes a numpy array or an object numpy can view"):
-                w.write(not_an_array)  # type: ignore[arg-type]
+                w.write(not_an_array)
         with pytest.raises(TypeError, match="drop its mask"):
             w.write(np.ma.masked_array(np.zeros(3), mask=[False, True, False]))
         w.write(np.arange(3.0).view(np.matrix).A1.view(np.matrix))  # subclasses are arrays

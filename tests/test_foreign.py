@@ -37,7 +37,7 @@ FRAME = np.arange(480 * 640, dtype=np.uint16).reshape(480, 640)
 @pytest.mark.parametrize("make", [
     lambda: DLPackOnly(FRAME),
     lambda: InterfaceOnly(FRAME),
-    lambda: memoryview(FRAME),
+    lambda: memoryview(FRAME.data),  # (FRAME.data: numpy's stubs type it as a buffer)
 ], ids=["dlpack", "array_interface", "memoryview"])
 def test_foreign_arrays_arrive_as_they_were(daemon: Any, make: Any) -> None:
     with ndsharray.NdShArray("cam/foreign", r_w="w") as w, ndsharray.NdShArray("cam/foreign", r_w="r") as r:

@@ -88,9 +88,9 @@ def test_block_waits_for_a_slot_and_never_grows(daemon: Any, puppets: Any, freed
 
 def test_grow_is_the_default_and_on_full_is_checked(daemon: Any) -> None:
     with pytest.raises(ValueError, match="on_full"):
-        ndsharray.NdShArray("cam/x", r_w="w", on_full="skip")
+        ndsharray.NdShArray("cam/x", r_w="w", on_full="skip")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="on_full"):
-        ndsharray.NdShArray("cam/x", r_w="r", on_full="drop")  # type: ignore[call-overload]
+        ndsharray.NdShArray("cam/x", r_w="r", on_full="drop")
     with ndsharray.NdShArray("cam/x", r_w="w") as w:
         assert w.on_full == "grow"
         assert w.write(np.zeros(3)) is True

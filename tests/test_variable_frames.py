@@ -132,6 +132,7 @@ def test_a_shape_change_within_capacity_needs_no_new_segment(daemon: Daemon) -> 
     with ndsharray.NdShArray("cap", np.zeros((720, 1280, 3), np.uint8), "w") as w, \
             ndsharray.NdShArray("cap", r_w="r") as r:
         seg, gen = w.ndarray_mmap_name, w.generation
+        assert seg is not None and gen is not None
         assert r.read()[0]
         names = {w.ndarray_mmap_name}
         for shape in [(480, 640, 3), (720, 1280, 3), (10, 6), ()]:
@@ -141,7 +142,7 @@ def test_a_shape_change_within_capacity_needs_no_new_segment(daemon: Daemon) -> 
             assert w.generation == gen
             names.add(w.ndarray_mmap_name)
             assert r.ndarray_mmap_name == w.ndarray_mmap_name
-        assert len(names) == 5 and all(n.split(":")[0] == seg for n in names)
+        assert len(names) == 5 and all(n is not None and n.split(":")[0] == seg for n in names)
         w.write(np.ones((721, 1280, 3), np.uint8))  # more than the capacity: a generation
         assert w.generation == gen + 1
         assert r.read()[1].shape == (721, 1280, 3)
