@@ -253,13 +253,16 @@ def test_a_viewer_pins_no_more_than_a_reader_does(server: Server, puppets: Any) 
 
 OTHER_USER = """
 import os, sys
-import encodings.idna  # (imported lazily; the interpreter may live under /root)
+import encodings.idna
 import httpx
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
+# Everything imported lazily is imported before the switch: the interpreter and its
+# packages may live in a folder uid 65534 cannot read (a virtualenv in a 0700 mktemp -d).
+client = httpx.Client(timeout=10)  # (builds its transport: imports httpcore, h11, ssl)
 os.setgid(65534); os.setuid(65534)
 base, ws_url = sys.argv[1], sys.argv[2]
-print(httpx.get(base + "/api/tags", timeout=10).status_code)
+print(client.get(base + "/api/tags").status_code)
 try:
     with connect(ws_url, open_timeout=10):
         print("stream")
