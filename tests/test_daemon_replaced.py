@@ -97,4 +97,3 @@ def test_without_a_daemon_a_full_ring_waits_instead_of_failing(daemon: Daemon) -
         del held  # the reader lets go: slot 0 is free again, no daemon needed
         w.write(np.full(4, 3.0))
         assert r.read()[1].tolist() == [3.0] * 4
-        w._closed = r._closed = True  # nothing to release: the daemon is gone
