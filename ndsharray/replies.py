@@ -116,8 +116,22 @@ def _object_converter(cls: type[Wire]) -> Callable[[Any, str], Any]:
     fields = [(f.name, _converter(hints[f.name]),
                f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)
               for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    return _fields_converter(fields, lambda args: cls(**args))
 
-    def obj(v: Any, where: str) -> Wire:
+
+def _dict_converter(cls: Any) -> Callable[[Any, str], Any]:
+    hints = typing.get_type_hints(cls)
+    fields = [(name, _converter(hint), name not in cls.__required_keys__) for name, hint in hints.items()]
+    return _fields_converter(fields, lambda args: args)
+
+
+_Field = tuple[str, Callable[[Any, str], Any], bool]  # name, its converter, whether it may be absent
+
+
+def _fields_converter(fields: list[_Field], build: Callable[[dict[str, Any]], Any]) -> Callable[[Any, str], Any]:
+    """The check of a JSON object with these fields (a dataclass's or a TypedDict's): each
+    present field converted, each absent one optional; ``build`` makes the result."""
+    def obj(v: Any, where: str) -> Any:
         if not isinstance(v, dict):
             raise _Bad(where, f"expected an object, got {v!r:.60}")
         args = {}
@@ -126,24 +140,7 @@ def _object_converter(cls: type[Wire]) -> Callable[[Any, str], Any]:
                 args[name] = convert(v[name], _join(where, name))
             elif not optional:
                 raise _Bad(_join(where, name), "missing")
-        return cls(**args)
-    return obj
-
-
-def _dict_converter(cls: Any) -> Callable[[Any, str], Any]:
-    hints = typing.get_type_hints(cls)
-    fields = [(name, _converter(hint), name not in cls.__required_keys__) for name, hint in hints.items()]
-
-    def obj(v: Any, where: str) -> dict[str, Any]:
-        if not isinstance(v, dict):
-            raise _Bad(where, f"expected an object, got {v!r:.60}")
-        out = {}
-        for name, convert, optional in fields:
-            if name in v:
-                out[name] = convert(v[name], _join(where, name))
-            elif not optional:
-                raise _Bad(_join(where, name), "missing")
-        return out
+        return build(args)
     return obj
 
 
