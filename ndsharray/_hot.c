@@ -2,7 +2,7 @@
  *
  * Python cannot order its stores and loads between processes, so the few steps that must
  * be ordered live here (C11 atomics; the futex calls too). The protocol itself is described
- * in segment.py. Every address comes from a mapping that segment.py holds open for as long
+ * in ndsharray/segment/. Every address comes from a mapping that ndsharray/segment/ holds open for as long
  * as it calls these functions; they check nothing but what the protocol needs.
  *
  * The offsets are those of ndsharray/layout.py (the single source; see the #defines
@@ -33,7 +33,7 @@
 #endif
 
 /* The layout (segment layout version 3). Every constant here is also in OFFSETS (see the
- * end of this file), which segment.py compares at import with the single layout table in
+ * end of this file), which ndsharray/segment/ compares at import with the single layout table in
  * ndsharray/layout.py: a change on one side only is an ImportError, never a misread. */
 #define LAYOUT_VERSION 3
 #define OFF_RETIRED 52
@@ -91,7 +91,7 @@ static int get_addr(PyObject *o, uintptr_t *out) {
 
 /* ---- frame dtypes: a slot names its frame's dtype by numpy's dtype.str (<= 16 bytes) ----
  * Both directions are cached here, so that a read or a write of a frame whose dtype was
- * seen before costs no Python call; a miss asks segment.py once (set_dtype_hooks), which
+ * seen before costs no Python call; a miss asks ndsharray/segment/ once (set_dtype_hooks), which
  * decides which dtypes a slot may describe and checks text read from shared memory. */
 static PyObject *dtype_of_hook; /* text -> np.dtype; raises for text no writer of ours makes */
 static PyObject *text_of_hook;  /* np.dtype -> its slot text, or None (the slow path) */
@@ -466,7 +466,7 @@ static void reader_dealloc(ReaderObject *r) {
  * store that came before it, the descriptor included. And the slot stays that frame's: we
  * pinned before loading the count (seq_cst fence between), the writer zeroes a count before
  * it looks for pins (seq_cst fence between), so it cannot take the slot again while our pin
- * is set (the Dekker pair in segment.py). */
+ * is set (the Dekker pair in ndsharray/segment/). */
 static int reader_pin_latest(ReaderObject *r, uint64_t last, uint64_t *count_out, unsigned *slot_out,
                              uint64_t *stamp_out) {
     if (r->row == 0 || atomic_load_explicit(u32_at(r->base, OFF_RETIRED), memory_order_relaxed) != 0)
@@ -735,7 +735,7 @@ static PyObject *reader_unpin(ReaderObject *r, PyObject *arg) {
 
 /* wait(last_count, timeout) -> False on timeout, else True (woken, something new, retired,
  * or a signal: callers look again). Says "may sleep" in our row, then sleeps on the notify
- * word without the GIL unless a write newer than last_count exists (see segment.py). */
+ * word without the GIL unless a write newer than last_count exists (see ndsharray/segment/). */
 static PyObject *reader_wait(ReaderObject *r, PyObject *args) {
     unsigned long long last;
     double timeout;
@@ -1066,7 +1066,7 @@ static long writer_acquire_slot(WriterObject *w) {
     return -1;
 }
 
-/* Shrinking (see segment.py, "When a segment shrinks"): every 256 writes, once 10 s have
+/* Shrinking (see ndsharray/segment/, "When a segment shrinks"): every 256 writes, once 10 s have
  * passed since the window began, a window whose largest frame used less than a quarter of
  * a capacity of at least 1 MiB asks for a generation 1.5 times that frame (the next write
  * takes the general path, which makes it). One compare per write otherwise. */
@@ -1544,7 +1544,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_hot", "Atomics of ndsharray's slot protocol (see segment.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_hot", "Atomics of ndsharray's slot protocol (see ndsharray/segment/).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__hot(void) {
@@ -1559,7 +1559,7 @@ PyMODINIT_FUNC PyInit__hot(void) {
 #else
     const int have_futex = 0;
 #endif
-    /* Every layout constant this file uses, for segment.py to check against layout.py. */
+    /* Every layout constant this file uses, for ndsharray/segment/ to check against layout.py. */
     PyObject *offsets = Py_BuildValue(
         "{sisisisisisisisisisisisisisisisisisisisisisisisisisisisi}",
         "VERSION", LAYOUT_VERSION, "OFF_RETIRED", OFF_RETIRED, "OFF_NOTIFY", OFF_NOTIFY,

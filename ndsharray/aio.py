@@ -35,7 +35,7 @@ import numpy as np
 
 from . import _waitv, process
 from .errors import HandleClosedError
-from .segment import SegmentReader
+from .segment.reader import SegmentReader
 
 LINGER = 1.0  # seconds an idle waiter thread waits for new work before it ends
 POLL_INTERVAL = 0.002  # without futex_waitv: how often the words are looked at

@@ -8,11 +8,13 @@ import re
 import stat
 from dataclasses import dataclass
 
-from . import config, daemonctl, safefs, segment, transport
+from . import config, daemonctl, safefs, transport
 from .errors import NdShArrayError, UnsafeFileError
+from .layout import VERSION
 from .procs import alive
 from .protocol import PING
-from .segment import parse_header, shm_dir
+from .segment.files import shm_dir
+from .segment.header import parse_header
 from .stranded import describe, stranded_tags
 
 MIN_FREE = 256 * 1024 * 1024
@@ -46,9 +48,9 @@ def check_daemon(endpoint: str) -> Check:
         return Check("FAIL", "daemon", f"holds the lock but does not answer: {exc}; "
                      "stop it (ndsharray daemon stop) and let a client start a new one")
     layout = info.layout
-    if layout != segment.VERSION:
+    if layout != VERSION:
         return Check("FAIL", "daemon", f"ndsharrayd {info.daemon} pid {info.pid} makes segments of "
-                     f"layout {layout}, this ndsharray reads layout {segment.VERSION}: stop it "
+                     f"layout {layout}, this ndsharray reads layout {VERSION}: stop it "
                      "(ndsharray daemon stop) and restart writers and readers with one version")
     return Check("OK", "daemon", f"ndsharrayd {info.daemon} (protocol {info.protocol}, layout {layout}) "
                  f"pid {info.pid} at {endpoint}")

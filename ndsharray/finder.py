@@ -20,7 +20,8 @@ from . import config
 from .errors import CorruptSegmentError, NdShArrayError, SegmentGoneError, UnsafeFileError
 from .protocol import LIST, LOOKUP
 from .registrar import registrar
-from .segment import SegmentReader, check_segment_name
+from .segment.files import check_segment_name
+from .segment.reader import SegmentReader
 from .transport import Connection
 
 log = logging.getLogger("ndsharray")

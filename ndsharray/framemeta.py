@@ -6,7 +6,7 @@ capacity per slot, fixed when the writer opens (``meta_capacity=``, default
 :data:`DEFAULT_META_CAPACITY`); more is a ``ValueError`` naming both sizes.
 
 Capacity (issue 17): a frame that fits the slots is written in place whatever its shape;
-one that does not makes a new generation with headroom (see segment.py, "When a segment
+one that does not makes a new generation with headroom (see ndsharray/segment/, "When a segment
 grows" and "When a segment shrinks").
 """
 
@@ -19,7 +19,9 @@ import numpy as np
 
 from ._hot import Pin
 from .layout import MAX_SLOT_NDIM, META_BYTES, META_JSON
-from .segment import DEFAULT_META_CAPACITY, MAX_META_CAPACITY, SegmentWriter, slot_dtype_text
+from .segment.header import DEFAULT_META_CAPACITY, MAX_META_CAPACITY
+from .segment.slot_entry import slot_dtype_text
+from .segment.writer import SegmentWriter
 
 __all__ = ["DEFAULT_META_CAPACITY", "check_meta_capacity", "decode", "encode", "grown_capacity"]
 

@@ -27,7 +27,8 @@ from .errors import (
 from .protocol import GENERATION
 from .registrar import registrar
 from .replies import SegmentInfo
-from .segment import ENV_SHM_DIR, SegmentWriter, shm_dir
+from .segment.files import ENV_SHM_DIR, shm_dir
+from .segment.writer import SegmentWriter
 from .transport import Connection
 
 log = logging.getLogger("ndsharray")

@@ -25,11 +25,11 @@ from .errors import HandleClosedError, TagBusyError, UsageError
 from .holders import creation_site
 from .protocol import Op, check_tag
 from .replies import Claimed, SegmentInfo
-from .segment import MAX_SLOTS
+from .segment.header import MAX_SLOTS
 
 if TYPE_CHECKING:
     from .reader import Reader
-    from .segment import _Mapped
+    from .segment.mapping import MappedSegment
     from .writer import Writer
 
 _live: weakref.WeakSet[NdShArray] = weakref.WeakSet()
@@ -66,7 +66,7 @@ class NdShArray:
     _closed = True
     _ended = False  # close() ran (_closed is also True before the handle is open)
     _direct: Any = None  # the role's one-call hot path while nothing changed (see the role)
-    _seg: _Mapped | None = None  # the current segment
+    _seg: MappedSegment | None = None  # the current segment
     _valid = False
     _stamp = 0  # reader: when the last array read was written (time.monotonic_ns() clock)
     _read_ns = 0  # reader: when it was read

@@ -1,9 +1,9 @@
-"""The segment layout, written once: every offset segment.py and _hot.c use comes from here.
+"""The segment layout, written once: every offset ndsharray.segment and _hot.c use comes from here.
 
 Three tables of ``(field, struct format)`` pairs, little-endian and naturally aligned:
 the fixed header (128 bytes), one slot-table entry per slot (128 bytes), one reader row
 per reader (64 bytes). ``struct`` computes each field's offset (``OFF_<FIELD>``, entry
-offsets ``ENTRY_<FIELD>``, row offsets ``ROW_<FIELD>``); segment.py checks at import that
+offsets ``ENTRY_<FIELD>``, row offsets ``ROW_<FIELD>``); ndsharray.segment checks at import that
 every offset the C code was compiled with (``_hot.OFFSETS``) is the one computed here, so
 a change made on one side only is an ImportError, never a silent misread.
 

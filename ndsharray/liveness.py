@@ -24,7 +24,9 @@ import threading
 from typing import Literal
 
 from . import _waitv
-from .segment import OFF_CLOSED_PID, OFF_WRITER_PID, SegmentReader, latest_write
+from .layout import OFF_CLOSED_PID, OFF_WRITER_PID
+from .segment.reader import SegmentReader
+from .segment.status import latest_write
 
 WriterState = Literal["none", "alive", "closed", "died"]
 ENDED = ("closed", "died")

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import ring
 from .errors import DaemonUnavailableError, ResourceLimitError, WriterStalledError
-from .segment import SegmentWriter
+from .segment.writer import SegmentWriter
 
 log = logging.getLogger("ndsharray")
 

@@ -1,7 +1,7 @@
 """This process: its pid, and what runs when it forks or exits, in one place.
 
 State that belongs to one process lives in a few modules: the open segments' fds
-(:mod:`~ndsharray.segment`), the daemon connections and the zmq context
+(:mod:`~ndsharray.segment.mapping`), the daemon connections and the zmq context
 (:mod:`~ndsharray.transport`), the registrar's thread and the handles it watches
 (:mod:`~ndsharray.registrar`), and the open handles (:mod:`~ndsharray.handle`). Each hands
 its hook to this module, which alone registers with ``os.register_at_fork`` and ``atexit``

@@ -31,7 +31,7 @@ from .handle import NdShArray, _live
 from .liveness import WriterWatch
 from .protocol import ATTACH
 from .registrar import registrar
-from .segment import SegmentReader
+from .segment.reader import SegmentReader
 from .stream import ReaderStream
 
 log = logging.getLogger("ndsharray")

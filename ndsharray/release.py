@@ -16,7 +16,7 @@ import contextlib
 from typing import Any, NoReturn
 
 from .errors import HandleClosedError
-from .segment import SegmentWriter, abandon
+from .segment.writer import SegmentWriter, abandon
 from .transport import Connection
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from . import config, process
 from .errors import NdShArrayError
-from .segment import parse_header, shm_dir
+from .segment.files import shm_dir
+from .segment.header import parse_header
 
 
 @dataclass

@@ -18,7 +18,7 @@ from .arguments import seconds
 from .errors import HandleClosedError
 from .finder import SegmentFinder
 from .liveness import ENDED, WriterState, WriterWatch
-from .segment import SegmentReader
+from .segment.reader import SegmentReader
 
 
 class ReaderStream:

@@ -36,12 +36,7 @@ from .protocol import CLAIM
 from .registrar import registrar
 from .release import TagRelease
 from .replies import SegmentInfo
-from .segment import (
-    CLOSED,
-    REMOVED,
-    SegmentWriter,
-    acquisitions,
-)
+from .segment.writer import CLOSED, REMOVED, SegmentWriter, acquisitions
 
 log = logging.getLogger("ndsharray")
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ndsharray.protocol import ErrorCode, RequestError
 from ndsharray.replies import SegmentInfo
-from ndsharray.segment import writer_key
+from ndsharray.segment.header import writer_key
 
 
 @dataclass

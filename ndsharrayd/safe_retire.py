@@ -21,8 +21,9 @@ import mmap
 import os
 import platform
 
-from ndsharray.segment import OFF_NOTIFY, OFF_RETIRED, mapping_address
-from ndsharray.segment import retire as hot_retire
+from ndsharray.layout import OFF_NOTIFY, OFF_RETIRED
+from ndsharray.segment.mapping import mapping_address
+from ndsharray.segment.mapping import retire as hot_retire
 
 # SYS_futex by machine (the generic table, used by arm64 and riscv, numbers it 98).
 _SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "arm64": 98, "riscv64": 98, "ppc64le": 221,

@@ -29,6 +29,7 @@ from ndsharray._version import __version__
 from ndsharray.daemonctl import DaemonLock
 from ndsharray.dtypes import dtype_to_text, text_to_dtype
 from ndsharray.errors import CorruptSegmentError, UnsafeFileError
+from ndsharray.layout import VERSION as SEGMENT_LAYOUT
 from ndsharray.procs import alive as _alive
 from ndsharray.protocol import (
     MAX_MESSAGE_BYTES,
@@ -54,7 +55,8 @@ from ndsharray.replies import (
     TagInfo,
     Wire,
 )
-from ndsharray.segment import (
+from ndsharray.segment.files import segment_path, shm_dir
+from ndsharray.segment.header import (
     NO_KEY,
     RETIRED_REMOVED,
     RETIRED_SUPERSEDED,
@@ -62,19 +64,13 @@ from ndsharray.segment import (
     Header,
     Layout,
     create_segment,
-    dropped_frames,
-    frame_in_slot,
-    latest_slot,
-    latest_write,
     parse_header,
     plan_layout,
-    reader_rows,
-    segment_path,
     shape_problem,
-    shm_dir,
     writer_key,
 )
-from ndsharray.segment import VERSION as SEGMENT_LAYOUT
+from ndsharray.segment.slot_entry import frame_in_slot
+from ndsharray.segment.status import dropped_frames, latest_slot, latest_write, reader_rows
 from ndsharray.units import format_size
 
 from . import safe_retire

@@ -14,7 +14,8 @@ from conftest import wait_until
 
 import ndsharray
 from ndsharray import aio
-from ndsharray.segment import SegmentReader, mapping_address
+from ndsharray.segment.mapping import mapping_address
+from ndsharray.segment.reader import SegmentReader
 
 LOOPS = ["asyncio", "uvloop"]
 

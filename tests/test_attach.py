@@ -11,7 +11,8 @@ from arrays import make_array
 from conftest import Daemon, wait_until
 
 import ndsharray
-from ndsharray import config, protocol, segment, transport
+from ndsharray import config, protocol, transport
+from ndsharray.segment.files import segment_path
 
 
 def pointer(daemon: Daemon, tag: str) -> str:
@@ -128,7 +129,7 @@ def test_a_reader_whose_segment_expires_before_it_registers_follows_the_next_wri
             name = r.ndarray_mmap_name
             assert name is not None
             first.kill()
-            wait_until(lambda: not os.path.exists(segment.segment_path(name)), what="the orphaned segment to go")
+            wait_until(lambda: not os.path.exists(segment_path(name)), what="the orphaned segment to go")
         second = puppets()
         second.start_writer("cam", "f8", [4], 2)
         status, arr = r.read(timeout=5)

@@ -13,7 +13,7 @@ from arrays import digest, make_array
 from conftest import wait_until
 
 import ndsharray
-from ndsharray import segment
+from ndsharray.layout import OFF_NOTIFY, READER_ROWS, ROW_SIZE
 
 # The wake-up tests take away the reader's safety net (a waiting reader looks again every
 # WAIT_SLICE seconds even if nobody wakes it) and expect the wake-up well before it ends:
@@ -35,10 +35,10 @@ def asleep(r: ndsharray.NdShArray, thread: threading.Thread) -> bool:
             fields = f.read().split()
     except OSError:  # no such file on this kernel: the sleepers count is the best we have
         rows = seg.layout.rows_offset
-        return any(struct.unpack_from("@I", seg.mm, rows + segment.ROW_SIZE * k)[0]
-                   for k in range(segment.READER_ROWS))
+        return any(struct.unpack_from("@I", seg.mm, rows + ROW_SIZE * k)[0]
+                   for k in range(READER_ROWS))
     # "<syscall number> <first argument> ...", or "running"
-    return len(fields) > 1 and int(fields[1], 16) == seg.base_addr + segment.OFF_NOTIFY
+    return len(fields) > 1 and int(fields[1], 16) == seg.base_addr + OFF_NOTIFY
 
 
 class Waiter(threading.Thread):
@@ -265,7 +265,7 @@ def test_writes_leave_the_notify_word_alone_while_no_reader_sleeps(daemon: Any, 
         assert seg is not None
 
         def notify() -> int:
-            return int(struct.unpack_from("<I", seg.mm, segment.OFF_NOTIFY)[0])
+            return int(struct.unpack_from("<I", seg.mm, OFF_NOTIFY)[0])
 
         assert r.read()[0]
         before = notify()

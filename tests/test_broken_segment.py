@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from conftest import Daemon, wait_until
 
 import ndsharray
-from ndsharray import protocol, segment
+from ndsharray import protocol
 from ndsharray.cli import main
+from ndsharray.segment.files import segment_path
 
 
 def test_ls_after_a_segment_was_truncated_to_nothing(daemon: Daemon) -> None:
@@ -25,7 +26,7 @@ def test_ls_after_a_segment_was_truncated_to_nothing(daemon: Daemon) -> None:
     assert name is not None
     w.close()  # the tag stays, with its last frame, for --orphan-ttl
     with ndsharray.NdShArray("trunc/ok", np.ones(4), "w"):
-        os.truncate(segment.segment_path(name), 0)
+        os.truncate(segment_path(name), 0)
         out = CliRunner().invoke(main, ["ls"], catch_exceptions=False)
         assert daemon.proc is not None and daemon.proc.poll() is None, "the daemon died:\n" + daemon.read_log()
         assert out.exit_code == 0, out.output
@@ -34,7 +35,7 @@ def test_ls_after_a_segment_was_truncated_to_nothing(daemon: Daemon) -> None:
         assert f"note: tag 'trunc/a' was removed by the daemon because its segment {name} is broken" \
             in out.output
         assert "another process truncated it" in out.output
-        assert not os.path.exists(segment.segment_path(name))
+        assert not os.path.exists(segment_path(name))
         # and it goes on serving
         assert [t.tag for t in ndsharray.list_tags()] == ["trunc/ok"]
     assert "tag 'trunc/a' was removed by the daemon" in daemon.read_log()
@@ -49,9 +50,9 @@ def test_writer_and_reader_of_a_shrunk_segment_are_told(daemon: Daemon, caplog: 
         assert r.read(copy=True)[0]
         name = w.ndarray_mmap_name
         assert name is not None
-        header = os.stat(segment.segment_path(name)).st_size - 3 * 4096 * 8
-        os.truncate(segment.segment_path(name), header)
-        wait_until(lambda: not os.path.exists(segment.segment_path(name)), what="the daemon to remove it")
+        header = os.stat(segment_path(name)).st_size - 3 * 4096 * 8
+        os.truncate(segment_path(name), header)
+        wait_until(lambda: not os.path.exists(segment_path(name)), what="the daemon to remove it")
         with pytest.raises(ndsharray.TagRemovedError, match="broke its segment"):
             w.write(np.arange(4096.0))
         # The daemon's own answer to that writer's next request for a segment says why.
@@ -70,7 +71,7 @@ from ndsharray import config
 from ndsharrayd.pointers import Pointers
 from ndsharrayd.registry import TagRecord
 from ndsharrayd.server import SegmentFiles
-from ndsharray.segment import segment_path
+from ndsharray.segment.files import segment_path
 
 endpoint = sys.argv[1]
 files = SegmentFiles(config.segment_prefix(endpoint), 0o600, Pointers(config.pointer_dir(endpoint)), -1)
@@ -106,7 +107,8 @@ def test_the_daemons_retire_sets_the_flag_and_wakes_a_futex_sleeper(folder: str)
     import threading
     import time
 
-    from ndsharray.segment import OFF_NOTIFY, OFF_RETIRED, mapping_address
+    from ndsharray.layout import OFF_NOTIFY, OFF_RETIRED
+    from ndsharray.segment.mapping import mapping_address
     from ndsharrayd import safe_retire
 
     sys_futex = safe_retire._SYS_FUTEX

@@ -25,7 +25,7 @@ from conftest import Daemon, wait_until
 import ndsharray
 from ndsharray import generations, writer
 from ndsharray.registrar import registrar
-from ndsharray.segment import SegmentWriter
+from ndsharray.segment.writer import SegmentWriter
 
 ROWS, COLS = 4096, 2048  # 64 MiB of float64: a copy takes milliseconds (numpy's transposing one, far more)
 
@@ -208,7 +208,7 @@ def test_close_inside_this_threads_own_loan_does_not_wait_and_publishes_nothing(
 
 RECLAIM = textwrap.dedent("""
     import fcntl, os, signal, subprocess, sys, numpy as np, ndsharray
-    from ndsharray import segment
+    from ndsharray.segment.mapping import FLOCK, F_OFD_SETLK, LOCKS
     # A reader dies holding a pin on each slot but the latest: the writer must reclaim rows.
     w = ndsharray.NdShArray("reclaim", np.zeros(8), "w", slots=2, max_slots=2, write_timeout=1.0)
     child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdin=subprocess.PIPE,
@@ -220,9 +220,9 @@ RECLAIM = textwrap.dedent("""
     armed = [True]
     def racing_fcntl(fd, cmd, arg=0):
         out = real(fd, cmd, arg)
-        if armed[0] and cmd == segment.F_OFD_SETLK and isinstance(arg, bytes):
-            kind, _, start, _, _ = segment._FLOCK.unpack(arg)
-            if kind == fcntl.F_WRLCK and start >= segment.LOCKS:
+        if armed[0] and cmd == F_OFD_SETLK and isinstance(arg, bytes):
+            kind, _, start, _, _ = FLOCK.unpack(arg)
+            if kind == fcntl.F_WRLCK and start >= LOCKS:
                 # The row lock was just taken, with the GIL released: another thread's
                 # close() runs now (here, in this thread, for a deterministic interleaving).
                 armed[0] = False
@@ -423,7 +423,7 @@ def interrupted_close(write_ends: str) -> None:
     # Review item 2: a KeyboardInterrupt while close() waited for a write in flight left
     # the tag with this process for good (no hand_over, no release, no second close()),
     # and the segment's fd open with our pid still in its header.
-    from ndsharray import segment
+    from ndsharray.segment import writer as segment_writer
     w = ndsharray.NdShArray("kbc", np.zeros(1024), "w", slots=3)
     lent, go = threading.Event(), threading.Event()
     outcome: list[str] = []
@@ -441,17 +441,17 @@ def interrupted_close(write_ends: str) -> None:
     t = threading.Thread(target=fill)
     t.start()
     assert lent.wait(10)
-    real_time = time  # (segment's own time module; set through vars(), its namespace)
+    real_time = time  # (SegmentWriter's module's own time; set through vars(), its namespace)
 
     def interrupting_sleep(seconds: float) -> None:
-        vars(segment)["time"] = real_time  # (once)
+        vars(segment_writer)["time"] = real_time  # (once)
         if write_ends == "before_the_interrupt":
             go.set()
             t.join()
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, while close() waits for the loan
         real_time.sleep(seconds)
 
-    vars(segment)["time"] = type("T", (), {"monotonic": staticmethod(real_time.monotonic),
+    vars(segment_writer)["time"] = type("T", (), {"monotonic": staticmethod(real_time.monotonic),
                                            "sleep": staticmethod(interrupting_sleep)})
     try:
         w.close()
@@ -459,7 +459,7 @@ def interrupted_close(write_ends: str) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        vars(segment)["time"] = real_time
+        vars(segment_writer)["time"] = real_time
     assert w.closed
     go.set()
     t.join()
@@ -560,8 +560,7 @@ def test_reclaim_rows_never_duplicates_a_reused_fd_number(daemon: Daemon) -> Non
 def _interrupt_after_acquire(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Make the next slot acquire raise KeyboardInterrupt just after the C writer took the
     slot: where a Ctrl-C lands when the eval loop checks for signals as the call returns."""
-    from ndsharray import segment
-    real = segment.SegmentWriter.try_acquire
+    real = SegmentWriter.try_acquire
     taken: list[int] = []
 
     def try_acquire(seg: Any) -> int:
@@ -571,7 +570,7 @@ def _interrupt_after_acquire(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             raise KeyboardInterrupt
         return i
 
-    monkeypatch.setattr(segment.SegmentWriter, "try_acquire", try_acquire)
+    monkeypatch.setattr(SegmentWriter, "try_acquire", try_acquire)
     return taken
 
 

@@ -14,7 +14,9 @@ import pytest
 from conftest import Daemon, our_segments
 
 import ndsharray
-from ndsharray import admin, config, segment
+from ndsharray import admin, config
+from ndsharray.segment.files import shm_dir
+from ndsharray.segment.header import create_segment
 
 
 def test_tags_of_two_daemons_never_mix(daemon: Daemon, folder: str) -> None:
@@ -83,7 +85,7 @@ def test_another_uid_cannot_list_or_read(daemon: Daemon) -> None:
     with ndsharray.NdShArray("private", np.arange(3), "w") as w:
         seg = w.ndarray_mmap_name
         assert seg is not None
-        assert os.stat(f"{segment.shm_dir()}/{seg}").st_mode & 0o777 == 0o600
+        assert os.stat(f"{shm_dir()}/{seg}").st_mode & 0o777 == 0o600
         assert os.stat(daemon.folder).st_mode & 0o777 == 0o700
         env = {**os.environ, config.ENV_AUTOSTART: "0"}
         child = subprocess.run([sys.executable, "-c", OTHER_USER, daemon.endpoint, seg],
@@ -120,12 +122,12 @@ def test_a_daemon_never_adopts_or_trips_on_another_users_files(folder: str, monk
     # nor fail on the second, and must leave both alone.
     d = Daemon(folder)
     planted = [f"{d.prefix}{'a' * 16}", f"{d.prefix}{'b' * 16}"]
-    segment.create_segment(planted[0], tag="camera/left", dtype_text="'|u1'", shape=(4,), nslots=2,
+    create_segment(planted[0], tag="camera/left", dtype_text="'|u1'", shape=(4,), nslots=2,
                            generation=1, writer_pid=1)
-    with open(f"{segment.shm_dir()}/{planted[1]}", "w") as f:
+    with open(f"{shm_dir()}/{planted[1]}", "w") as f:
         f.write("junk")
     for name in planted:
-        os.chown(f"{segment.shm_dir()}/{name}", 65534, 65534)
+        os.chown(f"{shm_dir()}/{name}", 65534, 65534)
     try:
         d.start()
         monkeypatch.setenv(config.ENV_ENDPOINT, d.endpoint)
@@ -135,12 +137,12 @@ def test_a_daemon_never_adopts_or_trips_on_another_users_files(folder: str, monk
             assert w.ndarray_mmap_name not in planted
         assert d.stop() == 0
         assert "not this daemon's" in d.read_log()
-        assert all(os.path.exists(f"{segment.shm_dir()}/{name}") for name in planted)
+        assert all(os.path.exists(f"{shm_dir()}/{name}") for name in planted)
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.stop()
         for name in planted:
-            os.unlink(f"{segment.shm_dir()}/{name}")
+            os.unlink(f"{shm_dir()}/{name}")
 
 
 def test_a_shared_folder_named_in_the_endpoint_keeps_its_mode(folder: str, monkeypatch: Any) -> None:

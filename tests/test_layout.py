@@ -13,17 +13,22 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ndsharray import _hot, layout, segment
+from ndsharray import _hot, layout
 from ndsharray.errors import CorruptSegmentError
+from ndsharray.layout import META_BYTES, META_JSON, OFF_DROPPED, OFF_PUBLISH, ROW_SIZE, SLOT_ENTRY, SLOT_TABLE
+from ndsharray.segment.files import segment_path
+from ndsharray.segment.header import create_segment
+from ndsharray.segment.reader import SegmentReader
+from ndsharray.segment.writer import SegmentWriter
 
 
 def test_the_c_code_uses_the_offsets_of_the_layout_table() -> None:
-    layout.check_c_offsets(_hot.OFFSETS)  # what segment.py does at import
+    layout.check_c_offsets(_hot.OFFSETS)  # what ndsharray.segment does at import
     assert set(_hot.OFFSETS) <= set(layout.c_offsets())
     # every offset Python uses is the table's
-    assert segment.OFF_PUBLISH == layout.HEADER_OFF["publish"] == 64
-    assert layout.HEADER_OFF["dropped"] == segment.OFF_DROPPED
-    assert segment.SLOT_ENTRY == 128 and segment.ROW_SIZE == 64
+    assert OFF_PUBLISH == layout.HEADER_OFF["publish"] == 64
+    assert layout.HEADER_OFF["dropped"] == OFF_DROPPED
+    assert SLOT_ENTRY == 128 and ROW_SIZE == 64
 
 
 def test_an_offset_that_differs_from_the_table_refuses_the_import() -> None:
@@ -65,7 +70,7 @@ def frames(n: int, seed: int) -> list[tuple[np.ndarray[Any, Any], Any]]:
 def _read_all(name: str, n: int, seed: int, q: Any) -> None:
     """In another process: read frames as they come; check each against the stream."""
     want = frames(n, seed)
-    r = segment.SegmentReader(name)
+    r = SegmentReader(name)
     last, seen = 0, 0
     bad: list[tuple[Any, ...]] = []
     kept = []
@@ -79,7 +84,7 @@ def _read_all(name: str, n: int, seed: int, q: Any) -> None:
             last = r._c.count
             a, meta = want[last - 1]
             m = r.meta
-            got_meta = None if m is None else (json.loads(m[1]) if m[0] == segment.META_JSON else m[1])
+            got_meta = None if m is None else (json.loads(m[1]) if m[0] == META_JSON else m[1])
             if (got.dtype != a.dtype or got.shape != a.shape or not np.array_equal(got, a)
                     or got_meta != meta):
                 bad.append((last, str(got.dtype), got.shape, str(a.dtype), a.shape))
@@ -103,18 +108,18 @@ def test_every_frame_keeps_its_own_dtype_shape_and_metadata_across_processes() -
     n, seed = 600, 7
     stream = frames(n, seed)
     cap = max(a.nbytes for a, _ in stream)
-    segment.create_segment(name, tag="var", dtype_text="'<f4'", shape=(0, 6), nslots=4,
+    create_segment(name, tag="var", dtype_text="'<f4'", shape=(0, 6), nslots=4,
                            generation=1, writer_pid=os.getpid(), capacity=cap, meta_capacity=256)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    w = segment.SegmentWriter(name, variable=True)
+    w = SegmentWriter(name, variable=True)
     readers = [ctx.Process(target=_read_all, args=(name, n, seed, q)) for _ in range(2)]
     try:
         for p in readers:
             p.start()
         for a, meta in stream:
             data = None if meta is None else (json.dumps(meta).encode() if isinstance(meta, dict) else meta)
-            kind = segment.META_JSON if isinstance(meta, dict) else segment.META_BYTES
+            kind = META_JSON if isinstance(meta, dict) else META_BYTES
             args = () if data is None else (data, kind)
             while True:
                 count = w.fast.write(a, *args)
@@ -126,7 +131,7 @@ def test_every_frame_keeps_its_own_dtype_shape_and_metadata_across_processes() -
         w.close()
         for p in readers:
             p.join(30)
-        os.unlink(segment.segment_path(name))
+        os.unlink(segment_path(name))
     for seen, bad, nbad in results:
         assert nbad == 0, bad
         assert seen > 0
@@ -137,10 +142,10 @@ def test_the_general_path_describes_what_it_copied() -> None:
     """acquire + copy + describe + publish (loan() and the general write) give readers the
     frame's own shape; a publish without describe gives the header's."""
     name = _name()
-    segment.create_segment(name, tag="var", dtype_text="'<u2'", shape=(4, 5), nslots=3,
+    create_segment(name, tag="var", dtype_text="'<u2'", shape=(4, 5), nslots=3,
                            generation=1, writer_pid=os.getpid(), capacity=400, meta_capacity=16)
-    w = segment.SegmentWriter(name, variable=True)
-    r = segment.SegmentReader(name)
+    w = SegmentWriter(name, variable=True)
+    r = SegmentReader(name)
     try:
         i = w.try_acquire()
         buf = w.slot_array(i, np.dtype("<f8"), (7, 2))
@@ -149,7 +154,7 @@ def test_the_general_path_describes_what_it_copied() -> None:
         w.publish(i)
         got = r.read_new(0)
         assert got.dtype == np.float64 and got.shape == (7, 2) and got[6, 1] == 13
-        assert r.meta == (segment.META_BYTES, b"m1")
+        assert r.meta == (META_BYTES, b"m1")
         i = w.try_acquire()
         w.slots[i][...] = 3
         w.publish(i)
@@ -170,16 +175,16 @@ def test_the_general_path_describes_what_it_copied() -> None:
     finally:
         r.close()
         w.close()
-        os.unlink(segment.segment_path(name))
+        os.unlink(segment_path(name))
 
 
 def test_a_corrupt_slot_descriptor_is_an_error_not_a_crash() -> None:
     name = _name()
-    segment.create_segment(name, tag="var", dtype_text="'<u2'", shape=(4,), nslots=2,
+    create_segment(name, tag="var", dtype_text="'<u2'", shape=(4,), nslots=2,
                            generation=1, writer_pid=os.getpid(), meta_capacity=8)
-    w = segment.SegmentWriter(name, variable=True)
-    r = segment.SegmentReader(name)
-    entry = segment.SLOT_TABLE + segment.SLOT_ENTRY * 0
+    w = SegmentWriter(name, variable=True)
+    r = SegmentReader(name)
+    entry = SLOT_TABLE + SLOT_ENTRY * 0
     try:
         for field, off, value in [
             ("dimensions", layout.ENTRY_OFF["ndim"], bytes([9])),
@@ -188,7 +193,7 @@ def test_a_corrupt_slot_descriptor_is_an_error_not_a_crash() -> None:
         ]:
             assert w.fast.write(np.arange(4, dtype="<u2")) > 0
             slot = w.publish_word() & 0xFF
-            e = segment.SLOT_TABLE + segment.SLOT_ENTRY * slot
+            e = SLOT_TABLE + SLOT_ENTRY * slot
             w.mm[e + off : e + off + len(value)] = value
             pin = r.pin(r._c.count)
             assert isinstance(pin, _hot.Pin)
@@ -197,11 +202,11 @@ def test_a_corrupt_slot_descriptor_is_an_error_not_a_crash() -> None:
             del pin
         assert w.fast.write(np.arange(4, dtype="<u2")) > 0
         slot = w.publish_word() & 0xFF
-        e = segment.SLOT_TABLE + segment.SLOT_ENTRY * slot
+        e = SLOT_TABLE + SLOT_ENTRY * slot
         w.mm[e + 16 : e + 20] = (9).to_bytes(4, "little")  # metadata longer than its capacity
         assert r.read_new(r._c.count) == -4
         del entry
     finally:
         r.close()
         w.close()
-        os.unlink(segment.segment_path(name))
+        os.unlink(segment_path(name))

@@ -18,9 +18,10 @@ from conftest import Daemon, our_segments, wait_until
 from test_crash import waiting_for_a_reply
 
 import ndsharray
-from ndsharray import admin, config, segment
+from ndsharray import admin, config
 from ndsharray.cli import main
 from ndsharray.registrar import registrar
+from ndsharray.segment.files import segment_path
 
 
 def kill_daemon(d: Daemon) -> int:
@@ -61,7 +62,7 @@ def test_a_takeover_writers_first_write_after_a_daemon_crash_succeeds(
         monkeypatch.setenv(config.ENV_AUTOSTART, "0")  # this test starts the successor
         kill_daemon(crashable)
         # A successor that does not keep the offered segment (its retention ran out):
-        os.unlink(segment.segment_path(offered.name))
+        os.unlink(segment_path(offered.name))
         crashable.proc = Daemon(crashable.folder).start().proc
         second.write(np.ones(4))  # the first write after the restart publishes
         with ndsharray.NdShArray("offer", r_w="r") as r:
@@ -100,7 +101,7 @@ def test_after_a_daemon_restart_only_the_adopted_writer_gets_its_tag_back(
 
 
 def test_the_registry_knows_an_adopted_writer_by_its_key_not_its_pid() -> None:
-    from ndsharray.segment import writer_key
+    from ndsharray.segment.header import writer_key
     from ndsharrayd.registry import Registry
 
     reg = Registry()

@@ -14,7 +14,9 @@ import zmq
 from conftest import Daemon
 
 import ndsharray
-from ndsharray import protocol, segment
+from ndsharray import protocol
+from ndsharray.layout import OFF_ROWS_USED, ROW_SIZE
+from ndsharray.segment.files import segment_path
 
 
 def raw_exchange(endpoint: str, frames: list[bytes], expect_reply: bool = True) -> Any:
@@ -104,11 +106,11 @@ def test_garbage_in_the_reader_rows_does_not_stop_the_writer(daemon: Daemon) -> 
         seg = w._seg
         assert seg is not None
         lay = seg.layout
-        fd = os.open(segment.segment_path(seg.name), os.O_RDWR)
+        fd = os.open(segment_path(seg.name), os.O_RDWR)
         try:
             for row in range(1, 40):  # row 0 is the live reader's
-                os.pwrite(fd, b"\xff" * segment.ROW_SIZE, lay.rows_offset + segment.ROW_SIZE * row)
-            os.pwrite(fd, (0xFFFFFFFF).to_bytes(4, "little"), segment.OFF_ROWS_USED)
+                os.pwrite(fd, b"\xff" * ROW_SIZE, lay.rows_offset + ROW_SIZE * row)
+            os.pwrite(fd, (0xFFFFFFFF).to_bytes(4, "little"), OFF_ROWS_USED)
         finally:
             os.close(fd)
         (info,) = ndsharray.list_tags()  # the daemon reads the rows too: pid 0xFFFFFFFF is no process

@@ -15,9 +15,10 @@ from click.testing import CliRunner
 from conftest import Daemon, wait_until
 
 import ndsharray
-from ndsharray import config, segment, transport
+from ndsharray import config, transport
 from ndsharray.cli import main
 from ndsharray.dtypes import dtype_to_text
+from ndsharray.segment.header import Layout
 from ndsharray.units import format_size, parse_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +104,7 @@ def test_replay_stopped_by_rm_says_so_in_cli_terms(daemon: Daemon, folder: str) 
 
 def test_max_bytes_takes_suffixes_and_the_quota_error_counts_the_slots(folder: str, monkeypatch: Any) -> None:
     frame = np.zeros(26_600, np.uint8)
-    need = segment.Layout(frame.nbytes, 3, 1, len("q"), len(dtype_to_text(frame.dtype))).total_size
+    need = Layout(frame.nbytes, 3, 1, len("q"), len(dtype_to_text(frame.dtype))).total_size
     assert 100_000 < need <= 100 * 1024  # refused by 100K (powers of 1000), taken by 100KiB
     monkeypatch.setenv(config.ENV_AUTOSTART, "0")
     d = Daemon(folder, "--max-bytes", "100K").start()

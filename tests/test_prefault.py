@@ -11,7 +11,8 @@ import pytest
 from conftest import wait_until
 
 import ndsharray
-from ndsharray import prefault, segment
+from ndsharray import prefault
+from ndsharray.segment.writer import SegmentWriter
 
 
 def mapped_kib(name: str) -> int:
@@ -39,14 +40,14 @@ def test_a_new_generation_is_in_the_writers_page_tables_before_it_writes(
         monkeypatch.setenv(prefault.ENV, "0")
     frame = np.ones((4096, 4096), np.uint8)  # 16 MiB: the other slots go to the thread
     slot_kib = frame.nbytes // 1024
-    made: list[segment.SegmentWriter] = []
-    orig = segment.SegmentWriter.__init__
+    made: list[SegmentWriter] = []
+    orig = SegmentWriter.__init__
 
-    def spy(self: segment.SegmentWriter, *a: object, **k: object) -> None:
+    def spy(self: SegmentWriter, *a: object, **k: object) -> None:
         orig(self, *a, **k)  # type: ignore[arg-type]
         made.append(self)
 
-    monkeypatch.setattr(segment.SegmentWriter, "__init__", spy)
+    monkeypatch.setattr(SegmentWriter, "__init__", spy)
     with ndsharray.NdShArray("cam/prefault", r_w="w", slots=3) as w:
         w.write(frame)  # creates the generation: slot 0 populated, 1 and 2 in the background
         seg = made[-1]

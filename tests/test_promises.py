@@ -18,8 +18,11 @@ from arrays import digest, make_array
 from conftest import Daemon, our_segments, wait_until
 
 import ndsharray
-from ndsharray import admin, config, segment
+from ndsharray import admin, config
 from ndsharray.dtypes import MAX_DESCR_LEN
+from ndsharray.layout import READER_ROWS
+from ndsharray.segment.files import shm_dir
+from ndsharray.segment.header import create_segment
 
 
 def tag_row(tag: str) -> Any:
@@ -89,7 +92,7 @@ def test_a_restarted_daemon_adopts_the_newest_generation_and_unlinks_older_ones(
     # and unlinking the old one; named to sort before and after the current one.
     older = [f"{d.prefix}{c * 16}" for c in "0f"]
     for name in older:
-        segment.create_segment(name, tag="gens", dtype_text="'|u1'", shape=(4,), nslots=3,
+        create_segment(name, tag="gens", dtype_text="'|u1'", shape=(4,), nslots=3,
                                generation=1, writer_pid=writer.pid)
     d2 = Daemon(folder).start()
     try:
@@ -105,8 +108,8 @@ def test_a_restarted_daemon_adopts_the_newest_generation_and_unlinks_older_ones(
         writer.stop()
         assert d2.stop() == 0
         for name in older:  # (only if the test failed: the daemon removes what it knows)
-            if os.path.exists(f"{segment.shm_dir()}/{name}"):
-                os.unlink(f"{segment.shm_dir()}/{name}")
+            if os.path.exists(f"{shm_dir()}/{name}"):
+                os.unlink(f"{shm_dir()}/{name}")
 
 
 def test_255_slots_is_the_limit(daemon: Daemon) -> None:
@@ -126,11 +129,11 @@ def test_256_readers_per_tag_is_the_limit(daemon: Daemon) -> None:
     readers = []
     with ndsharray.NdShArray("many", np.arange(4), "w"):
         try:
-            for _ in range(segment.READER_ROWS):
+            for _ in range(READER_ROWS):
                 r = ndsharray.NdShArray("many", r_w="r")
                 assert r.read()[0]
                 readers.append(r)
-            assert segment.READER_ROWS == 256
+            assert READER_ROWS == 256
             with pytest.raises(ndsharray.ResourceLimitError, match="256 readers"):
                 ndsharray.NdShArray("many", r_w="r").read()
             readers.pop().close()

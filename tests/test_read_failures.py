@@ -12,23 +12,25 @@ import pytest
 from conftest import Daemon
 
 import ndsharray
-from ndsharray import segment
+from ndsharray.layout import OFF_PUBLISH
+from ndsharray.segment.files import segment_path
+from ndsharray.segment.reader import SegmentReader
 
 
 def test_corrupt_publish_word_raises_instead_of_spinning(daemon: Daemon) -> None:
     with ndsharray.NdShArray("bad", np.zeros(4), "w") as w, ndsharray.NdShArray("bad", r_w="r") as r:
         assert r.read()[0]
         w.write(np.ones(4))
-        path = segment.segment_path(w.ndarray_mmap_name)  # type: ignore[arg-type]
+        path = segment_path(w.ndarray_mmap_name)  # type: ignore[arg-type]
         fd = os.open(path, os.O_RDWR)
         try:
-            pub = int.from_bytes(os.pread(fd, 8, segment.OFF_PUBLISH), "little")
+            pub = int.from_bytes(os.pread(fd, 8, OFF_PUBLISH), "little")
             # A count the named slot does not hold:
-            os.pwrite(fd, (((pub >> 8) + 1000) << 8 | (pub & 0xFF)).to_bytes(8, "little"), segment.OFF_PUBLISH)
+            os.pwrite(fd, (((pub >> 8) + 1000) << 8 | (pub & 0xFF)).to_bytes(8, "little"), OFF_PUBLISH)
             with pytest.raises(ndsharray.CorruptSegmentError, match="but that slot holds another write"):
                 r.read()
             # A slot past the table (the C side must not index by it):
-            os.pwrite(fd, (((pub >> 8) + 2000) << 8 | 200).to_bytes(8, "little"), segment.OFF_PUBLISH)
+            os.pwrite(fd, (((pub >> 8) + 2000) << 8 | 200).to_bytes(8, "little"), OFF_PUBLISH)
             with pytest.raises(ndsharray.CorruptSegmentError, match="names slot 200 of 3"):
                 r.read()
         finally:
@@ -43,10 +45,10 @@ def test_a_failed_copy_read_gives_its_pin_back(daemon: Daemon, monkeypatch: Any)
         assert r.read(copy=True)[0]
         w.write(np.ones(8))
 
-        def failing_copy(self: segment.SegmentReader, i: int) -> Any:
+        def failing_copy(self: SegmentReader, i: int) -> Any:
             raise MemoryError("simulated: the copy of a big frame fails")
 
-        monkeypatch.setattr(segment.SegmentReader, "copy", failing_copy)
+        monkeypatch.setattr(SegmentReader, "copy", failing_copy)
         with pytest.raises(MemoryError):
             r.read(copy=True)
         monkeypatch.undo()
@@ -70,9 +72,9 @@ def test_a_segment_unlinked_between_the_two_opens_is_gone_and_leaks_nothing(
             opened.append(fd)
             return fd
 
-        monkeypatch.setattr("ndsharray.segment.os.open", open_then_lose_the_file)
+        monkeypatch.setattr("ndsharray.segment.mapping.os.open", open_then_lose_the_file)
         with pytest.raises(ndsharray.SegmentGoneError):
-            segment.SegmentReader(name)
+            SegmentReader(name)
         monkeypatch.undo()
         with pytest.raises(OSError):
             os.fstat(opened[0])  # the first fd was closed
@@ -101,9 +103,9 @@ def test_a_reader_closed_while_it_opens_the_next_generation_keeps_nothing_open(
         new = w.ndarray_mmap_name
         assert new is not None
         writers_fds = fds_on(new)
-        real = segment.SegmentReader  # (what the finder opens)
+        real = SegmentReader  # (what the finder opens)
 
-        def open_while_closed(name: str) -> segment.SegmentReader:
+        def open_while_closed(name: str) -> SegmentReader:
             seg = real(name)
             r.close()
             return seg

@@ -13,7 +13,8 @@ import pytest
 from conftest import Daemon, our_segments
 
 import ndsharray
-from ndsharray import config, segment
+from ndsharray import config
+from ndsharray.segment.files import shm_dir
 
 
 def test_byte_quota_refuses_with_needed_and_free_bytes(folder: str, monkeypatch: Any) -> None:
@@ -42,7 +43,7 @@ def test_full_shm_is_an_error_at_creation_not_a_sigbus(daemon: Daemon) -> None:
         with w.loan(shape=(4,), dtype=np.float64) as buf:  # the writer still works
             buf[...] = 1
     assert not our_segments(daemon.prefix) or all(
-        os.path.getsize(f"{segment.shm_dir()}/{n}") < 1 << 20 for n in our_segments(daemon.prefix))
+        os.path.getsize(f"{shm_dir()}/{n}") < 1 << 20 for n in our_segments(daemon.prefix))
 
 
 def test_tag_and_handle_limits_are_clear_errors(folder: str, monkeypatch: Any, caplog: Any) -> None:

@@ -19,6 +19,10 @@ import pytest
 
 import ndsharray
 from ndsharray import admin, config, daemonctl, safefs, transport
+from ndsharray.segment.files import segment_path
+from ndsharray.segment.header import create_segment
+from ndsharray.segment.reader import SegmentReader
+from ndsharray.segment.writer import SegmentWriter
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid (CI runs as root)")
 NOBODY = 65534
@@ -373,12 +377,11 @@ def test_a_lock_of_another_user_is_not_trusted(folder: str, monkeypatch: Any) ->
 
 def test_a_segment_name_from_a_reply_is_never_a_path(folder: str) -> None:
     # Issue 11 item 4: a fake daemon answered '/tmp/.../stolen' and the writer wrote there.
-    from ndsharray import segment
     stolen = os.path.join(folder, "stolen")
-    segment.create_segment(stolen, tag="t", dtype_text="'<f8'", shape=(4,), nslots=2, generation=1,
+    create_segment(stolen, tag="t", dtype_text="'<f8'", shape=(4,), nslots=2, generation=1,
                            writer_pid=os.getpid())
     for name in (stolen, "../" + stolen, "nds-0-abc/../../" + stolen, "nds-0-" + "a" * 10 + "-" + "b" * 15):
-        for cls in (segment.SegmentWriter, segment.SegmentReader):
+        for cls in (SegmentWriter, SegmentReader):
             with pytest.raises(ndsharray.UnsafeFileError, match="is not a segment name ndsharrayd makes"):
                 cls(name)
 
@@ -387,17 +390,16 @@ def test_a_segment_name_from_a_reply_is_never_a_path(folder: str) -> None:
 def test_a_segment_another_user_made_under_our_name_is_refused(folder: str) -> None:
     # Issue 11 items 4 and 10: an unlinked segment's name re-created by another uid between
     # a reader reading the tag's pointer and opening it; or a fake daemon's own file.
-    from ndsharray import segment
     name = f"{config.segment_prefix(f'ipc://{folder}/d.sock')}{'c' * 16}"
-    segment.create_segment(name, tag="t", dtype_text="'<f8'", shape=(4,), nslots=2, generation=1,
+    create_segment(name, tag="t", dtype_text="'<f8'", shape=(4,), nslots=2, generation=1,
                            writer_pid=os.getpid(), mode=0o666)
     try:
-        os.chown(segment.segment_path(name), NOBODY, NOBODY)
-        for cls in (segment.SegmentWriter, segment.SegmentReader):
+        os.chown(segment_path(name), NOBODY, NOBODY)
+        for cls in (SegmentWriter, SegmentReader):
             with pytest.raises(ndsharray.UnsafeFileError, match=r"belongs to uid 65534 .* not to uid 0"):
                 cls(name)
     finally:
-        os.unlink(segment.segment_path(name))
+        os.unlink(segment_path(name))
 
 
 @needs_root

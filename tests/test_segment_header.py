@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 
 from ndsharray import _hot
 from ndsharray.errors import CorruptSegmentError
-from ndsharray.segment import SegmentReader, SegmentWriter, create_segment, parse_header, shm_dir
+from ndsharray.segment.files import shm_dir
+from ndsharray.segment.header import create_segment, parse_header
+from ndsharray.segment.reader import SegmentReader
+from ndsharray.segment.writer import SegmentWriter
 
 
 def _fresh_segment(tmp_name: str) -> str:
