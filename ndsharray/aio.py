@@ -35,6 +35,7 @@ import numpy as np
 
 from . import _waitv, process
 from .errors import HandleClosedError
+from .liveness import EndSeen
 from .segment.reader import SegmentReader
 
 LINGER = 1.0  # seconds an idle waiter thread waits for new work before it ends
@@ -53,11 +54,11 @@ class AsyncReadable(Protocol):
 
     def _sleep_count(self) -> int: ...
 
-    def _new_end(self, seg: SegmentReader) -> bool: ...
+    def _new_end(self, seg: SegmentReader, seen: EndSeen) -> bool: ...
+
+    def _since_now(self) -> EndSeen: ...
 
     def _last_array(self) -> np.ndarray[Any, Any]: ...
-
-    def _ends(self) -> int: ...
 
     @property
     def writer_state(self) -> str: ...
@@ -221,8 +222,10 @@ def registrations() -> int:
     return _pool.registrations()
 
 
-async def aread(h: AsyncReadable, timeout: float | None, copy: bool = False) -> tuple[bool, np.ndarray[Any, Any]]:
-    """``h.read(copy, timeout)`` without blocking the loop (see NdShArray.aread)."""
+async def aread(h: AsyncReadable, timeout: float | None, copy: bool,
+                seen: EndSeen) -> tuple[bool, np.ndarray[Any, Any]]:
+    """``h.read(copy, timeout)`` without blocking the loop (see NdShArray.aread); returns
+    at an end of stream ``seen`` was not told of (see liveness.py), and notes it there."""
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     idle = 0.001
@@ -238,18 +241,18 @@ async def aread(h: AsyncReadable, timeout: float | None, copy: bool = False) -> 
             await asyncio.sleep(idle if left is None else min(idle, left))
             idle = min(idle * 2, 0.05)
             continue
-        seen = seg._c.sleep_begin()  # "may sleep" in our row: the writer will wake the word
-        if seen is None:
+        word = seg._c.sleep_begin()  # "may sleep" in our row: the writer will wake the word
+        if word is None:
             return False, arr  # closed
         try:
             if seg.has_new(h._sleep_count()) or seg.retired():
                 continue
-            if h._new_end(seg):  # the writer closed or died (after `seen`: none is missed)
+            if h._new_end(seg, seen):  # the writer closed or died (after `word`: none is missed)
                 return False, h._last_array()
             if h._sleep_target() is not seg:
                 continue  # switched to a newer segment of the tag
             fut: asyncio.Future[None] = loop.create_future()
-            reg = _Reg(seg, seg._c.notify_addr, seen, fut, loop)
+            reg = _Reg(seg, seg._c.notify_addr, word, fut, loop)
             timer = loop.call_later(SLICE if left is None else min(left, SLICE), _fire, fut)
             _pool.register(reg)
             try:
@@ -264,18 +267,19 @@ async def aread(h: AsyncReadable, timeout: float | None, copy: bool = False) -> 
 async def aframes(h: AsyncReadable, until_closed: bool, timeout: float | None,
                   copy: bool = False) -> AsyncIterator[np.ndarray[Any, Any]]:
     """See NdShArray.aframes (and frames(), which this mirrors)."""
+    seen = h._since_now()  # (across its areads, as frames())
     while True:
-        ends = h._ends()
+        told = seen.key
         try:
-            ok, arr = await aread(h, timeout, copy)
+            ok, arr = await aread(h, timeout, copy, seen)
         except HandleClosedError:
             return
         if ok:
             yield arr
             continue
-        if h._ends() == ends:
+        if seen.key == told:
             return  # the timeout passed, or the handle was closed
-        if until_closed and h.writer_state == "closed":
+        if until_closed and seen.key is not None and seen.key[2] == "closed":
             while True:  # what was published before the close and not read yet
                 try:
                     ok, arr = h.read(copy)

@@ -13,6 +13,12 @@ daemon does it when its pidfd says the writer died (ndsharrayd: _process_died). 
 loads the notify word *before* it asks the writer's state and sleeps only while the word
 still holds that value (``Reader.wait(..., expect)``), so a close or death between the
 question and the sleep is never missed.
+
+Which end of stream does a blocking call return at? One that is news to it: each call (or
+each ``frames()`` generator, across its reads) notes the end its handle had reported when
+it began (an :class:`EndSeen`) and returns at any other. So every thread of a handle that
+was waiting when the writer went returns, not just the first to look, and a call begun
+after the end was reported waits for the next writer instead of returning at once.
 """
 
 from __future__ import annotations
@@ -30,6 +36,16 @@ from .segment.status import latest_write
 
 WriterState = Literal["none", "alive", "closed", "died"]
 ENDED = ("closed", "died")
+EndKey = tuple[str, int, WriterState, int]  # (segment, writer pid, state, its last write)
+
+
+class EndSeen:
+    """The end of stream one blocking call (or one frames() generator) was told of last."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: EndKey | None) -> None:
+        self.key = key
 
 
 class WriterWatch:
@@ -40,11 +56,10 @@ class WriterWatch:
         self._pid = 0  # the pid self._poll watches
         self._fd = -1
         self._poll: select.poll | None = None
-        self._reported: tuple[str, int, str, int] | None = None
+        self._reported: EndKey | None = None  # the end this handle reported last
         # Two threads of one handle may wait at once (one reads, one waits): a poll object
         # must not be used by both, nor the pidfd closed under one.
         self._lock = threading.Lock()
-        self.ends = 0  # ends of stream reported so far (frames() tells them from timeouts)
 
     def state(self, seg: SegmentReader | None) -> tuple[WriterState, int]:
         """(state, pid) of the writer of ``seg`` (the reader's segment; None: it has none)."""
@@ -57,19 +72,22 @@ class WriterWatch:
         closed = _waitv.load(base + OFF_CLOSED_PID)
         return ("closed", closed) if closed else ("none", 0)
 
-    def new_end(self, seg: SegmentReader | None) -> WriterState | None:
-        """The writer's state if it closed or died and this handle has not reported that
-        end yet (it now has); None otherwise. A blocking read returns at such an end, once:
-        the next one waits for a new writer instead of returning again at once."""
+    def since_now(self) -> EndSeen:
+        """For a blocking call starting now: the end this handle has reported already."""
+        return EndSeen(self._reported)
+
+    def new_end(self, seg: SegmentReader | None, seen: EndSeen) -> WriterState | None:
+        """The writer's state if it closed or died and ``seen`` (a blocking call's) was not
+        told of that end yet (now it is, and the handle has reported it); None otherwise.
+        A blocking read returns at such an end; a call begun after it was reported waits
+        for a new writer instead of returning again at once."""
         st, pid = self.state(seg)
         if st not in ENDED or seg is None:
             return None
-        key = (seg.name, pid, st, latest_write(seg.mm, seg.nslots)[0])
-        with self._lock:
-            if key == self._reported:
-                return None
-            self._reported = key
-            self.ends += 1
+        key: EndKey = (seg.name, pid, st, latest_write(seg.mm, seg.nslots)[0])
+        if key == seen.key:
+            return None
+        seen.key = self._reported = key  # (one store each: no lock needed)
         return st
 
     def _alive(self, pid: int) -> bool:

@@ -28,7 +28,7 @@ from .errors import (
 )
 from .finder import SegmentFinder
 from .handle import NdShArray, _live
-from .liveness import WriterWatch
+from .liveness import EndSeen, WriterWatch
 from .protocol import ATTACH
 from .registrar import registrar
 from .segment.reader import SegmentReader
@@ -157,15 +157,18 @@ class Reader(ReaderStream, NdShArray, role="r", ops=(ATTACH, "detach")):
 
     @overload
     def _await(self, take: Literal[True], copy: bool, timeout: float | None,
-               ends: bool = True) -> np.ndarray[Any, Any] | None: ...
+               ends: bool = True, seen: EndSeen | None = None) -> np.ndarray[Any, Any] | None: ...
     @overload
-    def _await(self, take: Literal[False], copy: bool, timeout: float | None, ends: bool = True) -> bool | None: ...
+    def _await(self, take: Literal[False], copy: bool, timeout: float | None,
+               ends: bool = True, seen: EndSeen | None = None) -> bool | None: ...
 
     def _await(self, take: bool, copy: bool, timeout: float | None,
-               ends: bool = True) -> np.ndarray[Any, Any] | bool | None:
+               ends: bool = True, seen: EndSeen | None = None) -> np.ndarray[Any, Any] | bool | None:
         """The read loop: until a write this handle has not read exists, or ``timeout``
         seconds passed (0: look once; None: no limit), or the handle is closed, or (with
-        ``ends``) the writer closed or died since this handle last said so.
+        ``ends``) the writer closed or died and that end is news to this call: not the end
+        ``seen`` holds (by default, the one the handle had reported when the call began;
+        see liveness.py). ``seen`` then holds the end returned at.
 
         ``take``: pin that write and return it (a view, or a copy with ``copy``), as
         ``read()``; otherwise return True and leave it for the next read, as ``wait()``.
@@ -173,6 +176,8 @@ class Reader(ReaderStream, NdShArray, role="r", ops=(ATTACH, "detach")):
         handle raises HandleClosedError when taking, and returns None when only waiting.
         """
         deadline = time.monotonic() + timeout if timeout else None
+        if seen is None:
+            seen = self._watch.since_now()
         idle = 0.001  # sleep between lookups while the tag has no segment
         while True:
             # wait() looks again each time (has_new() would not see a retirement).
@@ -214,7 +219,7 @@ class Reader(ReaderStream, NdShArray, role="r", ops=(ATTACH, "detach")):
                 # The notify word before the writer's state: a close or death after this
                 # look moves it, and the wait below returns at once (see liveness.py).
                 expect = seg.notify()
-                if ends and self._new_end(seg):
+                if ends and self._new_end(seg, seen):
                     return None
                 if self._seg is not seg:
                     continue  # the tag's pointer names a newer segment: read that

@@ -17,7 +17,7 @@ from . import aio as _aio
 from .arguments import seconds
 from .errors import HandleClosedError
 from .finder import SegmentFinder
-from .liveness import ENDED, WriterState, WriterWatch
+from .liveness import ENDED, EndSeen, WriterState, WriterWatch
 from .segment.reader import SegmentReader
 
 
@@ -46,7 +46,7 @@ class ReaderStream:
         return seg if seg is current else self._switch(seg)
 
     def _await(self, take: Literal[True], copy: bool, timeout: float | None,
-               ends: bool = True) -> np.ndarray[Any, Any] | None:
+               ends: bool = True, seen: EndSeen | None = None) -> np.ndarray[Any, Any] | None:
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[np.ndarray[Any, Any]]:
@@ -73,18 +73,22 @@ class ReaderStream:
         slow consumer did not take in time are skipped, as with read() (latest value).
         """
         timeout = seconds(timeout)
-        while True:
-            ends = self._watch.ends
+        seen = self._watch.since_now()  # (across its reads: an end another thread of this
+        while True:                     # handle reported between two of them is news here)
+            told = seen.key
             try:
-                status, arr = self.read(copy, timeout)
+                status, arr = self.read(copy)
+                if not status and timeout != 0:
+                    got = self._await(True, copy, timeout, seen=seen)
+                    status, arr = got is not None, self._last if got is None else got
             except HandleClosedError:
                 return
             if status:
                 yield arr
                 continue
-            if self._watch.ends == ends:
+            if seen.key == told:
                 return  # the timeout passed, or the handle was closed
-            if until_closed and self.writer_state == "closed":
+            if until_closed and seen.key is not None and seen.key[2] == "closed":
                 yield from self._rest(copy)
                 return
 
@@ -108,7 +112,7 @@ class ReaderStream:
         writer closes or dies. Many readers in a loop share one waiter thread
         (see ndsharray/aio.py); a cancelled aread leaves nothing pinned or registered.
         """
-        return await _aio.aread(self, seconds(timeout), copy)
+        return await _aio.aread(self, seconds(timeout), copy, self._watch.since_now())
 
     def aframes(self, until_closed: bool = False, timeout: float | None = None,
                 copy: bool = False) -> AsyncIterator[np.ndarray[Any, Any]]:
@@ -144,19 +148,20 @@ class ReaderStream:
     def _sleep_count(self) -> int:
         return self._count
 
-    def _new_end(self, seg: SegmentReader) -> bool:
-        """True if the writer of ``seg`` closed or died and this handle has not said so yet
-        (now it has). Not while the tag's pointer names a newer segment: the tag has a new
-        writer (a daemon restarted meanwhile, say); the reader switches to it instead."""
+    def _new_end(self, seg: SegmentReader, seen: EndSeen) -> bool:
+        """True if the writer of ``seg`` closed or died and the blocking call ``seen`` is
+        about was not told yet (now it is). Not while the tag's pointer names a newer
+        segment: the tag has a new writer (a daemon restarted meanwhile, say); the reader
+        switches to it instead."""
         if self._watch.state(seg)[0] not in ENDED:
             return False
         newer = self._follow_pointer()
         if newer is not None and newer is not seg:
             return False
-        return self._watch.new_end(seg) is not None
+        return self._watch.new_end(seg, seen) is not None
+
+    def _since_now(self) -> EndSeen:
+        return self._watch.since_now()
 
     def _last_array(self) -> np.ndarray[Any, Any]:
         return self._last
-
-    def _ends(self) -> int:
-        return self._watch.ends

@@ -8,6 +8,7 @@ import os
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,8 @@ from typing import Any
 import pytest
 
 from ndsharray import admin, config, transport
+from ndsharray.segment.mapping import mapping_address
+from ndsharray.segment.reader import SegmentReader
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHM = "/dev/shm"
@@ -38,6 +41,14 @@ def wait_until(pred: Any, timeout: float = 10.0, what: str = "condition") -> Any
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def sleepers(r: Any) -> int:
+    """The may-sleep count in reader ``r``'s row of its segment: how many of its threads
+    (or aread tasks) are asleep on it, or about to be."""
+    seg = r._seg
+    assert isinstance(seg, SegmentReader)
+    return int(struct.unpack_from("@I", seg._rw, seg.row - mapping_address(seg._rw))[0])
 
 
 def our_segments(prefix: str = "nds-") -> set[str]:

@@ -4,18 +4,15 @@ one waiter thread for many readers, nothing left behind by a cancelled aread."""
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import wait_until
+from conftest import sleepers, wait_until
 
 import ndsharray
 from ndsharray import aio
-from ndsharray.segment.mapping import mapping_address
-from ndsharray.segment.reader import SegmentReader
 
 LOOPS = ["asyncio", "uvloop"]
 
@@ -25,13 +22,6 @@ def run(loop_kind: str, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         uvloop = pytest.importorskip("uvloop")  # the [aio] extra; CI installs it
         return uvloop.run(main())
     return asyncio.run(main())
-
-
-def sleepers(r: ndsharray.NdShArray) -> int:
-    """The may-sleep count in the reader's row of its segment (0: nobody of it waits)."""
-    seg = r._seg
-    assert isinstance(seg, SegmentReader)
-    return int(struct.unpack_from("@I", seg._rw, seg.row - mapping_address(seg._rw))[0])
 
 
 @pytest.fixture(autouse=True)
@@ -170,3 +160,33 @@ def test_aread_returns_when_the_writer_dies(daemon: Any, puppets: Any) -> None:
 
         status, took = asyncio.run(main())
         assert status is False and took < 10 and r.writer_state == "died"
+
+
+@pytest.mark.parametrize("how", ["close", "kill"])
+def test_every_task_waiting_on_one_handle_returns_when_the_writer_goes(
+        daemon: Any, puppets: Any, how: str) -> None:
+    p = puppets()
+    p.start_writer("cam/tasks", "uint8", [8], seed=0)
+    with ndsharray.NdShArray("cam/tasks", r_w="r") as r:
+        async def main() -> list[Any]:
+            loop = asyncio.get_running_loop()
+            assert (await r.aread(timeout=10))[0]
+
+            async def finite() -> list[Any]:
+                return [f async for f in r.aframes(until_closed=True, timeout=30)]
+
+            waits: list[Any] = [r.aread(timeout=30), r.aread(timeout=30), r.aread(timeout=30)]
+            if how == "close":
+                waits.append(finite())
+            tasks = [asyncio.create_task(w) for w in waits]
+            wait = loop.time() + 10
+            while sleepers(r) < len(tasks) and loop.time() < wait:
+                await asyncio.sleep(0.005)
+            assert sleepers(r) == len(tasks)  # every task registered, asleep
+            await loop.run_in_executor(None, lambda: p(op="close", name="w") if how == "close" else p.kill())
+            return list(await asyncio.wait_for(asyncio.gather(*tasks), 10))  # not their 30 s
+
+        results = asyncio.run(main())
+        assert [status for status, _ in results[:3]] == [False] * 3
+        if how == "close":
+            assert results[3] == []

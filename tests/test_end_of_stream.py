@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import sleepers, wait_until
 
 import ndsharray
 
@@ -131,3 +131,38 @@ def test_plain_iteration_does_not_end_at_the_writers_close(daemon: Any, puppets:
     r.close()  # ends the iteration, as before
     t.join(20)
     assert not t.is_alive()
+
+
+@pytest.mark.parametrize("how", ["close", "kill"])
+def test_every_thread_blocked_on_one_handle_returns_when_the_writer_goes(
+        daemon: Any, puppets: Any, how: str) -> None:
+    """Not just the first to look: the end is news to each call that was waiting for it."""
+    a = puppets()
+    a.start_writer("cam/many", "uint8", [32], seed=1)
+    with ndsharray.NdShArray("cam/many", r_w="r") as r:
+        assert r.read(timeout=10)[0]
+        calls: list[Any] = [lambda: r.read(timeout=30), lambda: r.wait(30), lambda: r.read(timeout=30)]
+        if how == "close":  # a finite stream ends at the close, in its own thread too
+            calls.append(lambda: list(r.frames(until_closed=True, timeout=30)))
+        threads = [reader_in_thread(fn) for fn in calls]
+        wait_until(lambda: sleepers(r) == len(calls), what="every thread asleep on the segment")
+        if how == "close":
+            a(op="close", name="w")
+        else:
+            a.kill()
+        for t, _ in threads:
+            t.join(25)
+        took = [out[0][1] for _, out in threads]
+        assert all(s < 10 for s in took), took  # each at the writer's end, none at its timeout
+        results = [out[0][0] for _, out in threads]
+        assert results[0][0] is False and results[1] is False and results[2][0] is False
+        if how == "close":
+            assert results[3] == []
+        # Reported to every call that waited for it, and to none after: a new wait waits on.
+        assert r.wait(0.2) is False
+        t, out = reader_in_thread(lambda: r.read(timeout=30))
+        b = puppets()
+        b.start_writer("cam/many", "uint8", [32], seed=2)
+        t.join(25)
+        (status, _), took_next = out[0]
+        assert status and took_next < 10 and r.writer_pid == b.pid
