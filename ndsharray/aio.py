@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import _waitv, process
-from .errors import HandleClosedError
+from .errors import DaemonUnavailableError, HandleClosedError
 from .liveness import EndSeen
 from .segment.reader import SegmentReader
 
@@ -57,6 +57,8 @@ class AsyncReadable(Protocol):
     def _new_end(self, seg: SegmentReader, seen: EndSeen) -> bool: ...
 
     def _since_now(self) -> EndSeen: ...
+
+    def _no_daemon(self) -> bool: ...
 
     def _last_array(self) -> np.ndarray[Any, Any]: ...
 
@@ -230,14 +232,22 @@ async def aread(h: AsyncReadable, timeout: float | None, copy: bool,
     deadline = None if timeout is None else loop.time() + timeout
     idle = 0.001
     while True:
-        ok, arr = h.read(copy)
+        try:
+            ok, arr = h.read(copy)
+            away = None
+        except DaemonUnavailableError as exc:  # (no daemon now: waits on, as a blocking read)
+            if not h._no_daemon():
+                raise
+            ok, arr, away = False, h._last_array(), exc
         if ok:
             return True, arr
         left = None if deadline is None else deadline - loop.time()
         if left is not None and left <= 0:
+            if away is not None:
+                raise away
             return False, arr
         seg = h._sleep_target()
-        if seg is None:  # no writer yet: look again soon, as wait() does
+        if seg is None:  # no writer yet (or no daemon): look again soon, as wait() does
             await asyncio.sleep(idle if left is None else min(idle, left))
             idle = min(idle * 2, 0.05)
             continue

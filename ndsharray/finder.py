@@ -16,7 +16,7 @@ import os
 import re
 import time
 
-from . import config
+from . import config, daemonctl
 from .errors import CorruptSegmentError, NdShArrayError, SegmentGoneError, UnsafeFileError
 from .protocol import LIST, LOOKUP
 from .registrar import registrar
@@ -90,6 +90,13 @@ class SegmentFinder:
             except SegmentGoneError:
                 continue  # replaced again while we looked: ask once more
         return current
+
+    def no_daemon(self) -> bool:
+        """True while no daemon holds the endpoint (stopped, or crashed and its successor
+        not started yet): a blocking read's lookup then waits for one within its timeout
+        instead of failing (a restart is routine; with NDSHARRAY_AUTOSTART=0 someone else
+        starts the successor)."""
+        return daemonctl.daemon_state(self._endpoint) is None
 
     def _names_a_segment(self, name: str) -> bool:
         """True for the name of a segment of this endpoint's daemon (of whichever user runs

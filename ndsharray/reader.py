@@ -23,6 +23,7 @@ from . import aio as _aio
 from . import framemeta
 from .arguments import seconds
 from .errors import (
+    DaemonUnavailableError,
     HandleClosedError,
     SegmentGoneError,
 )
@@ -127,7 +128,9 @@ class Reader(ReaderStream, NdShArray, role="r", ops=(ATTACH, "detach")):
 
         ``timeout``: 0 (the default, as in ndsharray 1.x) returns at once; a number of
         seconds waits up to that long for the next write; None waits for as long as it takes.
-        A waiting reader sleeps on a futex and uses no CPU.
+        A waiting reader sleeps on a futex and uses no CPU. It also waits through a daemon
+        restart; it raises DaemonUnavailableError only if, when its time is up, it still
+        needs the daemon (to find a replaced segment) and none runs.
         """
         if timeout is not None and (timeout or type(timeout) not in (float, int)):
             timeout = seconds(timeout)  # (0, the default, and None need no check)
@@ -174,11 +177,14 @@ class Reader(ReaderStream, NdShArray, role="r", ops=(ATTACH, "detach")):
         ``read()``; otherwise return True and leave it for the next read, as ``wait()``.
         None at the deadline or when the handle was closed while it waited. A closed
         handle raises HandleClosedError when taking, and returns None when only waiting.
+        A lookup that finds no daemon running (a restart) is tried again until the
+        deadline, then raises its DaemonUnavailableError (at once when ``timeout`` is 0).
         """
         deadline = time.monotonic() + timeout if timeout else None
         if seen is None:
             seen = self._watch.since_now()
         idle = 0.001  # sleep between lookups while the tag has no segment
+        away: DaemonUnavailableError | None = None  # (the last lookup found no daemon)
         while True:
             # wait() looks again each time (has_new() would not see a retirement).
             seg = self._direct if take else None
@@ -186,7 +192,12 @@ class Reader(ReaderStream, NdShArray, role="r", ops=(ATTACH, "detach")):
                 if self._closed and not take:
                     return None
                 self._check()
-                seg = self._current()
+                try:
+                    seg, away = self._current(), None
+                except DaemonUnavailableError as exc:
+                    if timeout == 0 or not self._finder.no_daemon():
+                        raise
+                    seg, away = None, exc  # restarting, most likely: look again in a moment
             if seg is not None:
                 if not take:
                     if seg.has_new(self._count):
@@ -211,8 +222,10 @@ class Reader(ReaderStream, NdShArray, role="r", ops=(ATTACH, "detach")):
                 return None
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
+                if away is not None:
+                    raise away  # no daemon came back in time to say where the tag is now
                 return None
-            if seg is None:  # no writer yet: ask the daemon again soon, not in a busy loop
+            if seg is None:  # no writer yet (or no daemon): ask again soon, not in a busy loop
                 time.sleep(idle if left is None else min(idle, left))
                 idle = min(idle * 2, 0.05)
             else:

@@ -163,5 +163,8 @@ class ReaderStream:
     def _since_now(self) -> EndSeen:
         return self._watch.since_now()
 
+    def _no_daemon(self) -> bool:
+        return self._finder.no_daemon()
+
     def _last_array(self) -> np.ndarray[Any, Any]:
         return self._last

@@ -4,13 +4,16 @@ close does not restart a stopped daemon, a closed writer is not adopted, a full 
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import threading
+import time
 from typing import Any
 
 import numpy as np
 import pytest
 from arrays import digest, make_array
-from conftest import Daemon, our_segments
+from conftest import Daemon, our_segments, wait_until
 
 import ndsharray
 from ndsharray import admin, config
@@ -97,3 +100,69 @@ def test_without_a_daemon_a_full_ring_waits_instead_of_failing(daemon: Daemon) -
         del held  # the reader lets go: slot 0 is free again, no daemon needed
         w.write(np.full(4, 3.0))
         assert r.read()[1].tolist() == [3.0] * 4
+
+
+def _read_in_thread(r: Any, call: str) -> tuple[threading.Thread, list[Any]]:
+    """``r.read(timeout=30)`` (or ``aread``) in a thread; its result, or what it raised."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            if call == "read":
+                out.append(r.read(timeout=30))
+            else:
+                out.append(asyncio.run(r.aread(timeout=30)))
+        except BaseException as exc:  # (shown by the test, not lost in the thread)
+            out.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+@pytest.mark.parametrize("before", ["first writer", "tag removed"])
+@pytest.mark.parametrize("call", ["read", "aread"])
+def test_a_blocked_read_waits_through_a_daemon_restart_for_the_next_writer(
+        crashable: Daemon, puppets: Any, monkeypatch: Any, before: str, call: str) -> None:
+    """A reader whose tag has no live segment asks the daemon; while none runs (killed,
+    its successor not started yet) a blocking read waits on within its timeout instead of
+    raising DaemonUnavailableError (NDSHARRAY_AUTOSTART=0: nobody else starts one)."""
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    with ndsharray.NdShArray("cam", r_w="r") as r:
+        if before == "tag removed":  # its segment retired: the reader looks for a newer one
+            first = puppets()
+            first.start_writer("cam", "u1", [4], 1)
+            assert r.read(timeout=10)[0]
+            admin.remove_tag("cam")
+            first(op="close", name="w")
+        t, out = _read_in_thread(r, call)
+        wait_until(lambda: r._finder._misses > 0, what="the reader to ask the daemon")
+        assert crashable.proc is not None
+        crashable.proc.kill()
+        crashable.proc.wait()
+        gone = time.monotonic()
+        wait_until(lambda: r._finder._last_lookup > gone or not t.is_alive(),
+                   what="the reader to look while no daemon runs")
+        assert t.is_alive(), out  # still waiting, not raised
+        crashable.start()
+        second = puppets()
+        second.start_writer("cam", "u1", [4], 2)
+        t.join(25)
+        assert not t.is_alive()
+        status, a = out[0]
+        assert status and digest(a) == digest(make_array("u1", (4,), 2))
+
+
+def test_without_a_daemon_a_blocked_read_raises_only_when_its_time_is_up(
+        crashable: Daemon, monkeypatch: Any) -> None:
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    with ndsharray.NdShArray("cam", r_w="r") as r:
+        assert crashable.proc is not None
+        crashable.proc.kill()
+        crashable.proc.wait()
+        with pytest.raises(ndsharray.DaemonUnavailableError):
+            r.read()  # timeout 0: at once, as before
+        t0 = time.monotonic()
+        with pytest.raises(ndsharray.DaemonUnavailableError, match="NDSHARRAY_AUTOSTART=0"):
+            r.read(timeout=0.3)
+        assert time.monotonic() - t0 >= 0.3

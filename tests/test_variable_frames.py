@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
+import time
+import traceback
 from typing import Any
 
 import numpy as np
@@ -52,7 +55,16 @@ def index_of(a: np.ndarray[Any, Any], meta: Any) -> int:
 
 
 def _reader(endpoint: str, hoard: int, q: Any) -> None:
-    """Read until the last frame; check each frame read against frame(index)."""
+    """Read until the last frame; check each frame read against frame(index). What it
+    raises goes to the parent too (which then fails at once, with it)."""
+    try:
+        _read_all(endpoint, hoard, q)
+    except BaseException:
+        q.put(("error", traceback.format_exc()))
+        raise
+
+
+def _read_all(endpoint: str, hoard: int, q: Any) -> None:
     os.environ["NDSHARRAY_ENDPOINT"] = endpoint
     bad: list[Any] = []
     seen = 0
@@ -83,6 +95,24 @@ def _reader(endpoint: str, hoard: int, q: Any) -> None:
     q.put((seen, len(bad), bad[:5]))
 
 
+def _answers(q: Any, procs: list[Any], n: int, timeout: float) -> list[Any]:
+    """``n`` answers of the reader processes; a reader's error or death fails the test at
+    once, with its traceback, instead of after ``timeout``."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        try:
+            item = q.get(timeout=0.2)
+        except queue.Empty:
+            died = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            assert not died, f"a reader process exited with {died} and said nothing"
+            assert time.monotonic() < deadline, f"the readers gave {len(got)} of {n} answers in {timeout} s"
+            continue
+        assert not (isinstance(item, tuple) and item[0] == "error"), f"a reader process failed:\n{item[1]}"
+        got.append(item)
+    return got
+
+
 def _run(endpoint: str, restart: Any = None) -> list[Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -90,14 +120,14 @@ def _run(endpoint: str, restart: Any = None) -> list[Any]:
     for p in readers:
         p.start()
     try:
-        assert [q.get(timeout=60) for _ in readers] == ["ready", "ready"]
+        assert _answers(q, readers, 2, 60) == ["ready", "ready"]
         with ndsharray.NdShArray("var", r_w="w") as w:
             for i in range(N):
                 a, meta = frame(i)
                 w.write(a, meta=meta)
                 if restart is not None and i == N // 2:
                     restart()
-            results = [q.get(timeout=120) for _ in readers]
+            results = _answers(q, readers, 2, 120)
     finally:
         for p in readers:
             p.join(30)
