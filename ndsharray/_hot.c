@@ -917,7 +917,7 @@ typedef struct {
     /* Shrinking: the largest frame since window_ns; shrink_to > 0 asks for a smaller
      * generation (see note_size). */
     Py_ssize_t window_max, shrink_to;
-    uint64_t window_ns;
+    uint64_t window_ns, shrink_window_ns; /* the window's start and least length */
     unsigned long long count;
     int latest, prev;
     uint64_t busy[4]; /* slots acquired and not yet published or released (any thread) */
@@ -929,6 +929,22 @@ typedef struct {
     unsigned char order[256]; /* slots to try, warmest first, for (latest, prev) */
     int order_len, order_key_latest, order_key_prev;
 } WriterObject;
+
+/* Shrinking (see ndsharray/segment/__init__.py, "When a segment shrinks"): every 256
+ * writes, once the window (10 s unless the writer's shrink_window_ns says otherwise: NDSHARRAY_SHRINK_WINDOW, read
+ * when the writer opens) has passed since it began, a window whose largest frame used less
+ * than a quarter of a capacity of at least 1 MiB asks for a generation 1.5 times that
+ * frame (the next write takes the general path, which makes it). One compare per write
+ * otherwise.
+ * Why: a segment too big for its frames holds every slot's pages in /dev/shm (memory and
+ * page cache no other process gets back), but a shrink costs a new generation (a daemon
+ * round trip, fresh pages, a new mapping in every reader). The window bounds how often a
+ * stream pays that (at most once per window, at most 1/256 of its writes), and the quarter
+ * with the 1.5x headroom means a stream needs a four-fold drop in size to shrink and then
+ * has room to grow half again before it grows: a stream that alternates two sizes keeps
+ * its big frame in every window and never flaps. Below 1 MiB the memory is not worth it. */
+#define SHRINK_MIN_CAPACITY (1 << 20)
+#define SHRINK_WINDOW_NS 10000000000ull
 
 static int writer_init(WriterObject *w, PyObject *args, PyObject *kw) {
     PyObject *mapping, *shape, *text;
@@ -988,6 +1004,7 @@ static int writer_init(WriterObject *w, PyObject *args, PyObject *kw) {
     w->window_max = 0;
     w->shrink_to = 0;
     w->window_ns = monotonic_ns();
+    w->shrink_window_ns = SHRINK_WINDOW_NS;
     w->count = count;
     w->latest = latest;
     w->prev = -1;
@@ -1066,14 +1083,8 @@ static long writer_acquire_slot(WriterObject *w) {
     return -1;
 }
 
-/* Shrinking (see ndsharray/segment/, "When a segment shrinks"): every 256 writes, once 10 s have
- * passed since the window began, a window whose largest frame used less than a quarter of
- * a capacity of at least 1 MiB asks for a generation 1.5 times that frame (the next write
- * takes the general path, which makes it). One compare per write otherwise. */
-#define SHRINK_MIN_CAPACITY (1 << 20)
-#define SHRINK_WINDOW_NS 10000000000ull
 static inline void check_shrink(WriterObject *w, unsigned long long count, uint64_t now) {
-    if ((count & 255) != 0 || now - w->window_ns < SHRINK_WINDOW_NS) return;
+    if ((count & 255) != 0 || now - w->window_ns < w->shrink_window_ns) return;
     if (w->variable && w->nbytes >= SHRINK_MIN_CAPACITY && w->window_max < w->nbytes / 4)
         w->shrink_to = w->window_max + w->window_max / 2;
     w->window_max = 0;
@@ -1490,6 +1501,19 @@ static PyObject *writer_get_last_frame(WriterObject *w, void *c) {
     return Py_BuildValue("(NN)", text, shape);
 }
 static PyObject *writer_get_shrink_to(WriterObject *w, void *c) { return PyLong_FromSsize_t(w->shrink_to); }
+static PyObject *writer_get_shrink_window_ns(WriterObject *w, void *c) {
+    return PyLong_FromUnsignedLongLong(w->shrink_window_ns);
+}
+static int writer_set_shrink_window_ns(WriterObject *w, PyObject *v, void *c) {
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "shrink_window_ns cannot be deleted");
+        return -1;
+    }
+    unsigned long long ns = PyLong_AsUnsignedLongLong(v); /* (an int >= 0, else an error) */
+    if (ns == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    w->shrink_window_ns = ns;
+    return 0;
+}
 static PyObject *writer_get_busy(WriterObject *w, void *c) {
     return PyLong_FromLong(__builtin_popcountll(w->busy[0]) + __builtin_popcountll(w->busy[1]) +
                            __builtin_popcountll(w->busy[2]) + __builtin_popcountll(w->busy[3]));
@@ -1501,6 +1525,8 @@ static PyGetSetDef writer_getset[] = {
     {"shape_gen", (getter)writer_get_shape_gen, NULL, "how often the frames' dtype or shape changed", NULL},
     {"last_frame", (getter)writer_get_last_frame, NULL, "(dtype text, shape) of the frame described last, or None (the header's)", NULL},
     {"shrink_to", (getter)writer_get_shrink_to, NULL, "> 0: the capacity a smaller generation should have", NULL},
+    {"shrink_window_ns", (getter)writer_get_shrink_window_ns, (setter)writer_set_shrink_window_ns,
+     "least length of a shrink check's window (ns; NDSHARRAY_SHRINK_WINDOW)", NULL},
     {"busy", (getter)writer_get_busy, NULL, "slots acquired and not yet published or given back (any thread)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -21,6 +21,7 @@ class Writer:
     busy: int
     shape_gen: int
     shrink_to: int
+    shrink_window_ns: int  # settable: least length of a shrink check's window
     last_frame: tuple[str, tuple[int, ...]] | None
     def __init__(
         self, *, mapping: object, rows_offset: int, nslots: int, nbytes: int, header_size: int, stride: int,

@@ -13,6 +13,8 @@ grows" and "When a segment shrinks").
 from __future__ import annotations
 
 import json
+import math
+import os
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,26 @@ from .segment.writer import SegmentWriter
 __all__ = ["DEFAULT_META_CAPACITY", "check_meta_capacity", "decode", "encode", "grown_capacity"]
 
 GROWTH = 1.5  # a generation made for a frame that did not fit holds this much more
+
+# Seconds a shrink check's window lasts at least (see ndsharray/segment, "When a segment shrinks");
+# read once when a writer opens. The default suits every stream; a shorter one exists so
+# that tests and benchmarks can watch a segment shrink without waiting 10 s.
+ENV_SHRINK_WINDOW = "NDSHARRAY_SHRINK_WINDOW"
+SHRINK_WINDOW = 10.0
+
+
+def shrink_window_ns() -> int:
+    """The shrink window a writer opening now uses, in ns (``NDSHARRAY_SHRINK_WINDOW``)."""
+    text = os.environ.get(ENV_SHRINK_WINDOW, "").strip()
+    try:
+        seconds = float(text) if text else SHRINK_WINDOW
+    except ValueError:
+        seconds = -1.0
+    if not (math.isfinite(seconds) and 0 <= seconds <= 10**9):
+        raise ValueError(
+            f"{ENV_SHRINK_WINDOW}={text!r:.40} is not a number of seconds >= 0; unset it for the "
+            f"default of {SHRINK_WINDOW:g} s")
+    return int(seconds * 1e9)
 
 
 def check_meta_capacity(n: Any) -> int:

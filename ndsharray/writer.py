@@ -80,6 +80,7 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
         self._write_timeout = write_timeout
         self._dropped = 0  # frames dropped (on_full="drop"); the segment header shows it to ls
         self._offered: SegmentInfo | None = None  # a dead writer's segment we may continue in
+        self._shrink_window_ns = framemeta.shrink_window_ns()  # (see framemeta.ENV_SHRINK_WINDOW)
         self._claim()
         _live.add(self)
         if array is not None and array.size:
@@ -270,6 +271,7 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
                               dtype=dtype, shape=shape, slots=slots, meta_capacity=self._meta_capacity,
                               capacity=capacity)
         self._stale = False
+        seg.fast.shrink_window_ns = self._shrink_window_ns
         seg.set_dropped(self._dropped)  # (carried over: ls counts the tag's drops, not a generation's)
         old = self._install(seg)
         if old is not None:

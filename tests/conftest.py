@@ -51,6 +51,15 @@ def sleepers(r: Any) -> int:
     return int(struct.unpack_from("@I", seg._rw, seg.row - mapping_address(seg._rw))[0])
 
 
+def join_or_kill(procs: list[Any], timeout: float = 30) -> None:
+    """Wait for child processes (multiprocessing) to end; kill the ones that do not."""
+    for p in procs:
+        p.join(timeout)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def our_segments(prefix: str = "nds-") -> set[str]:
     return {n for n in os.listdir(SHM) if n.startswith(prefix)}
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Daemon, wait_until
+from conftest import Daemon, join_or_kill, wait_until
 
 import ndsharray
 from ndsharray import config
@@ -129,10 +129,7 @@ def _run(endpoint: str, restart: Any = None) -> list[Any]:
                     restart()
             results = _answers(q, readers, 2, 120)
     finally:
-        for p in readers:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
+        join_or_kill(readers)
     return results
 
 

@@ -47,7 +47,8 @@ every slot (a burst of 10000 x 5000 frames followed by hours of 720p would keep 
 slots); a quarter leaves room for the usual alternation of two sizes without churn, the
 10 s window bounds the cost (one daemon round trip and a remap in readers, ~3 ms) to a
 negligible share of any stream's time, and below 1 MiB the memory is not worth even that.
-The check is one compare per write in C (see check_shrink in _hot.c).
+The check is one compare per write in C (see check_shrink in _hot.c); NDSHARRAY_SHRINK_WINDOW
+(seconds, read when a writer opens) sets another window, for tests and benchmarks.
 
 Write / read protocol. Pins live in shared memory, one row per reader, and are set and
 cleared with atomic instructions (``_hot.c``): a write or a read makes no syscall. A
