@@ -70,7 +70,7 @@ import mmap, os, sys
 from ndsharray import config
 from ndsharrayd.pointers import Pointers
 from ndsharrayd.registry import TagRecord
-from ndsharrayd.server import SegmentFiles
+from ndsharrayd.segment_files import SegmentFiles
 from ndsharray.segment.files import segment_path
 
 endpoint = sys.argv[1]

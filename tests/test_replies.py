@@ -18,7 +18,7 @@ from ndsharray import protocol, replies
 from ndsharray.cli import main
 from ndsharray.dtypes import dtype_to_text
 from ndsharray.errors import ProtocolError
-from ndsharrayd.server import Daemon as Server
+from ndsharrayd.handlers import Handlers
 
 ROW: dict[str, Any] = {
     "tag": "cam", "dtype": "uint8", "descr": "'|u1'", "shape": [2, 3], "nbytes": 6,
@@ -77,11 +77,11 @@ def test_an_error_reply_with_a_malformed_envelope_is_a_protocol_error() -> None:
 
 
 def test_the_op_table_is_the_daemons_dispatch_table() -> None:
-    handlers = {name[3:] for name, _ in inspect.getmembers(Server, inspect.isfunction) if name.startswith("op_")}
+    handlers = {name[3:] for name, _ in inspect.getmembers(Handlers, inspect.isfunction) if name.startswith("op_")}
     assert handlers == set(protocol.OPS), "every op needs an op_<name> handler, and every handler an op"
     for name, op in protocol.OPS.items():
         assert op.name == name
-        ret = inspect.signature(getattr(Server, "op_" + name)).return_annotation
+        ret = inspect.signature(getattr(Handlers, "op_" + name)).return_annotation
         assert ret == op.reply.__name__, (name, ret)  # (annotations are strings here)
 
 

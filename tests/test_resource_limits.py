@@ -116,7 +116,7 @@ def test_a_segment_whose_setup_fails_is_not_left_behind(folder: str, monkeypatch
     # fails (the daemon ran out of fds, say). Nothing may stay in /dev/shm.
     from ndsharrayd.pointers import Pointers
     from ndsharrayd.registry import TagRecord
-    from ndsharrayd.server import SegmentFiles
+    from ndsharrayd.segment_files import SegmentFiles
 
     endpoint = f"ipc://{folder}/d.sock"
     files = SegmentFiles(config.segment_prefix(endpoint), 0o600, Pointers(config.pointer_dir(endpoint)),
