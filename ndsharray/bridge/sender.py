@@ -1,0 +1,142 @@
+"""Frames of one exported tag to one importer, each against a credit the importer sent.
+
+Each importer grants two credits, and one more for each frame it receives: a slow or
+stalled link holds at most two frames per importer in flight; frames written meanwhile
+are skipped (the source keeps only the newest).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from . import wire
+
+if TYPE_CHECKING:
+    from .source import Latest, Source
+
+log = logging.getLogger("ndsharray.bridge")
+
+WINDOW = 2  # credits an importer may have outstanding (frames in flight to it, at most)
+
+
+class Stream:
+    """Frames of one source to one importer, in order, each against a credit."""
+
+    def __init__(self, source: Source, importer: str) -> None:
+        self.source, self.importer = source, importer
+        exp = source.exporter
+        zenoh = exp.zenoh
+        # BLOCK, not DROP: credit already bounds what is queued to one frame, and a dropped
+        # fragment of a large frame would lose the whole frame on a link that has room.
+        self.publisher = exp.session.declare_publisher(
+            wire.frame_key(exp.name, importer, source.tag), congestion_control=zenoh.CongestionControl.BLOCK,
+            express=True, priority=zenoh.Priority.DATA)
+        # The importer's credits not used yet, oldest first: (credit id, when it came).
+        # At most WINDOW: one frame on the link and the next one ready behind it, so one
+        # slow frame does not cost the next, and a stall still holds at most WINDOW frames.
+        self.credits: collections.deque[tuple[int, int]] = collections.deque(maxlen=WINDOW)
+        self.force = False
+        self.sent_seq = 0
+        self.next_ns = 0  # --max-rate: not before this
+        self.period_ns = int(1e9 / source.rule.max_rate) if source.rule.max_rate else 0
+        self.sending = False  # a send is in progress (sends of one stream never overlap)
+        self.grant_gen = 0  # frames the source read before its look number grant_gen are too old for it
+        self.sent = 0
+        self.bytes = 0
+        self.stopped = False
+        self.thread = threading.Thread(target=self._loop, name=f"bridge-send {source.tag}", daemon=True)
+        self.thread.start()
+
+    def grant(self, credit: int, force: bool) -> None:  # (under the source's lock)
+        self.credits.append((credit, time.monotonic_ns()))
+        self.grant_gen = self.source.poll_gen + 1
+        self.force = self.force or force
+
+    def take(self, latest: Latest) -> tuple[int, int] | None:
+        """Take this stream's credit for ``latest`` if it may go now (under the source's
+        lock): (credit id, when it came); None if not (no credit, sent already, a send in
+        progress, or too soon for --max-rate)."""
+        if (self.sending or not self.credits or (latest.seq <= self.sent_seq and not self.force)
+                or self.source.poll_gen < self.grant_gen
+                or time.monotonic_ns() < self.next_ns):
+            return None
+        self.force = False
+        self.sending = True
+        self.sent_seq = latest.seq
+        return self.credits.popleft()
+
+    def send(self, latest: Latest, credit: int, credit_ns: int) -> None:
+        """Send ``latest`` against ``credit`` (taken with :meth:`take`), outside the lock."""
+        src = self.source
+        got = None
+        try:
+            got = src.encoded(latest)
+            if got is not None:
+                head, payload = got
+                now = time.monotonic_ns()
+                head = wire.Frame(head.kind, head.codec, head.dtype, head.shape, head.count, head.write_ns,
+                                  max(0, now - head.write_ns), credit, now - credit_ns)
+                self.publisher.put(payload, attachment=head.pack())
+                self.sent += 1
+                self.bytes += len(payload)
+        finally:
+            with src.cond:
+                self.sending = False
+                if got is None:  # not sendable: keep the credit for the next frame
+                    self.credits.appendleft((credit, credit_ns))
+                elif self.period_ns:
+                    self.next_ns = time.monotonic_ns() + self.period_ns
+                src.cond.notify_all()
+
+    def _loop(self) -> None:
+        src = self.source
+        try:
+            while True:
+                with src.cond:
+                    got = self._wait(src)
+                    if got is None:
+                        break
+                    latest, grant = got
+                self.send(latest, *grant)
+            if src.ending is not None and not self.stopped:
+                end = wire.Frame(wire.END, reason=src.ending, count=src.frames_read)
+                self.publisher.put(b"", attachment=end.pack())
+        except Exception as exc:  # a session closed under us (stop), a link gone: this stream ends
+            if not self.stopped and not src.stopped:
+                log.warning("export %s to %s: %s", src.tag, self.importer, exc)
+        finally:
+            try:
+                self.publisher.undeclare()
+            except Exception:
+                pass
+
+    def _wait(self, src: Source) -> tuple[Latest, tuple[int, int]] | None:
+        """The frame to send next and its credit, once both are there (under the lock);
+        None when this stream ends."""
+        end_by = None
+        while True:
+            if self.stopped:
+                return None
+            latest = src.latest
+            fresh = latest is not None and (latest.seq > self.sent_seq or self.force)
+            if src.ending is not None and not self.sending:
+                if not fresh:
+                    return None
+                end_by = end_by or time.monotonic() + src.grace
+                if time.monotonic() > end_by:
+                    return None
+            timeout = None
+            if latest is not None and fresh:
+                grant = self.take(latest)
+                if grant is not None:
+                    return latest, grant
+                if self.credits and not self.sending:  # only --max-rate holds it back
+                    timeout = max(0.0, (self.next_ns - time.monotonic_ns()) / 1e9)
+            if end_by is not None:
+                left = max(0.0, end_by - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
+            src.cond.wait(timeout)

@@ -1,0 +1,213 @@
+"""One exported tag: the reader thread that keeps its newest frame, encoded once for
+every importer (the exporter's streams send it, see sender.py).
+
+The reader thread reads only when some importer may be sent a frame now, and then reads
+the newest: frames written meanwhile are never looked at, so a writer far faster than
+the link costs the bridge nothing, and the source writer never waits for the bridge (it
+is an ordinary reader of the tag).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..client import NdShArray
+from ..dtypes import dtype_to_text
+from ..errors import NdShArrayError
+from . import wire
+from .codecs import Codec, CodecError
+from .patterns import TagPattern
+from .sender import Stream
+
+if TYPE_CHECKING:
+    from .exporter import Exporter
+
+log = logging.getLogger("ndsharray.bridge")
+
+READ_SLICE = 0.25  # longest a reader thread sleeps before it checks whether to stop
+END_GRACE = 1.0  # seconds a stream waits for a credit to send a writer's last frame
+
+
+@dataclass(frozen=True)
+class ExportRule:
+    """Export the tags ``pattern`` matches, encoded with ``codec``, at most ``max_rate`` Hz."""
+
+    pattern: TagPattern
+    codec: Codec = Codec()
+    max_rate: float | None = None
+
+
+@dataclass
+class Latest:
+    array: np.ndarray[Any, Any]
+    seq: int  # this source's count of frames read
+    count: int  # the writer's write_count
+    write_ns: int
+    payload: bytes | None = None  # encoded once, for every importer
+    header: wire.Frame | None = None
+
+
+class Source:
+    """One exported tag with a live writer: its reader thread and its importers' streams."""
+
+    def __init__(self, exporter: Exporter, tag: str, rule: ExportRule) -> None:
+        self.exporter, self.tag, self.rule = exporter, tag, rule
+        self.cond = threading.Condition()
+        self.latest: Latest | None = None
+        self.streams: dict[str, Stream] = {}
+        self.ending: str | None = None  # why the writer went, once it has
+        self.grace = END_GRACE
+        self.stopped = False
+        self.frames_read = 0
+        self.poll_gen = 0  # the reader thread's looks at the tag (a stream's credit waits for the next)
+        self.error: str | None = None
+        self._kind: tuple[Any, ...] | None = None  # (dtype, shape, dtype text) checked for the codec
+        self.reader = NdShArray(tag, r_w="r", endpoint=exporter.endpoint)
+        self.thread = threading.Thread(target=self._read_loop, name=f"bridge-read {tag}", daemon=True)
+        self.thread.start()
+        self.token = exporter.session.liveliness().declare_token(wire.tags_key(exporter.name, tag))
+
+    def _read_loop(self) -> None:
+        reader = self.reader
+        seq = 0
+        try:
+            while not self.stopped:
+                # Read only for an importer that may be sent a frame now: frames written
+                # meanwhile are never looked at (the next read returns the newest), so a
+                # writer far faster than the link costs the bridge nothing.
+                with self.cond:
+                    wait = self._until_ready()
+                    if wait:
+                        self.cond.wait(min(wait, READ_SLICE))
+                        continue
+                    # A credit that came since the last look gets the newest frame, not the
+                    # one kept from before (which may be from before a stall).
+                    catch_up = any(s.grant_gen > self.poll_gen for s in self.streams.values())
+                ok, arr = reader.read(timeout=0 if catch_up else READ_SLICE)
+                with self.cond:
+                    self.poll_gen += 1
+                    if not ok:
+                        if catch_up:
+                            self.cond.notify_all()  # (a forced resend may take the one kept)
+                        continue
+                    seq += 1
+                    latest = self.latest = Latest(arr, seq, reader.write_count, reader.write_time_ns)
+                    self.frames_read = seq
+                    # One importer (the usual case) with its credit in hand: send from this
+                    # thread, sparing the hand-over to the stream's thread (most of the
+                    # bridge's own latency). With several, each stream's thread sends, so
+                    # that one stalled link never holds up the others.
+                    inline = next(iter(self.streams.values())) if len(self.streams) == 1 else None
+                    grant = None if inline is None else inline.take(latest)
+                    if grant is None:
+                        self.cond.notify_all()
+                if inline is not None and grant is not None:
+                    try:
+                        inline.send(latest, *grant)
+                    except Exception as exc:  # a link or session gone: the stream's thread sees it too
+                        log.warning("export %s: %s", self.tag, exc)
+        except NdShArrayError as exc:  # the tag was removed, the daemon went: the scan ends it
+            if not self.stopped:
+                log.info("export %s: reader stopped: %s", self.tag, exc)
+
+    def _until_ready(self) -> float:
+        """Seconds until a stream may take a frame (0: one may now); under the lock."""
+        now = time.monotonic_ns()
+        best = READ_SLICE
+        for s in self.streams.values():
+            if s.credits and not s.sending:
+                best = min(best, max(0.0, (s.next_ns - now) / 1e9))
+        return best
+
+    def encoded(self, latest: Latest) -> tuple[wire.Frame, bytes] | None:
+        """(header, payload) of ``latest``, encoded once; None when the codec refuses it."""
+        with self.cond:
+            if latest.payload is not None and latest.header is not None:
+                return latest.header, latest.payload
+        arr = latest.array
+        try:
+            kind = (arr.dtype, arr.shape)
+            if self._kind is None or self._kind[:2] != kind:  # once per shape and dtype
+                self.rule.codec.check(arr.dtype, arr.shape, self.tag)
+                self._kind = (*kind, dtype_to_text(arr.dtype))
+            dtype = self._kind[2]
+            payload = self.rule.codec.encode(arr)
+        except (CodecError, TypeError, ValueError) as exc:
+            if self.error != str(exc):
+                log.error("export %s: %s", self.tag, exc)
+            self.error = str(exc)
+            return None
+        self.error = None
+        head = wire.Frame(codec=self.rule.codec.kind, dtype=dtype, shape=tuple(arr.shape), count=latest.count,
+                          write_ns=latest.write_ns)
+        with self.cond:
+            latest.header, latest.payload = head, payload
+        return head, payload
+
+    def credit(self, importer: str, credit: int, force: bool) -> None:
+        with self.cond:
+            stream = self.streams.get(importer)
+            if stream is None:
+                # Only a bridge whose alive token is up gets a stream (a thread and a
+                # publisher): its token going drops it; a credit naming anyone else (a late
+                # one, or forged by any peer) would keep a stream for good. (Checked under
+                # the lock that drop_importer takes after the token went.) Its next credit
+                # comes within the importer's REFRESH.
+                if self.ending is not None or importer not in self.exporter.peers:
+                    return
+                stream = self.streams[importer] = Stream(self, importer)
+            stream.grant(credit, force)
+            self.cond.notify_all()  # (the reader thread waits for a credit too)
+
+    def drop_importer(self, importer: str) -> None:
+        with self.cond:
+            stream = self.streams.pop(importer, None)
+            if stream is not None:
+                stream.stopped = True
+                self.cond.notify_all()
+
+    def end(self, reason: str, grace: float = END_GRACE) -> None:
+        """The writer went (or the bridge stops): each stream sends the newest frame it
+        has not sent yet when it gets a credit within ``grace`` seconds, then the end of
+        stream; the tag's token goes."""
+        self.stopped = True
+        self.thread.join(READ_SLICE + 5)
+        try:  # the writer's last frame, if the reader thread had not seen it yet
+            ok, arr = self.reader.read(timeout=0)
+            if ok:
+                with self.cond:
+                    self.frames_read += 1
+                    self.latest = Latest(arr, self.frames_read, self.reader.write_count, self.reader.write_time_ns)
+        except NdShArrayError:
+            pass
+        with self.cond:
+            self.poll_gen += 1 << 30  # no more looks: streams send what is kept
+        with self.cond:
+            self.ending, self.grace = reason, grace
+            streams = list(self.streams.values())
+            self.cond.notify_all()
+        for s in streams:
+            s.thread.join(grace + 5)
+        self.token.undeclare()
+        with self.cond:
+            self.latest = None  # the last view: its slot goes back to the writer
+        self.reader.close()
+
+    def status(self) -> dict[str, Any]:
+        with self.cond:
+            streams = list(self.streams.values())
+            latest = self.latest
+        return {
+            "tag": self.tag, "codec": str(self.rule.codec), "max_rate": self.rule.max_rate,
+            "frames_read": self.frames_read, "frames_sent": sum(s.sent for s in streams),
+            "bytes_sent": sum(s.bytes for s in streams), "importers": sorted(self.exporter.importer_names(streams)),
+            "dtype": None if latest is None else str(latest.array.dtype),
+            "shape": None if latest is None else list(latest.array.shape),
+            "error": self.error,
+        }
