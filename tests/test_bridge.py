@@ -180,6 +180,53 @@ def test_frames_cross_whole_and_in_order_to_two_hosts(hosts: Any, bridges: Any) 
     w.close()
 
 
+def meta_of(i: int) -> dict[str, Any] | bytes:
+    """Frame ``i``'s metadata: a dict for most, bytes for every fourth (both kinds travel)."""
+    return i.to_bytes(4, "little") * 3 if i % 4 == 3 else {"id": i, "exposure": i / 7, "name": f"f{i}\u00e9"}
+
+
+def test_each_frame_carries_its_own_metadata_across_the_bridge(hosts: Any, bridges: Any) -> None:
+    a, b = hosts(2)
+    port = free_port()
+    bridges(a, "robot1", "--export", "camera/**", "--listen", f"tcp/127.0.0.1:{port}")
+    bridges(b, "ws", "--import", "robot1/**", "--connect", f"tcp/127.0.0.1:{port}")
+    # More metadata room than the default: the imported tag must have it too.
+    w = NdShArray("camera/left", r_w="w", endpoint=a.endpoint, meta_capacity=9000)
+    w.write(frame(0), meta=meta_of(0))
+    r = NdShArray("robot1/camera/left", r_w="r", endpoint=b.endpoint)
+
+    def check(x: np.ndarray) -> int:
+        k = index_of(x)
+        assert k is not None, "a frame that is none of the written ones"
+        assert r.meta == meta_of(k), f"frame {k} arrived with the metadata {r.meta!r:.80}"
+        return k
+
+    # Lockstep, across every shape and dtype change: each frame with exactly its metadata.
+    for i in range(15):
+        if i:
+            w.write(frame(i), meta=meta_of(i))
+        read_until(r, lambda x, i=i: index_of(x) == i)
+        assert check(r.read()[1]) == i
+    big = {"id": 15, "blob": "x" * 8000}  # beyond the default 4096 bytes per frame
+    w.write(frame(15), meta=big)
+    read_until(r, lambda x: index_of(x) == 15)
+    assert r.meta == big
+    assert tag_info("robot1/camera/left", b.endpoint).meta_capacity == 9000
+    # Flat out (frames skipped as the link allows): whatever arrives has its own metadata.
+    seen = []
+    for i in range(16, 60):
+        w.write(frame(i), meta=meta_of(i))
+        ok, x = r.read()
+        if ok:
+            seen.append(check(x))
+    seen.append(check(read_until(r, lambda x: index_of(x) == 59)))
+    assert seen == sorted(set(seen)), seen
+    w.write(frame(60))  # and a frame without metadata has none there either
+    read_until(r, lambda x: index_of(x) == 60)
+    assert r.meta is None
+    w.close()
+
+
 def test_ls_remote_lists_the_tags_other_bridges_export(hosts: Any, bridges: Any) -> None:
     a, b = hosts(2)
     port = free_port()

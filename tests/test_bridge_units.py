@@ -12,6 +12,7 @@ from ndsharray.bridge import wire
 from ndsharray.bridge.codecs import JPEG, RAW, ZSTD, Codec, CodecError, decode
 from ndsharray.bridge.patterns import TagPattern
 from ndsharray.dtypes import dtype_to_text, text_to_dtype
+from ndsharray.layout import META_BYTES, META_JSON
 
 
 @pytest.mark.parametrize("glob, tag, hit", [
@@ -143,8 +144,11 @@ def test_a_zstd_bomb_is_refused_before_it_is_decompressed() -> None:
 
 def test_frame_header_round_trips() -> None:
     f = wire.Frame(codec=ZSTD, dtype=dtype_to_text(np.dtype("<f4")), shape=(720, 1280, 3), count=2**40 + 1,
-                   write_ns=123456789012345, age_ns=4567, credit=99, hold_ns=1000, meta=b'{"exposure": 3}')
+                   write_ns=123456789012345, age_ns=4567, credit=99, hold_ns=1000, meta_kind=META_JSON,
+                   meta=b'{"exposure": 3}', meta_capacity=4096)
     assert wire.Frame.unpack(f.pack()) == f
+    empty = wire.Frame(dtype="'<u1'", meta_kind=META_BYTES, meta=b"", meta_capacity=16)  # (b"" is metadata too)
+    assert wire.Frame.unpack(empty.pack()) == empty
     end = wire.Frame(wire.END, reason="died", count=17, credit=3)
     back = wire.Frame.unpack(end.pack())
     assert (back.kind, back.reason, back.count) == (wire.END, "died", 17)
@@ -156,6 +160,7 @@ def test_frame_header_round_trips() -> None:
     (lambda b: b[:4] + bytes([9]) + b[5:], "version 9"),
     (lambda b: b + b"x", "its fields say"),
     (lambda b: b[:7] + bytes([200]) + b[8:], "malformed"),
+    (lambda b: b[:8] + bytes([7]) + b[9:], "malformed"),  # an unknown metadata kind
 ])
 def test_frame_header_rejects_what_is_not_one(mangle: object, word: str) -> None:
     good = wire.Frame(dtype="'<u1'", shape=(2, 2)).pack()

@@ -85,12 +85,14 @@ class Exporter:
                     del self.sources[tag]
                 log.info("export %s: writer %s: end of stream", tag, reason)
                 src.end(reason)
-        for tag in live:
-            if tag not in self.sources and not self.stopping.is_set():
+        for tag, t in live.items():
+            if tag in self.sources:  # (a writer that reopened may have another capacity)
+                self.sources[tag].meta_capacity = t.meta_capacity
+            elif not self.stopping.is_set():
                 rule = self.rule_for(tag)
                 assert rule is not None
                 try:
-                    src = Source(self, tag, rule)
+                    src = Source(self, tag, rule, t.meta_capacity)
                 except NdShArrayError as exc:
                     log.warning("export %s: %s", tag, exc)
                     continue

@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import framemeta
 from ..client import NdShArray
 from ..dtypes import text_to_dtype
 from ..errors import NdShArrayError
+from ..layout import META_NONE
 from . import wire
 from .codecs import CodecError, decode
 from .patterns import TagPattern
@@ -40,6 +42,7 @@ class ImportStream:
         self.credit_key = wire.credit_key(exporter, importer.zid, tag)
         self.lock = threading.Lock()
         self.writer: NdShArray | None = None
+        self.meta_capacity = 0  # the writer's
         self.credits: dict[int, int] = {}  # credit id -> when it was sent (monotonic ns)
         self.last_credit = 0
         self.asked_ns = 0  # when the last credit went out (0: none outstanding)
@@ -102,7 +105,8 @@ class ImportStream:
             # has it by the time a reader here has reacted and its writer has written again.
             self.ask(force=False)
             try:
-                self._write(arr)
+                self._write(arr, framemeta.decode(None if head.meta_kind == META_NONE else (head.meta_kind, head.meta)),
+                            head.meta_capacity)
             except (ValueError, NdShArrayError, TypeError) as exc:
                 self._failed(exc, now)
                 return
@@ -122,12 +126,20 @@ class ImportStream:
         self.asked_ns = 0
         self.retry_ns = now + int(RETRY * 1e9)
 
-    def _write(self, arr: np.ndarray[Any, Any]) -> None:
+    def _write(self, arr: np.ndarray[Any, Any], meta: dict[str, Any] | bytes | None, meta_capacity: int) -> None:
+        """Write the frame and its metadata (the source writer's, as it stored it: a JSON
+        dict is stored again as the same compact JSON) into the local tag, with the source
+        writer's metadata capacity."""
         w = self.writer
+        if w is not None and not w.closed and meta_capacity > self.meta_capacity:
+            # (A new source writer with more room, its end of stream lost with a bridge
+            # that was killed: this writer's slots cannot hold its metadata.)
+            w.close()
         if w is None or w.closed:
-            self.writer = NdShArray(self.local_tag, arr, "w", endpoint=self.importer.endpoint)
-        else:
-            w.write(arr)
+            w = self.writer = NdShArray(self.local_tag, r_w="w", endpoint=self.importer.endpoint,
+                                        meta_capacity=meta_capacity)
+            self.meta_capacity = meta_capacity
+        w.write(arr, meta=meta)
 
     def on_token(self, alive: bool) -> None:
         with self.lock:

@@ -8,6 +8,7 @@ are skipped (the source keeps only the newest).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -78,8 +79,8 @@ class Stream:
             if got is not None:
                 head, payload = got
                 now = time.monotonic_ns()
-                head = wire.Frame(head.kind, head.codec, head.dtype, head.shape, head.count, head.write_ns,
-                                  max(0, now - head.write_ns), credit, now - credit_ns)
+                head = dataclasses.replace(head, age_ns=max(0, now - head.write_ns), credit=credit,
+                                           hold_ns=now - credit_ns)
                 self.publisher.put(payload, attachment=head.pack())
                 self.sent += 1
                 self.bytes += len(payload)

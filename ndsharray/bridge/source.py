@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import framemeta
 from ..client import NdShArray
 from ..dtypes import dtype_to_text
 from ..errors import NdShArrayError
+from ..layout import META_NONE
 from . import wire
 from .codecs import Codec, CodecError
 from .patterns import TagPattern
@@ -49,6 +51,7 @@ class Latest:
     seq: int  # this source's count of frames read
     count: int  # the writer's write_count
     write_ns: int
+    meta: tuple[int, bytes] | None  # the frame's metadata as stored: (kind, bytes), None without
     payload: bytes | None = None  # encoded once, for every importer
     header: wire.Frame | None = None
 
@@ -56,8 +59,9 @@ class Latest:
 class Source:
     """One exported tag with a live writer: its reader thread and its importers' streams."""
 
-    def __init__(self, exporter: Exporter, tag: str, rule: ExportRule) -> None:
+    def __init__(self, exporter: Exporter, tag: str, rule: ExportRule, meta_capacity: int) -> None:
         self.exporter, self.tag, self.rule = exporter, tag, rule
+        self.meta_capacity = meta_capacity  # the writer's (the scan keeps it current)
         self.cond = threading.Condition()
         self.latest: Latest | None = None
         self.streams: dict[str, Stream] = {}
@@ -97,7 +101,7 @@ class Source:
                             self.cond.notify_all()  # (a forced resend may take the one kept)
                         continue
                     seq += 1
-                    latest = self.latest = Latest(arr, seq, reader.write_count, reader.write_time_ns)
+                    latest = self.latest = self._took(arr, seq)
                     self.frames_read = seq
                     # One importer (the usual case) with its credit in hand: send from this
                     # thread, sparing the hand-over to the stream's thread (most of the
@@ -115,6 +119,12 @@ class Source:
         except NdShArrayError as exc:  # the tag was removed, the daemon went: the scan ends it
             if not self.stopped:
                 log.info("export %s: reader stopped: %s", self.tag, exc)
+
+    def _took(self, arr: np.ndarray[Any, Any], seq: int) -> Latest:
+        """The frame the reader just read: the view, its count, write time and metadata (which
+        its pin carries, so they always belong to this very frame)."""
+        r = self.reader
+        return Latest(arr, seq, r.write_count, r.write_time_ns, framemeta.carried(arr, "meta", None))
 
     def _until_ready(self) -> float:
         """Seconds until a stream may take a frame (0: one may now); under the lock."""
@@ -144,8 +154,10 @@ class Source:
             self.error = str(exc)
             return None
         self.error = None
+        meta_kind, meta = latest.meta or (META_NONE, b"")
         head = wire.Frame(codec=self.rule.codec.kind, dtype=dtype, shape=tuple(arr.shape), count=latest.count,
-                          write_ns=latest.write_ns)
+                          write_ns=latest.write_ns, meta_kind=meta_kind, meta=meta,
+                          meta_capacity=max(self.meta_capacity, len(meta)))
         with self.cond:
             latest.header, latest.payload = head, payload
         return head, payload
@@ -183,7 +195,7 @@ class Source:
             if ok:
                 with self.cond:
                     self.frames_read += 1
-                    self.latest = Latest(arr, self.frames_read, self.reader.write_count, self.reader.write_time_ns)
+                    self.latest = self._took(arr, self.frames_read)
         except NdShArrayError:
             pass
         with self.cond:

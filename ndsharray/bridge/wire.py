@@ -12,7 +12,8 @@ Zenoh keeps such chunks out of wildcards)::
 
 A frame is a Zenoh sample: the payload is the codec's bytes, the attachment this module's
 header (dtype, shape, the writer's count and write time, codec, the credit it answers, and
-room for the frame's metadata). Everything received is checked before use: a peer is
+the frame's metadata as the writer gave it: its kind and bytes, and the writer's metadata
+capacity). Everything received is checked before use: a peer is
 another machine.
 """
 
@@ -22,18 +23,20 @@ import struct
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
+from ..layout import META_BYTES, META_JSON, META_NONE
 from ..protocol import check_tag
+from ..segment.header import MAX_META_CAPACITY
 
 ROOT = "ndsharray"
 MAGIC = b"NDSB"
-VERSION = 1
+VERSION = 2  # 2: the frame's metadata kind and capacity
 FRAME, END = 1, 2
 MAX_NDIM = 32
 MAX_TEXT = 4096  # dtype description or end-of-stream reason
-MAX_META = 1 << 20
 
-# magic, version, kind, codec, ndim, credit, hold_ns, count, write_ns, age_ns, text len, meta len
-_HEAD = struct.Struct("<4sBBBBQQQqqHI")
+# magic, version, kind, codec, ndim, meta kind, credit, hold_ns, count, write_ns, age_ns, text len,
+# meta len, meta capacity
+_HEAD = struct.Struct("<4sBBBBBQQQqqHII")
 _CREDIT = struct.Struct("<4sBBQ")  # magic, version, flags, credit id
 FORCE = 1  # credit flag: send the newest frame even if it was sent before
 
@@ -52,27 +55,32 @@ class Frame:
     credit: int = 0  # the importer's credit this frame answers
     hold_ns: int = 0  # exporter: from that credit's arrival to this send
     reason: str = ""  # END: "closed", "died", "stopped"
-    meta: bytes = field(default=b"", repr=False)  # the frame's metadata, when tags have some
+    meta_kind: int = META_NONE  # META_NONE (no metadata), META_BYTES or META_JSON (ndsharray.layout)
+    meta: bytes = field(default=b"", repr=False)  # the frame's metadata as its writer stored it
+    meta_capacity: int = 0  # the source writer's metadata capacity per frame
 
     def pack(self) -> bytes:
         text = (self.dtype if self.kind == FRAME else self.reason).encode()
-        if len(text) > MAX_TEXT or len(self.meta) > MAX_META or len(self.shape) > MAX_NDIM:
+        if len(text) > MAX_TEXT or len(self.meta) > MAX_META_CAPACITY or len(self.shape) > MAX_NDIM:
             raise ValueError("frame header too large")
-        head = _HEAD.pack(MAGIC, VERSION, self.kind, self.codec, len(self.shape), self.credit, self.hold_ns,
-                          self.count, self.write_ns, self.age_ns, len(text), len(self.meta))
+        head = _HEAD.pack(MAGIC, VERSION, self.kind, self.codec, len(self.shape), self.meta_kind, self.credit,
+                          self.hold_ns, self.count, self.write_ns, self.age_ns, len(text), len(self.meta),
+                          self.meta_capacity)
         return b"".join((head, struct.pack(f"<{len(self.shape)}Q", *self.shape), text, self.meta))
 
     @classmethod
     def unpack(cls, data: bytes) -> Frame:
         if len(data) < _HEAD.size:
             raise ValueError(f"frame header of {len(data)} bytes, shorter than {_HEAD.size}")
-        (magic, version, kind, codec, ndim, credit, hold_ns, count, write_ns, age_ns, tlen,
-         mlen) = _HEAD.unpack_from(data)
+        (magic, version, kind, codec, ndim, meta_kind, credit, hold_ns, count, write_ns, age_ns, tlen,
+         mlen, meta_capacity) = _HEAD.unpack_from(data)
         if magic != MAGIC:
             raise ValueError("not an ndsharray bridge frame (bad magic)")
         if version != VERSION:
             raise ValueError(f"frame format version {version}, this bridge speaks {VERSION}: upgrade both sides")
-        if kind not in (FRAME, END) or ndim > MAX_NDIM or tlen > MAX_TEXT or mlen > MAX_META:
+        if (kind not in (FRAME, END) or ndim > MAX_NDIM or tlen > MAX_TEXT
+                or meta_kind not in (META_NONE, META_BYTES, META_JSON) or (meta_kind == META_NONE and mlen)
+                or not mlen <= meta_capacity <= MAX_META_CAPACITY):
             raise ValueError("malformed frame header")
         off = _HEAD.size
         end = off + 8 * ndim + tlen + mlen
@@ -87,7 +95,8 @@ class Frame:
         meta = bytes(data[off + tlen:end])
         if kind == END:
             return cls(END, reason=text, count=count, credit=credit)
-        return cls(FRAME, codec, text, tuple(shape), count, write_ns, age_ns, credit, hold_ns, meta=meta)
+        return cls(FRAME, codec, text, tuple(shape), count, write_ns, age_ns, credit, hold_ns, meta_kind=meta_kind,
+                   meta=meta, meta_capacity=meta_capacity)
 
 
 def pack_credit(credit: int, force: bool) -> bytes:
