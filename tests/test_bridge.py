@@ -4,6 +4,7 @@ private endpoint and its own bridge process, linked by Zenoh over tcp/127.0.0.1 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -646,3 +647,81 @@ def test_bridges_map_no_zenoh_shared_memory(hosts: Any, bridges: Any) -> None:
         for p in (ba, bb):
             assert p.proc is not None
             assert zenoh_shm_files(p.proc.pid) == set()
+
+
+def test_the_importer_forgets_the_oldest_ended_tags(hosts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many short-lived remote tags come and go: the importer keeps a bounded number of
+    ended ones (with their reason), not one record per tag ever seen."""
+    from ndsharray.bridge import importer
+
+    monkeypatch.setattr(importer, "KEEP_ENDED", 5)
+    (b,) = hosts(1)
+    port = free_port()
+    with Bridge("ws", imports=["forger/**"], listen=[f"tcp/127.0.0.1:{port}"], endpoint=b.endpoint) as bb:
+        zenoh = zconfig.zenoh_module()
+        session = zenoh.open(zconfig.build(connect=[f"tcp/127.0.0.1:{port}"]))
+        try:
+            liveliness = session.liveliness()
+            for i in range(20):  # each a tag whose exporter's token comes, then goes
+                token = liveliness.declare_token(wire.tags_key("forger", f"t{i}"))
+                wait_until(lambda i=i: any(s["tag"] == f"forger/t{i}" for s in bb.imported), what=f"t{i} seen")
+                token.undeclare()
+                wait_until(lambda i=i: any(s["tag"] == f"forger/t{i}" and s["state"] == "ended" for s in bb.imported),
+                           what=f"t{i} ended")
+            wait_until(lambda: len(bb.imported) == 5, what="all but the 5 most recent ended imports forgotten")
+            assert sorted(s["tag"] for s in bb.imported) == [f"forger/t{i}" for i in range(15, 20)]
+            # A forgotten tag that comes back is imported again.
+            token = liveliness.declare_token(wire.tags_key("forger", "t0"))
+            wait_until(lambda: any(s["tag"] == "forger/t0" and s["state"] == "waiting" for s in bb.imported),
+                       what="t0 back")
+            token.undeclare()
+        finally:
+            session.close()
+
+
+def test_a_tag_that_ends_slowly_holds_up_no_other_tag(hosts: Any, puppets: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tag whose end waits for a credit (its last frame unsent: the link is slow or gone)
+    must not stop the exporter from starting, and sending, another tag meanwhile."""
+    from ndsharray.bridge import exporter
+
+    monkeypatch.setattr(exporter, "END_GRACE", 60.0)  # the slow end: far longer than the deadline below
+    (a,) = hosts(1)
+    port = free_port()
+    p = puppets(env={ndsharray.config.ENV_ENDPOINT: a.endpoint})  # (not this process: the bridge's)
+    p(op="open", name="x", tag="cam/x", rw="w")
+    p(op="write", name="x", dtype="uint8", shape=[4], seed=1)
+    with Bridge("robot1", exports=["cam/**"], listen=[f"tcp/127.0.0.1:{port}"], endpoint=a.endpoint) as ba:
+        zenoh = zconfig.zenoh_module()
+        session = zenoh.open(zconfig.build(connect=[f"tcp/127.0.0.1:{port}"]))
+        frames: list[str] = []
+
+        def on_frame(sample: Any) -> None:
+            head = wire.Frame.unpack(sample.attachment.to_bytes())
+            frames.append(f"{str(sample.key_expr).rsplit('/', 1)[1]} {'end' if head.kind == wire.END else head.count}")
+
+        try:
+            sub = session.declare_subscriber(wire.frame_key("robot1", "imp1"), on_frame)
+            token = session.liveliness().declare_token(wire.alive_key("imp", "imp1"))  # an importer: one credit only
+
+            def credit_taken(tag: str) -> bool:
+                session.put(wire.credit_key("robot1", "imp1", tag), wire.pack_credit(1, True))
+                with contextlib.suppress(AssertionError):  # (a credit before our token is dropped)
+                    wait_until(lambda: any(e["tag"] == tag and e["importers"] for e in ba.exported), timeout=5)
+                    return True
+                return False
+
+            wait_until(lambda: credit_taken("cam/x"), what="cam/x's stream, with exactly one credit")
+            wait_until(lambda: "x 1" in frames, what="cam/x's first frame")
+            p(op="write", name="x", dtype="uint8", shape=[4], seed=2)  # unsent: no credit left
+            p(op="close", name="x")  # cam/x ends, its last frame waiting for a credit
+            p(op="open", name="y", tag="cam/y", rw="w")
+            p(op="write", name="y", dtype="uint8", shape=[4], seed=3)
+            wait_until(lambda: credit_taken("cam/y"), timeout=20, what="cam/y exported while cam/x ends")
+            wait_until(lambda: "y 1" in frames, what="cam/y's first frame while cam/x ends")
+            assert "x end" not in frames  # (cam/x was still ending all along)
+            token.undeclare()
+            sub.undeclare()
+        finally:
+            session.close()
+        assert [e["tag"] for e in ba.exported] == ["cam/y"]

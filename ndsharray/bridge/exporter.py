@@ -20,7 +20,7 @@ from . import wire
 from .codecs import Codec
 from .patterns import TagPattern
 from .sender import Stream
-from .source import ExportRule, Source
+from .source import END_GRACE, READ_SLICE, ExportRule, Source
 
 log = logging.getLogger("ndsharray.bridge")
 
@@ -36,7 +36,7 @@ class Exporter:
         self.zenoh, self.session, self.name, self.endpoint = zenoh, session, name, endpoint
         self.patterns, self.codecs, self.rates = patterns, codecs, rates
         self.sources: dict[str, Source] = {}
-        self.ended: dict[str, str] = {}  # tags whose writer went, and how
+        self.ending: dict[str, tuple[Source, threading.Thread]] = {}  # tag -> a source ending, its thread
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.peers: dict[str, str] = {}  # importer zid -> its bridge's name
@@ -73,22 +73,26 @@ class Exporter:
         writer went (closed or died) or whose tag is gone."""
         me = os.getpid()
         live: dict[str, TagInfo] = {}
+        left: dict[str, str] = {}  # tags whose writer went, and how
         for t in list_tags(self.endpoint):
             if t.writer_pid and t.writer_pid != me and self.rule_for(t.tag) is not None:
                 live[t.tag] = t
             elif t.tag in self.sources and t.writer_pid is None:
-                self.ended[t.tag] = t.writer_left or "closed"
+                left[t.tag] = t.writer_left or "closed"
         for tag, src in list(self.sources.items()):
             if tag not in live or src.thread.is_alive() is False:
-                reason = self.ended.get(tag, "gone")
                 with self.lock:
                     del self.sources[tag]
-                log.info("export %s: writer %s: end of stream", tag, reason)
-                src.end(reason)
+                self._end(src, left.get(tag, "gone"))
+        for tag, (_, ender) in list(self.ending.items()):
+            if not ender.is_alive():
+                del self.ending[tag]
         for tag, t in live.items():
             if tag in self.sources:  # (a writer that reopened may have another capacity)
                 self.sources[tag].meta_capacity = t.meta_capacity
-            elif not self.stopping.is_set():
+            # A tag still ending waits for the next scan: its end of stream goes before
+            # the new writer's frames, on the same keys.
+            elif tag not in self.ending and not self.stopping.is_set():
                 rule = self.rule_for(tag)
                 assert rule is not None
                 try:
@@ -98,8 +102,17 @@ class Exporter:
                     continue
                 with self.lock:
                     self.sources[tag] = src
-                self.ended.pop(tag, None)
                 log.info("export %s (%s)", tag, rule.codec)
+
+    def _end(self, src: Source, reason: str, grace: float | None = None) -> threading.Thread:
+        """End ``src`` in a thread of its own: its last frame may wait up to ``grace`` for a
+        credit, and meanwhile the scan goes on for every other tag (starts, ends)."""
+        log.info("export %s: writer %s: end of stream", src.tag, reason)
+        grace = END_GRACE if grace is None else grace
+        ender = threading.Thread(target=src.end, args=(reason, grace), name=f"bridge-end {src.tag}", daemon=True)
+        self.ending[src.tag] = (src, ender)
+        ender.start()
+        return ender
 
     def _on_credit(self, sample: Any) -> None:
         try:
@@ -144,5 +157,10 @@ class Exporter:
         with self.lock:
             sources = list(self.sources.values())
             self.sources.clear()
-        for src in sources:
-            src.end("stopped", grace=0.0)
+        enders = []
+        for ending, ender in list(self.ending.values()):
+            ending.hurry()  # (its last frame waits for no credit any more)
+            enders.append(ender)
+        enders += [self._end(src, "stopped", grace=0.0) for src in sources]
+        for ender in enders:
+            ender.join(READ_SLICE + 10)

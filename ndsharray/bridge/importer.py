@@ -31,6 +31,7 @@ STALE_AFTER = 0.5  # seconds on the link after which a frame is dropped as stale
 REFRESH = 1.0  # a credit unanswered this long is sent again (it may have been lost)
 RETRY = 0.5  # seconds before asking again after a frame could not be written
 TICK = 0.1
+KEEP_ENDED = 256  # ended imports remembered (for their reason), the oldest forgotten first
 
 
 class ImportStream:
@@ -50,6 +51,8 @@ class ImportStream:
         self.fresh_from = 0  # after a stale frame: answers to credits from this one on are taken
         self.live = False  # the exporter's token for this tag is up
         self.state = "waiting"  # waiting, live, ended
+        self.ended_ns = 0  # when it ended
+        self.pruned = False  # forgotten by the importer (a token coming back makes a new one)
         self.reason: str | None = None  # why it ended
         self.error: str | None = None
         self.frames = self.bytes = self.stale = self.errors = 0
@@ -141,8 +144,12 @@ class ImportStream:
             self.meta_capacity = meta_capacity
         w.write(arr, meta=meta)
 
-    def on_token(self, alive: bool) -> None:
+    def on_token(self, alive: bool) -> bool:
+        """The exporter's token for this tag came (``alive``) or went; False if this
+        record was forgotten meanwhile (the caller makes a new one)."""
         with self.lock:
+            if self.pruned:
+                return False
             self.live = alive
             if alive:
                 self.fresh_from = 0
@@ -150,10 +157,12 @@ class ImportStream:
                 self.ask(force=False)  # and the one after it: two in flight (exporter.WINDOW)
             elif self.state != "ended":
                 self._end(f"bridge {self.exporter} or the link to it is gone")
+        return True
 
     def _end(self, reason: str) -> None:
         """End of stream (under the lock): close the local writer; readers see it closed."""
         self.state, self.reason, self.asked_ns, self.retry_ns = "ended", reason, 0, 0
+        self.ended_ns = time.monotonic_ns()
         if self.writer is not None:
             log.info("import %s: end of stream: %s", self.local_tag, reason)
             try:
@@ -213,22 +222,25 @@ class Importer:
             return
         if self.stopping.is_set() or not self.wanted(exporter, tag):
             return
-        with self.lock:
-            stream = self.streams.get((exporter, tag))
-            if stream is None:
-                stream = self.streams[(exporter, tag)] = ImportStream(self, exporter, tag)
-        stream.on_token(sample.kind == self.zenoh.SampleKind.PUT)
+        alive = sample.kind == self.zenoh.SampleKind.PUT
+        while True:
+            with self.lock:
+                stream = self.streams.get((exporter, tag))
+                if stream is None:
+                    stream = self.streams[(exporter, tag)] = ImportStream(self, exporter, tag)
+            if stream.on_token(alive):
+                return
 
     def _on_frame(self, sample: Any) -> None:
         key = str(sample.key_expr)
         try:
             stream = self.by_key.get(key)
-            if stream is None:
+            if stream is None or stream.pruned:
                 exporter, _, tag = wire.split_key(key, "frame", with_peer=True)
-                with self.lock:
+                with self.lock:  # (as _prune forgets it)
                     stream = self.streams.get((exporter, tag))
-                if stream is not None:
-                    self.by_key[key] = stream  # (parsing and checking the key once per tag)
+                    if stream is not None:
+                        self.by_key[key] = stream  # (parsing and checking the key once per tag)
             att = sample.attachment
             if att is None:
                 raise ValueError("frame without header")
@@ -246,6 +258,19 @@ class Importer:
             now = time.monotonic_ns()
             for s in streams:
                 s.tick(now)
+            self._prune(streams)
+
+    def _prune(self, streams: list[ImportStream]) -> None:
+        """Forget the oldest ended imports beyond KEEP_ENDED (a bridge that sees many
+        short-lived tags come and go must not grow without bound)."""
+        ended = sorted((s for s in streams if s.state == "ended" and not s.live), key=lambda s: s.ended_ns)
+        for s in ended[:max(0, len(ended) - KEEP_ENDED)]:
+            with self.lock, s.lock:
+                if s.state != "ended" or s.live:
+                    continue  # (its token came back meanwhile)
+                s.pruned = True
+                del self.streams[(s.exporter, s.tag)]
+                self.by_key.pop(wire.frame_key(s.exporter, self.zid, s.tag), None)
 
     def status(self) -> list[dict[str, Any]]:
         with self.lock:

@@ -118,18 +118,14 @@ class Stream:
     def _wait(self, src: Source) -> tuple[Latest, tuple[int, int]] | None:
         """The frame to send next and its credit, once both are there (under the lock);
         None when this stream ends."""
-        end_by = None
         while True:
             if self.stopped:
                 return None
             latest = src.latest
             fresh = latest is not None and (latest.seq > self.sent_seq or self.force)
-            if src.ending is not None and not self.sending:
-                if not fresh:
-                    return None
-                end_by = end_by or time.monotonic() + src.grace
-                if time.monotonic() > end_by:
-                    return None
+            end_by = None if src.ending is None else src.end_by
+            if end_by is not None and not self.sending and (not fresh or time.monotonic() > end_by):
+                return None
             timeout = None
             if latest is not None and fresh:
                 grant = self.take(latest)

@@ -10,6 +10,7 @@ is an ordinary reader of the tag).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ class Source:
         self.latest: Latest | None = None
         self.streams: dict[str, Stream] = {}
         self.ending: str | None = None  # why the writer went, once it has
-        self.grace = END_GRACE
+        self.end_by = 0.0  # (monotonic) once ending: the last frame may wait for a credit until then
         self.stopped = False
         self.frames_read = 0
         self.poll_gen = 0  # the reader thread's looks at the tag (a stream's credit waits for the next)
@@ -201,15 +202,22 @@ class Source:
         with self.cond:
             self.poll_gen += 1 << 30  # no more looks: streams send what is kept
         with self.cond:
-            self.ending, self.grace = reason, grace
+            self.ending, self.end_by = reason, min(self.end_by or math.inf, time.monotonic() + grace)
             streams = list(self.streams.values())
             self.cond.notify_all()
         for s in streams:
-            s.thread.join(grace + 5)
+            s.thread.join(max(0.0, self.end_by - time.monotonic()) + 5)
         self.token.undeclare()
         with self.cond:
             self.latest = None  # the last view: its slot goes back to the writer
         self.reader.close()
+
+    def hurry(self) -> None:
+        """The bridge stops: an end in progress sends its end of stream now, without
+        waiting any longer for a credit for the writer's last frame."""
+        with self.cond:
+            self.end_by = -1.0
+            self.cond.notify_all()
 
     def status(self) -> dict[str, Any]:
         with self.cond:
