@@ -33,6 +33,7 @@ from .admin import (
     tag_info,
 )
 from .bridge import cli as bridge_cli
+from .bridge import endings
 from .client import NdShArray
 from .doctor import run_checks
 from .errors import NdShArrayError, TagRemovedError, UsageError
@@ -62,7 +63,8 @@ def _latency(s: float | None) -> str:
 def _writer(t: TagInfo) -> str:
     if t.writer_pid:
         return str(t.writer_pid)
-    return f"{t.writer_left or 'gone'} ({t.last_writer_pid})" if t.last_writer_pid else "-"
+    why = f": {t.writer_left_why}" if t.writer_left_why else ""
+    return f"{t.writer_left or 'gone'} ({t.last_writer_pid}){why}" if t.last_writer_pid else "-"
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:
@@ -166,7 +168,7 @@ def _listing(endpoint: str, prefix: str) -> tuple[list[TagInfo], list[str], list
     one does) the tags still streamed through a stopped daemon's segments: after `daemon
     stop`, clients go on without one, and ls says so, and who."""
     tags, notes = list_tags_and_notes(endpoint)
-    tags = [t for t in tags if t.tag.startswith(prefix)]
+    tags = endings.annotate(endpoint, [t for t in tags if t.tag.startswith(prefix)])
     if tags or daemon_running(endpoint):
         return tags, notes, None
     return tags, notes, [t for t in stranded_tags(endpoint) if t.tag.startswith(prefix)]
@@ -238,11 +240,12 @@ main.add_command(bridge_cli.bridge)
 @click.pass_obj
 def info(endpoint: str, tag: str, as_json: bool) -> None:
     """Everything the daemon knows about one tag."""
-    t = tag_info(tag, endpoint)
+    (t,) = endings.annotate(endpoint, [tag_info(tag, endpoint)])
     if as_json:
         click.echo(json.dumps(t.as_json(), indent=2))
         return
     state = "alive" if t.writer_pid else ((t.writer_left or "gone") if t.last_writer_pid else "none yet")
+    state += f": {t.writer_left_why}" if t.writer_left_why else ""
     rows = [
         ("tag", t.tag), ("dtype", t.dtype or "-"), ("shape", _shape(t.shape)),
         ("nbytes", f"{t.nbytes} ({_size(t.nbytes)})"),

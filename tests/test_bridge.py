@@ -5,7 +5,9 @@ private endpoint and its own bridge process, linked by Zenoh over tcp/127.0.0.1 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -294,6 +296,55 @@ def test_end_of_stream_writer_death_and_resume_cross_the_bridge(hosts: Any, brid
     wait_until(writer_gone(b.endpoint, "robot1/camera/left"), what="writer death seen on B")
     w = NdShArray("camera/left", frame(4), "w", endpoint=a.endpoint)
     read_until(r, lambda x: index_of(x) == 4)
+    w.close()
+
+
+def says_why(endpoint: str, tag: str, why: str) -> bool:
+    """``ls``, ``ls --json``, ``info`` and ``info --json`` on the importing host all say
+    that ``tag``'s writer is closed, and ``why``."""
+    from click.testing import CliRunner
+
+    from ndsharray.cli import main
+
+    def run(*args: str) -> str:
+        out = CliRunner().invoke(main, ["--endpoint", endpoint, *args], catch_exceptions=False)
+        assert out.exit_code == 0, out.output
+        return out.output
+
+    row = next((ln for ln in run("ls").splitlines() if ln.startswith(tag + " ")), "")
+    (listed,) = [t for t in json.loads(run("ls", "--json")) if t["tag"] == tag]
+    info = json.loads(run("info", tag, "--json"))
+    writer_line = next(ln for ln in run("info", tag).splitlines() if ln.startswith("writer "))
+    return (re.search(rf" closed \(\d+\): {re.escape(why)} ", row) is not None and listed["writer_left"] == "closed"
+            and listed["writer_left_why"] == why and info["writer_pid"] is None and info["writer_left_why"] == why
+            and writer_line.endswith(f"(closed: {why})"))
+
+
+def test_ls_and_info_on_the_importing_host_say_why_an_imported_writer_closed(hosts: Any, bridges: Any,
+                                                                            puppets: Any) -> None:
+    a, b, ba, _ = linked(hosts, bridges)
+    r = NdShArray("robot1/camera/left", r_w="r", endpoint=b.endpoint)
+    # The source writer closes.
+    w = NdShArray("camera/left", frame(1), "w", endpoint=a.endpoint)
+    read_until(r, lambda x: index_of(x) == 1)
+    w.close()
+    wait_until(lambda: says_why(b.endpoint, "robot1/camera/left", "source writer on robot1 closed"),
+               what="ls/info on B: the source writer closed")
+    # The source writer dies (SIGKILL).
+    p = puppets(env={ndsharray.config.ENV_ENDPOINT: a.endpoint})
+    p(op="open", name="w", tag="camera/left", rw="w")
+    p(op="write", name="w", dtype="uint8", shape=[5, 5], seed=3)
+    read_until(r, lambda x: x.shape == (5, 5))
+    assert tag_info("robot1/camera/left", b.endpoint).writer_left_why is None  # (the library: the daemon's facts)
+    p.kill()
+    wait_until(lambda: says_why(b.endpoint, "robot1/camera/left", "source writer on robot1 died"),
+               what="ls/info on B: the source writer died")
+    # The remote bridge is killed (its writer still alive on A).
+    w = NdShArray("camera/left", frame(2), "w", endpoint=a.endpoint)
+    read_until(r, lambda x: index_of(x) == 2)
+    ba.kill()
+    wait_until(lambda: says_why(b.endpoint, "robot1/camera/left", "bridge robot1 or the link to it is gone"),
+               what="ls/info on B: the remote bridge gone")
     w.close()
 
 

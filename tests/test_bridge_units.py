@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from typing import Any
 
@@ -181,3 +182,20 @@ def test_credits_and_keys() -> None:
         wire.split_key("ndsharray/robot1/frame/abc", "frame", with_peer=True)
     with pytest.raises(ValueError, match="bridge name"):
         wire.check_name("a/b")
+
+
+def test_the_reasons_file_is_read_only_when_it_is_ours_and_well_formed(tmp_path: Any) -> None:
+    from ndsharray.bridge.endings import EndingsFile, path_for, reasons
+
+    endpoint = f"ipc://{tmp_path}/d.sock"
+    EndingsFile("ws", endpoint).write(lambda: {"robot1/cam": "source writer on robot1 died"})
+    assert reasons(endpoint) == {(os.getpid(), "robot1/cam"): "source writer on robot1 died"}
+    # A link planted in its place is never followed; a file that is not one of ours is skipped.
+    target = tmp_path / "elsewhere.json"
+    target.write_text('{"pid": 1, "ended": {"x": "planted"}}')
+    os.symlink(target, path_for("evil", endpoint))
+    (tmp_path / "bridge-junk.ended.json").write_text("not json")
+    (tmp_path / "bridge-list.ended.json").write_text("[1, 2]")
+    assert reasons(endpoint) == {(os.getpid(), "robot1/cam"): "source writer on robot1 died"}
+    EndingsFile("ws", endpoint).remove()
+    assert reasons(endpoint) == {}

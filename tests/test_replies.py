@@ -22,7 +22,7 @@ from ndsharrayd.handlers import Handlers
 
 ROW: dict[str, Any] = {
     "tag": "cam", "dtype": "uint8", "descr": "'|u1'", "shape": [2, 3], "nbytes": 6,
-    "writer_pid": 10, "last_writer_pid": 10, "writer_left": None, "readers": 1,
+    "writer_pid": 10, "last_writer_pid": 10, "writer_left": None, "writer_left_why": None, "readers": 1,
     "reader_pids": [11], "writes": 4, "last_write_age_s": 0.5, "generation": 1,
     "segment": "nds-x-0123", "slots": 3, "size": 8192, "rate_hz": 2.0,
     "max_read_latency_s": 0.001, "max_behind": 0, "dropped": 0, "capacity": 6, "meta_capacity": 0, "meta": None,

@@ -23,6 +23,7 @@ from ..errors import NdShArrayError
 from ..layout import META_NONE
 from . import wire
 from .codecs import CodecError, decode
+from .endings import EndingsFile
 from .patterns import TagPattern
 
 log = logging.getLogger("ndsharray.bridge")
@@ -74,7 +75,8 @@ class ImportStream:
     def on_frame(self, head: wire.Frame, payload: Any) -> None:
         with self.lock:
             if head.kind == wire.END:
-                self._end(f"writer {head.reason}" if head.reason != "stopped" else f"bridge {self.exporter} stopped")
+                self._end(f"bridge {self.exporter} stopped" if head.reason == "stopped"
+                          else f"source writer on {self.exporter} {head.reason}")
                 return
             if not self.live:
                 return
@@ -164,6 +166,7 @@ class ImportStream:
         self.state, self.reason, self.asked_ns, self.retry_ns = "ended", reason, 0, 0
         self.ended_ns = time.monotonic_ns()
         if self.writer is not None:
+            self.importer.note_endings()  # first: whoever sees the writer closed can read why
             log.info("import %s: end of stream: %s", self.local_tag, reason)
             try:
                 self.writer.close()
@@ -197,6 +200,7 @@ class Importer:
         self.zenoh, self.session, self.name, self.zid = zenoh, session, name, zid
         self.patterns, self.endpoint = patterns, endpoint
         self.stale_after_ns = int(stale_after * 1e9)
+        self.endings = EndingsFile(name, endpoint)
         self.streams: dict[tuple[str, str], ImportStream] = {}
         self.by_key: dict[str, ImportStream] = {}  # frame key -> its stream
         self.lock = threading.Lock()
@@ -260,6 +264,16 @@ class Importer:
                 s.tick(now)
             self._prune(streams)
 
+    def note_endings(self) -> None:
+        """Write why each ended import ended where ``ls``/``info`` look (endings.py)."""
+        if self.stopping.is_set():
+            return  # (stop() removes the file)
+        try:
+            self.endings.write(lambda: {s.local_tag: s.reason or "ended" for s in list(self.streams.values())
+                                        if s.state == "ended"})
+        except OSError as exc:  # (ls then says only "closed")
+            log.warning("import: cannot note why tags ended in %s: %s", self.endings.path, exc)
+
     def _prune(self, streams: list[ImportStream]) -> None:
         """Forget the oldest ended imports beyond KEEP_ENDED (a bridge that sees many
         short-lived tags come and go must not grow without bound)."""
@@ -289,3 +303,4 @@ class Importer:
             with s.lock:
                 s.live = False
                 s._end("bridge stopped")
+        self.endings.remove()  # (a stopped bridge leaves no file behind)
