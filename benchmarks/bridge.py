@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -77,8 +78,12 @@ def pct(xs: list[float], q: float) -> float:
 
 
 class Hosts:
-    def __init__(self, root: str) -> None:
+    """Hosts A and B, a daemon and a bridge each. ``launcher(host)``: the command line
+    before ``--endpoint ... bridge ...`` that runs a bridge (default ``python -m ndsharray``)."""
+
+    def __init__(self, root: str, launcher: Callable[[str], list[str]] | None = None) -> None:
         self.root = root
+        self.launcher = launcher or (lambda h: [sys.executable, "-m", "ndsharray"])
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ep: dict[str, str] = {}
         try:
@@ -99,10 +104,10 @@ class Hosts:
                     raise RuntimeError("daemon did not start")
                 time.sleep(0.05)
         self.port = free_port()
-        self.bridge_a = self.spawn([sys.executable, "-m", "ndsharray", "--endpoint", self.ep["a"], "bridge", "--name",
+        self.bridge_a = self.spawn([*self.launcher("a"), "--endpoint", self.ep["a"], "bridge", "--name",
                                     "robot1", "--export", "bench/**", "--listen", f"tcp/127.0.0.1:{self.port}"],
                                    "a/bridge.log")
-        self.bridge_b = self.spawn([sys.executable, "-m", "ndsharray", "--endpoint", self.ep["b"], "bridge", "--name",
+        self.bridge_b = self.spawn([*self.launcher("b"), "--endpoint", self.ep["b"], "bridge", "--name",
                                     "ws", "--import", "robot1/**", "--connect", f"tcp/127.0.0.1:{self.port}"],
                                    "b/bridge.log")
         for h in ("a", "b"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tracemalloc
 from typing import Any
@@ -150,6 +151,8 @@ def test_frame_header_round_trips() -> None:
     assert wire.Frame.unpack(f.pack()) == f
     empty = wire.Frame(dtype="'<u1'", meta_kind=META_BYTES, meta=b"", meta_capacity=16)  # (b"" is metadata too)
     assert wire.Frame.unpack(empty.pack()) == empty
+    sent = dataclasses.replace(f, credit=2**63 + 5, hold_ns=77, age_ns=-3)
+    assert wire.stamped(dataclasses.replace(f, credit=0, hold_ns=0, age_ns=0).pack(), 2**63 + 5, 77, -3) == sent.pack()
     end = wire.Frame(wire.END, reason="died", count=17, credit=3)
     back = wire.Frame.unpack(end.pack())
     assert (back.kind, back.reason, back.count) == (wire.END, "died", 17)

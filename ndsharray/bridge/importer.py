@@ -106,15 +106,16 @@ class ImportStream:
             except (CodecError, ValueError, TypeError) as exc:
                 self._failed(exc, now)
                 return
-            # The next credit first: it travels while this frame is written, so the exporter
-            # has it by the time a reader here has reacted and its writer has written again.
-            self.ask(force=False)
             try:
                 self._write(arr, framemeta.decode(None if head.meta_kind == META_NONE else (head.meta_kind, head.meta)),
                             head.meta_capacity)
             except (ValueError, NdShArrayError, TypeError) as exc:
                 self._failed(exc, now)
                 return
+            # The next credit after the write, not before: its put (tens of microseconds)
+            # would delay the frame's readers here, and the exporter still holds the other
+            # credit of its window for the next frame meanwhile.
+            self.ask(force=False)
             self.error = None
             self.written = (head.count, head.write_ns)
             self.frames += 1

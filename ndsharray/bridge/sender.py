@@ -8,7 +8,6 @@ are skipped (the source keeps only the newest).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import threading
 import time
@@ -79,9 +78,8 @@ class Stream:
             if got is not None:
                 head, payload = got
                 now = time.monotonic_ns()
-                head = dataclasses.replace(head, age_ns=max(0, now - head.write_ns), credit=credit,
-                                           hold_ns=now - credit_ns)
-                self.publisher.put(payload, attachment=head.pack())
+                self.publisher.put(payload, attachment=wire.stamped(head, credit, now - credit_ns,
+                                                                    max(0, now - latest.write_ns)))
                 self.sent += 1
                 self.bytes += len(payload)
         finally:

@@ -54,7 +54,7 @@ class Latest:
     write_ns: int
     meta: tuple[int, bytes] | None  # the frame's metadata as stored: (kind, bytes), None without
     payload: bytes | None = None  # encoded once, for every importer
-    header: wire.Frame | None = None
+    header: bytes | None = None  # the packed header (the per-send fields left 0)
 
 
 class Source:
@@ -136,8 +136,8 @@ class Source:
                 best = min(best, max(0.0, (s.next_ns - now) / 1e9))
         return best
 
-    def encoded(self, latest: Latest) -> tuple[wire.Frame, bytes] | None:
-        """(header, payload) of ``latest``, encoded once; None when the codec refuses it."""
+    def encoded(self, latest: Latest) -> tuple[bytes, bytes] | None:
+        """(packed header, payload) of ``latest``, encoded once; None when the codec refuses it."""
         with self.cond:
             if latest.payload is not None and latest.header is not None:
                 return latest.header, latest.payload
@@ -159,9 +159,10 @@ class Source:
         head = wire.Frame(codec=self.rule.codec.kind, dtype=dtype, shape=tuple(arr.shape), count=latest.count,
                           write_ns=latest.write_ns, meta_kind=meta_kind, meta=meta,
                           meta_capacity=max(self.meta_capacity, len(meta)))
+        packed = head.pack()
         with self.cond:
-            latest.header, latest.payload = head, payload
-        return head, payload
+            latest.header, latest.payload = packed, payload
+        return packed, payload
 
     def credit(self, importer: str, credit: int, force: bool) -> None:
         with self.cond:

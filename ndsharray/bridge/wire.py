@@ -37,6 +37,10 @@ MAX_TEXT = 4096  # dtype description or end-of-stream reason
 # magic, version, kind, codec, ndim, meta kind, credit, hold_ns, count, write_ns, age_ns, text len,
 # meta len, meta capacity
 _HEAD = struct.Struct("<4sBBBBBQQQqqHII")
+# Where the per-send fields sit in a packed header (credit, hold_ns; age_ns): an exporter packs
+# a frame's header once and stamps these into a copy for each send (see stamped()).
+_CREDIT_HOLD_AT, _AGE_AT = struct.calcsize("<4sBBBBB"), struct.calcsize("<4sBBBBBQQQq")
+_CREDIT_HOLD, _AGE = struct.Struct("<QQ"), struct.Struct("<q")
 _CREDIT = struct.Struct("<4sBBQ")  # magic, version, flags, credit id
 FORCE = 1  # credit flag: send the newest frame even if it was sent before
 
@@ -97,6 +101,16 @@ class Frame:
             return cls(END, reason=text, count=count, credit=credit)
         return cls(FRAME, codec, text, tuple(shape), count, write_ns, age_ns, credit, hold_ns, meta_kind=meta_kind,
                    meta=meta, meta_capacity=meta_capacity)
+
+
+def stamped(packed: bytes, credit: int, hold_ns: int, age_ns: int) -> bytes:
+    """``packed`` (a FRAME header from :meth:`Frame.pack`) with these per-send fields: what
+    ``dataclasses.replace(frame, credit=..., hold_ns=..., age_ns=...).pack()`` gives, in a
+    fraction of the time."""
+    out = bytearray(packed)
+    _CREDIT_HOLD.pack_into(out, _CREDIT_HOLD_AT, credit, hold_ns)
+    _AGE.pack_into(out, _AGE_AT, age_ns)
+    return bytes(out)
 
 
 def pack_credit(credit: int, force: bool) -> bytes:
