@@ -771,6 +771,10 @@ def test_a_tag_that_ends_slowly_holds_up_no_other_tag(hosts: Any, puppets: Any,
             wait_until(lambda: credit_taken("cam/y"), timeout=20, what="cam/y exported while cam/x ends")
             wait_until(lambda: "y 1" in frames, what="cam/y's first frame while cam/x ends")
             assert "x end" not in frames  # (cam/x was still ending all along)
+            # A credit for cam/x now: the writer's last frame goes, then its end of stream.
+            session.put(wire.credit_key("robot1", "imp1", "cam/x"), wire.pack_credit(2, False))
+            wait_until(lambda: frames[-2:] == ["x 2", "x end"] or frames[-3:-1] == ["x 2", "x end"],
+                       what="cam/x's last frame, then its end")
             token.undeclare()
             sub.undeclare()
         finally:

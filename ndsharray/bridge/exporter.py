@@ -123,6 +123,8 @@ class Exporter:
             return
         with self.lock:
             src = self.sources.get(tag)
+        if src is None:  # (one ending may still wait for a credit to send the writer's last frame)
+            src = self.ending.get(tag, (None, None))[0]
         if src is not None:
             src.credit(importer, credit, force)
 

@@ -53,7 +53,8 @@ class Stream:
 
     def grant(self, credit: int, force: bool) -> None:  # (under the source's lock)
         self.credits.append((credit, time.monotonic_ns()))
-        self.grant_gen = self.source.poll_gen + 1
+        # (Ending: the reader thread looks no more, what is kept is the writer's last frame.)
+        self.grant_gen = 0 if self.source.ending is not None else self.source.poll_gen + 1
         self.force = self.force or force
 
     def take(self, latest: Latest) -> tuple[int, int] | None:

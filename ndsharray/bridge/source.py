@@ -201,8 +201,7 @@ class Source:
         except NdShArrayError:
             pass
         with self.cond:
-            self.poll_gen += 1 << 30  # no more looks: streams send what is kept
-        with self.cond:
+            self.poll_gen += 1 << 30  # no more looks: streams send what is kept (and see Stream.grant)
             self.ending, self.end_by = reason, min(self.end_by or math.inf, time.monotonic() + grace)
             streams = list(self.streams.values())
             self.cond.notify_all()
