@@ -1043,15 +1043,17 @@ static inline void set_busy(WriterObject *w, unsigned slot, int on) {
 }
 
 /* Slots other than the latest, the one written before it first: a writer whose readers
- * keep up ping-pongs between two cache-warm slots. */
+ * keep up ping-pongs between two cache-warm slots. (Latest and prev swap on every write of
+ * a ping-pong, so this runs on most writes: it wraps round the ring without a division,
+ * which took ~8 ns of a 1 KiB write's ~188.) */
 static void writer_order(WriterObject *w) {
     if (w->order_len >= 0 && w->order_key_latest == w->latest && w->order_key_prev == w->prev) return;
     int n = 0;
     unsigned first = w->latest >= 0 ? (unsigned)w->latest + 1 : 0;
     unsigned span = w->latest >= 0 ? w->nslots - 1 : w->nslots;
     if (w->prev >= 0 && w->prev != w->latest && (unsigned)w->prev < w->nslots) w->order[n++] = (unsigned char)w->prev;
-    for (unsigned k = 0; k < span; k++) {
-        unsigned slot = (first + k) % w->nslots;
+    for (unsigned k = 0, slot = first; k < span; k++, slot++) {
+        if (slot >= w->nslots) slot -= w->nslots;
         if ((int)slot != w->prev) w->order[n++] = (unsigned char)slot;
     }
     w->order_len = n;
