@@ -16,7 +16,8 @@ import pytest
 from conftest import Daemon, join_or_kill, wait_until
 
 import ndsharray
-from ndsharray import config
+from ndsharray import admin, config
+from ndsharray.replies import TagInfo
 
 N = 1500
 
@@ -26,7 +27,7 @@ def frame(i: int) -> tuple[np.ndarray[Any, Any], Any]:
     byte size, 8 dimensions, other byte orders; the index is in the metadata (or, for the
     frames that carry none, in the first element)."""
     kind = i % 7
-    grow = 1 + i // 25  # the largest frames grow: new generations with headroom
+    grow = 1 + i // 4  # the largest frames grow: 24 B to 9 KB, a generation with headroom now and then
     if kind == 0:
         a: np.ndarray[Any, Any] = np.array([i, grow], np.int64)  # no metadata: i in a[0]
         return a, None
@@ -113,7 +114,8 @@ def _answers(q: Any, procs: list[Any], n: int, timeout: float) -> list[Any]:
     return got
 
 
-def _run(endpoint: str, restart: Any = None) -> list[Any]:
+def _run(endpoint: str, restart: Any = None) -> tuple[list[Any], TagInfo, TagInfo]:
+    """The readers' results, and the tag halfway (before ``restart``) and at the end."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     readers = [ctx.Process(target=_reader, args=(endpoint, hoard, q)) for hoard in (0, 6)]
@@ -125,18 +127,32 @@ def _run(endpoint: str, restart: Any = None) -> list[Any]:
             for i in range(N):
                 a, meta = frame(i)
                 w.write(a, meta=meta)
-                if restart is not None and i == N // 2:
-                    restart()
+                if i == N // 2:
+                    mid = admin.tag_info("var")
+                    if restart is not None:
+                        restart()
+            end = admin.tag_info("var")
             results = _answers(q, readers, 2, 120)
     finally:
         join_or_kill(readers)
-    return results
+    return results, mid, end
+
+
+def check_growth(mid: TagInfo, end: TagInfo) -> None:
+    """The stream made generations of both kinds, some after the halfway mark (and so after
+    a restart there): larger slots (the frames grew past the capacity, from 16 bytes) and
+    more of them (the reader that holds six views pins more slots than the first three)."""
+    assert 16 < mid.capacity < end.capacity, (mid.capacity, end.capacity)
+    assert end.generation > mid.generation
+    assert end.slots > 3, f"the ring never grew: {end.slots} slots"
 
 
 def test_every_frame_arrives_with_its_own_dtype_shape_content_and_metadata(daemon: Daemon) -> None:
-    for seen, nbad, bad in _run(daemon.endpoint):
+    results, mid, end = _run(daemon.endpoint)
+    for seen, nbad, bad in results:
         assert nbad == 0, bad
         assert seen > 0
+    check_growth(mid, end)
 
 
 def test_frames_stay_right_across_a_daemon_restart(crashable: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,9 +164,11 @@ def test_frames_stay_right_across_a_daemon_restart(crashable: Daemon, monkeypatc
         crashable.proc.wait()
         crashable.start()
 
-    for seen, nbad, bad in _run(crashable.endpoint, restart):
+    results, mid, end = _run(crashable.endpoint, restart)
+    for seen, nbad, bad in results:
         assert nbad == 0, bad
         assert seen > 0
+    check_growth(mid, end)
 
 
 def test_a_shape_change_within_capacity_needs_no_new_segment(daemon: Daemon) -> None:
