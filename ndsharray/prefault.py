@@ -2,15 +2,21 @@
 
 The daemon reserves every page of a segment (``posix_fallocate``), but each process that
 maps it still takes one page fault per 4 KiB page on first touch: the first write into each
-slot of a new generation paid 0.59-0.83 s for 256 MiB (0.02 s later) and 3-9 ms for a 1080p
-frame (0.4 ms later). ``MADV_POPULATE_WRITE`` (Linux 5.14+) fills the page tables in one
-call, several times faster than faulting page by page (256 MiB: 0.07 s), so:
+slot of a new generation cost 115-126 ms of CPU at 256 MiB (20 ms later) and 3-4 ms for a
+1080p frame (0.6 ms later). ``MADV_POPULATE_WRITE`` (Linux 5.14+) fills the page tables in
+one call, without a trap per page: populating and then copying took 20-30 % less of the
+writing thread's CPU than copying through the faults (benchmarks/first_frame.py), so:
 
 - the slot the first write will use is populated at once, in the writer's thread: that
-  delays the write that created the generation by less than the faults it saves;
-- the other slots of slots of 16 MiB and more, in the order the writer will use them, in
-  a short-lived thread: the ``madvise`` runs without the GIL (ctypes lets it go). Smaller
-  slots fault on their first write as before (the thread cost the first write more).
+  costs the write that created the generation less than the faults it saves;
+- the other slots, in the order the writer will use them, in a bare background thread
+  that waits for the first publish (started beside the first copy, it competed with it),
+  then populates each slot from its end back, 2 MiB at a time without the GIL (ctypes lets
+  it go): a write that comes meanwhile copies from the slot's start, faulting towards it,
+  and each page is mapped once, not by both in step. A camera's second frame then costs
+  what later ones do (1080p at 30 fps: 0.7 ms, not 3.1). A bare thread
+  (``_thread.start_new_thread``): ``threading.Thread.start()`` waits until the new thread
+  has run, which on a loaded machine took up to 124 ms of the creating write.
 
 Where the kernel lacks ``MADV_POPULATE_WRITE`` (EINVAL), the fallback reads one byte per
 page: on a shared tmpfs mapping a read fault maps the page writable, around its neighbours
@@ -21,11 +27,11 @@ turns it off (to measure the difference: benchmarks/first_frame.py).
 
 from __future__ import annotations
 
+import _thread
 import ctypes
 import errno
 import mmap
 import os
-import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -37,10 +43,7 @@ from .layout import OFF_PUBLISH
 
 MADV_POPULATE_WRITE = 23
 MIN_BYTES = 64 * 1024  # a slot this large is page aligned (see segment.Layout.stride)
-# The other slots go to a thread only from this size: for smaller ones, starting the thread
-# and populating beside the first copy delayed that first write (1080p: +2.4 ms, median of
-# 15 alternating trials) by more than the faults it saved the second (-2 ms).
-THREAD_MIN_BYTES = 16 * 1024 * 1024
+PIECE = 2 * 1024 * 1024  # the background thread populates this much per madvise call
 ENV = "NDSHARRAY_PREFAULT"
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -81,42 +84,65 @@ def populate(mm: mmap.mmap, offset: int, length: int) -> None:
         _touch(mm, offset, length)
 
 
-def prefault_slots(mm: mmap.mmap, offsets: Sequence[int], length: int) -> threading.Thread | None:
-    """Populate the slot at ``offsets[0]`` now and the others in a background thread
-    (returned, for tests).
+def prefault_slots(mm: mmap.mmap, offsets: Sequence[int], length: int) -> None:
+    """Populate the slot at ``offsets[0]`` now and the others in a background thread.
 
     The thread keeps no reference to ``mm``: the mapping (and the fd an mmap object keeps)
     must go when the writer's last array does, not when the thread ends. It looks the
-    mapping up through a weak reference before each slot and madvises by address: if the
+    mapping up through a weak reference before each piece and madvises by address: if the
     mapping went meanwhile, the kernel finds the range unmapped (ENOMEM), or mapped by
     another object, which populating changes nothing in.
     """
     if length < MIN_BYTES or not offsets or not enabled():
-        return None
+        return
     populate(mm, offsets[0], length)
     rest = list(offsets[1:])
-    if not rest or length < THREAD_MIN_BYTES:
-        return None
+    if not rest:
+        return
     ref, addr = weakref.ref(mm), _hot.address(mm)
-    start = _publish_word(ref, addr)
+    job = (os.getpid(), object())
+    _jobs.add(job)
+    # A bare thread: threading.Thread.start() waits until the new thread has run, which on
+    # a loaded machine took up to 124 ms of the write that created the generation.
+    _thread.start_new_thread(_populate_later, (job, ref, addr, _publish_word(ref, addr), rest, length))
 
-    def run() -> None:
+
+# The background populations of this process not finished yet: (pid, token) each, so that
+# a forked child, which has none of its parent's threads, counts none of them. (Set adds
+# and discards are atomic: no lock a fork could leave held.)
+_jobs: set[tuple[int, object]] = set()
+
+
+def running() -> int:
+    """Background populations of this process not finished yet (tests, diagnostics)."""
+    pid = os.getpid()
+    return sum(1 for p, _ in list(_jobs) if p == pid)
+
+
+def _populate_later(job: tuple[int, object], ref: weakref.ref[mmap.mmap], addr: int, start: int | None,
+                    rest: list[int], length: int) -> None:
+    try:
         # Not beside the first copy: populating then competed with it (256 MiB: the first
         # write took 0.4 s instead of 0.3). Wait (up to 1 s) for the first publish.
         deadline = time.monotonic() + 1.0
         while _publish_word(ref, addr) == start and time.monotonic() < deadline:
             time.sleep(0.002)
         for off in rest:
-            if _Kernel.populate and ref() is not None and _madvise(addr + off, length):
-                continue
-            held = ref()  # the fallback reads through the mapping: hold it meanwhile
-            if held is not None:
-                _touch(held, off, length)
-            del held
-
-    t = threading.Thread(target=run, name="ndsharray-prefault", daemon=True)
-    t.start()
-    return t
+            # From the slot's end back, a piece at a time: a write that comes meanwhile
+            # copies from the start, faulting its way towards us, so each page is mapped
+            # once, by whichever gets there first (not by both, one behind the other).
+            for piece in reversed(range(off, off + length, PIECE)):
+                if ref() is None:
+                    return
+                size = min(PIECE, off + length - piece)
+                if _Kernel.populate and _madvise(addr + piece, size):
+                    continue
+                held = ref()  # the fallback reads through the mapping: hold it meanwhile
+                if held is not None:
+                    _touch(held, piece, size)
+                del held
+    finally:
+        _jobs.discard(job)
 
 
 def _publish_word(ref: weakref.ref[mmap.mmap], addr: int) -> int | None:

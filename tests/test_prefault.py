@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -29,16 +28,12 @@ def mapped_kib(name: str) -> int:
     return total
 
 
-def prefault_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "ndsharray-prefault"]
-
-
 @pytest.mark.parametrize("enabled", [True, False])
 def test_a_new_generation_is_in_the_writers_page_tables_before_it_writes(
         daemon: object, monkeypatch: pytest.MonkeyPatch, enabled: bool) -> None:
     if not enabled:
         monkeypatch.setenv(prefault.ENV, "0")
-    frame = np.ones((4096, 4096), np.uint8)  # 16 MiB: the other slots go to the thread
+    frame = np.ones((4096, 4096), np.uint8)  # 16 MiB
     slot_kib = frame.nbytes // 1024
     made: list[SegmentWriter] = []
     orig = SegmentWriter.__init__
@@ -51,7 +46,7 @@ def test_a_new_generation_is_in_the_writers_page_tables_before_it_writes(
     with ndsharray.NdShArray("cam/prefault", r_w="w", slots=3) as w:
         w.write(frame)  # creates the generation: slot 0 populated, 1 and 2 in the background
         seg = made[-1]
-        wait_until(lambda: not prefault_threads(), what="the prefault thread to end")
+        wait_until(lambda: prefault.running() == 0, what="the background population to end")
         name = seg.name
         if enabled:
             # Every slot, though only slot 0 was written.
@@ -60,14 +55,18 @@ def test_a_new_generation_is_in_the_writers_page_tables_before_it_writes(
             assert mapped_kib(name) < 2 * slot_kib  # slot 0 only, by the write itself
 
 
-def test_small_slots_are_left_to_fault(daemon: object) -> None:
-    before = len(prefault_threads())
+def test_tiny_slots_are_left_to_fault_and_a_1080p_ring_is_populated_whole(daemon: object) -> None:
     with ndsharray.NdShArray("cam/small", np.ones(1000, np.uint8), r_w="w"):
-        assert len(prefault_threads()) == before
-    # A 1080p frame: its first slot is populated at once, the others fault (no thread).
-    with ndsharray.NdShArray("cam/1080p", np.ones((1080, 1920, 3), np.uint8), r_w="w", slots=3) as w:
-        assert len(prefault_threads()) == before
+        assert prefault.running() == 0  # (under MIN_BYTES: a few faults, no call)
+    # A 1080p frame: its first slot at once, the others in the background after the first
+    # publish (a camera's second frame costs what later ones do).
+    frame = np.ones((1080, 1920, 3), np.uint8)
+    with ndsharray.NdShArray("cam/1080p", frame, r_w="w", slots=3) as w:
         assert w.write_count == 1
+        name = w.ndarray_mmap_name
+        assert name is not None
+        wait_until(lambda: prefault.running() == 0, what="the background population to end")
+        assert mapped_kib(name.split(":")[0]) >= 3 * frame.nbytes // 1024
 
 
 def test_slot_order_follows_the_writer() -> None:
