@@ -271,7 +271,9 @@ class Baseline:
             sock = self.ctx.socket(zmq.PUB)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.bind(f"tcp://127.0.0.1:{self.port}")
-            self.send = lambda buf: sock.send(buf, copy=False)
+            # copy=True: a zero-copy send (frames of 64 KiB and more) left a message for
+            # pyzmq's garbage-collector thread, and ctx.term() in close() then hung for good.
+            self.send = lambda buf: sock.send(buf, copy=True)
             self.sock = sock
         self.child = subprocess.Popen([sys.executable, __file__, "--child", kind, str(self.port)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -401,6 +403,11 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         results["720p_60hz"] = bridge_sustained(hosts, "720p60", (720, 1280, 3), seconds, 60.0)
         print(json.dumps(results["720p_60hz"]), flush=True)
+    except BaseException:
+        for h in ("a", "b"):  # (the logs go with the folder: show what the bridges said)
+            log = read_text(os.path.join(root, h, "bridge.log")).splitlines()
+            print(f"--- bridge log of host {h}, last lines:", *log[-15:], sep="\n", file=sys.stderr)
+        raise
     finally:
         hosts.close()
         shutil.rmtree(root, ignore_errors=True)
