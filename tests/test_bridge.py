@@ -649,7 +649,8 @@ def test_credits_from_no_live_bridge_start_no_stream(hosts: Any, puppets: Any) -
 def test_a_frame_sent_again_is_written_once(hosts: Any) -> None:
     """An exporter answers a forced credit (sent after a stale frame, or when its token comes
     back) with the newest frame even if it sent it before: the importer must not write the
-    same source frame twice (its readers would count it as a new one)."""
+    same source frame twice (its readers would count it as a new one). Nor may it replace
+    its writer (readers see an end) for a larger metadata capacity its frames do not need."""
     (a,) = hosts(1)
     port = free_port()
     with Bridge("ws", imports=["forger/**"], listen=[f"tcp/127.0.0.1:{port}"], endpoint=a.endpoint) as b:
@@ -667,15 +668,18 @@ def test_a_frame_sent_again_is_written_once(hosts: Any) -> None:
             token = session.liveliness().declare_token(wire.tags_key("forger", "cam"))
             pub = session.declare_publisher(wire.frame_key("forger", b.zid, "cam"))
             data = np.arange(16, dtype=np.uint8)
-            # Frame 1, frame 1 again (the answer to a forced credit), then frame 2.
+            # Frame 1, frame 1 again (the answer to a forced credit), then frame 2, which says
+            # its writer has room for metadata now (the exporter learnt it late).
             for i, count in enumerate((1, 1, 2)):
                 wait_until(lambda i=i: len(credits) > i, what=f"credit {i + 1}")
                 head = wire.Frame(codec=0, dtype=ndsharray.dtypes.dtype_to_text(data.dtype), shape=data.shape,
-                                  count=count, write_ns=1000 * count, credit=credits[i])
+                                  count=count, write_ns=1000 * count, credit=credits[i],
+                                  meta_capacity=4096 if count == 2 else 0)
                 pub.put((data + count).tobytes(), attachment=head.pack())
             with NdShArray("forger/cam", r_w="r", endpoint=a.endpoint) as r:
                 read_until(r, lambda x: int(x[0]) == 2)
-            assert tag_info("forger/cam", a.endpoint).writes == 2
+            info = tag_info("forger/cam", a.endpoint)
+            assert (info.writes, info.generation) == (2, 1)  # one writer, one generation
             pub.undeclare()
             token.undeclare()
             sub.undeclare()

@@ -91,8 +91,9 @@ class Exporter:
             if tag in self.sources:  # (a writer that reopened may have another capacity)
                 self.sources[tag].meta_capacity = t.meta_capacity
             # A tag still ending waits for the next scan: its end of stream goes before
-            # the new writer's frames, on the same keys.
-            elif tag not in self.ending and not self.stopping.is_set():
+            # the new writer's frames, on the same keys. A tag without a segment yet has
+            # nothing to read, and its metadata capacity is not known yet.
+            elif tag not in self.ending and t.segment and not self.stopping.is_set():
                 rule = self.rule_for(tag)
                 assert rule is not None
                 try:

@@ -107,8 +107,7 @@ class ImportStream:
                 self._failed(exc, now)
                 return
             try:
-                self._write(arr, framemeta.decode(None if head.meta_kind == META_NONE else (head.meta_kind, head.meta)),
-                            head.meta_capacity)
+                self._write(arr, head)
             except (ValueError, NdShArrayError, TypeError) as exc:
                 self._failed(exc, now)
                 return
@@ -132,20 +131,20 @@ class ImportStream:
         self.asked_ns = 0
         self.retry_ns = now + int(RETRY * 1e9)
 
-    def _write(self, arr: np.ndarray[Any, Any], meta: dict[str, Any] | bytes | None, meta_capacity: int) -> None:
+    def _write(self, arr: np.ndarray[Any, Any], head: wire.Frame) -> None:
         """Write the frame and its metadata (the source writer's, as it stored it: a JSON
-        dict is stored again as the same compact JSON) into the local tag, with the source
-        writer's metadata capacity."""
+        dict is stored again as the same compact JSON) into the local tag, opened with the
+        source writer's metadata capacity."""
         w = self.writer
-        if w is not None and not w.closed and meta_capacity > self.meta_capacity:
-            # (A new source writer with more room, its end of stream lost with a bridge
-            # that was killed: this writer's slots cannot hold its metadata.)
+        if w is not None and not w.closed and len(head.meta) > self.meta_capacity:
+            # (Only when it must: readers here see a writer end. A new source writer with
+            # more room, whose end of stream was lost with a bridge that was killed.)
             w.close()
         if w is None or w.closed:
             w = self.writer = NdShArray(self.local_tag, r_w="w", endpoint=self.importer.endpoint,
-                                        meta_capacity=meta_capacity)
-            self.meta_capacity = meta_capacity
-        w.write(arr, meta=meta)
+                                        meta_capacity=head.meta_capacity)
+            self.meta_capacity = head.meta_capacity
+        w.write(arr, meta=framemeta.decode(None if head.meta_kind == META_NONE else (head.meta_kind, head.meta)))
 
     def on_token(self, alive: bool) -> bool:
         """The exporter's token for this tag came (``alive``) or went; False if this
