@@ -8,7 +8,12 @@ Streams, each next to same-shape streams of its frame sizes:
 - ``720p/480p``: 720p and 480p (uint8, 3 channels) alternating;
 - ``boxes``: N x 6 float32 boxes with N random in 0..200 on every frame (against N = 100);
 - ``720p/10000x5000``: the original's example: three 720p frames, then a 10000 x 5000
-  uint8 array, over and over.
+  uint8 array, over and over;
+- ``720p transposed``: the control, 720x1280x3 and 1280x720x3 alternating: a change of
+  shape and nothing else.
+
+A same-shape stream keeps the changing stream's memory traffic or source arrays (see
+Stream.runs), so that both find the caches alike.
 
 Each run is a writer process and a reader process of one implementation
 (benchmarks/shapes_worker.py, adapters in benchmarks/peers/dynamic.py). In lockstep (the
