@@ -4,17 +4,14 @@ A write copies the array into a free slot of the tag's segment and publishes it:
 (``_direct``), no daemon call, for any frame that fits the slots (layout 3: each slot has its
 frame's dtype, shape and ``meta=``; see framemeta.py); a larger frame, or a ring that must
 grow, asks the daemon for a new generation, which readers follow by themselves.
-``loan()`` lends a free slot to fill in place.
+``loan()`` lends a free slot to fill in place (loan.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import numpy as np
@@ -31,6 +28,7 @@ from .errors import (
 from .generations import open_generation, slots_for
 from .handle import NdShArray, _live
 from .holders import busy_in_this_process
+from .loan import Lending
 from .onfull import Dropped, FullRing, check_on_full
 from .protocol import CLAIM
 from .registrar import registrar
@@ -45,16 +43,13 @@ log = logging.getLogger("ndsharray")
 CLOSE_DRAIN = 1.0
 
 
-class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
-    """The writer of a tag: see :class:`NdShArray` and :meth:`write`."""
+class Writer(FullRing, Lending, NdShArray, role="w", ops=(CLAIM, "release")):
+    """The writer of a tag: see :class:`NdShArray`, :meth:`write` and :meth:`loan` (loan.py)."""
 
     # The current segment's C writer while writes may go straight to it: same handle, same
     # process, segment not replaced. None sends write() through the checks of its general path.
     _direct: Any = None
     _seg: SegmentWriter | None = None
-    _loaned = False  # inside a loan() block
-    _loan_thread: int | None = None  # the thread that opened it
-    _lending = False  # loan() is taking its slot
     _written = 0  # its count when it closed
 
     def __init__(
@@ -167,62 +162,6 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
         self._valid = True
         return True
 
-    @contextmanager
-    def loan(self, shape: tuple[int, ...] | None = None, dtype: Any = None,
-             meta: dict[str, Any] | bytes | None = None) -> Iterator[np.ndarray[Any, Any]]:
-        """Lend a free slot as a writable array; leaving the block publishes it (with ``meta``).
-
-        ``with w.loan() as buf: np.add(a, b, out=buf)`` fills shared memory directly (no
-        extra copy). The slot holds an older frame: overwrite all of it. Without arguments
-        the last write's shape and dtype are kept; ones that do not fit the slots start a
-        new generation. An exception inside the block publishes nothing. The array becomes
-        read-only when the block ends: keep no reference to it."""
-        self._check()
-        self._no_loan_open("open a second loan()")
-        data, kind = (None, 0) if meta is None else framemeta.encode(meta, self._meta_capacity)
-        last = None if self._seg is None else framemeta.last_frame(self._seg)
-        want_shape = tuple(shape) if shape is not None else (last[1] if last else None)
-        want_dtype = np.dtype(dtype) if dtype is not None else (last[0] if last else None)
-        if want_shape is None or want_dtype is None:
-            raise UsageError("the first loan() of a writer needs shape= and dtype=")
-        seg = self._segment_for(want_dtype, want_shape, math.prod(want_shape) * want_dtype.itemsize,
-                                "change shape or dtype")
-        mark = acquisitions()
-        try:  # (see TagRelease.abandon)
-            self._lending = True  # (must lend a slot: never dropped, see onfull.py)
-            try:
-                seg, i = self._acquire(seg)
-            finally:
-                self._lending = False
-            buf = seg.slot_array(i, want_dtype, want_shape)
-            self._loaned = True
-            self._loan_thread = threading.get_ident()
-        except BaseException:
-            self._loaned = False
-            self._loan_thread = None
-            self._release.abandon(mark)
-            raise
-        try:
-            yield buf
-        except BaseException:
-            # The lent slot, unpublished: by its index, since the block may end in another
-            # thread (abandon() knows only this thread's slots), or in the collector.
-            self._release.give_back(seg, i)
-            raise
-        finally:
-            self._loaned = False
-            self._loan_thread = None
-            buf.flags.writeable = False
-        try:
-            seg.fast.describe(i, buf, data, kind)
-            count = seg.fast.publish(i)
-        except BaseException:
-            self._release.abandon(mark)
-            raise
-        if not count:  # close() ran meanwhile (the block's writes are not shown)
-            self._release.overtaken(seg.fast)
-        self._valid = True
-
     def _segment_for(self, dtype: np.dtype[Any], shape: tuple[int, ...], nbytes: int, what: str) -> SegmentWriter:
         """The segment a frame goes into: the current one if it fits, else a new generation
         (see framemeta.capacity_for)."""
@@ -232,12 +171,6 @@ class Writer(FullRing, NdShArray, role="w", ops=(CLAIM, "release")):
         self._no_loan_open(what)
         capacity = framemeta.capacity_for(seg, dtype, shape, nbytes)
         return self._new_generation(dtype, shape, slots_for(capacity, self._slots, self._max_slots), capacity)
-
-    def _no_loan_open(self, what: str) -> None:
-        """The lent slot belongs to the current segment: nothing may replace it meanwhile."""
-        if self._loaned:
-            raise UsageError(
-                f"cannot {what} of {self._tag!r} inside a loan() block; leave the block first")
 
     def _acquire(self, seg: SegmentWriter) -> tuple[SegmentWriter, int]:
         """Lock a free slot of ``seg`` (or of a grown ring) for the next write (Dropped: a

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from conftest import Daemon
 
 from ndsharray import cli
+from ndsharray.commands import tags
 from ndsharray.errors import UsageError
 
 
@@ -22,7 +23,7 @@ def test_an_internal_key_or_value_error_is_a_fault_not_a_usage_error(
     def broken(endpoint: str | None = None) -> Any:
         raise fault  # (a bug inside the library, as the CLI would meet it)
 
-    monkeypatch.setattr(cli, "list_tags_and_notes", broken)
+    monkeypatch.setattr(tags, "list_tags_and_notes", broken)
     res = CliRunner().invoke(cli.main, ["ls"])
     assert res.exit_code != 2 and "Usage:" not in res.output, res.output
     assert res.exception is fault  # not swallowed: its traceback shows
@@ -32,21 +33,27 @@ def test_a_usage_error_of_the_library_is_exit_2(daemon: Daemon, monkeypatch: Any
     def refuses(endpoint: str | None = None) -> Any:
         raise UsageError("give a prefix that names tags")
 
-    monkeypatch.setattr(cli, "list_tags_and_notes", refuses)
+    monkeypatch.setattr(tags, "list_tags_and_notes", refuses)
     res = CliRunner().invoke(cli.main, ["ls"])
     assert res.exit_code == 2 and "give a prefix that names tags" in res.output, res.output
 
 
 def test_the_cli_goes_through_the_admin_api_not_the_transport() -> None:
-    with open(os.path.join(os.path.dirname(cli.__file__), "cli.py")) as f:
-        tree = ast.parse(f.read())
+    folder = os.path.dirname(cli.__file__)
+    commands = os.path.join(folder, "commands")
+    paths = [os.path.join(folder, "cli.py")] + [
+        os.path.join(commands, name) for name in sorted(os.listdir(commands)) if name.endswith(".py")]
+    assert len(paths) > 3  # (cli.py and the commands' modules, every one)
     imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            imported.add((node.module or "").split(".")[-1])
-            imported.update(a.name for a in node.names)
-        elif isinstance(node, ast.Import):
-            imported.update(a.name for a in node.names)
+    for path in paths:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                imported.add((node.module or "").split(".")[-1])
+                imported.update(a.name for a in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
     assert not imported & {"transport", "zmq"}, imported
 
 
