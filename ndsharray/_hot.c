@@ -1379,10 +1379,10 @@ static int meta_args(PyObject *const *args, Py_ssize_t nargs, const char **meta,
     return 1;
 }
 
-/* write(array, meta=None, kind=META_BYTES) -> write count, or 0: not here (an array that is
- * not a C-contiguous ndarray, a dtype or ndim a slot cannot describe, more bytes than the
- * capacity, more metadata than its capacity, a closed writer, a writer that asks for a
- * smaller generation; the caller takes its general path), -1: every slot is pinned, -2: the
+/* write(array, meta=None, kind=META_BYTES) -> write count, or 0: not here (anything but a
+ * plain C-contiguous ndarray, a subclass included; a dtype or ndim a slot cannot describe,
+ * more bytes than the capacity, more metadata than its capacity, a closed writer, a writer
+ * that asks for a smaller generation; the caller takes its general path), -1: every slot is pinned, -2: the
  * tag was removed, -3: the handle was closed (stop()) in another thread while this copy
  * ran. Nothing is published unless a count is returned. */
 static PyObject *writer_write(WriterObject *w, PyObject *const *args, Py_ssize_t nargs) {
@@ -1391,7 +1391,8 @@ static PyObject *writer_write(WriterObject *w, PyObject *const *args, Py_ssize_t
         return NULL;
     }
     PyObject *arr = args[0];
-    if (!w->has_view || w->closed || w->shrink_to || !PyArray_Check(arr)) return PyLong_FromLong(0);
+    /* Plain ndarrays only: a subclass (a masked array, say) goes through foreign.py first. */
+    if (!w->has_view || w->closed || w->shrink_to || !PyArray_CheckExact(arr)) return PyLong_FromLong(0);
     if (atomic_load_explicit(u32_at(w->base, OFF_RETIRED), memory_order_relaxed) == RETIRED_REMOVED)
         return PyLong_FromLong(-2);
     PyArrayObject *a = (PyArrayObject *)arr;
