@@ -114,8 +114,11 @@ def _answers(q: Any, procs: list[Any], n: int, timeout: float) -> list[Any]:
     return got
 
 
-def _run(endpoint: str, restart: Any = None) -> tuple[list[Any], TagInfo, TagInfo]:
-    """The readers' results, and the tag halfway (before ``restart``) and at the end."""
+def _run(endpoint: str, restart: Any = None) -> tuple[list[Any], TagInfo, TagInfo, int]:
+    """The readers' results, the tag halfway (before ``restart``) and at the end, and the
+    most slots any of its generations had (looked up at each change of generation: the
+    last generation may come too late in the stream for the hoarding reader to pin two of
+    its slots, and so start again from three)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     readers = [ctx.Process(target=_reader, args=(endpoint, hoard, q)) for hoard in (0, 6)]
@@ -123,10 +126,13 @@ def _run(endpoint: str, restart: Any = None) -> tuple[list[Any], TagInfo, TagInf
         p.start()
     try:
         assert _answers(q, readers, 2, 60) == ["ready", "ready"]
+        most, gen = 0, None
         with ndsharray.NdShArray("var", r_w="w") as w:
             for i in range(N):
                 a, meta = frame(i)
                 w.write(a, meta=meta)
+                if w.generation != gen:
+                    gen, most = w.generation, max(most, admin.tag_info("var").slots)
                 if i == N // 2:
                     mid = admin.tag_info("var")
                     if restart is not None:
@@ -135,24 +141,24 @@ def _run(endpoint: str, restart: Any = None) -> tuple[list[Any], TagInfo, TagInf
             results = _answers(q, readers, 2, 120)
     finally:
         join_or_kill(readers)
-    return results, mid, end
+    return results, mid, end, max(most, end.slots)
 
 
-def check_growth(mid: TagInfo, end: TagInfo) -> None:
+def check_growth(mid: TagInfo, end: TagInfo, most_slots: int) -> None:
     """The stream made generations of both kinds, some after the halfway mark (and so after
     a restart there): larger slots (the frames grew past the capacity, from 16 bytes) and
     more of them (the reader that holds six views pins more slots than the first three)."""
     assert 16 < mid.capacity < end.capacity, (mid.capacity, end.capacity)
     assert end.generation > mid.generation
-    assert end.slots > 3, f"the ring never grew: {end.slots} slots"
+    assert most_slots > 3, f"the ring never grew: at most {most_slots} slots"
 
 
 def test_every_frame_arrives_with_its_own_dtype_shape_content_and_metadata(daemon: Daemon) -> None:
-    results, mid, end = _run(daemon.endpoint)
+    results, mid, end, most_slots = _run(daemon.endpoint)
     for seen, nbad, bad in results:
         assert nbad == 0, bad
         assert seen > 0
-    check_growth(mid, end)
+    check_growth(mid, end, most_slots)
 
 
 def test_frames_stay_right_across_a_daemon_restart(crashable: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,11 +170,11 @@ def test_frames_stay_right_across_a_daemon_restart(crashable: Daemon, monkeypatc
         crashable.proc.wait()
         crashable.start()
 
-    results, mid, end = _run(crashable.endpoint, restart)
+    results, mid, end, most_slots = _run(crashable.endpoint, restart)
     for seen, nbad, bad in results:
         assert nbad == 0, bad
         assert seen > 0
-    check_growth(mid, end)
+    check_growth(mid, end, most_slots)
 
 
 def test_a_shape_change_within_capacity_needs_no_new_segment(daemon: Daemon) -> None:
