@@ -7,9 +7,9 @@ daemon's, a folder of ours): ``bridge-<name>.ended.json``, ``{"pid": <bridge pid
 "ended": {<local tag>: <why>}}``, rewritten whole (write, then rename) when a stream ends.
 
 Why a file: ``ls``/``info`` read it without a Zenoh session, a daemon change or a new
-segment field, in any process (the web page's tag list too). Sound because a reason is
-shown only for a tag whose last writer is the pid the file names (the bridge that wrote
-it): a file left by a killed bridge says nothing about a tag written since by anyone else.
+segment field (another process could show it too, through :func:`annotate`). Sound
+because a reason is shown only for a tag whose last writer is the pid the file names (the
+bridge that wrote it): a file a killed bridge left says nothing about a tag written since.
 """
 
 from __future__ import annotations
