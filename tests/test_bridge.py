@@ -784,3 +784,65 @@ def test_a_tag_that_ends_slowly_holds_up_no_other_tag(hosts: Any, puppets: Any,
         finally:
             session.close()
         assert [e["tag"] for e in ba.exported] == ["cam/y"]
+
+
+def threads_cpu_s(name: str) -> float:
+    """CPU seconds used so far by this process's Python threads called ``name``."""
+    total = 0.0
+    for t in threading.enumerate():
+        if t.name == name:
+            with open(f"/proc/self/task/{t.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def test_a_stream_waiting_for_the_readers_next_look_does_not_spin(hosts: Any, puppets: Any) -> None:
+    """An importer's credit that comes after the frame it has not had yet was read waits for
+    the exporter's reader thread to look again (up to a quarter second with an idle writer):
+    asleep, not spinning a core."""
+    (a,) = hosts(1)
+    port = free_port()
+    p = puppets(env={ndsharray.config.ENV_ENDPOINT: a.endpoint})  # (not this process: the bridge's)
+    p(op="open", name="w", tag="cam", rw="w")
+    p(op="write", name="w", dtype="uint8", shape=[4], seed=0)
+    with Bridge("robot1", exports=["cam"], listen=[f"tcp/127.0.0.1:{port}"], endpoint=a.endpoint) as ba:
+        zenoh = zconfig.zenoh_module()
+        session = zenoh.open(zconfig.build(connect=[f"tcp/127.0.0.1:{port}"]))
+        got: dict[str, list[int]] = {"x": [], "y": []}
+
+        def on_frame(sample: Any) -> None:
+            who = str(sample.key_expr).split("/")[3]
+            got["x" if who == "zx" else "y"].append(wire.Frame.unpack(sample.attachment.to_bytes()).count)
+
+        def credit(who: str, force: bool = False) -> None:
+            session.put(wire.credit_key("robot1", who, "cam"), wire.pack_credit(1, force))
+
+        try:
+            subs = [session.declare_subscriber(wire.frame_key("robot1", z), on_frame) for z in ("zx", "zy")]
+            tokens = [session.liveliness().declare_token(wire.alive_key(n, z)) for n, z in (("x", "zx"), ("y", "zy"))]
+
+            def both_streams() -> bool:
+                credit("zx", True)
+                credit("zy", True)
+                return len(ba.exported[0]["importers"]) == 2 if ba.exported else False
+
+            wait_until(both_streams, what="a stream to each importer")
+            wait_until(lambda: got["x"] and got["y"], what="the first frame at both")
+            cpu0 = threads_cpu_s("bridge-send cam")  # (both streams' threads)
+            credit("zx")
+            for k in range(2, 8):
+                # Frame k goes to x, which always keeps a credit (so the exporter's reader
+                # thread waits in a blocking read for the next frame); y has none, so frame k
+                # stays unsent to y until y's credit comes, and then until the next look.
+                credit("zx")
+                p(op="write", name="w", dtype="uint8", shape=[4], seed=k)
+                wait_until(lambda k=k: k in got["x"], what=f"frame {k} at x")
+                credit("zy")
+                wait_until(lambda k=k: k in got["y"], what=f"frame {k} at y")
+            cpu = threads_cpu_s("bridge-send cam") - cpu0
+            assert cpu < 0.15, f"the streams' threads used {cpu:.2f} s of CPU for 12 frames: they spin"
+            for d in (*subs, *tokens):
+                d.undeclare()
+        finally:
+            session.close()

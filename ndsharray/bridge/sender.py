@@ -130,8 +130,11 @@ class Stream:
                 grant = self.take(latest)
                 if grant is not None:
                     return latest, grant
-                if self.credits and not self.sending:  # only --max-rate holds it back
-                    timeout = max(0.0, (self.next_ns - time.monotonic_ns()) / 1e9)
+                wait_ns = self.next_ns - time.monotonic_ns()
+                if self.credits and not self.sending and wait_ns > 0:  # --max-rate holds it back
+                    timeout = wait_ns / 1e9
+                # (Otherwise the reader thread's next look, which notifies: waiting for it with
+                # a timeout of 0, as before, spun a core for up to READ_SLICE.)
             if end_by is not None:
                 left = max(0.0, end_by - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)

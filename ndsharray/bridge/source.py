@@ -98,8 +98,9 @@ class Source:
                 with self.cond:
                     self.poll_gen += 1
                     if not ok:
-                        if catch_up:
-                            self.cond.notify_all()  # (a forced resend may take the one kept)
+                        # A stream with a credit granted since the last look waits for this
+                        # one before it sends the frame kept (Stream.take): it may now.
+                        self.cond.notify_all()
                         continue
                     seq += 1
                     latest = self.latest = self._took(arr, seq)
