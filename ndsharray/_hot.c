@@ -1151,10 +1151,9 @@ static void put_descriptor(WriterObject *w, unsigned slot, const char *text, int
  * saw the writer's add, its later acquire load of the publish word sees the publish too:
  * the add is a release after the fence that follows the publish store. An add, not a
  * store of the count: the word always changes, whatever value retire() left in it. */
-static unsigned long long writer_publish_slot(WriterObject *w, unsigned slot) {
+static unsigned long long writer_publish_slot_at(WriterObject *w, unsigned slot, uint64_t stamp, uint64_t now) {
     if (!((w->described[slot >> 6] >> (slot & 63)) & 1))
         put_descriptor(w, slot, w->def_text, w->def_ndim, w->def_dims, w->nbytes, NULL, 0, META_NONE);
-    unsigned long long stamp = monotonic_ns();
     unsigned long long count = w->count + 1;
     a64 *entry = u64_at(w->base, SLOT_TABLE + SLOT_ENTRY * slot);
     atomic_store_explicit(entry + 1, stamp, memory_order_relaxed);
@@ -1170,11 +1169,17 @@ static unsigned long long writer_publish_slot(WriterObject *w, unsigned slot) {
         futex_wake(w->base + OFF_NOTIFY);
     }
     w->count = count;
-    check_shrink(w, count, stamp);
+    check_shrink(w, count, now);
     if ((int)slot != w->latest) w->prev = w->latest;
     w->latest = (int)slot;
     set_busy(w, slot, 0);
     return count;
+}
+
+/* Publish stamped now: every writer's write and publish (the one clock read they had before). */
+static inline unsigned long long writer_publish_slot(WriterObject *w, unsigned slot) {
+    uint64_t now = monotonic_ns();
+    return writer_publish_slot_at(w, slot, now, now);
 }
 
 #define HANDED_BY_CLOSE 1 /* WriterObject.handed: close() sends the release */
@@ -1235,7 +1240,7 @@ static long busy_slot_arg(WriterObject *w, PyObject *arg) {
 /* publish(slot) -> the write count, or 0: the handle was closed (stop()) while the slot was
  * being filled; it is given back unpublished. (A slot acquired before a plain close(), a
  * newer generation replacing the segment, still publishes: no successor writes here.) */
-static PyObject *writer_publish(WriterObject *w, PyObject *arg) {
+static PyObject *writer_publish_stamped(WriterObject *w, PyObject *arg, uint64_t stamp) {
     long slot = busy_slot_arg(w, arg); /* busy: the mapping is still held */
     if (slot < 0) return NULL;
     if (w->stopped) {
@@ -1243,9 +1248,29 @@ static PyObject *writer_publish(WriterObject *w, PyObject *arg) {
         writer_maybe_drop_view(w);
         return PyLong_FromLong(0);
     }
-    unsigned long long count = writer_publish_slot(w, (unsigned)slot);
+    uint64_t now = monotonic_ns();
+    unsigned long long count = writer_publish_slot_at(w, (unsigned)slot, stamp ? stamp : now, now);
     writer_maybe_drop_view(w);
     return PyLong_FromUnsignedLongLong(count);
+}
+
+static PyObject *writer_publish(WriterObject *w, PyObject *arg) { return writer_publish_stamped(w, arg, 0); }
+
+/* publish_at(slot, stamp) -> publish(slot) with this write time (monotonic ns, not 0)
+ * instead of now: a bridge's importer gives the source writer's, brought to this host's
+ * clock (bridge/clocks.py). Its own entry point: write() and publish() do no more work. */
+static PyObject *writer_publish_at(WriterObject *w, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "publish_at(slot, stamp) takes 2 arguments");
+        return NULL;
+    }
+    unsigned long long stamp = PyLong_AsUnsignedLongLong(args[1]);
+    if (stamp == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (stamp == 0) {
+        PyErr_SetString(PyExc_ValueError, "publish_at(): a stamp of 0 means no frame; give a monotonic time");
+        return NULL;
+    }
+    return writer_publish_stamped(w, args[0], stamp);
 }
 
 /* release(slot): give back an acquired slot unpublished (its count stays 0). */
@@ -1539,6 +1564,7 @@ static PyMethodDef writer_methods[] = {
     {"describe", (PyCFunction)(void (*)(void))writer_describe, METH_FASTCALL, "Set the dtype, shape and metadata of an acquired slot's frame."},
     {"acquire", (PyCFunction)writer_acquire, METH_NOARGS, "A free slot, its count zeroed; -1 if every slot is pinned."},
     {"publish", (PyCFunction)writer_publish, METH_O, "Publish an acquired slot; returns the write count."},
+    {"publish_at", (PyCFunction)(void (*)(void))writer_publish_at, METH_FASTCALL, "publish() with this write time (monotonic ns) instead of now."},
     {"release", (PyCFunction)writer_release, METH_O, "Give back an acquired slot unpublished."},
     {"close", (PyCFunction)writer_close, METH_NOARGS, "No more writes; let the mapping go."},
     {"stop", (PyCFunction)writer_stop, METH_NOARGS, "The handle closes: close(), and writes in flight publish nothing."},

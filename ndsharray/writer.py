@@ -142,6 +142,11 @@ class Writer(FullRing, Lending, NdShArray, role="w", ops=(CLAIM, "release")):
                 self._removed()
             if count == CLOSED:
                 self._release.overtaken(direct)
+        return self._write_at(array, meta, 0)
+
+    def _write_at(self, array: Any, meta: dict[str, Any] | bytes | None, stamp_ns: int) -> bool:
+        """write()'s general path; ``stamp_ns`` (monotonic ns, 0: now) is the write time
+        readers see. A bridge's importer gives the source writer's (bridge/clocks.py)."""
         if self._closed or self._pid != process.pid():
             self._check()  # raises
         arr = array if type(array) is np.ndarray else check_array(array)
@@ -153,7 +158,7 @@ class Writer(FullRing, Lending, NdShArray, role="w", ops=(CLAIM, "release")):
             dst = seg.slot_array(i, arr.dtype, arr.shape)
             np.copyto(dst, arr, casting="no")  # (without the GIL when large)
             seg.fast.describe(i, dst, data, kind)
-            count = seg.fast.publish(i)
+            count = seg.fast.publish_at(i, stamp_ns) if stamp_ns else seg.fast.publish(i)
         except Dropped:
             self._dropped += 1
             seg.set_dropped(self._dropped)

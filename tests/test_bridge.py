@@ -230,6 +230,37 @@ def test_each_frame_carries_its_own_metadata_across_the_bridge(hosts: Any, bridg
     w.close()
 
 
+def test_readers_on_the_importing_host_see_the_source_writers_write_time(hosts: Any, bridges: Any) -> None:
+    a, b = hosts(2)
+    port = free_port()
+    bridges(a, "robot1", "--export", "camera/**", "--listen", f"tcp/127.0.0.1:{port}")
+    w = NdShArray("camera/left", r_w="w", endpoint=a.endpoint)
+    ra = NdShArray("camera/left", r_w="r", endpoint=a.endpoint)  # what A's own readers see
+    w.write(frame(0), meta={"id": 0})
+    assert ra.read(timeout=5)[0]
+    source = {0: ra.write_time_ns}
+    # B's bridge starts only now: whatever it writes, it writes after this instant, which
+    # frame 0's write time on A predates. (Both "hosts" are this machine: same clocks.)
+    before_b = time.monotonic_ns()
+    bridges(b, "ws", "--import", "robot1/**", "--connect", f"tcp/127.0.0.1:{port}")
+    rb = NdShArray("robot1/camera/left", r_w="r", endpoint=b.endpoint)
+    read_until(rb, lambda x: index_of(x) == 0)
+    # Frame 0's write time on B is A's, not B's bridge's (which came after before_b); and
+    # its age there counts from A's write.
+    assert abs(rb.write_time_ns - source[0]) < 2_000_000, (rb.write_time_ns - source[0], before_b - source[0])
+    assert rb.write_time_ns < before_b
+    assert rb.read_time_ms >= (before_b - source[0]) / 1e6
+    for i in range(1, 8):  # each frame its own write time, matched by its metadata
+        w.write(frame(i), meta={"id": i})
+        assert ra.read(timeout=5)[0] and ra.meta == {"id": i}
+        source[i] = ra.write_time_ns
+        read_until(rb, lambda x, i=i: index_of(x) == i)
+        assert rb.meta == {"id": i}
+        assert abs(rb.write_time_ns - source[i]) < 2_000_000, rb.write_time_ns - source[i]
+        assert rb.write_time_ns <= time.monotonic_ns()
+    w.close()
+
+
 def test_ls_remote_lists_the_tags_other_bridges_export(hosts: Any, bridges: Any) -> None:
     a, b = hosts(2)
     port = free_port()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import tracemalloc
 from typing import Any
 
@@ -202,3 +203,19 @@ def test_the_reasons_file_is_read_only_when_it_is_ours_and_well_formed(tmp_path:
     assert reasons(endpoint) == {(os.getpid(), "robot1/cam"): "source writer on robot1 died"}
     EndingsFile("ws", endpoint).remove()
     assert reasons(endpoint) == {}
+
+
+def test_a_write_time_crosses_hosts_as_wall_clock_time_clamped_to_now_and_the_previous_frame() -> None:
+    from ndsharray.bridge.clocks import local_stamp, wall_of
+
+    before = time.monotonic_ns()
+    stamp = before - 50_000_000  # written 50 ms ago on "A"
+    back = local_stamp(wall_of(stamp), 0)  # and brought back on "B" (this same machine)
+    assert abs(back - stamp) < 2_000_000
+    # A source clock ahead of ours: never a frame from the future.
+    future = local_stamp(time.time_ns() + 3_600 * 10**9, 0)
+    assert before <= future <= time.monotonic_ns()
+    # A clock stepped back between two frames: write times within a tag never go backwards.
+    assert local_stamp(wall_of(stamp) - 10**9, back) == back
+    # Nor to 0 ("no frame"), however far behind the source clock is.
+    assert local_stamp(0, 0) == 1

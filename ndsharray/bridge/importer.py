@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from .. import framemeta
-from ..client import NdShArray
+from ..client import NdShArray, Writer
 from ..dtypes import text_to_dtype
 from ..errors import NdShArrayError
 from ..layout import META_NONE
-from . import wire
+from . import clocks, wire
 from .codecs import CodecError, decode
 from .endings import EndingsFile
 from .patterns import TagPattern
@@ -43,7 +43,7 @@ class ImportStream:
         self.local_tag = f"{exporter}/{tag}"
         self.credit_key = wire.credit_key(exporter, importer.zid, tag)
         self.lock = threading.Lock()
-        self.writer: NdShArray | None = None
+        self.writer: Writer | None = None
         self.meta_capacity = 0  # the writer's
         self.credits: dict[int, int] = {}  # credit id -> when it was sent (monotonic ns)
         self.last_credit = 0
@@ -57,7 +57,8 @@ class ImportStream:
         self.reason: str | None = None  # why it ended
         self.error: str | None = None
         self.frames = self.bytes = self.stale = self.errors = 0
-        self.written = (0, 0)  # (source count, write time) of the last frame written here
+        self.written = (0, 0)  # (source count, wall-clock write time) of the last frame written here
+        self.stamp = 0  # the write time (monotonic) of the last frame written here
         self.source_count = 0  # the source writer's write_count of the last frame
         self.source_age_ns = 0  # its age when the exporter sent it
         self.link_ns = 0  # the last frame's round trip on the link
@@ -144,7 +145,11 @@ class ImportStream:
             w = self.writer = NdShArray(self.local_tag, r_w="w", endpoint=self.importer.endpoint,
                                         meta_capacity=head.meta_capacity)
             self.meta_capacity = head.meta_capacity
-        w.write(arr, meta=framemeta.decode(None if head.meta_kind == META_NONE else (head.meta_kind, head.meta)))
+        # Stamped with the source writer's write time, not this write's (clocks.py).
+        stamp = clocks.local_stamp(head.write_ns, self.stamp)
+        w._write_at(arr, framemeta.decode(None if head.meta_kind == META_NONE else (head.meta_kind, head.meta)),
+                    stamp)
+        self.stamp = stamp
 
     def on_token(self, alive: bool) -> bool:
         """The exporter's token for this tag came (``alive``) or went; False if this

@@ -23,7 +23,7 @@ from ..client import NdShArray
 from ..dtypes import dtype_to_text
 from ..errors import NdShArrayError
 from ..layout import META_NONE
-from . import wire
+from . import clocks, wire
 from .codecs import Codec, CodecError
 from .patterns import TagPattern
 from .sender import Stream
@@ -51,7 +51,8 @@ class Latest:
     array: np.ndarray[Any, Any]
     seq: int  # this source's count of frames read
     count: int  # the writer's write_count
-    write_ns: int
+    write_ns: int  # the writer's write time (this host's monotonic clock)
+    wall_ns: int  # the same as wall-clock time: what travels (clocks.py)
     meta: tuple[int, bytes] | None  # the frame's metadata as stored: (kind, bytes), None without
     payload: bytes | None = None  # encoded once, for every importer
     header: bytes | None = None  # the packed header (the per-send fields left 0)
@@ -126,7 +127,8 @@ class Source:
         """The frame the reader just read: the view, its count, write time and metadata (which
         its pin carries, so they always belong to this very frame)."""
         r = self.reader
-        return Latest(arr, seq, r.write_count, r.write_time_ns, framemeta.carried(arr, "meta", None))
+        stamp = r.write_time_ns
+        return Latest(arr, seq, r.write_count, stamp, clocks.wall_of(stamp), framemeta.carried(arr, "meta", None))
 
     def _until_ready(self) -> float:
         """Seconds until a stream may take a frame (0: one may now); under the lock."""
@@ -158,7 +160,7 @@ class Source:
         self.error = None
         meta_kind, meta = latest.meta or (META_NONE, b"")
         head = wire.Frame(codec=self.rule.codec.kind, dtype=dtype, shape=tuple(arr.shape), count=latest.count,
-                          write_ns=latest.write_ns, meta_kind=meta_kind, meta=meta,
+                          write_ns=latest.wall_ns, meta_kind=meta_kind, meta=meta,
                           meta_capacity=max(self.meta_capacity, len(meta)))
         packed = head.pack()
         with self.cond:

@@ -29,7 +29,7 @@ from ..segment.header import MAX_META_CAPACITY
 
 ROOT = "ndsharray"
 MAGIC = b"NDSB"
-VERSION = 2  # 2: the frame's metadata kind and capacity
+VERSION = 3  # 2: the frame's metadata kind and capacity; 3: write_ns is wall-clock time
 FRAME, END = 1, 2
 MAX_NDIM = 32
 MAX_TEXT = 4096  # dtype description or end-of-stream reason
@@ -54,7 +54,7 @@ class Frame:
     dtype: str = ""  # ndsharray.dtypes.dtype_to_text(); empty for END
     shape: tuple[int, ...] = ()
     count: int = 0  # the source writer's write_count
-    write_ns: int = 0  # the source writer's write time (its host's monotonic clock)
+    write_ns: int = 0  # the source writer's write time, wall clock (ns since the epoch: clocks.py)
     age_ns: int = 0  # how old the frame was when the exporter sent it
     credit: int = 0  # the importer's credit this frame answers
     hold_ns: int = 0  # exporter: from that credit's arrival to this send
