@@ -236,7 +236,7 @@ async def aread(h: AsyncReadable, timeout: float | None, copy: bool,
             ok, arr = h.read(copy)
             away = None
         except DaemonUnavailableError as exc:  # (no daemon now: waits on, as a blocking read)
-            if not h._no_daemon():
+            if not (exc.absent or h._no_daemon()):  # (see Reader._await)
                 raise
             ok, arr, away = False, h._last_array(), exc
         if ok:

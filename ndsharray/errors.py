@@ -71,7 +71,16 @@ class UsageError(NdShArrayError, ValueError):
 
 
 class DaemonUnavailableError(NdShArrayError):
-    """No ndsharrayd answers at the endpoint, and none could be started."""
+    """No ndsharrayd answers at the endpoint, and none could be started.
+
+    ``absent``: True when no daemon held the endpoint (none ran, or the one asked went away
+    before it answered): a restart may be under way, and a blocking read waits for one.
+    False when one runs but did not answer, or cannot be used (another user's, another pid
+    namespace's)."""
+
+    def __init__(self, message: str, absent: bool = False) -> None:
+        super().__init__(message)
+        self.absent = absent
 
 
 class ProtocolError(NdShArrayError):

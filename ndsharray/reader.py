@@ -195,7 +195,9 @@ class Reader(ReaderStream, NdShArray, role="r", ops=(ATTACH, "detach")):
                 try:
                     seg, away = self._current(), None
                 except DaemonUnavailableError as exc:
-                    if timeout == 0 or not self._finder.no_daemon():
+                    # (Not only when none runs now: a successor may have taken the endpoint
+                    # since this lookup found none, and is then the one to ask.)
+                    if timeout == 0 or not (exc.absent or self._finder.no_daemon()):
                         raise
                     seg, away = None, exc  # restarting, most likely: look again in a moment
             if seg is not None:

@@ -120,12 +120,12 @@ class Connection:
         if not autostart:
             raise DaemonUnavailableError(
                 f"no ndsharrayd serves {self.endpoint}; a writer or reader starts one, or "
-                f"start it with: ndsharrayd --endpoint {self.endpoint}"
+                f"start it with: ndsharrayd --endpoint {self.endpoint}", absent=True
             )
         if not config.autostart_enabled():
             raise DaemonUnavailableError(
                 f"no ndsharrayd serves {self.endpoint} and {config.ENV_AUTOSTART}=0 forbids "
-                f"starting one; start it with: ndsharrayd --endpoint {self.endpoint}"
+                f"starting one; start it with: ndsharrayd --endpoint {self.endpoint}", absent=True
             )
         daemonctl.start_daemon(self.endpoint)
         state = daemonctl.daemon_state(self.endpoint)
@@ -214,7 +214,7 @@ class Connection:
         if gone:
             raise DaemonUnavailableError(
                 f"ndsharrayd at {self.endpoint} stopped before it answered {op!r}; the next "
-                "request starts a new one (unless NDSHARRAY_AUTOSTART=0)")
+                "request starts a new one (unless NDSHARRAY_AUTOSTART=0)", absent=True)
         raise DaemonUnavailableError(
             f"ndsharrayd at {self.endpoint} did not answer {op!r} within "
             f"{self.timeout:g} s, {retries + 1} times; is it overloaded or stuck? "

@@ -16,7 +16,7 @@ from arrays import digest, make_array
 from conftest import Daemon, our_segments, wait_until
 
 import ndsharray
-from ndsharray import admin, config
+from ndsharray import admin, config, transport
 from ndsharray.registrar import registrar
 
 
@@ -166,3 +166,45 @@ def test_without_a_daemon_a_blocked_read_raises_only_when_its_time_is_up(
         with pytest.raises(ndsharray.DaemonUnavailableError, match="NDSHARRAY_AUTOSTART=0"):
             r.read(timeout=0.3)
         assert time.monotonic() - t0 >= 0.3
+
+
+
+@pytest.mark.parametrize("call", ["read", "aread"])
+def test_a_blocked_read_waits_on_when_the_successor_starts_just_after_its_lookup_failed(
+        crashable: Daemon, puppets: Any, monkeypatch: Any, call: str) -> None:
+    """The reader's lookup finds no daemon (NDSHARRAY_AUTOSTART=0) and the successor takes
+    the endpoint right after, before the reader decides whether to wait: it must wait and
+    ask the successor, not raise DaemonUnavailableError out of its 30 s read because a
+    daemon runs by the time it looks again. (The successor is started inside the failed
+    lookup, in the reader's thread, so the window, microseconds in life, is certain here.)"""
+    monkeypatch.setenv(config.ENV_AUTOSTART, "0")
+    real = transport.Connection._ensure_daemon
+    armed: list[int] = []  # the reader thread's id, once the daemon was killed (then a 0: done)
+    started: list[bool] = []
+
+    def successor_starts_right_after(conn: transport.Connection, autostart: bool = True) -> str:
+        try:
+            return real(conn, autostart)
+        except ndsharray.DaemonUnavailableError:
+            if armed and threading.get_ident() == armed[0] and not armed[1:]:
+                armed.append(0)  # (once)
+                crashable.start()
+                started.append(True)  # (serving now)
+            raise
+
+    monkeypatch.setattr(transport.Connection, "_ensure_daemon", successor_starts_right_after)
+    with ndsharray.NdShArray("cam", r_w="r") as r:
+        t, out = _read_in_thread(r, call)
+        wait_until(lambda: r._finder._misses > 0, what="the reader to ask the daemon")
+        assert crashable.proc is not None and t.ident is not None
+        crashable.proc.kill()
+        crashable.proc.wait()
+        armed.append(t.ident)
+        wait_until(lambda: started or not t.is_alive(), what="the reader to find no daemon")
+        second = puppets()
+        second.start_writer("cam", "u1", [4], 2)
+        t.join(25)
+        assert not t.is_alive()
+        assert not isinstance(out[0], BaseException), out[0]
+        status, a = out[0]
+        assert status and digest(a) == digest(make_array("u1", (4,), 2))
