@@ -132,13 +132,13 @@ def _populate_later(job: tuple[int, object], ref: weakref.ref[mmap.mmap], addr: 
             # copies from the start, faulting its way towards us, so each page is mapped
             # once, by whichever gets there first (not by both, one behind the other).
             for piece in reversed(range(off, off + length, PIECE)):
-                if ref() is None:
+                # Held across the madvise too (it runs without the GIL): were the mapping
+                # collected meanwhile, the address could be another mapping's by then.
+                held = ref()
+                if held is None:
                     return
                 size = min(PIECE, off + length - piece)
-                if _Kernel.populate and _madvise(addr + piece, size):
-                    continue
-                held = ref()  # the fallback reads through the mapping: hold it meanwhile
-                if held is not None:
+                if not (_Kernel.populate and _madvise(addr + piece, size)):
                     _touch(held, piece, size)
                 del held
     finally:
