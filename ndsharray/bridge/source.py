@@ -147,10 +147,11 @@ class Source:
         arr = latest.array
         try:
             kind = (arr.dtype, arr.shape)
-            if self._kind is None or self._kind[:2] != kind:  # once per shape and dtype
+            checked = self._kind  # (read once: another stream's thread may set it meanwhile)
+            if checked is None or checked[:2] != kind:  # once per shape and dtype
                 self.rule.codec.check(arr.dtype, arr.shape, self.tag)
-                self._kind = (*kind, dtype_to_text(arr.dtype))
-            dtype = self._kind[2]
+                checked = self._kind = (*kind, dtype_to_text(arr.dtype))
+            dtype = checked[2]
             payload = self.rule.codec.encode(arr)
         except (CodecError, TypeError, ValueError) as exc:
             if self.error != str(exc):
