@@ -1,9 +1,9 @@
 /* What a writer's copy into a slot costs, by copy strategy and by which slot it copies
  * into (issue 16; see "Sustained frames/s against iceoryx2" in benchmarks/README.md).
  *
- *     cc -O3 -o /tmp/slot_copy benchmarks/slot_copy.c
- *     /tmp/slot_copy copy BYTES NSLOTS REPS      # one process: strategies, NSLOTS slots in turn
- *     /tmp/slot_copy handoff BYTES FRAMES ROUNDS # two processes: which slot, with a reader
+ *     d=$(mktemp -d) && cc -O3 -o "$d/slot_copy" benchmarks/slot_copy.c
+ *     "$d/slot_copy" copy BYTES NSLOTS REPS      # one process: strategies, NSLOTS slots in turn
+ *     "$d/slot_copy" handoff BYTES FRAMES ROUNDS # two processes: which slot, with a reader
  *
  * Slots live in one /dev/shm mapping (4 KiB pages, page-aligned slots, as ndsharray's);
  * the source is malloc'd (so 16 bytes past a page boundary, as numpy's large arrays) and
