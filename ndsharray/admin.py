@@ -25,7 +25,11 @@ def list_tags_and_notes(endpoint: str | None = None) -> tuple[list[TagInfo], lis
         if daemonctl.daemon_running(ep):
             raise  # one runs but does not answer: say so
         return [], []
-    return list(res.tags), list(res.broken)
+    # Why an importing bridge closed a tag's writer (its reasons file): here, in the one
+    # place every listing comes from, so that ls, info, the web API and the library agree.
+    from .bridge.endings import annotate  # (not at import: the bridge package imports the client)
+
+    return annotate(ep, res.tags), list(res.broken)
 
 
 def daemon_stats(endpoint: str | None = None) -> Stats:

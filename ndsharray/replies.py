@@ -247,7 +247,7 @@ class TagInfo(Wire):
     max_behind: int | None = None
     reader_stats: tuple[ReaderStat, ...] = ()
     writer_left: str | None = None  # how the last writer went: "closed" (close(), exit) or "died"
-    writer_left_why: str | None = None  # why, when a bridge closed it (set by the CLI: bridge/endings.py)
+    writer_left_why: str | None = None  # why, when a bridge closed it (set by admin.list_tags: bridge/endings.py)
     descr: str | None = None  # the dtype exactly (dtypes.dtype_to_text), for structured ones
     dropped: int = 0  # frames the writer dropped (on_full="drop") because readers pinned every slot
     capacity: int = 0  # bytes a slot holds for a frame (frames of any shape up to it: layout 3)

@@ -74,6 +74,25 @@ def test_api_tags_and_tag_are_exactly_ls_and_info_json(daemon: Daemon, server: S
         assert one["shape"] == [48, 64, 3] and one["writer_pid"] == w.pid
 
 
+def test_api_tags_and_ls_json_say_alike_why_a_bridge_closed_a_writer(daemon: Daemon, server: Server) -> None:
+    from ndsharray.bridge.endings import EndingsFile
+
+    # A tag whose last writer is this process, closed, and a reasons file in this process's
+    # name: what an importing bridge leaves when a source writer closes (bridge/endings.py).
+    ndsharray.NdShArray("ws/cam", np.zeros(4), "w", endpoint=daemon.endpoint).close()
+    ended = EndingsFile("ws", daemon.endpoint)
+    ended.write(lambda: {"ws/cam": "source writer on robot1 closed"})
+    try:
+        with server.client() as c:
+            api, ls = c.get("/api/tags").json(), cli_json(daemon.endpoint, "ls")
+            assert [steady(t) for t in api] == [steady(t) for t in ls]
+            assert api[0]["writer_left_why"] == "source writer on robot1 closed"
+            one, info = c.get("/api/tags/ws/cam").json(), cli_json(daemon.endpoint, "info", "ws/cam")
+            assert steady(one) == steady(info) and one["writer_left_why"] == "source writer on robot1 closed"
+    finally:
+        ended.remove()
+
+
 def test_api_refuses_what_it_should(server: Server) -> None:
     with server.client() as c:
         r = c.get("/api/tags/no/such/tag")

@@ -1,4 +1,5 @@
-"""Why an imported tag's writer closed, for ``ls`` and ``info`` on the importing host.
+"""Why an imported tag's writer closed, for ``ls``, ``info`` and the web API on the
+importing host (all through ``admin.list_tags``, which calls :func:`annotate`).
 
 When an imported stream ends (the source writer closed or died, the remote bridge or the
 link went), the importing bridge closes the local writer: the daemon then knows only
@@ -88,7 +89,7 @@ def reasons(endpoint: str | None) -> dict[tuple[int, str], str]:
 
 def annotate(endpoint: str | None, tags: Iterable[TagInfo]) -> list[TagInfo]:
     """``tags`` with ``writer_left_why`` set for each one whose writer an importing bridge
-    closed (its last writer is that bridge's pid), as ``ls`` and ``info`` show it."""
+    closed (its last writer is that bridge's pid): what ``admin.list_tags`` returns."""
     tags = list(tags)
     if not any(t.writer_pid is None and t.last_writer_pid for t in tags):
         return tags  # (nothing to explain: no need to look at files)

@@ -9,7 +9,6 @@ import time
 import click
 
 from ..admin import TagInfo, daemon_running, list_tags_and_notes, remove_tag, tag_info
-from ..bridge import endings
 from ..stranded import StrandedTag, describe, stranded_tags
 from ..table import render, terminal_width
 from ..units import format_size as _size
@@ -53,7 +52,7 @@ def _listing(endpoint: str, prefix: str) -> tuple[list[TagInfo], list[str], list
     one does) the tags still streamed through a stopped daemon's segments: after `daemon
     stop`, clients go on without one, and ls says so, and who."""
     tags, notes = list_tags_and_notes(endpoint)
-    tags = endings.annotate(endpoint, [t for t in tags if t.tag.startswith(prefix)])
+    tags = [t for t in tags if t.tag.startswith(prefix)]
     if tags or daemon_running(endpoint):
         return tags, notes, None
     return tags, notes, [t for t in stranded_tags(endpoint) if t.tag.startswith(prefix)]
@@ -123,7 +122,7 @@ def ls(endpoint: str, prefix: str, as_json: bool, watch: bool, remote: bool) -> 
 @click.pass_obj
 def info(endpoint: str, tag: str, as_json: bool) -> None:
     """Everything the daemon knows about one tag."""
-    (t,) = endings.annotate(endpoint, [tag_info(tag, endpoint)])
+    t = tag_info(tag, endpoint)
     if as_json:
         click.echo(json.dumps(t.as_json(), indent=2))
         return
