@@ -105,9 +105,19 @@ def bridges() -> Iterator[Any]:
         return b
 
     yield make
-    for b in made:
-        if b.proc is not None and b.proc.poll() is None:
-            assert b.stop() == 0, b.read_log()
+    problems = []
+    for b in made:  # every one stopped, even after another's stop failed: none outlives the test
+        if b.proc is None or b.proc.poll() is not None:
+            continue
+        try:
+            rc = b.stop()
+        except BaseException as exc:  # (a timeout, or a traceback in its log)
+            b.kill()
+            problems.append(f"bridge {b.name}: {exc}")
+        else:
+            if rc != 0:
+                problems.append(f"bridge {b.name} exited {rc}:\n{b.read_log()}")
+    assert not problems, "\n".join(problems)
 
 
 def frame(i: int) -> np.ndarray:
