@@ -27,7 +27,7 @@ import ctypes
 import errno
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,7 +58,9 @@ class AsyncReadable(Protocol):
 
     def _since_now(self) -> EndSeen: ...
 
-    def _no_daemon(self) -> bool: ...
+    def _restarting(self, exc: DaemonUnavailableError) -> bool: ...
+
+    def _rest(self, copy: bool) -> Iterator[np.ndarray[Any, Any]]: ...
 
     def _last_array(self) -> np.ndarray[Any, Any]: ...
 
@@ -236,7 +238,7 @@ async def aread(h: AsyncReadable, timeout: float | None, copy: bool,
             ok, arr = h.read(copy)
             away = None
         except DaemonUnavailableError as exc:  # (no daemon now: waits on, as a blocking read)
-            if not (exc.absent or h._no_daemon()):  # (see Reader._await)
+            if not h._restarting(exc):
                 raise
             ok, arr, away = False, h._last_array(), exc
         if ok:
@@ -290,11 +292,6 @@ async def aframes(h: AsyncReadable, until_closed: bool, timeout: float | None,
         if seen.key == told:
             return  # the timeout passed, or the handle was closed
         if until_closed and seen.key is not None and seen.key[2] == "closed":
-            while True:  # what was published before the close and not read yet
-                try:
-                    ok, arr = h.read(copy)
-                except HandleClosedError:
-                    return
-                if not ok:
-                    return
+            for arr in h._rest(copy):  # what was published before the close and not read yet
                 yield arr
+            return

@@ -195,9 +195,7 @@ class Reader(ReaderStream, NdShArray, role="r", ops=(ATTACH, "detach")):
                 try:
                     seg, away = self._current(), None
                 except DaemonUnavailableError as exc:
-                    # (Not only when none runs now: a successor may have taken the endpoint
-                    # since this lookup found none, and is then the one to ask.)
-                    if timeout == 0 or not (exc.absent or self._finder.no_daemon()):
+                    if timeout == 0 or not self._restarting(exc):
                         raise
                     seg, away = None, exc  # restarting, most likely: look again in a moment
             if seg is not None:

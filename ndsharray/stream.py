@@ -15,7 +15,7 @@ import numpy as np
 
 from . import aio as _aio
 from .arguments import seconds
-from .errors import HandleClosedError
+from .errors import DaemonUnavailableError, HandleClosedError
 from .finder import SegmentFinder
 from .liveness import ENDED, EndSeen, WriterState, WriterWatch
 from .segment.reader import SegmentReader
@@ -163,8 +163,12 @@ class ReaderStream:
     def _since_now(self) -> EndSeen:
         return self._watch.since_now()
 
-    def _no_daemon(self) -> bool:
-        return self._finder.no_daemon()
+    def _restarting(self, exc: DaemonUnavailableError) -> bool:
+        """Whether a blocking read waits on after a lookup raised ``exc``: no daemon held the
+        endpoint when it looked, or none does now (a successor may have taken the endpoint
+        since, and is then the one to ask next time). A daemon that runs and does not answer,
+        or cannot be used, is not a restart."""
+        return exc.absent or self._finder.no_daemon()
 
     def _last_array(self) -> np.ndarray[Any, Any]:
         return self._last
