@@ -285,9 +285,16 @@ def test_ls_remote_lists_the_tags_other_bridges_export(hosts: Any, bridges: Any)
         assert out.returncode == 0, out.stderr
         return out.stdout
 
-    text = wait_until(lambda: next((t for t in [ls_remote()] if "camera/left" in t), None), what="ls --remote")
-    line = next(ln for ln in text.splitlines() if "camera/left" in ln).split()
+    def left_row() -> list[str] | None:
+        """camera/left's row once the exporter has read its frame (before, dtype and shape
+        are "-": the tag is listed as soon as the exporter finds it)."""
+        text = ls_remote()
+        row = next((ln.split() for ln in text.splitlines() if "camera/left" in ln), None)
+        return row if row is not None and row[2] != "-" else None
+
+    line = wait_until(left_row, what="ls --remote lists camera/left with its dtype")
     assert line[:4] == ["robot1", "camera/left", "uint8", "6x8x3"]
+    text = ls_remote()
     assert "other/x" not in text  # a bridge exports only what --export names
     # Scripts get each bridge's own account, imports included.
     from ndsharray.bridge.remote import bridge_status
