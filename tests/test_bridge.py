@@ -894,3 +894,63 @@ def test_a_stream_waiting_for_the_readers_next_look_does_not_spin(hosts: Any, pu
                 d.undeclare()
         finally:
             session.close()
+
+
+def threads_switches(name: str) -> int:
+    """Times this process's Python threads called ``name`` went to sleep so far (their
+    voluntary context switches): each is a wake-up that came before."""
+    total = 0
+    for t in threading.enumerate():
+        if t.name == name:
+            with open(f"/proc/self/task/{t.native_id}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+    return total
+
+
+def test_frames_sent_from_the_reader_thread_wake_no_other_thread(hosts: Any, puppets: Any) -> None:
+    """One importer whose link keeps up (it grants a credit for each frame, so the exporter
+    always holds one): the exporter's reader thread sends each frame itself, and neither a
+    frame nor a credit wakes the stream's own thread (each such wake-up, for nothing to do,
+    cost the frame's path CPU and the GIL on a machine with few cores)."""
+    (a,) = hosts(1)
+    port = free_port()
+    p = puppets(env={ndsharray.config.ENV_ENDPOINT: a.endpoint})  # (not this process: the bridge's)
+    p(op="open", name="w", tag="cam", rw="w")
+    p(op="write", name="w", dtype="uint8", shape=[4], seed=0)
+    with Bridge("robot1", exports=["cam"], listen=[f"tcp/127.0.0.1:{port}"], endpoint=a.endpoint) as ba:
+        zenoh = zconfig.zenoh_module()
+        session = zenoh.open(zconfig.build(connect=[f"tcp/127.0.0.1:{port}"]))
+        got: list[int] = []
+        next_credit = iter(range(2, 1000))
+
+        def credit(force: bool = False) -> None:
+            session.put(wire.credit_key("robot1", "zx", "cam"), wire.pack_credit(next(next_credit), force))
+
+        def on_frame(sample: Any) -> None:
+            credit()  # (as an importer does: one more for each frame, before the next is written)
+            got.append(wire.Frame.unpack(sample.attachment.to_bytes()).count)
+
+        try:
+            sub = session.declare_subscriber(wire.frame_key("robot1", "zx"), on_frame)
+            token = session.liveliness().declare_token(wire.alive_key("x", "zx"))
+
+            def stream() -> bool:
+                if not got:
+                    credit(True)
+                return bool(got)
+
+            wait_until(stream, what="the first frame")
+            wait_until(lambda: len(ba.exported[0]["importers"]) == 1, what="the stream")
+            credit()  # (two in hand, as an importer keeps: exporter.WINDOW)
+            n = len(got)
+            for k in range(1, 46):
+                if k == 6:  # (the first frames settle the start: the first credits, the stream's thread)
+                    switches0 = threads_switches("bridge-send cam")
+                p(op="write", name="w", dtype="uint8", shape=[4], seed=k)
+                wait_until(lambda k=k: len(got) >= n + k, what=f"frame {k}")
+            switches = threads_switches("bridge-send cam") - switches0
+            assert switches < 10, f"the stream's thread was woken {switches} times for 40 frames sent inline"
+            sub.undeclare()
+            token.undeclare()
+        finally:
+            session.close()

@@ -28,6 +28,7 @@ class Stream:
 
     def __init__(self, source: Source, importer: str) -> None:
         self.source, self.importer = source, importer
+        self.wake = threading.Condition(source.lock)  # this stream's thread waits on it
         exp = source.exporter
         zenoh = exp.zenoh
         # BLOCK, not DROP: credit already bounds what is queued to one frame, and a dropped
@@ -52,9 +53,17 @@ class Stream:
         self.thread.start()
 
     def grant(self, credit: int, force: bool) -> None:  # (under the source's lock)
-        self.credits.append((credit, time.monotonic_ns()))
+        # The frame kept may be older than the newest when this stream had no credit (the
+        # reader thread may not have looked since: a stall) or the importer asks for the
+        # newest (force): then it waits for the reader thread's next look. A credit that
+        # comes while the stream still holds one (every frame, when the link keeps up)
+        # needs no look: the reader thread was looking for this stream all along.
         # (Ending: the reader thread looks no more, what is kept is the writer's last frame.)
-        self.grant_gen = 0 if self.source.ending is not None else self.source.poll_gen + 1
+        if self.source.ending is not None:
+            self.grant_gen = 0
+        elif force or not self.credits:
+            self.grant_gen = self.source.poll_gen + 1
+        self.credits.append((credit, time.monotonic_ns()))
         self.force = self.force or force
 
     def take(self, latest: Latest) -> tuple[int, int] | None:
@@ -70,8 +79,9 @@ class Stream:
         self.sent_seq = latest.seq
         return self.credits.popleft()
 
-    def send(self, latest: Latest, credit: int, credit_ns: int) -> None:
-        """Send ``latest`` against ``credit`` (taken with :meth:`take`), outside the lock."""
+    def send(self, latest: Latest, credit: int, credit_ns: int, inline: bool = False) -> None:
+        """Send ``latest`` against ``credit`` (taken with :meth:`take`), outside the lock;
+        ``inline``: from the source's reader thread, not this stream's."""
         src = self.source
         got = None
         try:
@@ -90,7 +100,14 @@ class Stream:
                     self.credits.appendleft((credit, credit_ns))
                 elif self.period_ns:
                     self.next_ns = time.monotonic_ns() + self.period_ns
-                src.cond.notify_all()
+                if not inline:
+                    src.cond.notify()  # (the reader thread may wait for this send to end)
+                elif self.force or src.ending is not None:
+                    # This stream's thread could act now only on a credit forced meanwhile
+                    # or an end (no frame was read meanwhile: the reader thread sent this
+                    # one); waking it for nothing after each frame cost the frame's path
+                    # CPU and the GIL (tests/test_bridge.py counts its wake-ups).
+                    self.wake.notify()
 
     def _loop(self) -> None:
         src = self.source
@@ -138,4 +155,4 @@ class Stream:
             if end_by is not None:
                 left = max(0.0, end_by - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
-            src.cond.wait(timeout)
+            self.wake.wait(timeout)

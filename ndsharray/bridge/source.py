@@ -64,7 +64,12 @@ class Source:
     def __init__(self, exporter: Exporter, tag: str, rule: ExportRule, meta_capacity: int) -> None:
         self.exporter, self.tag, self.rule = exporter, tag, rule
         self.meta_capacity = meta_capacity  # the writer's (the scan keeps it current)
-        self.cond = threading.Condition()
+        # One lock; the reader thread waits on ``cond``, each stream's thread on its own
+        # condition over the same lock (Stream.wake), so a change wakes only the threads
+        # it concerns: a woken thread that finds nothing to do costs the frame's path the
+        # CPU and the GIL (2 cores, 4 processes on a frame's way).
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
         self.latest: Latest | None = None
         self.streams: dict[str, Stream] = {}
         self.ending: str | None = None  # why the writer went, once it has
@@ -101,7 +106,7 @@ class Source:
                     if not ok:
                         # A stream with a credit granted since the last look waits for this
                         # one before it sends the frame kept (Stream.take): it may now.
-                        self.cond.notify_all()
+                        self.wake_streams()
                         continue
                     seq += 1
                     latest = self.latest = self._took(arr, seq)
@@ -113,10 +118,10 @@ class Source:
                     inline = next(iter(self.streams.values())) if len(self.streams) == 1 else None
                     grant = None if inline is None else inline.take(latest)
                     if grant is None:
-                        self.cond.notify_all()
+                        self.wake_streams()
                 if inline is not None and grant is not None:
                     try:
-                        inline.send(latest, *grant)
+                        inline.send(latest, *grant, inline=True)
                     except Exception as exc:  # a link or session gone: the stream's thread sees it too
                         log.warning("export %s: %s", self.tag, exc)
         except NdShArrayError as exc:  # the tag was removed, the daemon went: the scan ends it
@@ -181,14 +186,22 @@ class Source:
                     return
                 stream = self.streams[importer] = Stream(self, importer)
             stream.grant(credit, force)
-            self.cond.notify_all()  # (the reader thread waits for a credit too)
+            self.cond.notify()  # (the reader thread waits for a credit too)
+            latest = self.latest
+            if force or self.ending is not None or (latest is not None and latest.seq > stream.sent_seq):
+                stream.wake.notify()  # (else it has nothing to send: the reader's next look wakes it)
+
+    def wake_streams(self) -> None:
+        """Wake every stream's thread (under the lock)."""
+        for s in self.streams.values():
+            s.wake.notify()
 
     def drop_importer(self, importer: str) -> None:
         with self.cond:
             stream = self.streams.pop(importer, None)
             if stream is not None:
                 stream.stopped = True
-                self.cond.notify_all()
+                stream.wake.notify()
 
     def end(self, reason: str, grace: float = END_GRACE) -> None:
         """The writer went (or the bridge stops): each stream sends the newest frame it
@@ -208,7 +221,7 @@ class Source:
             self.poll_gen += 1 << 30  # no more looks: streams send what is kept (and see Stream.grant)
             self.ending, self.end_by = reason, min(self.end_by or math.inf, time.monotonic() + grace)
             streams = list(self.streams.values())
-            self.cond.notify_all()
+            self.wake_streams()
         for s in streams:
             s.thread.join(max(0.0, self.end_by - time.monotonic()) + 5)
         self.token.undeclare()
@@ -221,7 +234,7 @@ class Source:
         waiting any longer for a credit for the writer's last frame."""
         with self.cond:
             self.end_by = -1.0
-            self.cond.notify_all()
+            self.wake_streams()
 
     def status(self) -> dict[str, Any]:
         with self.cond:
