@@ -941,7 +941,7 @@ def test_frames_sent_from_the_reader_thread_wake_no_other_thread(hosts: Any, pup
 
             wait_until(stream, what="the first frame")
             wait_until(lambda: len(ba.exported[0]["importers"]) == 1, what="the stream")
-            credit()  # (two in hand, as an importer keeps: exporter.WINDOW)
+            credit()  # (two in hand: the next frame never waits for the last one's credit)
             n = len(got)
             for k in range(1, 46):
                 if k == 6:  # (the first frames settle the start: the first credits, the stream's thread)

@@ -174,10 +174,13 @@ def test_frame_header_rejects_what_is_not_one(mangle: object, word: str) -> None
 
 
 def test_credits_and_keys() -> None:
-    assert wire.unpack_credit(wire.pack_credit(5, True)) == (5, True)
-    assert wire.unpack_credit(wire.pack_credit(2**63, False)) == (2**63, False)
+    assert wire.unpack_credit(wire.pack_credit(5, True)) == (5, True, 1)
+    assert wire.unpack_credit(wire.pack_credit(2**63, False, wire.WINDOW)) == (2**63, False, wire.WINDOW)
     with pytest.raises(ValueError):
         wire.unpack_credit(b"NDSB")
+    for count in (0, wire.WINDOW + 1):
+        with pytest.raises(ValueError, match="a credit for"):
+            wire.unpack_credit(wire.pack_credit(1, False, count))
     key = wire.frame_key("robot1", "abc123", "camera/@left")
     assert key == "ndsharray/robot1/frame/abc123/camera/%40left"  # '@' chunks are Zenoh's own
     assert wire.split_key(key, "frame", with_peer=True) == ("robot1", "abc123", "camera/@left")

@@ -1,9 +1,9 @@
 """The exporting half of a bridge: local tags out to the importers that ask for them.
 
 Latest value, never a backlog: each exported tag has one reader thread that keeps only
-the newest frame, and each importer gets frames by credit (it grants two, and one more for
-each frame it receives). A slow or stalled link therefore holds at most two frames per
-importer in flight; frames written meanwhile are skipped, and the source writer never
+the newest frame, and each importer gets frames by credit (it grants wire.WINDOW, and
+gives them back as frames arrive). A slow or stalled link therefore holds at most WINDOW
+frames per importer in flight; frames written meanwhile are skipped, and the source writer never
 waits for anything the bridge does (the bridge is an ordinary reader of its tag).
 """
 
@@ -118,7 +118,7 @@ class Exporter:
     def _on_credit(self, sample: Any) -> None:
         try:
             _, importer, tag = wire.split_key(str(sample.key_expr), "credit", with_peer=True)
-            credit, force = wire.unpack_credit(sample.payload.to_bytes())
+            credit, force, count = wire.unpack_credit(sample.payload.to_bytes())
         except ValueError as exc:
             log.debug("ignored a credit: %s", exc)
             return
@@ -127,7 +127,7 @@ class Exporter:
         if src is None:  # (one ending may still wait for a credit to send the writer's last frame)
             src = self.ending.get(tag, (None, None))[0]
         if src is not None:
-            src.credit(importer, credit, force)
+            src.credit(importer, credit, force, count)
 
     def _on_alive(self, sample: Any) -> None:
         parts = str(sample.key_expr).split("/")

@@ -1,10 +1,11 @@
 """The importing half of a bridge: remote tags written into local tags ``<exporter>/<tag>``.
 
-An importer gives each exporter two credits (frames it may send) and one more for each
-frame that arrives. A frame that spent longer than ``stale_after`` on the link
-(measured on this host's clock: from the credit it answers, less the time the exporter
-held that credit) is stale: it is dropped and the exporter is asked for its newest frame
-instead, so the first frame written after a stall is a current one.
+An importer gives each exporter wire.WINDOW credits (frames it may send) and one more
+for each frame that arrives, sent wire.CREDIT_BATCH at a time. A frame that spent longer
+than ``stale_after`` on the link (measured on this host's clock: from the credit it
+answers, less the time the exporter held that credit) is stale: it is dropped and the
+exporter is asked for its newest frame instead, so the first frame written after a stall
+is a current one.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class ImportStream:
         self.meta_capacity = 0  # the writer's
         self.credits: dict[int, int] = {}  # credit id -> when it was sent (monotonic ns)
         self.last_credit = 0
+        self.owed = 0  # frames arrived whose credit has not been given back yet (< CREDIT_BATCH)
         self.asked_ns = 0  # when the last credit went out (0: none outstanding)
         self.retry_ns = 0  # ask again (force) at this time, after a failed write
         self.fresh_from = 0  # after a stale frame: answers to credits from this one on are taken
@@ -63,15 +65,25 @@ class ImportStream:
         self.source_age_ns = 0  # its age when the exporter sent it
         self.link_ns = 0  # the last frame's round trip on the link
 
-    def ask(self, force: bool) -> None:
-        """Send a credit (under the lock)."""
+    def ask(self, force: bool, count: int = 1) -> None:
+        """Send a credit for ``count`` frames, and for those owed (under the lock)."""
         self.last_credit += 1
         now = time.monotonic_ns()
         self.credits[self.last_credit] = now
         if len(self.credits) > 64:
             del self.credits[min(self.credits)]
         self.asked_ns, self.retry_ns = now, 0
-        self.importer.session.put(self.credit_key, wire.pack_credit(self.last_credit, force), express=True)
+        count, self.owed = min(wire.WINDOW, count + self.owed), 0
+        self.importer.session.put(self.credit_key, wire.pack_credit(self.last_credit, force, count), express=True)
+
+    def _give_back(self) -> None:
+        """A frame arrived: its credit goes back with the next one's (one message for
+        CREDIT_BATCH frames); the exporter still holds the rest of the window meanwhile."""
+        self.owed += 1
+        if self.owed >= wire.CREDIT_BATCH:
+            self.ask(force=False, count=0)
+        else:
+            self.asked_ns = time.monotonic_ns()  # (tick gives it back if no frame follows)
 
     def on_frame(self, head: wire.Frame, payload: Any) -> None:
         with self.lock:
@@ -100,7 +112,7 @@ class ImportStream:
             if (head.count, head.write_ns) == self.written:
                 # A forced credit is answered with the newest frame even if it went before:
                 # written already (a reader would take it for a new one); the credit goes on.
-                self.ask(force=False)
+                self._give_back()
                 return
             try:
                 arr = decode(head.codec, payload.to_bytes(), text_to_dtype(head.dtype), head.shape)
@@ -112,10 +124,10 @@ class ImportStream:
             except (ValueError, NdShArrayError, TypeError) as exc:
                 self._failed(exc, now)
                 return
-            # The next credit after the write, not before: its put (tens of microseconds)
-            # would delay the frame's readers here, and the exporter still holds the other
-            # credit of its window for the next frame meanwhile.
-            self.ask(force=False)
+            # The credit back after the write, not before: its put (tens of microseconds)
+            # would delay the frame's readers here, and the exporter still holds the rest
+            # of its window for the next frames meanwhile.
+            self._give_back()
             self.error = None
             self.written = (head.count, head.write_ns)
             self.frames += 1
@@ -159,9 +171,8 @@ class ImportStream:
                 return False
             self.live = alive
             if alive:
-                self.fresh_from = 0
-                self.ask(force=True)  # the newest frame at once
-                self.ask(force=False)  # and the one after it: two in flight (exporter.WINDOW)
+                self.fresh_from, self.owed = 0, 0
+                self.ask(force=True, count=wire.WINDOW)  # the newest frame at once, and the next ones
             elif self.state != "ended":
                 self._end(f"bridge {self.exporter} or the link to it is gone")
         return True
@@ -185,7 +196,7 @@ class ImportStream:
             if self.retry_ns and now > self.retry_ns:
                 self.ask(force=True)
             elif self.asked_ns and now - self.asked_ns > REFRESH * 1e9:
-                self.ask(force=False)
+                self.ask(force=False, count=0 if self.owed else 1)
 
     def status(self) -> dict[str, Any]:
         w = self.writer

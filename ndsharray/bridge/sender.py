@@ -1,8 +1,8 @@
 """Frames of one exported tag to one importer, each against a credit the importer sent.
 
-Each importer grants two credits, and one more for each frame it receives: a slow or
-stalled link holds at most two frames per importer in flight; frames written meanwhile
-are skipped (the source keeps only the newest).
+Each importer grants wire.WINDOW credits, and gives them back as frames arrive (two at a
+time): a slow or stalled link holds at most WINDOW frames per importer in flight; frames
+written meanwhile are skipped (the source keeps only the newest).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ndsharray.bridge")
 
-WINDOW = 2  # credits an importer may have outstanding (frames in flight to it, at most)
+WINDOW = wire.WINDOW  # credits an importer may have outstanding (frames in flight to it, at most)
 
 
 class Stream:
@@ -37,7 +37,7 @@ class Stream:
             wire.frame_key(exp.name, importer, source.tag), congestion_control=zenoh.CongestionControl.BLOCK,
             express=True, priority=zenoh.Priority.DATA)
         # The importer's credits not used yet, oldest first: (credit id, when it came).
-        # At most WINDOW: one frame on the link and the next one ready behind it, so one
+        # At most WINDOW: frames on the link and the next ones ready behind them, so one
         # slow frame does not cost the next, and a stall still holds at most WINDOW frames.
         self.credits: collections.deque[tuple[int, int]] = collections.deque(maxlen=WINDOW)
         self.force = False
@@ -52,7 +52,7 @@ class Stream:
         self.thread = threading.Thread(target=self._loop, name=f"bridge-send {source.tag}", daemon=True)
         self.thread.start()
 
-    def grant(self, credit: int, force: bool) -> None:  # (under the source's lock)
+    def grant(self, credit: int, force: bool, count: int = 1) -> None:  # (under the source's lock)
         # The frame kept may be older than the newest when this stream had no credit (the
         # reader thread may not have looked since: a stall) or the importer asks for the
         # newest (force): then it waits for the reader thread's next look. A credit that
@@ -63,7 +63,8 @@ class Stream:
             self.grant_gen = 0
         elif force or not self.credits:
             self.grant_gen = self.source.poll_gen + 1
-        self.credits.append((credit, time.monotonic_ns()))
+        now = time.monotonic_ns()
+        self.credits.extend((credit, now) for _ in range(count))
         self.force = self.force or force
 
     def take(self, latest: Latest) -> tuple[int, int] | None:

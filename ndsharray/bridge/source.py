@@ -173,7 +173,7 @@ class Source:
             latest.header, latest.payload = packed, payload
         return packed, payload
 
-    def credit(self, importer: str, credit: int, force: bool) -> None:
+    def credit(self, importer: str, credit: int, force: bool, count: int = 1) -> None:
         with self.cond:
             stream = self.streams.get(importer)
             if stream is None:
@@ -185,7 +185,7 @@ class Source:
                 if self.ending is not None or importer not in self.exporter.peers:
                     return
                 stream = self.streams[importer] = Stream(self, importer)
-            stream.grant(credit, force)
+            stream.grant(credit, force, count)
             self.cond.notify()  # (the reader thread waits for a credit too)
             latest = self.latest
             if force or self.ending is not None or (latest is not None and latest.seq > stream.sent_seq):
