@@ -173,6 +173,14 @@ def test_frame_header_rejects_what_is_not_one(mangle: object, word: str) -> None
         wire.Frame.unpack(mangle(good))  # type: ignore[operator]
 
 
+def test_a_header_restamped_for_another_frame_is_that_frames_header() -> None:
+    a = wire.Frame(codec=1, dtype="'<f4'", shape=(3, 4), count=7, write_ns=123, meta_kind=META_JSON,
+                   meta=b'{"x":1}', meta_capacity=64)
+    b = dataclasses.replace(a, count=2**40 + 5, write_ns=-(2**62))
+    assert wire.restamped(a.pack(), b.count, b.write_ns) == b.pack()
+    assert wire.Frame.unpack(wire.restamped(a.pack(), 9, 10)) == dataclasses.replace(a, count=9, write_ns=10)
+
+
 def test_credits_and_keys() -> None:
     assert wire.unpack_credit(wire.pack_credit(5, True)) == (5, True, 1)
     assert wire.unpack_credit(wire.pack_credit(2**63, False, wire.WINDOW)) == (2**63, False, wire.WINDOW)

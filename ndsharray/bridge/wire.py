@@ -41,6 +41,7 @@ _HEAD = struct.Struct("<4sBBBBBQQQqqHII")
 # a frame's header once and stamps these into a copy for each send (see stamped()).
 _CREDIT_HOLD_AT, _AGE_AT = struct.calcsize("<4sBBBBB"), struct.calcsize("<4sBBBBBQQQq")
 _CREDIT_HOLD, _AGE = struct.Struct("<QQ"), struct.Struct("<q")
+_COUNT_WRITE_AT, _COUNT_WRITE = struct.calcsize("<4sBBBBBQQ"), struct.Struct("<Qq")  # (count, write_ns)
 _CREDIT = struct.Struct("<4sBBQH")  # magic, version, flags, credit id, how many frames it grants
 FORCE = 1  # credit flag: send the newest frame even if it was sent before
 # Credits: an importer keeps WINDOW frames granted to an exporter (frames in flight to it,
@@ -116,6 +117,15 @@ def stamped(packed: bytes, credit: int, hold_ns: int, age_ns: int) -> bytes:
     out = bytearray(packed)
     _CREDIT_HOLD.pack_into(out, _CREDIT_HOLD_AT, credit, hold_ns)
     _AGE.pack_into(out, _AGE_AT, age_ns)
+    return bytes(out)
+
+
+def restamped(packed: bytes, count: int, write_ns: int) -> bytes:
+    """``packed`` (a FRAME header from :meth:`Frame.pack`) for another frame of the same
+    dtype, shape and metadata: what ``dataclasses.replace(frame, count=..., write_ns=...).pack()``
+    gives, without building and packing a Frame for each frame."""
+    out = bytearray(packed)
+    _COUNT_WRITE.pack_into(out, _COUNT_WRITE_AT, count, write_ns)
     return bytes(out)
 
 
