@@ -1404,16 +1404,22 @@ static int meta_args(PyObject *const *args, Py_ssize_t nargs, const char **meta,
     return 1;
 }
 
-/* write(array, meta=None, kind=META_BYTES) -> write count, or 0: not here (anything but a
+/* write(array, meta=None, kind=META_BYTES, stamp=0) -> write count, or 0: not here (anything but a
  * plain C-contiguous ndarray, a subclass included; a dtype or ndim a slot cannot describe,
  * more bytes than the capacity, more metadata than its capacity, a closed writer, a writer
  * that asks for a smaller generation; the caller takes its general path), -1: every slot is pinned, -2: the
  * tag was removed, -3: the handle was closed (stop()) in another thread while this copy
- * ran. Nothing is published unless a count is returned. */
+ * ran. Nothing is published unless a count is returned. ``stamp``: the write time readers
+ * see (monotonic ns; 0: now), as publish_at's: a bridge's importer gives the source writer's. */
 static PyObject *writer_write(WriterObject *w, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs < 1 || nargs > 3) {
-        PyErr_SetString(PyExc_TypeError, "write(array, meta=None, kind=1)");
+    if (nargs < 1 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "write(array, meta=None, kind=1, stamp=0)");
         return NULL;
+    }
+    uint64_t stamp = 0;
+    if (nargs > 3) {
+        stamp = PyLong_AsUnsignedLongLong(args[3]);
+        if (stamp == (uint64_t)-1 && PyErr_Occurred()) return NULL;
     }
     PyObject *arr = args[0];
     /* Plain ndarrays only: a subclass (a masked array, say) goes through foreign.py first. */
@@ -1463,7 +1469,8 @@ static PyObject *writer_write(WriterObject *w, PyObject *const *args, Py_ssize_t
         return PyLong_FromLong(CLOSED_CODE);
     }
     put_descriptor(w, (unsigned)slot, text, ndim, dims, nbytes, meta, meta_len, kind);
-    unsigned long long count = writer_publish_slot(w, (unsigned)slot);
+    uint64_t now = monotonic_ns();
+    unsigned long long count = writer_publish_slot_at(w, (unsigned)slot, stamp ? stamp : now, now);
     writer_maybe_drop_view(w);
     return PyLong_FromUnsignedLongLong(count);
 }

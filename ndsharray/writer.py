@@ -144,6 +144,22 @@ class Writer(FullRing, Lending, NdShArray, role="w", ops=(CLAIM, "release")):
                 self._release.overtaken(direct)
         return self._write_at(array, meta, 0)
 
+    def _write_stamped(self, array: np.ndarray[Any, Any], meta: dict[str, Any] | bytes | None, stamp_ns: int) -> bool:
+        """write() with this write time (monotonic ns, not 0): a bridge's importer gives the
+        source writer's (bridge/clocks.py). One C call when the frame fits, as write()."""
+        direct = self._direct
+        if direct is not None and type(array) is np.ndarray:
+            data, kind = (None, 0) if meta is None else framemeta.encode(meta, self._meta_capacity)
+            count = direct.write(array, data, kind, stamp_ns)
+            if count > 0:
+                self._valid = True
+                return True
+            if count == REMOVED:
+                self._removed()
+            if count == CLOSED:
+                self._release.overtaken(direct)
+        return self._write_at(array, meta, stamp_ns)
+
     def _write_at(self, array: Any, meta: dict[str, Any] | bytes | None, stamp_ns: int) -> bool:
         """write()'s general path; ``stamp_ns`` (monotonic ns, 0: now) is the write time
         readers see. A bridge's importer gives the source writer's (bridge/clocks.py)."""

@@ -954,3 +954,21 @@ def test_frames_sent_from_the_reader_thread_wake_no_other_thread(hosts: Any, pup
             token.undeclare()
         finally:
             session.close()
+
+
+def test_an_imported_frame_keeps_the_source_write_time_on_the_writers_fast_path(hosts: Any) -> None:
+    """The importer writes each frame with the source writer's write time, by the writer's
+    one C call when the frame fits its slots (Writer._write_stamped), with or without
+    metadata, and by the general path when it does not (a larger frame: a new generation)."""
+    (a,) = hosts(1)
+    frames: list[tuple[np.ndarray, Any]] = [
+        (np.zeros(8, np.uint8), None), (np.arange(8, dtype=np.uint8), None),
+        (np.full(4, 2, np.int16), {"id": 2}), (np.arange(100_000, dtype=np.uint8), b"big"),
+        (np.ones(3, np.float32), b"small again")]
+    with NdShArray("t", r_w="w", endpoint=a.endpoint) as w, NdShArray("t", r_w="r", endpoint=a.endpoint) as r:
+        for i, (arr, meta) in enumerate(frames):
+            stamp = time.monotonic_ns() - 10**9 + i  # a second ago: never the time of this write
+            assert w._write_stamped(arr, meta, stamp)
+            ok, x = r.read(copy=True, timeout=5)
+            assert ok and np.array_equal(x, arr) and x.dtype == arr.dtype
+            assert (r.write_time_ns, r.meta) == (stamp, meta), i

@@ -159,8 +159,8 @@ class ImportStream:
             self.meta_capacity = head.meta_capacity
         # Stamped with the source writer's write time, not this write's (clocks.py).
         stamp = clocks.local_stamp(head.write_ns, self.stamp)
-        w._write_at(arr, framemeta.decode(None if head.meta_kind == META_NONE else (head.meta_kind, head.meta)),
-                    stamp)
+        w._write_stamped(arr, framemeta.decode(None if head.meta_kind == META_NONE else (head.meta_kind, head.meta)),
+                         stamp)
         self.stamp = stamp
 
     def on_token(self, alive: bool) -> bool:
