@@ -181,6 +181,23 @@ def test_a_header_restamped_for_another_frame_is_that_frames_header() -> None:
     assert wire.Frame.unpack(wire.restamped(a.pack(), 9, 10)) == dataclasses.replace(a, count=9, write_ns=10)
 
 
+def test_a_header_like_one_seen_before_unpacks_to_the_same_frame() -> None:
+    seen: dict[bytes, wire.Frame] = {}
+    a = wire.Frame(codec=1, dtype="'<f4'", shape=(3, 4), count=7, write_ns=123, age_ns=4, credit=9, hold_ns=2,
+                   meta_kind=META_JSON, meta=b'{"x":1}', meta_capacity=64)
+    for f in (a, dataclasses.replace(a, count=8, write_ns=-5, age_ns=6, credit=2**63, hold_ns=1),
+              dataclasses.replace(a, shape=(4, 3)), dataclasses.replace(a, meta=b'{"x":2}'),
+              wire.Frame(wire.END, reason="closed", count=3, credit=4)):
+        for _ in range(2):  # (unknown, then seen)
+            assert wire.unpack_frame(f.pack(), seen) == f
+    assert len(seen) == 3  # (each FRAME header once, whatever its per-frame fields; no END)
+    with pytest.raises(ValueError, match="bad magic"):
+        wire.unpack_frame(b"XXXX" + a.pack()[4:], seen)
+    for i in range(wire.KEEP_HEADERS + 5):  # a peer sending ever new headers: a bounded memory
+        wire.unpack_frame(dataclasses.replace(a, shape=(i,)).pack(), seen)
+    assert len(seen) <= wire.KEEP_HEADERS
+
+
 def test_credits_and_keys() -> None:
     assert wire.unpack_credit(wire.pack_credit(5, True)) == (5, True, 1)
     assert wire.unpack_credit(wire.pack_credit(2**63, False, wire.WINDOW)) == (2**63, False, wire.WINDOW)

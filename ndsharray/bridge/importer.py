@@ -219,6 +219,7 @@ class Importer:
         self.endings = EndingsFile(name, endpoint)
         self.streams: dict[tuple[str, str], ImportStream] = {}
         self.by_key: dict[str, ImportStream] = {}  # frame key -> its stream
+        self.headers: dict[bytes, wire.Frame] = {}  # headers seen (wire.unpack_frame), in Zenoh's callback thread
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.decls: list[Any] = []
@@ -264,7 +265,7 @@ class Importer:
             att = sample.attachment
             if att is None:
                 raise ValueError("frame without header")
-            head = wire.Frame.unpack(att.to_bytes())
+            head = wire.unpack_frame(att.to_bytes(), self.headers)
         except ValueError as exc:
             log.debug("ignored a frame: %s", exc)
             return

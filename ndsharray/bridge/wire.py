@@ -42,6 +42,8 @@ _HEAD = struct.Struct("<4sBBBBBQQQqqHII")
 _CREDIT_HOLD_AT, _AGE_AT = struct.calcsize("<4sBBBBB"), struct.calcsize("<4sBBBBBQQQq")
 _CREDIT_HOLD, _AGE = struct.Struct("<QQ"), struct.Struct("<q")
 _COUNT_WRITE_AT, _COUNT_WRITE = struct.calcsize("<4sBBBBBQQ"), struct.Struct("<Qq")  # (count, write_ns)
+_PER_FRAME, _PER_FRAME_END = struct.Struct("<QQQqq"), struct.calcsize("<4sBBBBBQQQqq")  # credit .. age_ns
+KEEP_HEADERS = 64  # headers an importer remembers (unpack_frame): a peer may send any number
 _CREDIT = struct.Struct("<4sBBQH")  # magic, version, flags, credit id, how many frames it grants
 FORCE = 1  # credit flag: send the newest frame even if it was sent before
 # Credits: an importer keeps WINDOW frames granted to an exporter (frames in flight to it,
@@ -108,6 +110,27 @@ class Frame:
             return cls(END, reason=text, count=count, credit=credit)
         return cls(FRAME, codec, text, tuple(shape), count, write_ns, age_ns, credit, hold_ns, meta_kind=meta_kind,
                    meta=meta, meta_capacity=meta_capacity)
+
+
+def unpack_frame(data: bytes, seen: dict[bytes, Frame]) -> Frame:
+    """``Frame.unpack(data)``, in a fraction of the time for a FRAME header that differs from
+    one in ``seen`` only in its per-frame fields (credit, hold_ns, count, write_ns, age_ns):
+    the rest was checked when it came first. ``seen`` keeps up to KEEP_HEADERS of them."""
+    key = data[:_CREDIT_HOLD_AT] + data[_PER_FRAME_END:]
+    known = seen.get(key)
+    if known is None:
+        head = Frame.unpack(data)
+        if head.kind == FRAME:
+            if len(seen) >= KEEP_HEADERS:
+                seen.clear()
+            seen[key] = head
+        return head
+    out = object.__new__(Frame)  # (a frozen dataclass: its fields set as replace() would, faster)
+    fields = out.__dict__
+    fields.update(known.__dict__)
+    fields["credit"], fields["hold_ns"], fields["count"], fields["write_ns"], fields["age_ns"] = \
+        _PER_FRAME.unpack_from(data, _CREDIT_HOLD_AT)
+    return out
 
 
 def stamped(packed: bytes, credit: int, hold_ns: int, age_ns: int) -> bytes:
