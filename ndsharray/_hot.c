@@ -35,7 +35,7 @@
 /* The layout (segment layout version 3). Every constant here is also in OFFSETS (see the
  * end of this file), which ndsharray/segment/ compares at import with the single layout table in
  * ndsharray/layout.py: a change on one side only is an ImportError, never a misread. */
-#define LAYOUT_VERSION 3
+#define LAYOUT_VERSION 4
 #define OFF_RETIRED 52
 #define OFF_NOTIFY 56
 #define OFF_ROWS_USED 60
@@ -302,7 +302,9 @@ typedef struct {
     PyObject_HEAD
     uintptr_t base, row; /* the read-only mapping; our row, in the read-write one */
     unsigned nslots;
-    Py_ssize_t header_size, stride, nbytes; /* nbytes: the slots' capacity for a frame */
+    /* data_offset: where slot 0's data starts (segment.Layout.data_offset: the header, plus
+     * the page skew of big slots; never recomputed here); nbytes: a slot's frame capacity */
+    Py_ssize_t data_offset, stride, nbytes;
     Py_ssize_t meta_capacity;
     long refs[256];    /* views (and pins handed out by latest) per slot */
     long pending[256]; /* pins latest() handed out that no view() or unpin() took yet */
@@ -356,7 +358,7 @@ typedef struct {
 
 static int pin_getbuffer(PinObject *p, Py_buffer *view, int flags) {
     ReaderObject *r = p->reader;
-    void *data = (void *)(r->base + (uintptr_t)r->header_size + (uintptr_t)p->slot * (uintptr_t)r->stride);
+    void *data = (void *)(r->base + (uintptr_t)r->data_offset + (uintptr_t)p->slot * (uintptr_t)r->stride);
     return PyBuffer_FillInfo(view, (PyObject *)p, data, r->nbytes, 1, flags);
 }
 
@@ -394,15 +396,19 @@ static PyTypeObject PinType = {
 
 static int reader_init(ReaderObject *r, PyObject *args, PyObject *kw) {
     PyObject *obase, *orow, *keep, *shape = Py_None, *dtype = Py_None;
-    static char *kwlist[] = {"base", "row", "nslots", "header_size", "stride", "nbytes", "keep",
+    static char *kwlist[] = {"base", "row", "nslots", "data_offset", "stride", "nbytes", "keep",
                              "shape", "dtype", "meta_capacity", NULL};
     r->meta_capacity = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOInnnO|OOn", kwlist, &obase, &orow, &r->nslots,
-                                     &r->header_size, &r->stride, &r->nbytes, &keep, &shape, &dtype,
+                                     &r->data_offset, &r->stride, &r->nbytes, &keep, &shape, &dtype,
                                      &r->meta_capacity))
         return -1;
     if (r->nbytes < 0 || r->meta_capacity < 0 || r->nbytes + r->meta_capacity > r->stride) {
         PyErr_SetString(PyExc_ValueError, "capacity and meta_capacity do not fit the stride");
+        return -1;
+    }
+    if (r->data_offset < 0 || r->data_offset % 64 != 0 || r->stride % 64 != 0) {
+        PyErr_SetString(PyExc_ValueError, "slot data must be 64-byte aligned (data_offset and stride)");
         return -1;
     }
     Py_CLEAR(r->descr);
@@ -502,7 +508,7 @@ static int reader_pin_latest(ReaderObject *r, uint64_t last, uint64_t *count_out
             } else {
                 PyObject *m = NULL;
                 if (meta_len <= (uint64_t)r->meta_capacity) {
-                    m = PyBytes_FromStringAndSize((const char *)(r->base + (uintptr_t)r->header_size +
+                    m = PyBytes_FromStringAndSize((const char *)(r->base + (uintptr_t)r->data_offset +
                                                                  (uintptr_t)slot * (uintptr_t)r->stride +
                                                                  (uintptr_t)r->nbytes), (Py_ssize_t)meta_len);
                 }
@@ -562,7 +568,7 @@ static PyObject *new_pin(ReaderObject *r, unsigned slot) {
 static PyObject *pin_array(ReaderObject *r, PyObject *pin) {
     if (pin == NULL) return NULL;
     unsigned slot = ((PinObject *)pin)->slot;
-    char *data = (char *)(r->base + (uintptr_t)r->header_size + (uintptr_t)slot * (uintptr_t)r->stride);
+    char *data = (char *)(r->base + (uintptr_t)r->data_offset + (uintptr_t)slot * (uintptr_t)r->stride);
     const unsigned char *e = (const unsigned char *)(r->base + SLOT_TABLE + (uintptr_t)SLOT_ENTRY * slot);
     unsigned ndim = e[ENTRY_NDIM];
     PyArray_Descr *descr;
@@ -900,7 +906,9 @@ typedef struct {
     int stopped; /* the handle closed: a write still in flight publishes nothing */
     int deferred, handed; /* hand_over(): close() gave up waiting; who handed the tag back */
     uintptr_t base, rows;
-    Py_ssize_t nbytes, header_size, stride; /* nbytes: the slots' capacity for a frame */
+    /* nbytes: the slots' capacity for a frame; data_offset: where slot 0's data starts
+     * (segment.Layout.data_offset, taken from Python, never recomputed here) */
+    Py_ssize_t nbytes, data_offset, stride;
     Py_ssize_t meta_capacity;
     unsigned nslots;
     int variable; /* 0: the fast path takes only frames of the header's dtype and shape */
@@ -948,11 +956,11 @@ typedef struct {
 
 static int writer_init(WriterObject *w, PyObject *args, PyObject *kw) {
     PyObject *mapping, *shape, *text;
-    Py_ssize_t nbytes, header_size, stride, rows_offset, meta_capacity = 0;
+    Py_ssize_t nbytes, data_offset, stride, rows_offset, meta_capacity = 0;
     unsigned nslots, shape_gen = 0;
     unsigned long long count;
     int latest, variable = 0;
-    static char *kwlist[] = {"mapping", "rows_offset", "nslots", "nbytes", "header_size", "stride",
+    static char *kwlist[] = {"mapping", "rows_offset", "nslots", "nbytes", "data_offset", "stride",
                              "shape", "text", "count", "latest", "meta_capacity", "variable",
                              "shape_gen", NULL};
     if (w->has_view) {
@@ -960,7 +968,7 @@ static int writer_init(WriterObject *w, PyObject *args, PyObject *kw) {
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OnInnnO!OKi|npI", kwlist, &mapping, &rows_offset, &nslots,
-                                     &nbytes, &header_size, &stride, &PyTuple_Type, &shape, &text,
+                                     &nbytes, &data_offset, &stride, &PyTuple_Type, &shape, &text,
                                      &count, &latest, &meta_capacity, &variable, &shape_gen))
         return -1;
     /* text: the header dtype's slot text, or None when a slot cannot describe it */
@@ -981,8 +989,9 @@ static int writer_init(WriterObject *w, PyObject *args, PyObject *kw) {
         if (w->def_dims[k] == -1 && PyErr_Occurred()) return -1;
     }
     if (PyObject_GetBuffer(mapping, &w->view, PyBUF_WRITABLE) < 0) return -1;
-    if (header_size < 0 || rows_offset < 0 || rows_offset + ROW_SIZE * READER_ROWS > header_size ||
-        stride < nbytes + meta_capacity || header_size + (Py_ssize_t)nslots * stride > w->view.len) {
+    if (data_offset < 0 || rows_offset < 0 || rows_offset + ROW_SIZE * READER_ROWS > data_offset ||
+        data_offset % 64 != 0 || stride % 64 != 0 || stride < nbytes + meta_capacity ||
+        data_offset + (Py_ssize_t)nslots * stride > w->view.len) {
         PyBuffer_Release(&w->view);
         PyErr_SetString(PyExc_ValueError, "writer geometry does not fit the mapping");
         return -1;
@@ -993,7 +1002,7 @@ static int writer_init(WriterObject *w, PyObject *args, PyObject *kw) {
     w->nslots = nslots;
     w->nbytes = nbytes;
     w->meta_capacity = meta_capacity;
-    w->header_size = header_size;
+    w->data_offset = data_offset;
     w->stride = stride;
     w->variable = variable;
     w->last_ndim = w->def_ndim;
@@ -1115,7 +1124,7 @@ static void put_descriptor(WriterObject *w, unsigned slot, const char *text, int
         }
     }
     if (meta_len > 0)
-        memcpy((char *)(w->base + (uintptr_t)w->header_size + (uintptr_t)slot * (uintptr_t)w->stride +
+        memcpy((char *)(w->base + (uintptr_t)w->data_offset + (uintptr_t)slot * (uintptr_t)w->stride +
                         (uintptr_t)w->nbytes), meta, (size_t)meta_len);
     uint32_t mlen = (uint32_t)meta_len, gen = w->shape_gen;
     memcpy(e + ENTRY_META_LEN, &mlen, 4);
@@ -1449,7 +1458,7 @@ static PyObject *writer_write(WriterObject *w, PyObject *const *args, Py_ssize_t
     if (meta_len > w->meta_capacity) return PyLong_FromLong(0);
     long slot = writer_acquire_slot(w);
     if (slot < 0) return PyLong_FromLong(-1);
-    void *dst = (void *)(w->base + (uintptr_t)w->header_size + (uintptr_t)slot * (uintptr_t)w->stride);
+    void *dst = (void *)(w->base + (uintptr_t)w->data_offset + (uintptr_t)slot * (uintptr_t)w->stride);
     Py_buffer view;
     if (nbytes >= GIL_FREE_COPY && PyObject_GetBuffer(arr, &view, PyBUF_SIMPLE) == 0) {
         /* The slot is busy: close() meanwhile leaves the mapping to us, and stop() waits

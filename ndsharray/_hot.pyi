@@ -24,7 +24,7 @@ class Writer:
     shrink_window_ns: int  # settable: least length of a shrink check's window
     last_frame: tuple[str, tuple[int, ...]] | None
     def __init__(
-        self, *, mapping: object, rows_offset: int, nslots: int, nbytes: int, header_size: int, stride: int,
+        self, *, mapping: object, rows_offset: int, nslots: int, nbytes: int, data_offset: int, stride: int,
         shape: tuple[int, ...], text: str | None, count: int, latest: int, meta_capacity: int = ...,
         variable: bool = ..., shape_gen: int = ...,
     ) -> None: ...
@@ -57,7 +57,7 @@ class Reader:
     shape_gen: int
     meta: tuple[int, bytes] | None
     def __init__(
-        self, *, base: int, row: int, nslots: int, header_size: int, stride: int, nbytes: int, keep: object,
+        self, *, base: int, row: int, nslots: int, data_offset: int, stride: int, nbytes: int, keep: object,
         shape: tuple[int, ...] = ..., dtype: np.dtype[Any] = ..., meta_capacity: int = ...,
     ) -> None: ...
     def latest(self, last_count: int, /) -> tuple[int, int, int] | int | None: ...

@@ -42,7 +42,7 @@ from . import _hot, _waitv
 from .layout import OFF_PUBLISH
 
 MADV_POPULATE_WRITE = 23
-MIN_BYTES = 64 * 1024  # a slot this large is page aligned (see segment.Layout.stride)
+MIN_BYTES = 64 * 1024  # a slot this large is page strided (see segment.Layout.stride)
 PIECE = 2 * 1024 * 1024  # the background thread populates this much per madvise call
 ENV = "NDSHARRAY_PREFAULT"
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -87,6 +87,9 @@ def populate(mm: mmap.mmap, offset: int, length: int) -> None:
 def prefault_slots(mm: mmap.mmap, offsets: Sequence[int], length: int) -> None:
     """Populate the slot at ``offsets[0]`` now and the others in a background thread.
 
+    Each slot's data starts a little into a page (layout.SLOT_SKEW): its range is widened
+    to the page it starts in (madvise takes page-aligned addresses only; EINVAL otherwise).
+
     The thread keeps no reference to ``mm``: the mapping (and the fd an mmap object keeps)
     must go when the writer's last array does, not when the thread ends. It looks the
     mapping up through a weak reference before each piece and madvises by address: if the
@@ -95,6 +98,8 @@ def prefault_slots(mm: mmap.mmap, offsets: Sequence[int], length: int) -> None:
     """
     if length < MIN_BYTES or not offsets or not enabled():
         return
+    skew = offsets[0] % mmap.PAGESIZE
+    offsets, length = [off - off % mmap.PAGESIZE for off in offsets], length + skew
     populate(mm, offsets[0], length)
     rest = list(offsets[1:])
     if not rest:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from ndsharray import _hot
 from ndsharray.errors import CorruptSegmentError
+from ndsharray.layout import HEADER_OFF
 from ndsharray.segment.files import shm_dir
 from ndsharray.segment.header import create_segment, parse_header
 from ndsharray.segment.reader import SegmentReader
@@ -51,6 +52,7 @@ def test_header_parses(segment_bytes: bytes) -> None:
     (32, "I", 100000, "slot count"),
     (36, "I", 65, "ndim"),
     (82, "H", 0, "dtype length"),
+    (HEADER_OFF["data_offset"], "I", 4096 * 5 + 64, "data offset"),
 ])
 def test_corrupt_header_fields_are_named(segment_bytes: bytes, offset: int, fmt: str,
                                          value: object, field: str) -> None:
@@ -152,9 +154,9 @@ def test_readers_and_writers_refuse_a_hostile_shape_with_corrupt_segment_error()
 def test_the_c_reader_refuses_shapes_that_overflow_instead_of_multiplying_them(shape: tuple[int, ...]) -> None:
     # Nothing is read at these addresses: the shape is refused first.
     with pytest.raises(ValueError, match="numpy can index"):
-        _hot.Reader(base=4096, row=0, nslots=2, header_size=4096, stride=64, nbytes=0, keep=None,
+        _hot.Reader(base=4096, row=0, nslots=2, data_offset=4096, stride=64, nbytes=0, keep=None,
                     shape=shape, dtype=np.dtype("u1"))
-    _hot.Reader(base=4096, row=0, nslots=2, header_size=4096, stride=64, nbytes=0, keep=None,
+    _hot.Reader(base=4096, row=0, nslots=2, data_offset=4096, stride=64, nbytes=0, keep=None,
                 shape=(2**32, 2**31 - 1, 0), dtype=np.dtype("u1"))  # numpy takes this one
 
 

@@ -4,7 +4,7 @@ A segment holds one generation of one tag: a byte capacity per slot, a header, a
 slots each holding one complete frame and its metadata. The daemon creates and unlinks
 segments; writers and readers only open them. Nothing here talks to the daemon.
 
-Layout version 3 (little-endian; every field naturally aligned). The single source is the
+Layout version 4 (little-endian; every field naturally aligned). The single source is the
 table in ``ndsharray/layout.py``: every offset is computed from it, and _hot.c's
 constants are compared with it when this package is imported::
 
@@ -14,8 +14,9 @@ constants are compared with it when this package is imported::
                   sleepers, retire too), reader rows in use, publish word
                   ((count << 8) | latest slot), creation time, tag and dtype lengths, pid
                   of the writer that closed it last, writer key, metadata capacity,
-                  ``dropped`` (frames the writer dropped, on_full="drop": a u64 only
-                  the writer stores, carried over to its next generation), reserved
+                  data offset (where slot 0's data starts), ``dropped`` (frames the
+                  writer dropped, on_full="drop": a u64 only the writer stores, carried
+                  over to its next generation), reserved
     128     128*N slot table (layout.ENTRY), per slot: write count, publish time, and the
                   frame's descriptor: metadata length and kind, ndim (0..8, or 255: "the
                   header's dtype and shape"), shape generation, dtype text (numpy
@@ -23,8 +24,13 @@ constants are compared with it when this package is imported::
     ...     8*ndim  the generation's shape (u64 each), then its tag, then its dtype description
     ...     256 reader rows of 64 bytes (layout.ROW, 64-aligned): u32 sleepers, u32 pid,
             the frame read last (read time, write time, write count; for ``ls``), 256-bit pin mask
-    header size + i * stride: slot i: the frame's bytes (up to the capacity), then at
-            + capacity its metadata (up to the metadata capacity)
+    data offset + i * stride: slot i: the frame's bytes (up to the capacity), then at
+            + capacity its metadata (up to the metadata capacity). The data offset is the
+            header size (a page multiple), plus layout.SLOT_SKEW (192) when a slot holds
+            64 KiB or more: such slots have a page-multiple stride, so each one's data
+            starts 192 bytes into a page, where glibc's big copies from a numpy array
+            (page + 16) run fastest; smaller slots are 64-byte strided, unskewed. Every
+            slot's data is 64-byte aligned.
 
 Why the descriptor lives in the slot table and not in the header: a frame of another dtype
 or shape that fits the capacity costs what a same-shape write costs (no daemon call, no new

@@ -17,7 +17,16 @@ import numpy as np
 
 from ..dtypes import MAX_DESCR_LEN, text_to_dtype
 from ..errors import CorruptSegmentError
-from ..layout import HEADER_STRUCT, READER_ROWS, ROW_SIZE, SLOT_ENTRY, SLOT_TABLE, VERSION
+from ..layout import (
+    HEADER_STRUCT,
+    PAGED_SLOT,
+    READER_ROWS,
+    ROW_SIZE,
+    SLOT_ENTRY,
+    SLOT_SKEW,
+    SLOT_TABLE,
+    VERSION,
+)
 from .files import segment_path
 
 MAGIC = b"NDSHARR\0"
@@ -51,9 +60,14 @@ class Layout:
     meta_capacity: int = 0
 
     @functools.cached_property
+    def paged(self) -> bool:
+        """Slots of a page-multiple stride, their data SLOT_SKEW bytes into a page."""
+        return self.nbytes + self.meta_capacity >= PAGED_SLOT
+
+    @functools.cached_property
     def stride(self) -> int:
         size = self.nbytes + self.meta_capacity
-        align = PAGE if size >= 65536 else 64
+        align = PAGE if self.paged else 64
         return max(64, -(-size // align) * align)
 
     @functools.cached_property
@@ -78,11 +92,17 @@ class Layout:
         return -(-end // PAGE) * PAGE
 
     @functools.cached_property
+    def data_offset(self) -> int:
+        """Where slot 0's data starts (see layout.SLOT_SKEW); 64-byte aligned always."""
+        return self.header_size + (SLOT_SKEW if self.paged else 0)
+
+    @functools.cached_property
     def total_size(self) -> int:
-        return self.header_size + self.nslots * self.stride
+        return self.data_offset + self.nslots * self.stride
 
     def slot_offset(self, i: int) -> int:
-        return self.header_size + i * self.stride
+        """Where slot ``i``'s frame starts; its metadata follows at + ``nbytes``."""
+        return self.data_offset + i * self.stride
 
 
 def writer_key(token: str) -> bytes:
@@ -130,7 +150,7 @@ def create_segment(
         HEADER_STRUCT.pack_into(
             header, 0, MAGIC, VERSION, layout.header_size, nbytes, layout.stride, nslots,
             len(shape), generation, writer_pid, 0, 0, 0, 0, time.monotonic_ns(),
-            len(tag_b), len(descr_b), 0, writer_key, meta_capacity, 0, 0, b"",
+            len(tag_b), len(descr_b), 0, writer_key, meta_capacity, layout.data_offset, 0, b"",
         )
         struct.pack_into(f"<{len(shape)}Q", header, layout.shape_offset, *shape)
         header[layout.tag_offset : layout.tag_offset + len(tag_b)] = tag_b
@@ -194,7 +214,7 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
         raise bad("size", f"is {size} bytes, smaller than the 128-byte header")
     (magic, version, header_size, nbytes, stride, nslots, ndim, generation, writer_pid,
      retired, _notify, _res, _pub, created, tag_len, descr_len, closed_pid, key, meta_cap,
-     *_rest) = HEADER_STRUCT.unpack_from(buf, 0)
+     data_offset, *_rest) = HEADER_STRUCT.unpack_from(buf, 0)
     if magic != MAGIC:
         raise bad("magic", f"is {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
@@ -218,6 +238,9 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
         raise bad("header size", f"is {header_size}, the other fields give {layout.header_size}")
     if stride != layout.stride:
         raise bad("slot stride", f"is {stride}, expected {layout.stride} for {nbytes} bytes")
+    if data_offset != layout.data_offset:
+        raise bad("data offset", f"is {data_offset}, expected {layout.data_offset} (header "
+                  f"{header_size} + the slot skew for {stride}-byte slots)")
     if layout.total_size > size:
         raise bad("payload bytes", f"need {layout.total_size} bytes but the segment has {size}")
     shape = struct.unpack_from(f"<{ndim}Q", buf, layout.shape_offset)

@@ -67,7 +67,7 @@ class SegmentReader(MappedSegment):
         self._via_bytes = h.dtype.names is not None or h.dtype.subdtype is not None
         direct: dict[str, Any] = {} if self._via_bytes else {"shape": h.shape, "dtype": h.dtype}
         self._c = _hot.Reader(base=self.base_addr, row=self.row, nslots=self.nslots,
-                              header_size=lay.header_size, stride=lay.stride, nbytes=lay.nbytes,
+                              data_offset=lay.data_offset, stride=lay.stride, nbytes=lay.nbytes,
                               keep=(self.mm, self._rw), meta_capacity=lay.meta_capacity, **direct)
         # read_new(last_count): the view of a newer frame, pinned, in one C call (None:
         # nothing new; an int: retired or corrupt, which pin() tells apart). Where C hands

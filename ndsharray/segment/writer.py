@@ -80,7 +80,7 @@ class SegmentWriter(MappedSegment):
                 pass
         self.fast = _hot.Writer(
             mapping=self.mm, rows_offset=lay.rows_offset, nslots=self.nslots, nbytes=lay.nbytes,
-            header_size=lay.header_size, stride=lay.stride, shape=h.shape,
+            data_offset=lay.data_offset, stride=lay.stride, shape=h.shape,
             text=slot_dtype_text(h.dtype), count=count, latest=latest,
             meta_capacity=lay.meta_capacity, variable=variable, shape_gen=shape_gen,
         )

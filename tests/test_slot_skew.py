@@ -1,0 +1,125 @@
+"""Where a slot's data sits in its page (layout.SLOT_SKEW).
+
+Big slots (64 KiB and more) start their data SLOT_SKEW bytes into a page, where glibc's
+big copies from a numpy array run fastest; every view stays 64-byte aligned; the daemon's,
+the writer's and the readers' idea of the offset is the one Layout gives (the header
+records it, and a header that says otherwise is refused); the writer's prefault still
+populates whole pages (benchmarks/README.md, "Where a big slot starts").
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+import numpy as np
+import pytest
+from conftest import wait_until
+
+import ndsharray
+from ndsharray import _hot, prefault
+from ndsharray.dtypes import dtype_to_text
+from ndsharray.errors import CorruptSegmentError
+from ndsharray.layout import HEADER_OFF, PAGED_SLOT, SLOT_SKEW
+from ndsharray.segment.files import shm_dir
+from ndsharray.segment.header import create_segment, parse_header, plan_layout
+from ndsharray.segment.writer import SegmentWriter
+
+PAGE = mmap.PAGESIZE
+
+
+def _spy_segments(monkeypatch: pytest.MonkeyPatch) -> list[SegmentWriter]:
+    made: list[SegmentWriter] = []
+    orig = SegmentWriter.__init__
+
+    def spy(self: SegmentWriter, *a: object, **k: object) -> None:
+        orig(self, *a, **k)  # type: ignore[arg-type]
+        made.append(self)
+
+    monkeypatch.setattr(SegmentWriter, "__init__", spy)
+    return made
+
+
+@pytest.mark.parametrize("frame, paged", [
+    (np.arange(1 << 18, dtype=np.float32).reshape(512, 512), True),  # 1 MiB: a big slot
+    (np.arange(100, dtype=np.complex128), False),  # 1.6 KB (+ metadata): 64-byte strided
+])
+def test_slot_data_sits_where_the_layout_says_and_every_view_is_64_byte_aligned(
+        daemon: object, monkeypatch: pytest.MonkeyPatch, frame: np.ndarray, paged: bool) -> None:
+    made = _spy_segments(monkeypatch)
+    with ndsharray.NdShArray("cam/skew", r_w="w", slots=3) as w, \
+            ndsharray.NdShArray("cam/skew", r_w="r") as r:
+        w.write(frame)
+        lay = made[-1].layout
+        assert lay.paged == paged
+        assert lay.data_offset == lay.header_size + (SLOT_SKEW if paged else 0)
+        if paged:
+            assert [lay.slot_offset(i) % PAGE for i in range(lay.nslots)] == [SLOT_SKEW] * lay.nslots
+        where = {lay.slot_offset(i) % PAGE for i in range(lay.nslots)}
+        for k in range(4):  # every slot at least once (the ring has 3)
+            w.write(frame + k)
+            ok, view = r.read()
+            assert ok and np.array_equal(view, frame + k)
+            assert view.ctypes.data % 64 == 0 and view.ctypes.data % PAGE in where
+        with w.loan() as buf:
+            assert buf.ctypes.data % 64 == 0 and buf.ctypes.data % PAGE in where
+            buf[...] = frame
+        with open(os.path.join(shm_dir(), made[-1].name), "rb") as f:
+            head = f.read(lay.header_size)
+        (recorded,) = struct.unpack_from("<I", head, HEADER_OFF["data_offset"])
+        assert recorded == lay.data_offset
+
+
+def test_the_skew_starts_where_slots_become_page_strided() -> None:
+    assert 0 < SLOT_SKEW < PAGE and SLOT_SKEW % 64 == 0  # off the page start, 64-byte aligned
+    u1 = dtype_to_text(np.dtype(np.uint8))
+    below = plan_layout("t", u1, (PAGED_SLOT - 1,), 2)
+    at = plan_layout("t", u1, (PAGED_SLOT,), 2)
+    assert (below.paged, below.data_offset, below.stride % 64) == (False, below.header_size, 0)
+    assert (at.paged, at.data_offset, at.stride % PAGE) == (True, at.header_size + SLOT_SKEW, 0)
+    # The last slot's data and metadata fit the segment.
+    meta = plan_layout("t", u1, (PAGED_SLOT,), 2, meta_capacity=4096)
+    assert meta.slot_offset(1) + meta.nbytes + meta.meta_capacity <= meta.total_size
+
+
+def test_a_header_whose_data_offset_is_not_the_layouts_is_refused() -> None:
+    name = f"nds-test-skew-{os.getpid()}"
+    lay = create_segment(name, tag="cam", dtype_text=dtype_to_text(np.dtype(np.uint8)),
+                         shape=(PAGED_SLOT,), nslots=2, generation=1, writer_pid=os.getpid())
+    path = os.path.join(shm_dir(), name)
+    try:
+        with open(path, "rb") as f:
+            buf = bytearray(f.read())
+    finally:
+        os.unlink(path)
+    assert parse_header(buf, len(buf)).layout.data_offset == lay.header_size + SLOT_SKEW
+    struct.pack_into("<I", buf, HEADER_OFF["data_offset"], lay.header_size)  # unskewed: a misread
+    with pytest.raises(CorruptSegmentError, match="data offset"):
+        parse_header(buf, len(buf), name)
+
+
+def test_the_writer_prefaults_whole_pages_of_skewed_slots(
+        daemon: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int]] = []
+    orig = prefault._madvise
+
+    def spy(addr: int, length: int) -> bool:
+        calls.append((addr, length))
+        return orig(addr, length)
+
+    monkeypatch.setattr(prefault, "_madvise", spy)
+    made = _spy_segments(monkeypatch)
+    frame = np.ones((1 << 20,), np.uint8)
+    with ndsharray.NdShArray("cam/skew-prefault", r_w="w", slots=3) as w:
+        w.write(frame)
+        wait_until(lambda: prefault.running() == 0, what="the background population to end")
+        seg = made[-1]
+        base = _hot.address(seg.mm)
+        assert calls and all(addr % PAGE == 0 for addr, _ in calls)  # madvise takes nothing else
+        covered: set[int] = set()
+        for addr, length in calls:
+            covered.update(range((addr - base) // PAGE, -(-(addr - base + length) // PAGE)))
+        for i in range(seg.nslots):  # every page of every slot's frame
+            off = seg.layout.slot_offset(i)
+            assert set(range(off // PAGE, -(-(off + frame.nbytes) // PAGE))) <= covered
