@@ -1,10 +1,11 @@
-"""Where a slot's data sits in its page (layout.SLOT_SKEW).
+"""Where a slot's data sits in its page (layout.SLOT_SKEW), and where a big frame's copy goes.
 
 Big slots (64 KiB and more) start their data SLOT_SKEW bytes into a page, where glibc's
 big copies from a numpy array run fastest; every view stays 64-byte aligned; the daemon's,
 the writer's and the readers' idea of the offset is the one Layout gives (the header
 records it, and a header that says otherwise is refused); the writer's prefault still
-populates whole pages (benchmarks/README.md, "Where a big slot starts").
+populates whole pages; ``read(copy=True)`` of a big frame lands SLOT_SKEW past the slot's
+page offset (benchmarks/README.md, "Where a big slot starts").
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from conftest import wait_until
 
 import ndsharray
-from ndsharray import _hot, prefault
+from ndsharray import _hot, framecopy, prefault
 from ndsharray.dtypes import dtype_to_text
 from ndsharray.errors import CorruptSegmentError
 from ndsharray.layout import HEADER_OFF, PAGED_SLOT, SLOT_SKEW
@@ -123,3 +124,21 @@ def test_the_writer_prefaults_whole_pages_of_skewed_slots(
         for i in range(seg.nslots):  # every page of every slot's frame
             off = seg.layout.slot_offset(i)
             assert set(range(off // PAGE, -(-(off + frame.nbytes) // PAGE))) <= covered
+
+
+def test_a_big_frames_copy_sits_the_skew_past_its_slot_and_is_an_ordinary_array(daemon: object) -> None:
+    frame = np.arange(framecopy.BIG // 8, dtype=np.float64).reshape(-1, 1024)  # 16 MiB
+    with ndsharray.NdShArray("cam/skew-copy", frame, r_w="w") as w, \
+            ndsharray.NdShArray("cam/skew-copy", r_w="r") as r:
+        w.write(frame)
+        ok, view = r.read()
+        assert ok
+        w.write(frame)
+        ok, copy = r.read(copy=True)
+        assert ok and copy.dtype == frame.dtype and copy.shape == frame.shape
+        assert copy.flags.writeable and copy.flags.c_contiguous and copy.flags.aligned
+        assert np.array_equal(copy, frame) and not np.shares_memory(copy, view)
+        slot_at = view.ctypes.data % PAGE  # (both slots of the ring sit alike)
+        assert copy.ctypes.data % PAGE == (slot_at + SLOT_SKEW) % PAGE
+        copy[0, 0] = -1.0  # it is the caller's: the slot is untouched
+        assert view[0, 0] == 0.0

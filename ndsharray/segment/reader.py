@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import _hot, process
 from ..errors import CorruptSegmentError, ResourceLimitError
+from ..framecopy import copy_frame
 from ..layout import OFF_PUBLISH, READER_ROWS, ROW_PINS, ROW_SIZE
 from .header import U64, Header
 from .mapping import MappedSegment, mapping_address, row_lock
@@ -169,7 +170,7 @@ class SegmentReader(MappedSegment):
 
     def copy(self, pin: _hot.Pin) -> np.ndarray[Any, Any]:
         """An owned, writable copy of the frame ``pin`` holds."""
-        return self.view_of(pin).copy()
+        return copy_frame(self.view_of(pin))
 
     @property
     def meta(self) -> tuple[int, bytes] | None:
