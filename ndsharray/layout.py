@@ -14,16 +14,11 @@ from __future__ import annotations
 
 import struct
 
-VERSION = 4  # 4: slot data starts SLOT_SKEW bytes into a page (big slots), data_offset
+VERSION = 4  # 4: data_offset (slots of frames copied non-temporally start SLOT_SKEW into a page)
 
-#: Where a big slot's data starts within a page. glibc's memcpy of a frame past its
-#: non-temporal threshold (240 MiB here) runs 15-20 % faster when the destination sits a
-#: little ahead of the source within a page ((dst - src) mod 4096 in about (16, 256]) than
-#: when both share a page offset (4K aliasing between its loads and stores): numpy's big
-#: arrays start at page+16 (malloc's header), page-aligned slots made it 0x...ff0 behind.
-#: 192 is fast for a source at page+0 and page+16 alike (benchmarks/README.md, issue 14);
-#: a multiple of 64, so every view stays 64-byte aligned for any dtype, DLPack and torch.
-#: Slots under PAGED_SLOT bytes are 64-byte strided and get no skew.
+#: Where the data of a slot at least as big as glibc's non-temporal copy threshold starts
+#: within its page (others start page-aligned): see ndsharray/framecopy.py for why. A
+#: multiple of 64, so every view stays 64-byte aligned for any dtype, DLPack and torch.
 SLOT_SKEW = 192
 PAGED_SLOT = 65536  # a slot (frame + metadata capacity) this large is page strided
 
@@ -49,7 +44,7 @@ HEADER = (
     ("closed_pid", "I"),        # pid of the writer that last closed it (ls after a restart)
     ("writer_key", "16s"),      # SHA-256[:16] of the writer's token (zero once it closed)
     ("meta_capacity", "I"),     # bytes of metadata a slot holds beside its frame (0: none)
-    ("data_offset", "I"),       # offset of slot 0's data: header size (+ SLOT_SKEW if page strided)
+    ("data_offset", "I"),       # offset of slot 0's data: header size, + SLOT_SKEW for skewed slots
     ("dropped", "Q"),           # frames the writer skipped (on_full="drop"), for ls
     ("reserved2", "8s"),
 )

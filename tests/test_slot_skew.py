@@ -1,11 +1,12 @@
 """Where a slot's data sits in its page (layout.SLOT_SKEW), and where a big frame's copy goes.
 
-Big slots (64 KiB and more) start their data SLOT_SKEW bytes into a page, where glibc's
-big copies from a numpy array run fastest; every view stays 64-byte aligned; the daemon's,
-the writer's and the readers' idea of the offset is the one Layout gives (the header
-records it, and a header that says otherwise is refused); the writer's prefault still
-populates whole pages; ``read(copy=True)`` of a big frame lands SLOT_SKEW past the slot's
-page offset (benchmarks/README.md, "Where a big slot starts").
+Slots whose capacity reaches glibc's non-temporal copy threshold (framecopy.skew_from;
+NDSHARRAY_SKEW_FROM here, so that 1 MiB slots stand for 256 MiB ones) start their data
+SLOT_SKEW bytes into a page, others page-aligned (64 KiB and more) or 64-byte strided;
+every view stays 64-byte aligned; the header records the data offset and a header that
+says anything else is refused; the writer's prefault still populates whole pages;
+``read(copy=True)`` of a frame filling a skewed slot lands SLOT_SKEW past the slot's page
+offset (benchmarks/README.md, "Where a big slot starts").
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from ndsharray.segment.header import create_segment, parse_header, plan_layout
 from ndsharray.segment.writer import SegmentWriter
 
 PAGE = mmap.PAGESIZE
+U1 = dtype_to_text(np.dtype(np.uint8))
+
+
+@pytest.fixture
+def skew_from_64k(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skew slots from 64 KiB (before the daemon starts: it plans the layouts)."""
+    monkeypatch.setenv(framecopy.ENV_SKEW_FROM, str(PAGED_SLOT))
 
 
 def _spy_segments(monkeypatch: pytest.MonkeyPatch) -> list[SegmentWriter]:
@@ -42,21 +50,25 @@ def _spy_segments(monkeypatch: pytest.MonkeyPatch) -> list[SegmentWriter]:
     return made
 
 
-@pytest.mark.parametrize("frame, paged", [
-    (np.arange(1 << 18, dtype=np.float32).reshape(512, 512), True),  # 1 MiB: a big slot
-    (np.arange(100, dtype=np.complex128), False),  # 1.6 KB (+ metadata): 64-byte strided
+@pytest.mark.parametrize("frame, skew_env, skew", [
+    (np.arange(1 << 18, dtype=np.float32).reshape(512, 512), True, SLOT_SKEW),  # 1 MiB, skewed
+    (np.arange(1 << 18, dtype=np.float32).reshape(512, 512), False, 0),  # 1 MiB, below glibc's
+    (np.arange(100, dtype=np.complex128), True, 0),  # 1.6 KB (+ metadata): 64-byte strided
 ])
 def test_slot_data_sits_where_the_layout_says_and_every_view_is_64_byte_aligned(
-        daemon: object, monkeypatch: pytest.MonkeyPatch, frame: np.ndarray, paged: bool) -> None:
+        monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, frame: np.ndarray,
+        skew_env: bool, skew: int) -> None:
+    if skew_env:
+        monkeypatch.setenv(framecopy.ENV_SKEW_FROM, str(PAGED_SLOT))
+    request.getfixturevalue("daemon")  # (started after the variable is set)
     made = _spy_segments(monkeypatch)
     with ndsharray.NdShArray("cam/skew", r_w="w", slots=3) as w, \
             ndsharray.NdShArray("cam/skew", r_w="r") as r:
         w.write(frame)
         lay = made[-1].layout
-        assert lay.paged == paged
-        assert lay.data_offset == lay.header_size + (SLOT_SKEW if paged else 0)
-        if paged:
-            assert [lay.slot_offset(i) % PAGE for i in range(lay.nslots)] == [SLOT_SKEW] * lay.nslots
+        assert lay.skew == skew and lay.data_offset == lay.header_size + skew
+        if lay.paged:
+            assert [lay.slot_offset(i) % PAGE for i in range(lay.nslots)] == [skew] * lay.nslots
         where = {lay.slot_offset(i) % PAGE for i in range(lay.nslots)}
         for k in range(4):  # every slot at least once (the ring has 3)
             w.write(frame + k)
@@ -72,22 +84,32 @@ def test_slot_data_sits_where_the_layout_says_and_every_view_is_64_byte_aligned(
         assert recorded == lay.data_offset
 
 
-def test_the_skew_starts_where_slots_become_page_strided() -> None:
+def test_slots_are_skewed_from_the_threshold_on_and_only_page_strided_ones() -> None:
     assert 0 < SLOT_SKEW < PAGE and SLOT_SKEW % 64 == 0  # off the page start, 64-byte aligned
-    u1 = dtype_to_text(np.dtype(np.uint8))
-    below = plan_layout("t", u1, (PAGED_SLOT - 1,), 2)
-    at = plan_layout("t", u1, (PAGED_SLOT,), 2)
-    assert (below.paged, below.data_offset, below.stride % 64) == (False, below.header_size, 0)
-    assert (at.paged, at.data_offset, at.stride % PAGE) == (True, at.header_size + SLOT_SKEW, 0)
+    big = 1 << 20
+    assert plan_layout("t", U1, (big,), 2, skew_from=big + 1).skew == 0
+    at = plan_layout("t", U1, (big,), 2, skew_from=big)
+    assert (at.skew, at.data_offset, at.stride % PAGE) == (SLOT_SKEW, at.header_size + SLOT_SKEW, 0)
+    assert plan_layout("t", U1, (PAGED_SLOT - 1,), 2, skew_from=0).skew == 0  # 64-byte strided
     # The last slot's data and metadata fit the segment.
-    meta = plan_layout("t", u1, (PAGED_SLOT,), 2, meta_capacity=4096)
+    meta = plan_layout("t", U1, (PAGED_SLOT,), 2, meta_capacity=4096, skew_from=0)
     assert meta.slot_offset(1) + meta.nbytes + meta.meta_capacity <= meta.total_size
 
 
-def test_a_header_whose_data_offset_is_not_the_layouts_is_refused() -> None:
+def test_the_threshold_is_glibcs_unless_the_variable_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(framecopy.ENV_SKEW_FROM, "12345")
+    assert framecopy.skew_from() == 12345
+    monkeypatch.setenv(framecopy.ENV_SKEW_FROM, "lots")
+    with pytest.raises(ValueError, match=framecopy.ENV_SKEW_FROM):
+        framecopy.skew_from()
+    monkeypatch.delenv(framecopy.ENV_SKEW_FROM)
+    assert framecopy.skew_from() > 64 << 10  # glibc's (240 MiB here), or never
+
+
+def test_a_header_whose_data_offset_is_not_the_layouts_is_refused(skew_from_64k: None) -> None:
     name = f"nds-test-skew-{os.getpid()}"
-    lay = create_segment(name, tag="cam", dtype_text=dtype_to_text(np.dtype(np.uint8)),
-                         shape=(PAGED_SLOT,), nslots=2, generation=1, writer_pid=os.getpid())
+    lay = create_segment(name, tag="cam", dtype_text=U1, shape=(PAGED_SLOT,), nslots=2,
+                         generation=1, writer_pid=os.getpid())
     path = os.path.join(shm_dir(), name)
     try:
         with open(path, "rb") as f:
@@ -95,13 +117,14 @@ def test_a_header_whose_data_offset_is_not_the_layouts_is_refused() -> None:
     finally:
         os.unlink(path)
     assert parse_header(buf, len(buf)).layout.data_offset == lay.header_size + SLOT_SKEW
-    struct.pack_into("<I", buf, HEADER_OFF["data_offset"], lay.header_size)  # unskewed: a misread
-    with pytest.raises(CorruptSegmentError, match="data offset"):
-        parse_header(buf, len(buf), name)
+    for wrong in (64, SLOT_SKEW + 64, PAGE):
+        struct.pack_into("<I", buf, HEADER_OFF["data_offset"], lay.header_size + wrong)
+        with pytest.raises(CorruptSegmentError, match="data offset"):
+            parse_header(buf, len(buf), name)
 
 
 def test_the_writer_prefaults_whole_pages_of_skewed_slots(
-        daemon: object, monkeypatch: pytest.MonkeyPatch) -> None:
+        skew_from_64k: None, daemon: object, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, int]] = []
     orig = prefault._madvise
 
@@ -116,6 +139,7 @@ def test_the_writer_prefaults_whole_pages_of_skewed_slots(
         w.write(frame)
         wait_until(lambda: prefault.running() == 0, what="the background population to end")
         seg = made[-1]
+        assert seg.layout.skew == SLOT_SKEW
         base = _hot.address(seg.mm)
         assert calls and all(addr % PAGE == 0 for addr, _ in calls)  # madvise takes nothing else
         covered: set[int] = set()
@@ -126,8 +150,13 @@ def test_the_writer_prefaults_whole_pages_of_skewed_slots(
             assert set(range(off // PAGE, -(-(off + frame.nbytes) // PAGE))) <= covered
 
 
-def test_a_big_frames_copy_sits_the_skew_past_its_slot_and_is_an_ordinary_array(daemon: object) -> None:
-    frame = np.arange(framecopy.BIG // 8, dtype=np.float64).reshape(-1, 1024)  # 16 MiB
+@pytest.mark.parametrize("skew_env", [True, False])
+def test_a_copy_of_a_frame_filling_a_skewed_slot_sits_the_skew_past_it_and_is_an_ordinary_array(
+        monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, skew_env: bool) -> None:
+    if skew_env:
+        monkeypatch.setenv(framecopy.ENV_SKEW_FROM, str(PAGED_SLOT))
+    request.getfixturevalue("daemon")
+    frame = np.arange(1 << 17, dtype=np.float64).reshape(-1, 1024)  # 1 MiB
     with ndsharray.NdShArray("cam/skew-copy", frame, r_w="w") as w, \
             ndsharray.NdShArray("cam/skew-copy", r_w="r") as r:
         w.write(frame)
@@ -139,6 +168,10 @@ def test_a_big_frames_copy_sits_the_skew_past_its_slot_and_is_an_ordinary_array(
         assert copy.flags.writeable and copy.flags.c_contiguous and copy.flags.aligned
         assert np.array_equal(copy, frame) and not np.shares_memory(copy, view)
         slot_at = view.ctypes.data % PAGE  # (both slots of the ring sit alike)
-        assert copy.ctypes.data % PAGE == (slot_at + SLOT_SKEW) % PAGE
+        assert slot_at == (SLOT_SKEW if skew_env else 0)
+        if skew_env:
+            assert copy.ctypes.data % PAGE == (slot_at + SLOT_SKEW) % PAGE
+        else:
+            assert copy.flags.owndata  # a plain ndarray.copy()
         copy[0, 0] = -1.0  # it is the caller's: the slot is untouched
         assert view[0, 0] == 0.0

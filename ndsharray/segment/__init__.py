@@ -26,10 +26,10 @@ constants are compared with it when this package is imported::
             the frame read last (read time, write time, write count; for ``ls``), 256-bit pin mask
     data offset + i * stride: slot i: the frame's bytes (up to the capacity), then at
             + capacity its metadata (up to the metadata capacity). The data offset is the
-            header size (a page multiple), plus layout.SLOT_SKEW (192) when a slot holds
-            64 KiB or more: such slots have a page-multiple stride, so each one's data
-            starts 192 bytes into a page, where glibc's big copies from a numpy array
-            (page + 16) run fastest; smaller slots are 64-byte strided, unskewed. Every
+            header size (a page multiple), plus layout.SLOT_SKEW (192) for slots whose
+            capacity reaches glibc's non-temporal copy threshold (256 MiB frames here):
+            there a copy from a numpy array (page + 16) runs fastest with the data 192
+            bytes into a page, below it page-aligned (ndsharray/framecopy.py). Every
             slot's data is 64-byte aligned.
 
 Why the descriptor lives in the slot table and not in the header: a frame of another dtype

@@ -3,6 +3,7 @@ validating a header against the file's real size (see the package docstring for 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import framecopy
 from ..dtypes import MAX_DESCR_LEN, text_to_dtype
 from ..errors import CorruptSegmentError
 from ..layout import (
@@ -58,10 +60,11 @@ class Layout:
     tag_len: int
     descr_len: int
     meta_capacity: int = 0
+    skew: int = 0  # where each slot's data starts within its page: 0, or SLOT_SKEW (paged only)
 
     @functools.cached_property
     def paged(self) -> bool:
-        """Slots of a page-multiple stride, their data SLOT_SKEW bytes into a page."""
+        """Slots of a page-multiple stride (the only ones that may be skewed)."""
         return self.nbytes + self.meta_capacity >= PAGED_SLOT
 
     @functools.cached_property
@@ -93,8 +96,8 @@ class Layout:
 
     @functools.cached_property
     def data_offset(self) -> int:
-        """Where slot 0's data starts (see layout.SLOT_SKEW); 64-byte aligned always."""
-        return self.header_size + (SLOT_SKEW if self.paged else 0)
+        """Where slot 0's data starts (see framecopy); 64-byte aligned always."""
+        return self.header_size + self.skew
 
     @functools.cached_property
     def total_size(self) -> int:
@@ -165,10 +168,12 @@ def create_segment(
 
 
 def plan_layout(tag: str, dtype_text: str, shape: tuple[int, ...], nslots: int,
-                capacity: int | None = None, meta_capacity: int = 0) -> Layout:
+                capacity: int | None = None, meta_capacity: int = 0,
+                skew_from: int | None = None) -> Layout:
     """The layout of a generation: ``capacity`` (default: the frame's bytes) never below
-    the frame ``shape`` of ``dtype_text`` needs. Raises ValueError for a bad dtype text or
-    capacity."""
+    the frame ``shape`` of ``dtype_text`` needs; slots of a capacity of at least
+    ``skew_from`` (default: :func:`framecopy.skew_from`, glibc's non-temporal copy
+    threshold) skewed. Raises ValueError for a bad dtype text or capacity."""
     dtype = text_to_dtype(dtype_text)
     need = math.prod(shape) * dtype.itemsize
     cap = need if capacity is None else capacity
@@ -176,8 +181,11 @@ def plan_layout(tag: str, dtype_text: str, shape: tuple[int, ...], nslots: int,
         raise ValueError(f"capacity {cap} is smaller than the {need} bytes of {dtype} {shape}")
     if not 0 <= meta_capacity <= MAX_META_CAPACITY:
         raise ValueError(f"metadata capacity {meta_capacity} is not within 0..{MAX_META_CAPACITY}")
-    return Layout(cap, nslots, len(shape), len(tag.encode()), len(dtype_text.encode("ascii")),
-                  meta_capacity)
+    lay = Layout(cap, nslots, len(shape), len(tag.encode()), len(dtype_text.encode("ascii")),
+                 meta_capacity)
+    if lay.paged and cap >= (framecopy.skew_from() if skew_from is None else skew_from):
+        lay = dataclasses.replace(lay, skew=SLOT_SKEW)
+    return lay
 
 
 @dataclass(frozen=True)
@@ -234,13 +242,16 @@ def parse_header(buf: Any, size: int, name: str = "?") -> Header:
     if meta_cap > MAX_META_CAPACITY:
         raise bad("metadata capacity", f"is {meta_cap}, expected at most {MAX_META_CAPACITY}")
     layout = Layout(nbytes, nslots, ndim, tag_len, descr_len, meta_cap)
+    skew = data_offset - layout.header_size
+    if skew not in ((0, SLOT_SKEW) if layout.paged else (0,)):
+        raise bad("data offset", f"is {data_offset}, expected {layout.header_size} (header "
+                  f"{header_size}){f' or {layout.header_size + SLOT_SKEW}' if layout.paged else ''} "
+                  f"for {stride}-byte slots")
+    layout = dataclasses.replace(layout, skew=skew)
     if header_size != layout.header_size:
         raise bad("header size", f"is {header_size}, the other fields give {layout.header_size}")
     if stride != layout.stride:
         raise bad("slot stride", f"is {stride}, expected {layout.stride} for {nbytes} bytes")
-    if data_offset != layout.data_offset:
-        raise bad("data offset", f"is {data_offset}, expected {layout.data_offset} (header "
-                  f"{header_size} + the slot skew for {stride}-byte slots)")
     if layout.total_size > size:
         raise bad("payload bytes", f"need {layout.total_size} bytes but the segment has {size}")
     shape = struct.unpack_from(f"<{ndim}Q", buf, layout.shape_offset)
