@@ -972,3 +972,32 @@ def test_an_imported_frame_keeps_the_source_write_time_on_the_writers_fast_path(
             ok, x = r.read(copy=True, timeout=5)
             assert ok and np.array_equal(x, arr) and x.dtype == arr.dtype
             assert (r.write_time_ns, r.meta) == (stamp, meta), i
+
+
+def test_an_importer_that_gets_nothing_grants_the_whole_window_again(hosts: Any) -> None:
+    """Credits can be lost (a link that broke, a stream the exporter dropped): an importer
+    that gets no frame for REFRESH grants a whole window again, not one frame, so the link
+    never limps along at one frame per refresh (credits go back two at a time)."""
+    (a,) = hosts(1)
+    port = free_port()
+    with Bridge("ws", imports=["forger/**"], listen=[f"tcp/127.0.0.1:{port}"], endpoint=a.endpoint) as b:
+        zenoh = zconfig.zenoh_module()
+        session = zenoh.open(zconfig.build(connect=[f"tcp/127.0.0.1:{port}"]))
+        credits: list[tuple[int, bool, int]] = []
+        lock = threading.Lock()
+
+        def on_credit(sample: Any) -> None:
+            with lock:
+                credits.append(wire.unpack_credit(sample.payload.to_bytes()))
+
+        try:
+            sub = session.declare_subscriber(wire.credit_key("forger", b.zid, "cam"), on_credit)
+            token = session.liveliness().declare_token(wire.tags_key("forger", "cam"))
+            # The first credit (lost, say: no frame answers it), then the refresh.
+            wait_until(lambda: len(credits) >= 2, timeout=10, what="a credit and its refresh")
+            assert credits[0][1:] == (True, wire.WINDOW), credits  # (the newest frame, and a window)
+            assert credits[1][2] == wire.WINDOW, credits
+            token.undeclare()
+            sub.undeclare()
+        finally:
+            session.close()

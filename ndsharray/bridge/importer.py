@@ -30,7 +30,7 @@ from .patterns import TagPattern
 log = logging.getLogger("ndsharray.bridge")
 
 STALE_AFTER = 0.5  # seconds on the link after which a frame is dropped as stale
-REFRESH = 1.0  # a credit unanswered this long is sent again (it may have been lost)
+REFRESH = 1.0  # no frame this long after a credit: the whole window is granted again (credits may be lost)
 RETRY = 0.5  # seconds before asking again after a frame could not be written
 TICK = 0.1
 KEEP_ENDED = 256  # ended imports remembered (for their reason), the oldest forgotten first
@@ -74,7 +74,11 @@ class ImportStream:
             del self.credits[min(self.credits)]
         self.asked_ns, self.retry_ns = now, 0
         count, self.owed = min(wire.WINDOW, count + self.owed), 0
-        self.importer.session.put(self.credit_key, wire.pack_credit(self.last_credit, force, count), express=True)
+        # BLOCK, not Zenoh's default for puts (DROP after 1 ms without room in the queue): a
+        # busy machine that keeps the tx thread from running for a millisecond would lose
+        # credits, and with them the window, for good.
+        self.importer.session.put(self.credit_key, wire.pack_credit(self.last_credit, force, count), express=True,
+                                  congestion_control=self.importer.zenoh.CongestionControl.BLOCK)
 
     def _give_back(self) -> None:
         """A frame arrived: its credit goes back with the next one's (one message for
@@ -196,7 +200,10 @@ class ImportStream:
             if self.retry_ns and now > self.retry_ns:
                 self.ask(force=True)
             elif self.asked_ns and now - self.asked_ns > REFRESH * 1e9:
-                self.ask(force=False, count=0 if self.owed else 1)
+                # Nothing came for a while: whatever the exporter holds (credits lost with a
+                # link that broke, or forgotten with a stream it dropped), it may send a
+                # whole window again; it keeps at most WINDOW (Stream.credits).
+                self.ask(force=False, count=wire.WINDOW - self.owed)
 
     def status(self) -> dict[str, Any]:
         w = self.writer
