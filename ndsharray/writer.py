@@ -138,10 +138,7 @@ class Writer(FullRing, Lending, NdShArray, role="w", ops=(CLAIM, "release")):
             if count > 0:
                 self._valid = True
                 return True
-            if count == REMOVED:
-                self._removed()
-            if count == CLOSED:
-                self._release.overtaken(direct)
+            self._unwritten(direct, count)
         return self._write_at(array, meta, 0)
 
     def _write_stamped(self, array: np.ndarray[Any, Any], meta: dict[str, Any] | bytes | None, stamp_ns: int) -> bool:
@@ -154,11 +151,16 @@ class Writer(FullRing, Lending, NdShArray, role="w", ops=(CLAIM, "release")):
             if count > 0:
                 self._valid = True
                 return True
-            if count == REMOVED:
-                self._removed()
-            if count == CLOSED:
-                self._release.overtaken(direct)
+            self._unwritten(direct, count)
         return self._write_at(array, meta, stamp_ns)
+
+    def _unwritten(self, direct: Any, count: int) -> None:
+        """The C write published nothing (``count`` <= 0): the tag was removed (raises),
+        or the handle's close() overtook it; else the general path takes the frame."""
+        if count == REMOVED:
+            self._removed()
+        if count == CLOSED:
+            self._release.overtaken(direct)
 
     def _write_at(self, array: Any, meta: dict[str, Any] | bytes | None, stamp_ns: int) -> bool:
         """write()'s general path; ``stamp_ns`` (monotonic ns, 0: now) is the write time
