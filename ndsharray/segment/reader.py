@@ -66,6 +66,9 @@ class SegmentReader(MappedSegment):
         # Each view is built in C from its slot's own dtype and shape; a frame of the
         # header's structured dtype comes back as its Pin, and view_of() builds it here.
         self._via_bytes = h.dtype.names is not None or h.dtype.subdtype is not None
+        # copy(): only a frame filling a skewed slot is copied elsewhere than view.copy()
+        # (framecopy); decided here, not per copy (that cost a 1 KiB read(copy=True) ~7 %).
+        self._skewed_nbytes = lay.nbytes if lay.skew else -1
         direct: dict[str, Any] = {} if self._via_bytes else {"shape": h.shape, "dtype": h.dtype}
         self._c = _hot.Reader(base=self.base_addr, row=self.row, nslots=self.nslots,
                               data_offset=lay.data_offset, stride=lay.stride, nbytes=lay.nbytes,
@@ -171,8 +174,8 @@ class SegmentReader(MappedSegment):
     def copy(self, pin: _hot.Pin) -> np.ndarray[Any, Any]:
         """An owned, writable copy of the frame ``pin`` holds (placed for a fast copy when
         it fills a skewed slot: see framecopy)."""
-        view, lay = self.view_of(pin), self.header.layout
-        return copy_frame(view, lay.skew != 0 and view.nbytes == lay.nbytes)
+        view = self.view_of(pin)
+        return view.copy() if view.nbytes != self._skewed_nbytes else copy_frame(view, True)
 
     @property
     def meta(self) -> tuple[int, bytes] | None:
