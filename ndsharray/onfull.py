@@ -2,9 +2,10 @@
 on_full=...)``.
 
 - ``"grow"`` (the default): wait a moment (a reader swapping views holds two pins for
-  microseconds), then grow the ring (a new generation with more slots, up to
+  microseconds, for a scheduler slice or more when it is preempted in between: up to
+  :data:`GROW_GRACE`), then grow the ring (a new generation with more slots, up to
   ``max_slots``), then wait up to ``write_timeout`` and raise ``WriterStalledError``.
-- ``"drop"``: after the same short grace, skip this frame: ``write()`` returns False at
+- ``"drop"``: after the short grace (2 ms), skip this frame: ``write()`` returns False at
   once, never raises for want of a slot, and the drop is counted in the segment header
   (``ls``, ``info``, ``--json``: DROPPED). A camera loop that must never stall uses it.
 - ``"block"``: never grow; wait up to ``write_timeout`` for a slot to free.
@@ -28,6 +29,8 @@ from .segment.writer import SegmentWriter
 log = logging.getLogger("ndsharray")
 
 ON_FULL = ("grow", "drop", "block")
+#: Seconds every slot but the latest must stay pinned before a write grows the ring.
+GROW_GRACE = 0.02
 
 
 class Dropped(Exception):
@@ -79,6 +82,16 @@ class FullRing:
             raise Dropped
         grow_failed = ""
         if self._on_full == "grow" and seg.nslots < self._max_slots and not self._loaned:
+            # A reader preempted between pinning its new frame and dropping its old one
+            # holds two pins for a scheduler slice or more (4 ms and over on a busy
+            # machine): growing then made a single reader's ring grow 3 -> 6 slots within
+            # seconds of a flat-out writer. Wait that out too before growing for good.
+            grow_after = time.monotonic() + GROW_GRACE
+            while time.monotonic() < grow_after:
+                time.sleep(0.0005)
+                i = self._try_acquire(seg)
+                if i >= 0:
+                    return seg, i
             # Pins that persist are views readers keep: give them more room (not under a
             # loan: the lent slot must stay in this segment to be published).
             h = seg.header
