@@ -198,6 +198,17 @@ def test_a_header_like_one_seen_before_unpacks_to_the_same_frame() -> None:
     assert len(seen) <= wire.KEEP_HEADERS
 
 
+def test_a_header_with_big_metadata_is_not_remembered() -> None:
+    seen: dict[bytes, wire.Frame] = {}
+    big = wire.Frame(dtype="'<u1'", shape=(4,), meta_kind=META_BYTES, meta=bytes(wire.KEEP_HEADER_BYTES),
+                     meta_capacity=1 << 20)
+    for f in (big, dataclasses.replace(big, count=2)):
+        assert wire.unpack_frame(f.pack(), seen) == f
+    assert seen == {}  # (64 such headers of 16 MiB metadata each would keep a GiB)
+    small = dataclasses.replace(big, meta=b"x" * 100)
+    assert wire.unpack_frame(small.pack(), seen) == small and len(seen) == 1
+
+
 def test_credits_and_keys() -> None:
     assert wire.unpack_credit(wire.pack_credit(5, True)) == (5, True, 1)
     assert wire.unpack_credit(wire.pack_credit(2**63, False, wire.WINDOW)) == (2**63, False, wire.WINDOW)

@@ -44,6 +44,9 @@ _CREDIT_HOLD, _AGE = struct.Struct("<QQ"), struct.Struct("<q")
 _COUNT_WRITE_AT, _COUNT_WRITE = struct.calcsize("<4sBBBBBQQ"), struct.Struct("<Qq")  # (count, write_ns)
 _PER_FRAME, _PER_FRAME_END = struct.Struct("<QQQqq"), struct.calcsize("<4sBBBBBQQQqq")  # credit .. age_ns
 KEEP_HEADERS = 64  # headers an importer remembers (unpack_frame): a peer may send any number
+# ... and only headers up to this size: metadata may be up to MAX_META_CAPACITY (16 MiB) a
+# frame, and big metadata is rarely the same twice (a per-frame timestamp never is).
+KEEP_HEADER_BYTES = 4096
 _CREDIT = struct.Struct("<4sBBQH")  # magic, version, flags, credit id, how many frames it grants
 FORCE = 1  # credit flag: send the newest frame even if it was sent before
 # Credits: an importer keeps WINDOW frames granted to an exporter (frames in flight to it,
@@ -115,12 +118,13 @@ class Frame:
 def unpack_frame(data: bytes, seen: dict[bytes, Frame]) -> Frame:
     """``Frame.unpack(data)``, in a fraction of the time for a FRAME header that differs from
     one in ``seen`` only in its per-frame fields (credit, hold_ns, count, write_ns, age_ns):
-    the rest was checked when it came first. ``seen`` keeps up to KEEP_HEADERS of them."""
+    the rest was checked when it came first. ``seen`` keeps up to KEEP_HEADERS of them, each
+    at most KEEP_HEADER_BYTES long."""
     key = data[:_CREDIT_HOLD_AT] + data[_PER_FRAME_END:]
     known = seen.get(key)
     if known is None:
         head = Frame.unpack(data)
-        if head.kind == FRAME:
+        if head.kind == FRAME and len(data) <= KEEP_HEADER_BYTES:
             if len(seen) >= KEEP_HEADERS:
                 seen.clear()
             seen[key] = head
