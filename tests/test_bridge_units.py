@@ -6,13 +6,15 @@ import dataclasses
 import os
 import time
 import tracemalloc
-from typing import Any
+import types
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from ndsharray.bridge import wire
 from ndsharray.bridge.codecs import JPEG, RAW, ZSTD, Codec, CodecError, decode
+from ndsharray.bridge.importer import ImportStream
 from ndsharray.bridge.patterns import TagPattern
 from ndsharray.dtypes import dtype_to_text, text_to_dtype
 from ndsharray.layout import META_BYTES, META_JSON
@@ -258,3 +260,35 @@ def test_a_write_time_crosses_hosts_as_wall_clock_time_clamped_to_now_and_the_pr
     assert local_stamp(wall_of(stamp) - 10**9, back) == back
     # Nor to 0 ("no frame"), however far behind the source clock is.
     assert local_stamp(0, 0) == 1
+
+
+class _Session:
+    """Records each credit put, and whether the stream's lock was held during it."""
+
+    def __init__(self) -> None:
+        self.stream: ImportStream | None = None
+        self.puts: list[tuple[int, bool, int, bool]] = []  # credit id, force, count, lock held
+
+    def put(self, key: str, data: bytes, **_: Any) -> None:
+        assert self.stream is not None
+        self.puts.append((*wire.unpack_credit(data), self.stream.lock.locked()))
+
+
+def _stream() -> tuple[ImportStream, _Session]:
+    """An import stream whose importer has a session recording its puts (no Zenoh, no daemon)."""
+    session = _Session()
+    importer = types.SimpleNamespace(session=session, zid="z", stale_after_ns=int(5e8), zenoh=types.SimpleNamespace(
+        CongestionControl=types.SimpleNamespace(BLOCK="block")))
+    stream = session.stream = ImportStream(cast(Any, importer), "robot1", "cam")
+    return stream, session
+
+
+def test_credits_are_put_in_order_after_the_stream_lock_is_released() -> None:
+    # A put blocks while Zenoh's tx queue is full (a stalled link): under the lock it would
+    # hold up on_token(alive=False) and on_frame for as long.
+    stream, session = _stream()
+    assert stream.on_token(True)
+    stream.live, stream.asked_ns = True, 1  # (a credit long unanswered: tick grants the window again)
+    stream.tick(time.monotonic_ns())
+    assert [(c, held) for c, _, _, held in session.puts] == [(1, False), (2, False)]
+

@@ -10,6 +10,7 @@ is a current one.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -44,6 +45,11 @@ class ImportStream:
         self.local_tag = f"{exporter}/{tag}"
         self.credit_key = wire.credit_key(exporter, importer.zid, tag)
         self.lock = threading.Lock()
+        # Credits decided under the lock wait here, in order, for send() to put them after it
+        # is released: a put blocks while Zenoh's tx queue is full (a stalled link), and must
+        # not hold up on_token (the link going) or on_frame meanwhile. put_lock keeps their order.
+        self.outbox: collections.deque[bytes] = collections.deque()
+        self.put_lock = threading.Lock()
         self.writer: Writer | None = None
         self.meta_capacity = 0  # the writer's
         self.credits: dict[int, int] = {}  # credit id -> when it was sent (monotonic ns)
@@ -66,7 +72,8 @@ class ImportStream:
         self.link_ns = 0  # the last frame's round trip on the link
 
     def ask(self, force: bool, count: int = 1) -> None:
-        """Send a credit for ``count`` frames, and for those owed (under the lock)."""
+        """A credit for ``count`` frames, and for those owed (under the lock): queued for
+        :meth:`send`, which every caller of ask() runs once it has released the lock."""
         self.last_credit += 1
         now = time.monotonic_ns()
         self.credits[self.last_credit] = now
@@ -74,11 +81,19 @@ class ImportStream:
             del self.credits[min(self.credits)]
         self.asked_ns, self.retry_ns = now, 0
         count, self.owed = min(wire.WINDOW, count + self.owed), 0
-        # BLOCK, not Zenoh's default for puts (DROP after 1 ms without room in the queue): a
-        # busy machine that keeps the tx thread from running for a millisecond would lose
-        # credits, and with them the window, for good.
-        self.importer.session.put(self.credit_key, wire.pack_credit(self.last_credit, force, count), express=True,
-                                  congestion_control=self.importer.zenoh.CongestionControl.BLOCK)
+        self.outbox.append(wire.pack_credit(self.last_credit, force, count))
+
+    def send(self) -> None:
+        """Put the credits ask() queued, oldest first (outside self.lock)."""
+        if not self.outbox:
+            return
+        with self.put_lock:  # (whoever holds it puts every credit queued, in order)
+            while self.outbox:
+                # BLOCK, not Zenoh's default for puts (DROP after 1 ms without room in the
+                # queue): a busy machine that keeps the tx thread from running for a
+                # millisecond would lose credits, and with them the window, for good.
+                self.importer.session.put(self.credit_key, self.outbox.popleft(), express=True,
+                                          congestion_control=self.importer.zenoh.CongestionControl.BLOCK)
 
     def _give_back(self) -> None:
         """A frame arrived: its credit goes back with the next one's (one message for
@@ -91,53 +106,58 @@ class ImportStream:
 
     def on_frame(self, head: wire.Frame, payload: Any) -> None:
         with self.lock:
-            if head.kind == wire.END:
-                self._end(f"bridge {self.exporter} stopped" if head.reason == "stopped"
-                          else f"source writer on {self.exporter} {head.reason}")
-                return
-            if not self.live:
-                return
-            now = time.monotonic_ns()
-            sent = self.credits.get(head.credit)
-            self.asked_ns = 0
-            # (A credit too old to be remembered answers a frame that is stale by now.)
-            link = self.importer.stale_after_ns + 1 if sent is None else now - sent - head.hold_ns
-            trusted = self.fresh_from and head.credit >= self.fresh_from
-            if link > self.importer.stale_after_ns and not trusted:
-                # Stale: it waited on the link (a stall). Ask for the newest instead, and take
-                # the answer to that whatever its time on the link, so a link that is merely
-                # slow still carries frames.
-                self.stale += 1
-                self.ask(force=True)
-                if not self.fresh_from:  # (the first of a stall's stale frames: later ones
-                    self.fresh_from = self.last_credit  # keep it, or a slow link never settles)
-                return
-            self.fresh_from = 0
-            if (head.count, head.write_ns) == self.written:
-                # A forced credit is answered with the newest frame even if it went before:
-                # written already (a reader would take it for a new one); the credit goes on.
-                self._give_back()
-                return
-            try:
-                arr = decode(head.codec, payload.to_bytes(), text_to_dtype(head.dtype), head.shape)
-            except (CodecError, ValueError, TypeError) as exc:
-                self._failed(exc, now)
-                return
-            try:
-                self._write(arr, head)
-            except (ValueError, NdShArrayError, TypeError) as exc:
-                self._failed(exc, now)
-                return
-            # The credit back after the write, not before: its put (tens of microseconds)
-            # would delay the frame's readers here, and the exporter still holds the rest
-            # of its window for the next frames meanwhile.
+            self._take(head, payload)
+        self.send()
+
+    def _take(self, head: wire.Frame, payload: Any) -> None:
+        """A frame or end of stream (under the lock)."""
+        if head.kind == wire.END:
+            self._end(f"bridge {self.exporter} stopped" if head.reason == "stopped"
+                      else f"source writer on {self.exporter} {head.reason}")
+            return
+        if not self.live:
+            return
+        now = time.monotonic_ns()
+        sent = self.credits.get(head.credit)
+        self.asked_ns = 0
+        # (A credit too old to be remembered answers a frame that is stale by now.)
+        link = self.importer.stale_after_ns + 1 if sent is None else now - sent - head.hold_ns
+        trusted = self.fresh_from and head.credit >= self.fresh_from
+        if link > self.importer.stale_after_ns and not trusted:
+            # Stale: it waited on the link (a stall). Ask for the newest instead, and take
+            # the answer to that whatever its time on the link, so a link that is merely
+            # slow still carries frames.
+            self.stale += 1
+            self.ask(force=True)
+            if not self.fresh_from:  # (the first of a stall's stale frames: later ones
+                self.fresh_from = self.last_credit  # keep it, or a slow link never settles)
+            return
+        self.fresh_from = 0
+        if (head.count, head.write_ns) == self.written:
+            # A forced credit is answered with the newest frame even if it went before:
+            # written already (a reader would take it for a new one); the credit goes on.
             self._give_back()
-            self.error = None
-            self.written = (head.count, head.write_ns)
-            self.frames += 1
-            self.bytes += len(payload)
-            self.source_count, self.source_age_ns, self.link_ns = head.count, head.age_ns, link
-            self.state, self.reason = "live", None
+            return
+        try:
+            arr = decode(head.codec, payload.to_bytes(), text_to_dtype(head.dtype), head.shape)
+        except (CodecError, ValueError, TypeError) as exc:
+            self._failed(exc, now)
+            return
+        try:
+            self._write(arr, head)
+        except (ValueError, NdShArrayError, TypeError) as exc:
+            self._failed(exc, now)
+            return
+        # The credit back after the write, not before: its put (tens of microseconds)
+        # would delay the frame's readers here, and the exporter still holds the rest
+        # of its window for the next frames meanwhile.
+        self._give_back()
+        self.error = None
+        self.written = (head.count, head.write_ns)
+        self.frames += 1
+        self.bytes += len(payload)
+        self.source_count, self.source_age_ns, self.link_ns = head.count, head.age_ns, link
+        self.state, self.reason = "live", None
 
     def _failed(self, exc: Exception, now: int) -> None:
         """A frame that could not be decoded or written: say so once, ask again later."""
@@ -179,6 +199,7 @@ class ImportStream:
                 self.ask(force=True, count=wire.WINDOW)  # the newest frame at once, and the next ones
             elif self.state != "ended":
                 self._end(f"bridge {self.exporter} or the link to it is gone")
+        self.send()
         return True
 
     def _end(self, reason: str) -> None:
@@ -204,6 +225,7 @@ class ImportStream:
                 # link that broke, or forgotten with a stream it dropped), it may send a
                 # whole window again; it keeps at most WINDOW (Stream.credits).
                 self.ask(force=False, count=wire.WINDOW - self.owed)
+        self.send()
 
     def status(self) -> dict[str, Any]:
         w = self.writer
