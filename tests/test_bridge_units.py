@@ -292,3 +292,34 @@ def test_credits_are_put_in_order_after_the_stream_lock_is_released() -> None:
     stream.tick(time.monotonic_ns())
     assert [(c, held) for c, _, _, held in session.puts] == [(1, False), (2, False)]
 
+
+def test_the_credit_window_is_wide_for_small_frames_and_narrow_for_big_ones() -> None:
+    # On a link slower than the frames come, each big frame in flight adds its transfer time
+    # to the age of the newest one delivered ("latest value, never a backlog"); small frames
+    # gain from fewer credit messages and cost the link next to nothing.
+    assert wire.window(1024) == (wire.WINDOW, wire.CREDIT_BATCH) == (4, 2)
+    assert wire.window(wire.SMALL_FRAME) == (4, 2)
+    assert wire.window(720 * 1280 * 3) == wire.window(wire.SMALL_FRAME + 1) == (wire.BIG_WINDOW, 1) == (2, 1)
+    stream, session = _stream()
+    arrived = [0]
+
+    def arrive(nbytes: int, frames: int) -> list[int]:
+        """Frames of ``nbytes`` arrive: the frames each credit message grants."""
+        before = len(session.puts)
+        for _ in range(frames):
+            with stream.lock:
+                stream._give_back(nbytes)
+            stream.send()
+            arrived[0] += 1
+        return [n for _, _, n, _ in session.puts[before:]]
+
+    def in_flight() -> int:  # (granted, not arrived yet)
+        return sum(n for _, _, n, _ in session.puts) - arrived[0]
+
+    assert stream.on_token(True)
+    assert [n for _, _, n, _ in session.puts] == [2]  # (the size unknown yet: the narrow window)
+    assert arrive(720 * 1280 * 3, 3) == [1, 1, 1] and in_flight() == 2  # each credit back at once
+    assert arrive(1024, 3) == [3, 2] and in_flight() == 4  # widened with the first small frame
+    assert arrive(1024, 1) == [] and in_flight() == 3  # (its credit goes with the next one's)
+    assert arrive(720 * 1280 * 3, 1) == [] and in_flight() == 2  # narrowed: two credits kept
+    assert arrive(720 * 1280 * 3, 3) == [1, 1, 1] and in_flight() == 2  # then one back per frame

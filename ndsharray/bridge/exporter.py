@@ -1,8 +1,8 @@
 """The exporting half of a bridge: local tags out to the importers that ask for them.
 
 Latest value, never a backlog: each exported tag has one reader thread that keeps only
-the newest frame, and each importer gets frames by credit (it grants wire.WINDOW, and
-gives them back as frames arrive). A slow or stalled link therefore holds at most WINDOW
+the newest frame, and each importer gets frames by credit (it grants a window, wire.window(),
+and gives them back as frames arrive). A slow or stalled link therefore holds at most WINDOW
 frames per importer in flight; frames written meanwhile are skipped, and the source writer never
 waits for anything the bridge does (the bridge is an ordinary reader of its tag).
 """

@@ -1,8 +1,9 @@
 """The importing half of a bridge: remote tags written into local tags ``<exporter>/<tag>``.
 
-An importer gives each exporter wire.WINDOW credits (frames it may send) and one more
-for each frame that arrives, sent wire.CREDIT_BATCH at a time. A frame that spent longer
-than ``stale_after`` on the link (measured on this host's clock: from the credit it
+An importer gives each exporter a window of credits (frames it may send) and one more for
+each frame that arrives: wire.window() says how many, and how many go back in one
+message, by the frames' size (four for small frames, two for big ones). A frame that
+spent longer than ``stale_after`` on the link (measured on this host's clock: from the credit it
 answers, less the time the exporter held that credit) is stale: it is dropped and the
 exporter is asked for its newest frame instead, so the first frame written after a stall
 is a current one.
@@ -54,7 +55,11 @@ class ImportStream:
         self.meta_capacity = 0  # the writer's
         self.credits: dict[int, int] = {}  # credit id -> when it was sent (monotonic ns)
         self.last_credit = 0
-        self.owed = 0  # frames arrived whose credit has not been given back yet (< CREDIT_BATCH)
+        self.owed = 0  # frames arrived whose credit has not been given back yet
+        # Frames the exporter may have in flight, credits owed included: wire.window() of the
+        # last frame's size; the narrow one until a frame says (a big frame must not wait
+        # behind a wide window it was never meant to have).
+        self.window = wire.BIG_WINDOW
         self.asked_ns = 0  # when the last credit went out (0: none outstanding)
         self.retry_ns = 0  # ask again (force) at this time, after a failed write
         self.fresh_from = 0  # after a stale frame: answers to credits from this one on are taken
@@ -95,11 +100,17 @@ class ImportStream:
                 self.importer.session.put(self.credit_key, self.outbox.popleft(), express=True,
                                           congestion_control=self.importer.zenoh.CongestionControl.BLOCK)
 
-    def _give_back(self) -> None:
-        """A frame arrived: its credit goes back with the next one's (one message for
-        CREDIT_BATCH frames); the exporter still holds the rest of the window meanwhile."""
+    def _give_back(self, nbytes: int) -> None:
+        """A frame of ``nbytes`` arrived: its credit goes back, alone or with the next
+        frames' (wire.window()); the exporter still holds the rest of the window meanwhile."""
         self.owed += 1
-        if self.owed >= wire.CREDIT_BATCH:
+        window, batch = wire.window(nbytes)
+        if window < self.window:  # narrower: credits owed are kept until it is
+            kept = min(self.owed, self.window - window)
+            self.owed, self.window = self.owed - kept, self.window - kept
+        elif window > self.window:  # wider: the extra credits go with this one's
+            self.owed, self.window = self.owed + window - self.window, window
+        if self.owed >= batch:
             self.ask(force=False, count=0)
         else:
             self.asked_ns = time.monotonic_ns()  # (tick gives it back if no frame follows)
@@ -136,7 +147,7 @@ class ImportStream:
         if (head.count, head.write_ns) == self.written:
             # A forced credit is answered with the newest frame even if it went before:
             # written already (a reader would take it for a new one); the credit goes on.
-            self._give_back()
+            self._give_back(len(payload))
             return
         try:
             arr = decode(head.codec, payload.to_bytes(), text_to_dtype(head.dtype), head.shape)
@@ -151,7 +162,7 @@ class ImportStream:
         # The credit back after the write, not before: its put (tens of microseconds)
         # would delay the frame's readers here, and the exporter still holds the rest
         # of its window for the next frames meanwhile.
-        self._give_back()
+        self._give_back(len(payload))
         self.error = None
         self.written = (head.count, head.write_ns)
         self.frames += 1
@@ -196,7 +207,7 @@ class ImportStream:
             self.live = alive
             if alive:
                 self.fresh_from, self.owed = 0, 0
-                self.ask(force=True, count=wire.WINDOW)  # the newest frame at once, and the next ones
+                self.ask(force=True, count=self.window)  # the newest frame at once, and the next ones
             elif self.state != "ended":
                 self._end(f"bridge {self.exporter} or the link to it is gone")
         self.send()
@@ -223,8 +234,8 @@ class ImportStream:
             elif self.asked_ns and now - self.asked_ns > REFRESH * 1e9:
                 # Nothing came for a while: whatever the exporter holds (credits lost with a
                 # link that broke, or forgotten with a stream it dropped), it may send a
-                # whole window again; it keeps at most WINDOW (Stream.credits).
-                self.ask(force=False, count=wire.WINDOW - self.owed)
+                # whole window again; it keeps at most wire.WINDOW (Stream.credits).
+                self.ask(force=False, count=self.window - self.owed)
         self.send()
 
     def status(self) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Frames of one exported tag to one importer, each against a credit the importer sent.
 
-Each importer grants wire.WINDOW credits, and gives them back as frames arrive (two at a
-time): a slow or stalled link holds at most WINDOW frames per importer in flight; frames
-written meanwhile are skipped (the source keeps only the newest).
+Each importer grants a window of credits (wire.window(): four for small frames, two for
+big ones), and gives them back as frames arrive: a slow or stalled link holds at most
+WINDOW frames per importer in flight; frames written meanwhile are skipped (the source keeps only the newest).
 """
 
 from __future__ import annotations
