@@ -2,8 +2,8 @@
 on_full=...)``.
 
 - ``"grow"`` (the default): wait a moment (a reader swapping views holds two pins for
-  microseconds, for a scheduler slice or more when it is preempted in between: up to
-  :data:`GROW_GRACE`), then grow the ring (a new generation with more slots, up to
+  microseconds, for a scheduler slice or more when it is preempted in between: as long as
+  growing would cost, 2 to 20 ms, :func:`ring.grow_grace`), then grow the ring (a new generation with more slots, up to
   ``max_slots``), then wait up to ``write_timeout`` and raise ``WriterStalledError``.
 - ``"drop"``: after the short grace (2 ms), skip this frame: ``write()`` returns False at
   once, never raises for want of a slot, and the drop is counted in the segment header
@@ -29,9 +29,6 @@ from .segment.writer import SegmentWriter
 log = logging.getLogger("ndsharray")
 
 ON_FULL = ("grow", "drop", "block")
-#: Seconds every slot but the latest must stay pinned before a write grows the ring.
-GROW_GRACE = 0.02
-
 
 class Dropped(Exception):
     """on_full="drop": every slot stayed pinned past the short grace; skip this frame."""
@@ -72,7 +69,7 @@ class FullRing:
             if i >= 0:
                 return seg, i
         # A reader holds two pins for a moment while it swaps views; that passes quickly.
-        spin_until = time.monotonic() + 0.002
+        spin_until = time.monotonic() + ring.MIN_GROW_GRACE
         while time.monotonic() < spin_until:
             os.sched_yield()
             i = self._try_acquire(seg)
@@ -84,9 +81,11 @@ class FullRing:
         if self._on_full == "grow" and seg.nslots < self._max_slots and not self._loaned:
             # A reader preempted between pinning its new frame and dropping its old one
             # holds two pins for a scheduler slice or more (4 ms and over on a busy
-            # machine): growing then made a single reader's ring grow 3 -> 6 slots within
-            # seconds of a flat-out writer. Wait that out too before growing for good.
-            grow_after = time.monotonic() + GROW_GRACE
+            # machine). Wait that out for as long as growing would cost (ring.grow_grace):
+            # a big ring's growth stalls this write for much longer; a small one's is cheap.
+            h = seg.header
+            slots = ring.grown_slots(seg.nslots, h.layout.nbytes, self._max_slots)
+            grow_after = spin_until - ring.MIN_GROW_GRACE + ring.grow_grace(slots, h.layout.stride)
             while time.monotonic() < grow_after:
                 time.sleep(0.0005)
                 i = self._try_acquire(seg)
@@ -94,11 +93,8 @@ class FullRing:
                     return seg, i
             # Pins that persist are views readers keep: give them more room (not under a
             # loan: the lent slot must stay in this segment to be published).
-            h = seg.header
             try:
-                seg = self._new_generation(h.dtype, h.shape,
-                                           ring.grown_slots(seg.nslots, h.layout.nbytes, self._max_slots),
-                                           h.layout.nbytes)
+                seg = self._new_generation(h.dtype, h.shape, slots, h.layout.nbytes)
             except (DaemonUnavailableError, ResourceLimitError) as exc:
                 log.debug("could not grow the ring of %r (%s); waiting for a free slot", self._tag, exc)
                 grow_failed = f"; growing the ring to more slots failed: {exc}"

@@ -33,3 +33,25 @@ def initial_slots(nbytes: int, max_slots: int, free_bytes: int | None = None) ->
 def grown_slots(nslots: int, nbytes: int, max_slots: int) -> int:
     """The slot count of the next ring when readers pin every slot the writer could use."""
     return min(max_slots, nslots + 1 if nbytes > BIG_ARRAY_BYTES else nslots * 2)
+
+
+#: What a new generation costs per byte of its ring: the daemon's ``posix_fallocate`` and
+#: the writer's prefault, ~2 GB/s here (a 768 MiB ring: a 0.34-0.48 s write, 115-126 ms of
+#: it the prefault of one 256 MiB slot; benchmarks/README.md).
+GROW_BYTES_PER_S = 2e9
+#: The shortest and longest wait for a pinned slot to free before the ring grows (seconds).
+MIN_GROW_GRACE, MAX_GROW_GRACE = 0.002, 0.02
+
+
+def grow_grace(slots: int, stride: int) -> float:
+    """How long a writer whose every usable slot is pinned waits for one to free before it
+    grows the ring to ``slots`` slots of ``stride`` bytes: as long as the growth would cost.
+
+    A reader pins its new frame before it drops its old one, so for that moment (a scheduler
+    slice or more when it is preempted in between) it holds two. Waiting never costs more
+    than the growth it may avoid, and growing never costs more than the wait it ends: at
+    worst twice the better choice (the ski-rental rule). So a 1 KiB ring, whose growth is a
+    daemon call, grows after the 2 ms minimum, and the writer is not held up by a reader's
+    every preemption; a 256 MiB ring, whose growth stalls the writer for ~0.4 s and takes
+    another slot of ``/dev/shm``, waits up to 20 ms first."""
+    return min(MAX_GROW_GRACE, max(MIN_GROW_GRACE, slots * stride / GROW_BYTES_PER_S))

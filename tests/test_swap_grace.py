@@ -1,5 +1,7 @@
-"""A reader that holds one frame never makes the ring grow, even when it is preempted
-between pinning its new frame and dropping its old one (two pins for milliseconds)."""
+"""A reader preempted between pinning its new frame and dropping its old one holds two pins
+for milliseconds. The writer waits that out for as long as growing the ring would cost
+(ring.grow_grace): a big ring does not grow, a small one grows rather than hold the writer
+up at every such moment."""
 
 from __future__ import annotations
 
@@ -29,11 +31,12 @@ print(swaps, flush=True)
 """
 
 
-def test_a_reader_preempted_mid_swap_never_grows_the_ring(daemon: Any) -> None:
-    frame = np.zeros(1024, np.uint8)
-    with ndsharray.NdShArray("swap/grace", frame, r_w="w", slots=3) as w:
+def swap_against_a_flat_out_writer(tag: str, frame: np.ndarray[Any, Any]) -> tuple[int, bool]:
+    """The ring's slot count, and whether it had a new generation, after a writer wrote
+    ``frame`` flat out for 1.5 s while SWAPPER read it."""
+    with ndsharray.NdShArray(tag, frame, r_w="w", slots=3) as w:
         gen = w.generation
-        child = subprocess.Popen([sys.executable, "-c", SWAPPER, "swap/grace", "1.5"],
+        child = subprocess.Popen([sys.executable, "-c", SWAPPER, tag, "1.5"],
                                  stdout=subprocess.PIPE, text=True)
         try:
             assert child.stdout is not None
@@ -45,5 +48,17 @@ def test_a_reader_preempted_mid_swap_never_grows_the_ring(daemon: Any) -> None:
             child.kill()
             child.wait()
         assert swaps > 50  # the reader did swap, under a writer that never paused
-        info = ndsharray.tag_info("swap/grace")
-        assert (info.slots, w.generation) == (3, gen)
+        return ndsharray.tag_info(tag).slots, w.generation != gen
+
+
+def test_a_big_ring_waits_out_a_reader_preempted_mid_swap_instead_of_growing(daemon: Any) -> None:
+    # 8 MiB frames: growing to 6 slots would cost ~25 ms, so the writer waits up to 20 ms
+    # for the reader's 3 ms. (It grew to 6 with the former 2 ms grace.)
+    assert swap_against_a_flat_out_writer("swap/big", np.zeros(8 << 20, np.uint8)) == (3, False)
+
+
+def test_a_small_ring_grows_rather_than_wait_on_a_reader_preempted_mid_swap(daemon: Any) -> None:
+    # 1 KiB frames: growing costs a daemon call, waiting 3 ms at every swap would cap the
+    # writer at the reader's pace, so the ring grows once, to 6, after the 2 ms minimum.
+    # (It stayed at 3, the writer waiting at every swap, with a fixed 20 ms grace.)
+    assert swap_against_a_flat_out_writer("swap/small", np.zeros(1024, np.uint8)) == (6, True)
