@@ -39,10 +39,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import _hot, _waitv
-from .layout import OFF_PUBLISH
+from .layout import OFF_PUBLISH, PAGED_SLOT
 
 MADV_POPULATE_WRITE = 23
-MIN_BYTES = 64 * 1024  # a slot this large is page strided (see segment.Layout.stride)
+MIN_BYTES = PAGED_SLOT  # a slot this large is page strided (see segment.Layout.stride)
 PIECE = 2 * 1024 * 1024  # the background thread populates this much per madvise call
 ENV = "NDSHARRAY_PREFAULT"
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -15,7 +15,7 @@ from typing import TextIO
 
 import click
 
-from ndsharray import config, safefs
+from ndsharray import config, framecopy, safefs
 from ndsharray._version import __version__
 from ndsharray.daemonctl import AlreadyRunning
 from ndsharray.errors import UnsafeFileError
@@ -68,6 +68,10 @@ def main(endpoint: str | None, log_level: str, orphan_ttl: float, max_bytes: int
          log_max_bytes: int) -> None:
     """The ndsharray registry daemon: maps tags to shared-memory segments."""
     endpoint = config.resolve_endpoint(endpoint)
+    try:  # (read again at each generation: refuse a bad value now, not as a writer's error)
+        framecopy.skew_from()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     gid = None
     if group is not None:
         try:

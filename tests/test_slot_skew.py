@@ -14,6 +14,8 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -174,3 +176,12 @@ def test_a_copy_of_a_frame_filling_a_skewed_slot_sits_the_skew_past_it_and_is_an
             assert copy.flags.owndata  # a plain ndarray.copy()
         copy[0, 0] = -1.0  # it is the caller's: the slot is untouched
         assert view[0, 0] == 0.0
+
+
+def test_a_daemon_refuses_to_start_with_a_bad_skew_threshold(folder: str) -> None:
+    # (Before, it started, and each writer of a big array was refused with "field 'capacity'".)
+    env = dict(os.environ, **{framecopy.ENV_SKEW_FROM: "lots"})
+    done = subprocess.run([sys.executable, "-m", "ndsharrayd", "--endpoint", f"ipc://{folder}/d.sock"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert f"{framecopy.ENV_SKEW_FROM}='lots' is not a number of bytes" in done.stderr
