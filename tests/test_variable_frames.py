@@ -20,6 +20,11 @@ from ndsharray import admin, config
 from ndsharray.replies import TagInfo
 
 N = 1500
+# Frames the writer writes in step with the hoarding reader (it reads each before the next
+# is written): it then holds six consecutive frames, within one generation, and the ring
+# must grow. Flat out throughout, the writer could outrun it through capacity generations
+# on a busy machine, and the ring then never grew (seen once in a full run under load).
+IN_STEP = (range(N // 4, N // 4 + 40), range(3 * N // 4, 3 * N // 4 + 40))
 
 
 def frame(i: int) -> tuple[np.ndarray[Any, Any], Any]:
@@ -55,17 +60,17 @@ def index_of(a: np.ndarray[Any, Any], meta: Any) -> int:
     return int(meta.decode().split("=")[1])
 
 
-def _reader(endpoint: str, hoard: int, q: Any) -> None:
+def _reader(endpoint: str, hoard: int, q: Any, progress: Any) -> None:
     """Read until the last frame; check each frame read against frame(index). What it
     raises goes to the parent too (which then fails at once, with it)."""
     try:
-        _read_all(endpoint, hoard, q)
+        _read_all(endpoint, hoard, q, progress)
     except BaseException:
         q.put(("error", traceback.format_exc()))
         raise
 
 
-def _read_all(endpoint: str, hoard: int, q: Any) -> None:
+def _read_all(endpoint: str, hoard: int, q: Any, progress: Any) -> None:
     os.environ["NDSHARRAY_ENDPOINT"] = endpoint
     bad: list[Any] = []
     seen = 0
@@ -87,6 +92,7 @@ def _read_all(endpoint: str, hoard: int, q: Any) -> None:
             last = i
             seen += 1
             if hoard:
+                progress.value = i  # (the writer keeps in step with this reader in IN_STEP)
                 kept.append((a, want))  # views held: the ring must grow, old views keep their shape
                 del kept[:-hoard]
         for a, want in kept:
@@ -121,7 +127,8 @@ def _run(endpoint: str, restart: Any = None) -> tuple[list[Any], TagInfo, TagInf
     its slots, and so start again from three)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    readers = [ctx.Process(target=_reader, args=(endpoint, hoard, q)) for hoard in (0, 6)]
+    progress = ctx.Value("q", -1)  # the last frame the hoarding reader read
+    readers = [ctx.Process(target=_reader, args=(endpoint, hoard, q, progress)) for hoard in (0, 6)]
     for p in readers:
         p.start()
     try:
@@ -131,6 +138,8 @@ def _run(endpoint: str, restart: Any = None) -> tuple[list[Any], TagInfo, TagInf
             for i in range(N):
                 a, meta = frame(i)
                 w.write(a, meta=meta)
+                if any(i in span for span in IN_STEP):
+                    wait_until(lambda i=i: progress.value >= i, 30, f"the hoarding reader to read frame {i}")
                 if w.generation != gen:
                     gen, most = w.generation, max(most, admin.tag_info("var").slots)
                 if i == N // 2:
