@@ -21,6 +21,7 @@ import pytest
 from ndsharray import admin, config, transport
 from ndsharray.segment.mapping import mapping_address
 from ndsharray.segment.reader import SegmentReader
+from ndsharray.segment.writer import SegmentWriter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHM = "/dev/shm"
@@ -41,6 +42,19 @@ def wait_until(pred: Any, timeout: float = 10.0, what: str = "condition") -> Any
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def spy_segments(monkeypatch: pytest.MonkeyPatch) -> list[SegmentWriter]:
+    """Every SegmentWriter this process makes from now on (the test's end undoes the spy)."""
+    made: list[SegmentWriter] = []
+    orig = SegmentWriter.__init__
+
+    def spy(self: SegmentWriter, *a: object, **k: object) -> None:
+        orig(self, *a, **k)  # type: ignore[arg-type]
+        made.append(self)
+
+    monkeypatch.setattr(SegmentWriter, "__init__", spy)
+    return made
 
 
 def sleepers(r: Any) -> int:

@@ -7,11 +7,10 @@ import os
 
 import numpy as np
 import pytest
-from conftest import wait_until
+from conftest import spy_segments, wait_until
 
 import ndsharray
 from ndsharray import prefault
-from ndsharray.segment.writer import SegmentWriter
 
 
 def mapped_kib(name: str) -> int:
@@ -35,14 +34,7 @@ def test_a_new_generation_is_in_the_writers_page_tables_before_it_writes(
         monkeypatch.setenv(prefault.ENV, "0")
     frame = np.ones((4096, 4096), np.uint8)  # 16 MiB
     slot_kib = frame.nbytes // 1024
-    made: list[SegmentWriter] = []
-    orig = SegmentWriter.__init__
-
-    def spy(self: SegmentWriter, *a: object, **k: object) -> None:
-        orig(self, *a, **k)  # type: ignore[arg-type]
-        made.append(self)
-
-    monkeypatch.setattr(SegmentWriter, "__init__", spy)
+    made = spy_segments(monkeypatch)
     with ndsharray.NdShArray("cam/prefault", r_w="w", slots=3) as w:
         w.write(frame)  # creates the generation: slot 0 populated, 1 and 2 in the background
         seg = made[-1]

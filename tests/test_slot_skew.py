@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import wait_until
+from conftest import spy_segments, wait_until
 
 import ndsharray
 from ndsharray import _hot, framecopy, prefault
@@ -28,7 +28,6 @@ from ndsharray.errors import CorruptSegmentError
 from ndsharray.layout import HEADER_OFF, PAGED_SLOT, SLOT_SKEW
 from ndsharray.segment.files import shm_dir
 from ndsharray.segment.header import create_segment, parse_header, plan_layout
-from ndsharray.segment.writer import SegmentWriter
 
 PAGE = mmap.PAGESIZE
 U1 = dtype_to_text(np.dtype(np.uint8))
@@ -38,18 +37,6 @@ U1 = dtype_to_text(np.dtype(np.uint8))
 def skew_from_64k(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skew slots from 64 KiB (before the daemon starts: it plans the layouts)."""
     monkeypatch.setenv(framecopy.ENV_SKEW_FROM, str(PAGED_SLOT))
-
-
-def _spy_segments(monkeypatch: pytest.MonkeyPatch) -> list[SegmentWriter]:
-    made: list[SegmentWriter] = []
-    orig = SegmentWriter.__init__
-
-    def spy(self: SegmentWriter, *a: object, **k: object) -> None:
-        orig(self, *a, **k)  # type: ignore[arg-type]
-        made.append(self)
-
-    monkeypatch.setattr(SegmentWriter, "__init__", spy)
-    return made
 
 
 @pytest.mark.parametrize("frame, skew_env, skew", [
@@ -63,7 +50,7 @@ def test_slot_data_sits_where_the_layout_says_and_every_view_is_64_byte_aligned(
     # (Not the machine's own threshold: glibc's is 1-2 MiB on some machines.)
     monkeypatch.setenv(framecopy.ENV_SKEW_FROM, str(PAGED_SLOT if skew_env else 1 << 40))
     request.getfixturevalue("daemon")  # (started after the variable is set)
-    made = _spy_segments(monkeypatch)
+    made = spy_segments(monkeypatch)
     with ndsharray.NdShArray("cam/skew", r_w="w", slots=3) as w, \
             ndsharray.NdShArray("cam/skew", r_w="r") as r:
         w.write(frame)
@@ -135,7 +122,7 @@ def test_the_writer_prefaults_whole_pages_of_skewed_slots(
         return orig(addr, length)
 
     monkeypatch.setattr(prefault, "_madvise", spy)
-    made = _spy_segments(monkeypatch)
+    made = spy_segments(monkeypatch)
     frame = np.ones((1 << 20,), np.uint8)
     with ndsharray.NdShArray("cam/skew-prefault", r_w="w", slots=3) as w:
         w.write(frame)
