@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from ndsharray import admin, config, transport
+from ndsharray.segment.files import shm_dir
+from ndsharray.segment.header import Layout, create_segment
 from ndsharray.segment.mapping import mapping_address
 from ndsharray.segment.reader import SegmentReader
 from ndsharray.segment.writer import SegmentWriter
@@ -42,6 +44,20 @@ def wait_until(pred: Any, timeout: float = 10.0, what: str = "condition") -> Any
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def segment_bytes_of(dtype_text: str, shape: tuple[int, ...], nslots: int) -> tuple[Layout, bytearray]:
+    """A real segment of ``shape`` (create_segment checks nothing: any shape goes), read
+    back as bytes and removed: its layout and its bytes, to parse or to corrupt."""
+    name = f"nds-test-bytes-{os.getpid()}"
+    layout = create_segment(name, tag="cam", dtype_text=dtype_text, shape=shape, nslots=nslots,
+                            generation=1, writer_pid=os.getpid())
+    path = os.path.join(shm_dir(), name)
+    try:
+        with open(path, "rb") as f:
+            return layout, bytearray(f.read())
+    finally:
+        os.unlink(path)
 
 
 def spy_segments(monkeypatch: pytest.MonkeyPatch) -> list[SegmentWriter]:

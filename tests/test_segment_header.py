@@ -9,6 +9,7 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import segment_bytes_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,21 +22,9 @@ from ndsharray.segment.reader import SegmentReader
 from ndsharray.segment.writer import SegmentWriter
 
 
-def _fresh_segment(tmp_name: str) -> str:
-    create_segment(tmp_name, tag="cam", dtype_text="'<u2'", shape=(4, 5), nslots=3,
-                   generation=1, writer_pid=os.getpid())
-    return os.path.join(shm_dir(), tmp_name)
-
-
 @pytest.fixture
 def segment_bytes() -> bytes:
-    name = f"nds-test-{os.getpid()}"
-    path = _fresh_segment(name)
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    finally:
-        os.unlink(path)
+    return bytes(segment_bytes_of("'<u2'", (4, 5), 3)[1])
 
 
 def test_header_parses(segment_bytes: bytes) -> None:
@@ -63,15 +52,7 @@ def test_corrupt_header_fields_are_named(segment_bytes: bytes, offset: int, fmt:
 
 
 def test_a_dimension_no_array_can_have_is_corrupt_even_in_a_zero_size_shape() -> None:
-    name = f"nds-test-dim-{os.getpid()}"
-    create_segment(name, tag="cam", dtype_text="'<u2'", shape=(0, 5), nslots=3, generation=1,
-                   writer_pid=os.getpid())
-    path = os.path.join(shm_dir(), name)
-    try:
-        with open(path, "rb") as f:
-            buf = bytearray(f.read())
-    finally:
-        os.unlink(path)
+    _, buf = segment_bytes_of("'<u2'", (0, 5), 3)
     h = parse_header(buf, len(buf))
     struct.pack_into("<Q", buf, h.layout.shape_offset + 8, 2**63)  # 0 x 2**63 is still 0 bytes
     with pytest.raises(CorruptSegmentError, match="shape"):
@@ -81,12 +62,9 @@ def test_a_dimension_no_array_can_have_is_corrupt_even_in_a_zero_size_shape() ->
 @settings(max_examples=400, deadline=None)
 @given(st.integers(0, 200), st.integers(0, 255))
 def test_any_single_corrupt_header_byte_is_caught_or_harmless(pos: int, byte: int) -> None:
-    name = f"nds-test-fuzz-{os.getpid()}"
     if not hasattr(test_any_single_corrupt_header_byte_is_caught_or_harmless, "raw"):
-        path = _fresh_segment(name)
-        with open(path, "rb") as f:
-            test_any_single_corrupt_header_byte_is_caught_or_harmless.raw = f.read()  # type: ignore[attr-defined]
-        os.unlink(path)
+        raw = segment_bytes_of("'<u2'", (4, 5), 3)[1]
+        test_any_single_corrupt_header_byte_is_caught_or_harmless.raw = raw  # type: ignore[attr-defined]
     buf = bytearray(test_any_single_corrupt_header_byte_is_caught_or_harmless.raw)  # type: ignore[attr-defined]
     buf[pos] = byte
     try:
@@ -100,15 +78,7 @@ def test_any_single_corrupt_header_byte_is_caught_or_harmless(pos: int, byte: in
 
 def _header_of(shape: tuple[int, ...], dtype_text: str) -> bytearray:
     """The bytes of a real segment made for ``shape`` (create_segment checks nothing)."""
-    name = f"nds-test-shape-{os.getpid()}"
-    path = os.path.join(shm_dir(), name)
-    create_segment(name, tag="cam", dtype_text=dtype_text, shape=shape, nslots=2, generation=1,
-                   writer_pid=os.getpid())
-    try:
-        with open(path, "rb") as f:
-            return bytearray(f.read())
-    finally:
-        os.unlink(path)
+    return segment_bytes_of(dtype_text, shape, 2)[1]
 
 
 def _numpy_takes(shape: tuple[int, ...], dtype: str) -> bool:

@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import spy_segments, wait_until
+from conftest import segment_bytes_of, spy_segments, wait_until
 
 import ndsharray
 from ndsharray import _hot, framecopy, prefault
@@ -27,7 +27,7 @@ from ndsharray.dtypes import dtype_to_text
 from ndsharray.errors import CorruptSegmentError
 from ndsharray.layout import HEADER_OFF, PAGED_SLOT, SLOT_SKEW
 from ndsharray.segment.files import shm_dir
-from ndsharray.segment.header import create_segment, parse_header, plan_layout
+from ndsharray.segment.header import parse_header, plan_layout
 
 PAGE = mmap.PAGESIZE
 U1 = dtype_to_text(np.dtype(np.uint8))
@@ -96,20 +96,12 @@ def test_the_threshold_is_glibcs_unless_the_variable_says_otherwise(monkeypatch:
 
 
 def test_a_header_whose_data_offset_is_not_the_layouts_is_refused(skew_from_64k: None) -> None:
-    name = f"nds-test-skew-{os.getpid()}"
-    lay = create_segment(name, tag="cam", dtype_text=U1, shape=(PAGED_SLOT,), nslots=2,
-                         generation=1, writer_pid=os.getpid())
-    path = os.path.join(shm_dir(), name)
-    try:
-        with open(path, "rb") as f:
-            buf = bytearray(f.read())
-    finally:
-        os.unlink(path)
+    lay, buf = segment_bytes_of(U1, (PAGED_SLOT,), 2)
     assert parse_header(buf, len(buf)).layout.data_offset == lay.header_size + SLOT_SKEW
     for wrong in (64, SLOT_SKEW + 64, PAGE):
         struct.pack_into("<I", buf, HEADER_OFF["data_offset"], lay.header_size + wrong)
         with pytest.raises(CorruptSegmentError, match="data offset"):
-            parse_header(buf, len(buf), name)
+            parse_header(buf, len(buf), "nds-test-skew")
 
 
 def test_the_writer_prefaults_whole_pages_of_skewed_slots(
