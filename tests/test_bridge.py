@@ -531,6 +531,82 @@ def _stall_and_check(a: Daemon, b: Daemon, proxy: StallingProxy, bb: Bridge) -> 
     assert imported["stale_dropped"] >= 1, imported
 
 
+SLOW_FRAME = 16 << 20  # bytes: loopback needs far longer than SLOW_STALE_AFTER to move one
+SLOW_STALE_AFTER = 0.002  # seconds: a link slower than this per frame, as 256 MiB over 1 Gbit/s is than 0.5 s
+
+
+def big_frame(i: int) -> np.ndarray:
+    """Frame ``i`` of SLOW_FRAME bytes; its first word says which it is."""
+    out = np.zeros(SLOW_FRAME, np.uint8)
+    out[:8].view(np.int64)[0] = i
+    return out
+
+
+def is_big_frame(i: int) -> Any:
+    return lambda x: x.nbytes == SLOW_FRAME and int(x[:8].view(np.int64)[0]) == i
+
+
+def import_status(bb: Bridge, tag: str) -> dict[str, Any]:
+    return {s["tag"]: s for s in bb.imported}[tag]
+
+
+def test_a_link_slower_than_stale_after_per_frame_carries_every_frame(hosts: Any, bridges: Any) -> None:
+    """A link that needs longer than stale_after to move one frame (256 MiB over 1 Gbit/s:
+    2 s a frame, against 0.5 s; here 16 MiB over loopback against 2 ms) is slow, not
+    stalled: every frame written as fast as the link carries them arrives, none is dropped
+    as stale (it was every frame, each then sent again for the newest: half the frame rate)."""
+    a, b = hosts(2)
+    port = free_port()
+    bridges(a, "robot1", "--export", "camera/**", "--listen", f"tcp/127.0.0.1:{port}")
+    with Bridge("ws", imports=["robot1/**"], connect=[f"tcp/127.0.0.1:{port}"], endpoint=b.endpoint,
+                stale_after=SLOW_STALE_AFTER) as bb, \
+            NdShArray("camera/big", r_w="w", endpoint=a.endpoint) as w, \
+            NdShArray("robot1/camera/big", r_w="r", endpoint=b.endpoint) as r:
+        links: list[float] = []
+        for i in range(8):
+            w.write(big_frame(i))
+            read_until(r, is_big_frame(i))  # (the next one written once this one is there)
+            assert r.write_count == i + 1  # (each written once on B)
+            if i:  # (this frame's time on the link, or the one's before: both are there by now)
+                links.append(import_status(bb, "robot1/camera/big")["link_s"])
+        status = import_status(bb, "robot1/camera/big")
+        assert min(links) > SLOW_STALE_AFTER, f"the link was not slower than stale_after: {links}"
+        assert status["stale_dropped"] == 0, (status, links)
+
+
+def test_after_a_stall_on_a_slow_link_the_first_frame_written_is_the_newest(hosts: Any, bridges: Any) -> None:
+    """The link's pace learnt (a slow one: see above) does not hide a stall: the frames that
+    were on the link while it stood still are dropped, and the first frame written after it
+    is the newest one the source wrote."""
+    a, b = hosts(2)
+    port = free_port()
+    bridges(a, "robot1", "--export", "camera/**", "--listen", f"tcp/127.0.0.1:{port}")
+    proxy = StallingProxy(port)
+    try:
+        with Bridge("ws", imports=["robot1/**"], connect=[f"tcp/127.0.0.1:{proxy.port}"], endpoint=b.endpoint,
+                    stale_after=SLOW_STALE_AFTER) as bb, \
+                NdShArray("camera/big", r_w="w", endpoint=a.endpoint) as w, \
+                NdShArray("robot1/camera/big", r_w="r", endpoint=b.endpoint) as r:
+            for i in range(4):  # the link's pace
+                w.write(big_frame(i))
+                read_until(r, is_big_frame(i))
+            written = r.write_count  # (on B)
+            stale = import_status(bb, "robot1/camera/big")["stale_dropped"]
+            proxy.flowing.clear()
+            for i in range(4, 8):  # the first ones onto the stalled link, the last one kept by the exporter
+                w.write(big_frame(i))
+            stall_ends = time.monotonic() + 2.0  # the stall under test (not a wait for something)
+            while time.monotonic() < stall_ends:
+                ok, _ = r.read(timeout=0.05)
+                assert not ok, "a frame came through the stalled link"
+            proxy.flowing.set()
+            read_until(r, is_big_frame(7))
+            assert r.write_count == written + 1, "a frame older than the newest was written after the stall"
+            assert import_status(bb, "robot1/camera/big")["stale_dropped"] > stale
+    finally:
+        proxy.close()
+
+
 def test_max_rate_caps_what_is_sent(hosts: Any, bridges: Any) -> None:
     a, b, _, _ = linked(hosts, bridges, "--max-rate", "camera/**=10")
     w = NdShArray("camera/left", np.zeros(4, np.int64), "w", endpoint=a.endpoint)

@@ -12,7 +12,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from ndsharray.bridge import wire
+from ndsharray.bridge import pace, wire
 from ndsharray.bridge.codecs import JPEG, RAW, ZSTD, Codec, CodecError, decode
 from ndsharray.bridge.importer import ImportStream
 from ndsharray.bridge.patterns import TagPattern
@@ -323,3 +323,33 @@ def test_the_credit_window_is_wide_for_small_frames_and_narrow_for_big_ones() ->
     assert arrive(1024, 1) == [] and in_flight() == 3  # (its credit goes with the next one's)
     assert arrive(720 * 1280 * 3, 1) == [] and in_flight() == 2  # narrowed: two credits kept
     assert arrive(720 * 1280 * 3, 3) == [1, 1, 1] and in_flight() == 2  # then one back per frame
+
+
+def test_a_frame_is_stale_for_a_stall_not_for_a_link_that_is_merely_slow() -> None:
+    s = int(0.5e9)  # stale_after
+    big = 256 << 20  # 256 MiB over 1 Gbit/s: about 2 s a frame
+
+    def slow_link() -> int:
+        return pace.learn(0, int(2e9), big)  # (what the first frame taken teaches)
+
+    # Nothing learnt yet: stale_after alone (a frame of a fast link).
+    assert not pace.late(0, int(0.4e9), 1024, s) and pace.late(0, int(0.6e9), 1024, s)
+    # A slow link: a frame that took what the link needs, or a little more (jitter), is
+    # taken; one late by more than stale_after and more than a transfer (a stall) is not.
+    p = slow_link()
+    assert not pace.late(p, int(2e9), big, s)
+    assert not pace.late(p, int(3.9e9), big, s)  # (asking for the newest would cost 2 s more)
+    assert pace.late(p, int(4.1e9), big, s)
+    # A frame of another size is judged by its size (the pace is per byte).
+    assert not pace.late(p, int(1.9e9), big // 2, s) and pace.late(p, int(2.1e9), big // 2, s)
+    # A fast link: stale_after rules, the need is next to nothing.
+    p = pace.learn(0, int(1e6), 1024)
+    assert not pace.late(p, int(0.5e9), 1024, s) and pace.late(p, int(0.51e9), 1024, s)
+    # It follows a slower frame at once, a faster one an eighth of the way per frame.
+    p = slow_link()
+    assert pace.learn(p, int(3e9), big) > p
+    faster = pace.learn(p, int(1e9), big)
+    assert p > faster > pace.learn(faster, int(1e9), big) > pace.learn(0, int(1e9), big)
+    assert (p - faster) * 8 == pytest.approx(p - pace.learn(0, int(1e9), big), rel=1e-3)
+    # A negative time on the link (a hold the exporter overstated) teaches nothing odd.
+    assert pace.learn(0, -5, big) == 0 and not pace.late(0, 0, big, s)

@@ -32,7 +32,9 @@ class Bridge:
     export, or a mapping ``{glob: value}`` (the first glob matching a tag wins; raw and no
     cap for tags none matches). ``listen``/``connect`` are Zenoh locators
     (``tcp/127.0.0.1:7447``); ``zenoh_config`` a Zenoh JSON5 file (TLS, routers, access
-    control). Multicast and gossip scouting are always off.
+    control). Multicast and gossip scouting are always off. ``stale_after``: seconds an
+    imported frame may be late on the link, beyond what the link needs to carry it, before
+    it is dropped and the newest frame asked for instead (importer.py, pace.py).
 
     ``with Bridge("robot1", exports=["camera/**"], listen=["tcp/0.0.0.0:7447"]): ...``
     """

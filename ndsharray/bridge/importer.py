@@ -3,10 +3,12 @@
 An importer gives each exporter a window of credits (frames it may send) and one more for
 each frame that arrives: wire.window() says how many, and how many go back in one
 message, by the frames' size (four for small frames, two for big ones). A frame that
-spent longer than ``stale_after`` on the link (measured on this host's clock: from the credit it
-answers, less the time the exporter held that credit) is stale: it is dropped and the
-exporter is asked for its newest frame instead, so the first frame written after a stall
-is a current one.
+waited on the link (measured on this host's clock: from the credit it answers, less the
+time the exporter held that credit) longer than the link needs for a frame of its size
+(learnt from the frames taken, pace.py) by more than ``stale_after``, and by more than that
+need, is stale: it is dropped and the exporter is asked for its newest frame instead, so
+the first frame written after a stall is a current one; a link that is merely slow (one
+frame takes longer than ``stale_after`` to cross it) still carries every frame.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ from ..client import NdShArray, Writer
 from ..dtypes import text_to_dtype
 from ..errors import NdShArrayError
 from ..layout import META_NONE
-from . import clocks, wire
+from . import clocks, pace, wire
 from .codecs import CodecError, decode
 from .endings import EndingsFile
 from .patterns import TagPattern
 
 log = logging.getLogger("ndsharray.bridge")
 
-STALE_AFTER = 0.5  # seconds on the link after which a frame is dropped as stale
+STALE_AFTER = 0.5  # seconds a frame may be late on the link (beyond its need: pace.py) before it is dropped
 REFRESH = 1.0  # no frame this long after a credit: the whole window is granted again (credits may be lost)
 RETRY = 0.5  # seconds before asking again after a frame could not be written
 TICK = 0.1
@@ -62,7 +64,8 @@ class ImportStream:
         self.window = wire.BIG_WINDOW
         self.asked_ns = 0  # when the last credit went out (0: none outstanding)
         self.retry_ns = 0  # ask again (force) at this time, after a failed write
-        self.fresh_from = 0  # after a stale frame: answers to credits from this one on are taken
+        self.fresh_from = 0  # after a stale frame (or a token): answers to credits from this one on are taken
+        self.link_pace = 0  # what the link needs per byte, learnt from the frames taken (pace.py; 0: nothing yet)
         self.live = False  # the exporter's token for this tag is up
         self.state = "waiting"  # waiting, live, ended
         self.ended_ns = 0  # when it ended
@@ -131,23 +134,28 @@ class ImportStream:
         now = time.monotonic_ns()
         sent = self.credits.get(head.credit)
         self.asked_ns = 0
-        # (A credit too old to be remembered answers a frame that is stale by now.)
-        link = self.importer.stale_after_ns + 1 if sent is None else now - sent - head.hold_ns
+        nbytes = len(payload)
+        link = 0 if sent is None else now - sent - head.hold_ns
         trusted = self.fresh_from and head.credit >= self.fresh_from
-        if link > self.importer.stale_after_ns and not trusted:
-            # Stale: it waited on the link (a stall). Ask for the newest instead, and take
-            # the answer to that whatever its time on the link, so a link that is merely
-            # slow still carries frames.
+        # Stale: it waited on the link longer than the link needs for a frame of its size
+        # (what the frames taken lately needed) by more than stale_after, and by more than
+        # that need: a stall, not a link that is merely slow (pace.py). A credit too old to
+        # be remembered answers a frame that is stale by now.
+        if not trusted and (sent is None or pace.late(self.link_pace, link, nbytes, self.importer.stale_after_ns)):
+            # Ask for the newest instead, and take the answer to that whatever its time
+            # on the link: it teaches the pace of a link that got slower.
             self.stale += 1
             self.ask(force=True)
             if not self.fresh_from:  # (the first of a stall's stale frames: later ones
                 self.fresh_from = self.last_credit  # keep it, or a slow link never settles)
             return
         self.fresh_from = 0
+        if sent is not None:
+            self.link_pace = pace.learn(self.link_pace, link, nbytes)
         if (head.count, head.write_ns) == self.written:
             # A forced credit is answered with the newest frame even if it went before:
             # written already (a reader would take it for a new one); the credit goes on.
-            self._give_back(len(payload))
+            self._give_back(nbytes)
             return
         try:
             arr = decode(head.codec, payload.to_bytes(), text_to_dtype(head.dtype), head.shape)
@@ -162,11 +170,11 @@ class ImportStream:
         # The credit back after the write, not before: its put (tens of microseconds)
         # would delay the frame's readers here, and the exporter still holds the rest
         # of its window for the next frames meanwhile.
-        self._give_back(len(payload))
+        self._give_back(nbytes)
         self.error = None
         self.written = (head.count, head.write_ns)
         self.frames += 1
-        self.bytes += len(payload)
+        self.bytes += nbytes
         self.source_count, self.source_age_ns, self.link_ns = head.count, head.age_ns, link
         self.state, self.reason = "live", None
 
@@ -206,8 +214,11 @@ class ImportStream:
                 return False
             self.live = alive
             if alive:
-                self.fresh_from, self.owed = 0, 0
+                self.owed = 0
                 self.ask(force=True, count=self.window)  # the newest frame at once, and the next ones
+                # Its answer is the newest frame, with nothing queued before it: taken
+                # whatever its time on the link (the first frame teaches the link's pace).
+                self.fresh_from = self.last_credit
             elif self.state != "ended":
                 self._end(f"bridge {self.exporter} or the link to it is gone")
         self.send()
