@@ -14,7 +14,8 @@ import numpy as np
 
 US = 1e-3  # samples are in ns; reports in us
 BIG = 720 * 1280 * 3  # "720p and above"
-OURS, RAW, OLD, IOX, LIMIT = "ndsharray", "raw", "ndsharray-1.1.4", "iceoryx2", "limit"
+OURS, RAW, OLD, IOX, LIMIT, LIMIT_SHM = "ndsharray", "raw", "ndsharray-1.1.4", "iceoryx2", "limit", "limit-shm"
+LIMITS = (LIMIT, LIMIT_SHM)  # one in-process copy (peers/limit.py, peers/limit_shm.py)
 
 # key, column, unit of the JSON value; "t" = microseconds
 FIGURES: list[tuple[str, str, str]] = [
@@ -99,7 +100,7 @@ def build(bench: Any, all_sizes: list[tuple[str, tuple[int, ...], str]], sizes: 
         na = dict(getattr(impl, "na", {}))
         if not getattr(impl, "copy_option", False):
             na["read_new_copy"] = na["lat_busy_copy"] = "no copy option"
-        if impl.name == "limit":
+        if impl.name in LIMITS:
             na.update(mem_per_read="no reader process", anon_per_read="no reader process",
                       write_block="no reader process")
         per_size: dict[str, Any] = {}
@@ -139,6 +140,7 @@ def build(bench: Any, all_sizes: list[tuple[str, tuple[int, ...], str]], sizes: 
         "ndsharray_1_1_4_files_removed": bench.extra.get("nds114_removed", 0),
         "daemon_left_running": daemon_left, "daemon_starts": bench.extra.get("daemon_starts"),
         "phase_seconds": bench.extra.get("seconds", {}),
+        "rounds": {label: dict(kinds) for label, kinds in getattr(bench, "rounds", {}).items()},
     }
     data["floors"] = floors(data)
     return data
@@ -214,21 +216,49 @@ def floors(data: dict[str, Any]) -> list[dict[str, Any]]:
 # ---- markdown -------------------------------------------------------------------------
 
 
+def paired(data: dict[str, Any], label: str, kind: str, a: str, b: str) -> list[float]:
+    """a's figure over b's, one ratio per round in which both were measured back to back.
+
+    This machine's memory bandwidth swings for seconds at a time and hits every
+    implementation alike, so the ratio within a round (both within a second of each other)
+    holds still where the ratio of two medians, each over every round, does not.
+    """
+    rounds = data.get("rounds", {}).get(label, {}).get(kind, [])
+    return [r[a] / r[b] for r in rounds if r.get(a) and r.get(b)]
+
+
+def _paired_cell(ratios: list[float]) -> str:
+    if not ratios:
+        return "n/a"
+    q = [25, 50, 75] if len(ratios) >= 4 else [0, 50, 100]
+    lo, mid, hi = np.percentile(ratios, q)
+    return f"{mid:.2f}x ({lo:.2f}-{hi:.2f}, n={len(ratios)})"
+
+
 def headline(data: dict[str, Any]) -> list[str]:
-    """Issue 16's two figures: sustained frames/s against iceoryx2, e2e latency against one copy."""
+    """Issue 16's two figures: sustained frames/s against iceoryx2, e2e latency against one copy
+    (into numpy's memory, and into shared memory's pages)."""
     lines = ["", "## Against iceoryx2, and against one copy", "",
-             "| size | sustained frames/s: ndsharray | iceoryx2 | ratio | e2e busy-poll: ndsharray "
-             "| one np.copyto (limit) | ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| size | sustained frames/s: ndsharray | iceoryx2 | ratio | paired ratio "
+             "| e2e busy-poll: ndsharray | one np.copyto (limit) | ratio | paired ratio "
+             "| np.copyto into shared memory (limit-shm) | paired ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in data["sizes"]:
         lab = s["label"]
         o, i = _med(data, OURS, lab, "fps"), _med(data, IOX, lab, "fps")
-        lo, ll = _med(data, OURS, lab, "lat_busy"), _med(data, LIMIT, lab, "lat_busy")
+        lo, ll, ls = (_med(data, impl, lab, "lat_busy") for impl in (OURS, LIMIT, LIMIT_SHM))
         cells = [f"{o:,.0f}" if o else "n/a", f"{i:,.0f}" if i else "n/a",
-                 f"{o / i:.2f}x" if o and i else "n/a", fmt_us(lo) if lo else "n/a",
-                 fmt_us(ll) if ll else "n/a", f"{lo / ll:.2f}x" if lo and ll else "n/a"]
+                 f"{o / i:.2f}x" if o and i else "n/a", _paired_cell(paired(data, lab, "sustained", OURS, IOX)),
+                 fmt_us(lo) if lo else "n/a", fmt_us(ll) if ll else "n/a", f"{lo / ll:.2f}x" if lo and ll else "n/a",
+                 _paired_cell(paired(data, lab, "lat_busy", OURS, LIMIT)),
+                 fmt_us(ls) if ls else "n/a", _paired_cell(paired(data, lab, "lat_busy", OURS, LIMIT_SHM))]
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired ratio: the median of one ratio per round, each round every implementation "
+              "back to back (interquartile range, or min-max under 4 rounds, and the number of rounds); "
+              "the host's memory bandwidth swings for seconds at a time and moves both sides of a round alike. "
+              "limit copies into numpy's arrays (2 MiB pages from 4 MiB up), limit-shm into files in the "
+              "segments' folder (on a /dev/shm without huge=, 4 KiB pages), as every shared-memory transport must."]
     return lines
-
 
 
 def fmt_us(us: float) -> str:
@@ -325,7 +355,7 @@ def markdown(data: dict[str, Any]) -> str:
         for s in data["sizes"]:
             row = data["results"][impl][s["label"]]
             extra = {k: row[k] for k in ("stale", "lost", "retries") if row.get(k)}
-            if row.get("written") and row.get("received") is not None and impl != "limit":
+            if row.get("written") and row.get("received") is not None and impl not in LIMITS:
                 extra["received/written"] = f"{row['received']}/{row['written']}"
             if extra and (extra.get("lost") or extra.get("retries") or impl in (OURS, OLD)):
                 lines.append(f"- {impl} @ {s['label']}: " + ", ".join(f"{k} {v}" for k, v in extra.items()))
@@ -361,7 +391,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     xs = [s["nbytes"] for s in data["sizes"]]
     for impl in data["impls"]:
-        style = dict(marker="o", lw=2.5 if impl == OURS else 1.3, ls="--" if impl == "limit" else "-")
+        style = dict(marker="o", lw=2.5 if impl == OURS else 1.3, ls="--" if impl in LIMITS else "-")
         for ax, key in ((ax1, "lat_busy"), (ax2, "gbps")):
             cells = [data["results"][impl][s["label"]][key] for s in data["sizes"]]
             pts = [(x, c["median"]) for x, c in zip(xs, cells, strict=True) if c.get("median")]

@@ -29,12 +29,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import measure  # noqa: E402
 import report  # noqa: E402
-from peers import NDS114_DIR, ORDER, REQUIRES  # noqa: E402
+from peers import LIMITS, NDS114_DIR, ORDER, REQUIRES  # noqa: E402
 from peers.base import Spec  # noqa: E402
 
 NDS114 = HERE.parent / NDS114_DIR
@@ -66,10 +68,14 @@ class Plan:
     # machine one slice can land on a moment when the writer and the reader share one CPU
     # with other processes (then either gets tens of frames/s), so a median over more,
     # shorter, interleaved slices holds up better than one over three long ones (issue 16).
+    # The host's memory bandwidth also swings for seconds at a time (one process copying
+    # 1080p frames in a loop: 1,900 to 4,500 copies/s from one 0.2 s sample to the next),
+    # so a ratio between implementations is taken within each round, where both ran within
+    # a second of each other, and the median of those ratios reported (report.paired).
     sustain_slices: int = 3
 
 
-FULL = Plan(reps=(3, 3, 3, 3, 2), n_lat=(400, 300, 150, 100, 3), sustain_s=(0.3, 0.3, 0.3, 0.3, 2.0),
+FULL = Plan(reps=(3, 3, 3, 3, 2), n_lat=(400, 300, 150, 100, 3), sustain_s=(0.3, 0.3, 0.3, 0.3, 1.0),
             idle_s=10.0)
 QUICK = Plan(reps=(1, 1, 1, 1, 1), n_lat=(150, 100, 40, 30, 1), sustain_s=(0.25, 0.25, 0.3, 0.3, 1.0),
              idle_s=2.0, warm=(3, 3, 3, 3, 1), sustain_slices=1)
@@ -172,7 +178,7 @@ class Impl:
             f.write(bytes(4096))
         self.ctrl = measure.open_ctrl(self.ctrl_path)
         self.fds = {"writer": -1, "reader": -1}
-        if self.name == "limit":
+        if self.name in LIMITS:
             self.workers = {"writer": Worker("limit", self.name, "-", self.env, self.log)}
             return
         ends = multiprocessing.Pipe() if self.name == "mp.Pipe" else None
@@ -236,6 +242,8 @@ class Bench:
         self.errors: dict[str, dict[str, str]] = defaultdict(dict)
         self.extra: dict[str, Any] = {"nds114_removed": 0, "seconds": {}}
         self.ph = itertools.count(1)
+        # Per size and figure, one {implementation: value} per round, in order.
+        self.rounds: dict[str, dict[str, list[dict[str, float]]]] = defaultdict(lambda: defaultdict(list))
 
     def run(self) -> None:
         for impl in self.impls:
@@ -265,11 +273,16 @@ class Bench:
                 k = rep % len(self.impls)
                 order = self.impls[k:] + self.impls[:k]  # who goes first rotates
                 for kind in KINDS:
-                    slices = self.plan.sustain_slices if kind == "sustained" and SIZES[si][0] != "256 MiB" else 1
+                    slices = self.plan.sustain_slices if kind == "sustained" else 1
                     for _ in range(slices):
+                        # One round: every implementation once, back to back. Their ratio
+                        # within a round is the paired figure (see report.paired).
+                        rnd: dict[str, float] = {}
                         for impl in order:
                             if self.applies(impl, kind):
-                                self.step(impl, label, spent, kind, self.phase, impl, kind, si, spec)
+                                self.step(impl, label, spent, kind, self.phase, impl, kind, si, spec, rnd)
+                        if rnd:
+                            self.rounds[label][kind].append(rnd)
             for impl in self.impls:
                 self.step(impl, label, spent, "close", impl.close_size)
             prefix = f"ndsb114-{spec.key}"
@@ -304,13 +317,13 @@ class Bench:
     def applies(impl: Impl, kind: str) -> bool:
         if not impl.alive:
             return False
-        if impl.name == "limit":
+        if impl.name in LIMITS:
             return kind in ("lat_busy", "sustained")
         if kind == "lat_copy":
             return impl.copy_option
         return kind not in impl.na
 
-    def phase(self, impl: Impl, kind: str, si: int, spec: Spec) -> None:
+    def phase(self, impl: Impl, kind: str, si: int, spec: Spec, rnd: dict[str, float] | None = None) -> None:
         label = SIZES[si][0]
         p = self.plan
         nbytes = spec.nbytes
@@ -350,6 +363,8 @@ class Bench:
             return
         if kind == "sustained":
             S["fps"].append(rres["good"] / rres["secs"])
+            if rnd is not None:
+                rnd[impl.name] = S["fps"][-1]
             C["torn"] += rres["torn"]
             C["stale"] += rres.get("stale", 0)
             C["received"] += rres["good"]
@@ -360,6 +375,8 @@ class Bench:
                 S["anon_per_read"].append(rres["anon_per_read"])
             return
         C["lost"] += wres.get("lost", 0)
+        if rnd is not None and rres.get("lat_ns"):
+            rnd[impl.name] = float(np.median(rres["lat_ns"])) * report.US
         if kind == "lat_busy":
             S["write"] += wres["write_ns"]
             S["read_new"] += rres["new_ns"]
@@ -374,7 +391,7 @@ class Bench:
 
     def idle(self, label: str) -> None:
         """Readers blocked on idle tags, all implementations that can block at once."""
-        impls = [i for i in self.impls if i.alive and i.name != "limit" and "idle_cpu" not in i.na]
+        impls = [i for i in self.impls if i.alive and i.name not in LIMITS and "idle_cpu" not in i.na]
         if not impls:
             return
         ph = next(self.ph)

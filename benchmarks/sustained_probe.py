@@ -46,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from peers import ORDER, load  # noqa: E402
+from peers import LIMITS, ORDER, load  # noqa: E402
 from peers.base import Array, Spec  # noqa: E402
 from run import SIZES  # noqa: E402
 
@@ -324,7 +324,7 @@ def main() -> None:
     ap.add_argument("--alone", action="store_true", help="also each side without the other running")
     args = ap.parse_args()
     impls = args.impls.split(",")
-    if set(impls) - set(ORDER) or "limit" in impls:
+    if set(impls) - set(ORDER) or set(impls) & set(LIMITS):
         ap.error(f"implementations with a reader: {', '.join(i for i in ORDER if i != 'limit')}")
     tmp = tempfile.mkdtemp(prefix="ndsb-", dir="/tmp")
     endpoint = f"ipc://{tmp}/d.sock"

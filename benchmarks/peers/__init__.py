@@ -12,6 +12,7 @@ from types import ModuleType
 # implementation name -> module under benchmarks/peers/
 MODULES: dict[str, str] = {
     "limit": "limit",
+    "limit-shm": "limit_shm",
     "raw": "raw",
     "ndsharray": "ours",
     "ndsharray-1.1.4": "nds114",
@@ -22,6 +23,7 @@ MODULES: dict[str, str] = {
     "eCAL": "ecal_shm",
 }
 ORDER: list[str] = list(MODULES)
+LIMITS = ("limit", "limit-shm")  # one in-process copy: no reader, no transport
 
 # implementation -> (module its worker imports, how to get it). Nothing is installed while
 # the benchmark runs: a peer whose module is missing is skipped and reported with this hint.
