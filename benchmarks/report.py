@@ -301,9 +301,9 @@ def markdown(data: dict[str, Any]) -> str:
         machine_line(data["machine"]), "",
         f"Command: `{data.get('command', 'python benchmarks/run.py')}`", "",
         f"Wall time {data['wall_s']:.0f} s. Per size: repetitions (interleaved round-robin) {_per(p['reps'])}; "
-        f"latency frames per phase and repetition {_per(p['n_lat'])}, after unmeasured {_per(p['warm'])}; "
-        f"flat-out seconds per slice {_per(p['sustain_s'])}, {p.get('sustain_slices', 1)} interleaved slices per "
-        "repetition (1 at 256 MiB). "
+        f"latency frames per repetition {_per(p['n_lat'])}, after unmeasured {_per(p['warm'])}; "
+        f"flat-out seconds per slice {_per(p['sustain_s'])}; each figure in {p.get('slices', 1)} interleaved "
+        "slices per repetition (a latency figure's frames split over them). "
         "Cells are medians (min / median / p99 of every figure in results.json)."
         + (" During the run, processes other than the benchmark's used {other_processes_cpu_pct:.0f}% of the "
            "machine's CPU, and the hypervisor stole {steal_pct:.1f}%.".format(**data["machine_load"])

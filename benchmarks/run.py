@@ -64,7 +64,8 @@ class Plan:
     # next write slower: caches cool). 0.15 ms is plenty to fall asleep: our blocking
     # reader sleeps in FUTEX_WAIT before each of these frames (counted by hand: 400 of 400).
     gap: float = 0.0003
-    # Flat-out slices per repetition, every implementation in turn within each: on a shared
+    # Slices per repetition, every implementation in turn within each: a latency figure's
+    # frames are split over them, a flat-out figure gets one slice of sustain_s each. On a shared
     # machine one slice can land on a moment when the writer and the reader share one CPU
     # with other processes (then either gets tens of frames/s), so a median over more,
     # shorter, interleaved slices holds up better than one over three long ones (issue 16).
@@ -72,13 +73,13 @@ class Plan:
     # 1080p frames in a loop: 1,900 to 4,500 copies/s from one 0.2 s sample to the next),
     # so a ratio between implementations is taken within each round, where both ran within
     # a second of each other, and the median of those ratios reported (report.paired).
-    sustain_slices: int = 3
+    slices: int = 3
 
 
 FULL = Plan(reps=(3, 3, 3, 3, 2), n_lat=(400, 300, 150, 100, 3), sustain_s=(0.3, 0.3, 0.3, 0.3, 1.0),
             idle_s=10.0)
 QUICK = Plan(reps=(1, 1, 1, 1, 1), n_lat=(150, 100, 40, 30, 1), sustain_s=(0.25, 0.25, 0.3, 0.3, 1.0),
-             idle_s=2.0, warm=(3, 3, 3, 3, 1), sustain_slices=1)
+             idle_s=2.0, warm=(3, 3, 3, 3, 1), slices=1)
 
 
 # ---- setup of the peers -----------------------------------------------------------------
@@ -273,7 +274,7 @@ class Bench:
                 k = rep % len(self.impls)
                 order = self.impls[k:] + self.impls[:k]  # who goes first rotates
                 for kind in KINDS:
-                    slices = self.plan.sustain_slices if kind == "sustained" else 1
+                    slices = 1 if kind == "attach" else self.plan.slices
                     for _ in range(slices):
                         # One round: every implementation once, back to back. Their ratio
                         # within a round is the paired figure (see report.paired).
@@ -328,7 +329,7 @@ class Bench:
         p = self.plan
         nbytes = spec.nbytes
         ph = next(self.ph)
-        n = p.warm[si] if kind == "warm" else p.n_lat[si]
+        n = p.warm[si] if kind == "warm" else max(1, p.n_lat[si] // p.slices)  # frames of one slice
         warm = kind in ("warm", "warm_sustained")
         kind = {"warm": "lat_busy", "warm_sustained": "sustained"}.get(kind, kind)
         per_frame = 0.01 + nbytes / 20e6  # generous: the slowest peer copies ~5 times

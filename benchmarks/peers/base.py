@@ -33,7 +33,12 @@ class Writer:
 
     def setup(self, spec: Spec) -> None:
         self.spec = spec
-        self.src: Array = np.zeros(spec.shape, spec.dtype)
+        self.src: Array = np.empty(spec.shape, spec.dtype)
+        # Every page written now: an untouched np.zeros source reads the kernel's shared
+        # zero page, which stays in cache, and `limit` (whose flat-out loop never fills
+        # its source) copied 256 MiB in 7.6 ms against 22.5 ms from real pages, and 720p
+        # in 102 against 78 us (4 KiB zero pages, one per page of the source).
+        self.src.reshape(-1).view(np.uint8).fill(0x5A)
 
     def buffer(self) -> Array:
         """The array the caller fills before ``write`` (a peer may hand out a fresh one)."""
