@@ -76,7 +76,7 @@ class Plan:
     slices: int = 3
 
 
-FULL = Plan(reps=(3, 3, 3, 3, 2), n_lat=(400, 300, 150, 100, 3), sustain_s=(0.3, 0.3, 0.3, 0.3, 1.0),
+FULL = Plan(reps=(3, 3, 3, 3, 2), n_lat=(400, 300, 150, 100, 6), sustain_s=(0.3, 0.3, 0.3, 0.3, 1.0),
             idle_s=10.0)
 QUICK = Plan(reps=(1, 1, 1, 1, 1), n_lat=(150, 100, 40, 30, 1), sustain_s=(0.25, 0.25, 0.3, 0.3, 1.0),
              idle_s=2.0, warm=(3, 3, 3, 3, 1), slices=1)
