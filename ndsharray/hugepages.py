@@ -48,9 +48,11 @@ def tmpfs_huge(folder: str, mounts: str, shmem_enabled: str) -> str | None:
 
 
 def _read(path: str) -> str:
+    """The file's text, its bytes decoded as paths are (os.fsdecode: a mount point in any
+    encoding, which /proc/mounts writes as raw bytes, matches the folder's own name)."""
     try:
-        with open(path) as f:
-            return f.read()
+        with open(path, "rb") as f:
+            return os.fsdecode(f.read())
     except OSError:
         return ""
 

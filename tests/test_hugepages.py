@@ -4,6 +4,9 @@ holding the segments, which the kernel's shmem_enabled overrides when deny or fo
 
 from __future__ import annotations
 
+import os
+import pathlib
+
 import pytest
 from click.testing import CliRunner
 
@@ -60,3 +63,16 @@ def test_doctor_says_whether_big_frames_get_huge_pages(folder: str, monkeypatch:
         else:
             assert f"4 KiB pages (tmpfs huge={policy})" in line, line
             assert f"sudo mount -o remount,huge=within_size {shm}" in line, line
+
+
+def test_a_mount_table_naming_a_path_in_another_encoding_is_read(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel escapes only space, tab, newline and backslash in /proc/mounts: a mount
+    # point named in Latin-1 (a USB stick's label, say) comes through as raw bytes.
+    mounts = tmp_path / "mounts"
+    mounts.write_bytes(b"tmpfs /media/caf\xe9 tmpfs rw,huge=always 0 0\n"
+                       b"tmpfs /run/frames tmpfs rw,huge=within_size 0 0\n")
+    monkeypatch.setattr(hugepages, "MOUNTS", str(mounts))
+    assert hugepages.folder_huge("/run/frames/x") in ("within_size", "always", "never")
+    assert hugepages.folder_huge(os.fsdecode(b"/media/caf\xe9")) is not None  # found, as the others
+    assert hugepages.folder_huge("/home/nobody-here") is None
