@@ -34,7 +34,7 @@ from .patterns import TagPattern
 log = logging.getLogger("ndsharray.bridge")
 
 STALE_AFTER = 0.5  # seconds a frame may be late on the link (beyond its need: pace.py) before it is dropped
-REFRESH = 1.0  # no frame this long after a credit: the whole window is granted again (credits may be lost)
+REFRESH = 1.0  # no frame this long after a credit: the whole window is granted anew (credits may be lost)
 RETRY = 0.5  # seconds before asking again after a frame could not be written
 TICK = 0.1
 KEEP_ENDED = 256  # ended imports remembered (for their reason), the oldest forgotten first
@@ -58,6 +58,13 @@ class ImportStream:
         self.credits: dict[int, int] = {}  # credit id -> when it was sent (monotonic ns)
         self.last_credit = 0
         self.owed = 0  # frames arrived whose credit has not been given back yet
+        # The credit that granted the whole window anew (on_token, a refresh): it replaced
+        # every credit granted before, which the exporter may still hold (a source that
+        # wrote nothing for REFRESH: it then held a window on top of the window). A frame
+        # taken that answers one of those gives no credit back (``replaced``: the frame
+        # being taken does), so the exporter is back to the window.
+        self.renewed = 0
+        self.replaced = False
         # Frames the exporter may have in flight, credits owed included: wire.window() of the
         # last frame's size; the narrow one until a frame says (a big frame must not wait
         # behind a wide window it was never meant to have).
@@ -79,10 +86,15 @@ class ImportStream:
         self.source_age_ns = 0  # its age when the exporter sent it
         self.link_ns = 0  # the last frame's round trip on the link
 
-    def ask(self, force: bool, count: int = 1) -> None:
+    def ask(self, force: bool, count: int = 1, renew: bool = False) -> None:
         """A credit for ``count`` frames, and for those owed (under the lock): queued for
-        :meth:`send`, which every caller of ask() runs once it has released the lock."""
+        :meth:`send`, which every caller of ask() runs once it has released the lock.
+        ``renew``: the whole window (``count``) anew, replacing every credit before."""
+        if renew:
+            self.owed = 0
         self.last_credit += 1
+        if renew:
+            self.renewed = self.last_credit
         now = time.monotonic_ns()
         self.credits[self.last_credit] = now
         if len(self.credits) > 64:
@@ -106,7 +118,7 @@ class ImportStream:
     def _give_back(self, nbytes: int) -> None:
         """A frame of ``nbytes`` arrived: its credit goes back, alone or with the next
         frames' (wire.window()); the exporter still holds the rest of the window meanwhile."""
-        self.owed += 1
+        self.owed += 0 if self.replaced else 1
         window, batch = wire.window(nbytes)
         if window < self.window:  # narrower: credits owed are kept until it is
             kept = min(self.owed, self.window - window)
@@ -131,6 +143,7 @@ class ImportStream:
             return
         if not self.live:
             return
+        self.replaced = head.credit < self.renewed
         now = time.monotonic_ns()
         sent = self.credits.get(head.credit)
         self.asked_ns = 0
@@ -215,7 +228,7 @@ class ImportStream:
             self.live = alive
             if alive:
                 self.owed = 0
-                self.ask(force=True, count=self.window)  # the newest frame at once, and the next ones
+                self.ask(force=True, count=self.window, renew=True)  # the newest frame at once, and the next ones
                 # Its answer is the newest frame, with nothing queued before it: taken
                 # whatever its time on the link (the first frame teaches the link's pace).
                 self.fresh_from = self.last_credit
@@ -245,8 +258,9 @@ class ImportStream:
             elif self.asked_ns and now - self.asked_ns > REFRESH * 1e9:
                 # Nothing came for a while: whatever the exporter holds (credits lost with a
                 # link that broke, or forgotten with a stream it dropped), it may send a
-                # whole window again; it keeps at most wire.WINDOW (Stream.credits).
-                self.ask(force=False, count=self.window - self.owed)
+                # whole window anew; it keeps at most wire.WINDOW (Stream.credits), and
+                # frames answering credits from before give none back (self.renewed).
+                self.ask(force=False, count=self.window, renew=True)
         self.send()
 
     def status(self) -> dict[str, Any]:

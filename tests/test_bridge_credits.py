@@ -1,0 +1,75 @@
+"""The importer's credit accounting against a model of the exporter (no Zenoh, no daemon):
+whatever happens on the link, the exporter ends up with the importer's window of frames
+granted, never fewer (a credit leaked: the stream limps, or stalls) nor more (every frame
+more in flight adds its transfer time to the age of the newest one delivered)."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from test_bridge_units import _Session, _stream
+
+from ndsharray.bridge import wire
+from ndsharray.bridge.importer import ImportStream
+
+BIG = wire.SMALL_FRAME + 1  # bytes on the wire: the narrow window, each credit back at once
+SENT = (7, 7000)  # (count, write_ns) of a frame the stream wrote already: taken without a daemon
+
+
+class _Payload(bytes):
+    def to_bytes(self) -> bytes:
+        return bytes(self)
+
+
+class _Exporter:
+    """The exporter's side of one stream as sender.Stream keeps it: the credits granted and
+    not used yet, at most wire.WINDOW, used oldest first."""
+
+    def __init__(self, stream: ImportStream, session: _Session) -> None:
+        self.stream, self.session, self.seen = stream, session, 0
+        self.held: collections.deque[int] = collections.deque(maxlen=wire.WINDOW)
+        self.take_credits()
+
+    def take_credits(self) -> None:
+        for credit, _force, count, _held in self.session.puts[self.seen:]:
+            self.held.extend([credit] * count)
+        self.seen = len(self.session.puts)
+
+    def send(self, nbytes: int = BIG, count: int = SENT[0]) -> tuple[wire.Frame, _Payload]:
+        """A frame against the oldest credit held (delivered later, or never: a stall)."""
+        return (wire.Frame(dtype="'|u1'", shape=(nbytes,), count=count, write_ns=SENT[1] if count == SENT[0] else 1,
+                           credit=self.held.popleft()), _Payload(bytes(nbytes)))
+
+    def deliver(self, frame: tuple[wire.Frame, _Payload]) -> None:
+        self.stream.on_frame(*frame)
+        self.take_credits()
+
+    def flow(self, frames: int, nbytes: int = BIG) -> None:
+        for _ in range(frames):
+            self.deliver(self.send(nbytes))
+
+
+def _live_stream() -> tuple[ImportStream, _Exporter]:
+    stream, session = _stream()
+    stream.written = SENT
+    assert stream.on_token(True)
+    return stream, _Exporter(stream, session)
+
+
+def _refresh(stream: ImportStream) -> None:
+    """Nothing came for REFRESH: tick grants the window again."""
+    stream.asked_ns = time.monotonic_ns() - 2 * 10**9
+    stream.tick(time.monotonic_ns())
+
+
+def test_a_refresh_while_the_source_writes_nothing_grants_no_more_than_the_window() -> None:
+    # A camera that pauses for more than REFRESH: the exporter still holds the credits
+    # (nothing to send), and gets the window again on top of them.
+    stream, exporter = _live_stream()
+    assert len(exporter.held) == wire.BIG_WINDOW
+    _refresh(stream)
+    exporter.take_credits()
+    exporter.flow(10)
+    assert len(exporter.held) == wire.BIG_WINDOW, exporter.held
+
