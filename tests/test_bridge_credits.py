@@ -73,3 +73,17 @@ def test_a_refresh_while_the_source_writes_nothing_grants_no_more_than_the_windo
     exporter.flow(10)
     assert len(exporter.held) == wire.BIG_WINDOW, exporter.held
 
+
+def test_a_frame_that_could_not_be_written_leaks_no_credit() -> None:
+    # A frame that fails (here: a payload that does not fit its header) is asked for again
+    # after RETRY; a frame taken meanwhile must not make the stream forget that credit.
+    stream, exporter = _live_stream()
+    exporter.flow(3)
+    head, _ = exporter.send(count=9)
+    exporter.deliver((head, _Payload(b"short")))
+    assert stream.errors == 1
+    exporter.flow(1)
+    stream.tick(time.monotonic_ns() + 6 * 10**8)  # (RETRY passed, REFRESH not yet)
+    exporter.take_credits()
+    exporter.flow(10)
+    assert len(exporter.held) == wire.BIG_WINDOW, exporter.held

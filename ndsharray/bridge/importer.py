@@ -194,6 +194,7 @@ class ImportStream:
     def _failed(self, exc: Exception, now: int) -> None:
         """A frame that could not be decoded or written: say so once, ask again later."""
         self.errors += 1
+        self.owed += 0 if self.replaced else 1  # (back with the retry's credit, or the next ones')
         if self.error != str(exc):
             log.warning("import %s: %s", self.local_tag, exc)
         self.error = str(exc)
@@ -254,7 +255,7 @@ class ImportStream:
             if not self.live:
                 return
             if self.retry_ns and now > self.retry_ns:
-                self.ask(force=True)
+                self.ask(force=True, count=0 if self.owed else 1)
             elif self.asked_ns and now - self.asked_ns > REFRESH * 1e9:
                 # Nothing came for a while: whatever the exporter holds (credits lost with a
                 # link that broke, or forgotten with a stream it dropped), it may send a
