@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from ndsharray import _hot
 from ndsharray.errors import CorruptSegmentError
-from ndsharray.layout import HEADER_OFF
+from ndsharray.framecopy import ENV_SKEW_FROM
+from ndsharray.layout import HEADER_OFF, PAGED_SLOT, SLOT_SKEW
 from ndsharray.segment.files import shm_dir
 from ndsharray.segment.header import create_segment, parse_header
 from ndsharray.segment.reader import SegmentReader
@@ -74,6 +75,41 @@ def test_any_single_corrupt_header_byte_is_caught_or_harmless(pos: int, byte: in
     # Accepted: then everything it promises must fit in the real bytes.
     assert h.layout.total_size <= len(buf)
     assert int(np.prod(h.shape)) * h.dtype.itemsize <= h.layout.nbytes  # (layout 3: a capacity)
+
+
+
+def _skewed_segment() -> bytearray:
+    """The bytes of a real segment whose slots are skewed (layout 4: data SLOT_SKEW into a page)."""
+    raw = getattr(_skewed_segment, "raw", None)
+    if raw is None:
+        old = os.environ.get(ENV_SKEW_FROM)
+        os.environ[ENV_SKEW_FROM] = str(PAGED_SLOT)  # (plan_layout reads it; hypothesis runs no fixture per example)
+        try:
+            lay, raw = segment_bytes_of("'|u1'", (PAGED_SLOT,), 2)
+        finally:
+            if old is None:
+                del os.environ[ENV_SKEW_FROM]
+            else:
+                os.environ[ENV_SKEW_FROM] = old
+        assert lay.skew == SLOT_SKEW
+        _skewed_segment.raw = raw  # type: ignore[attr-defined]
+    return bytearray(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 127), st.integers(0, 255), st.integers(0, SLOT_SKEW + 64))
+def test_a_skewed_segment_with_a_corrupt_header_byte_or_a_short_file_is_caught_or_harmless(
+        pos: int, byte: int, short: int) -> None:
+    buf = _skewed_segment()
+    buf[pos] = byte
+    size = len(buf) - short  # (a file shorter than its layout: the last slot's skew must count)
+    try:
+        h = parse_header(buf, size)
+    except CorruptSegmentError:
+        return
+    lay = h.layout
+    assert lay.data_offset % 64 == 0 and lay.stride % 64 == 0 and lay.data_offset >= lay.header_size
+    assert lay.slot_offset(lay.nslots - 1) + lay.nbytes + lay.meta_capacity <= lay.total_size <= size
 
 
 def _header_of(shape: tuple[int, ...], dtype_text: str) -> bytearray:
