@@ -74,6 +74,24 @@ def test_a_refresh_while_the_source_writes_nothing_grants_no_more_than_the_windo
     assert len(exporter.held) == wire.BIG_WINDOW, exporter.held
 
 
+
+def test_a_refresh_while_frames_are_stuck_on_the_link_grants_no_more_than_the_window() -> None:
+    # A stalled link: the frames sent against the window are stuck; the refresh grants it
+    # anew, and the stuck frames arrive (stale: each asks for the newest) once the link is back.
+    stream, exporter = _live_stream()
+    exporter.flow(5)
+    stuck = [exporter.send(count=8 + k) for k in range(wire.BIG_WINDOW)]
+    for credit in list(stream.credits):
+        stream.credits[credit] -= 5 * 10**9  # (asked long ago: the stuck frames are stale)
+    _refresh(stream)
+    exporter.take_credits()
+    stuck += [exporter.send() for _ in range(wire.BIG_WINDOW)]
+    for frame in stuck:
+        exporter.deliver(frame)
+    assert stream.stale == wire.BIG_WINDOW
+    exporter.flow(10)
+    assert len(exporter.held) == wire.BIG_WINDOW, exporter.held
+
 def test_a_frame_that_could_not_be_written_leaks_no_credit() -> None:
     # A frame that fails (here: a payload that does not fit its header) is asked for again
     # after RETRY; a frame taken meanwhile must not make the stream forget that credit.

@@ -58,13 +58,15 @@ class ImportStream:
         self.credits: dict[int, int] = {}  # credit id -> when it was sent (monotonic ns)
         self.last_credit = 0
         self.owed = 0  # frames arrived whose credit has not been given back yet
-        # The credit that granted the whole window anew (on_token, a refresh): it replaced
-        # every credit granted before, which the exporter may still hold (a source that
-        # wrote nothing for REFRESH: it then held a window on top of the window). A frame
-        # taken that answers one of those gives no credit back (``replaced``: the frame
-        # being taken does), so the exporter is back to the window.
+        # The credit that granted the whole window anew (on_token, a refresh) replaced every
+        # one before, which the exporter may still hold (a source idle for REFRESH) or have
+        # answered with frames stuck on the link (a stall). A frame answering one of those
+        # (``replaced``) gives no credit back; a stale one still asks for the newest, so the
+        # next frame's credit is kept (``withheld``: at most WINDOW - window, the most the
+        # exporter keeps beyond the window; more would leave it short once it drops some).
         self.renewed = 0
         self.replaced = False
+        self.withheld = 0
         # Frames the exporter may have in flight, credits owed included: wire.window() of the
         # last frame's size; the narrow one until a frame says (a big frame must not wait
         # behind a wide window it was never meant to have).
@@ -86,12 +88,15 @@ class ImportStream:
         self.source_age_ns = 0  # its age when the exporter sent it
         self.link_ns = 0  # the last frame's round trip on the link
 
-    def ask(self, force: bool, count: int = 1, renew: bool = False) -> None:
+    def ask(self, force: bool, count: int = 1, renew: bool = False, withhold: bool = False) -> None:
         """A credit for ``count`` frames, and for those owed (under the lock): queued for
         :meth:`send`, which every caller of ask() runs once it has released the lock.
-        ``renew``: the whole window (``count``) anew, replacing every credit before."""
+        ``renew``: the whole window (``count``) anew, replacing every credit before;
+        ``withhold``: for a frame whose credit was replaced (a later one is kept instead)."""
         if renew:
-            self.owed = 0
+            self.owed = self.withheld = 0
+        elif withhold and self.withheld < wire.WINDOW - self.window:
+            self.withheld += 1
         self.last_credit += 1
         if renew:
             self.renewed = self.last_credit
@@ -115,10 +120,17 @@ class ImportStream:
                 self.importer.session.put(self.credit_key, self.outbox.popleft(), express=True,
                                           congestion_control=self.importer.zenoh.CongestionControl.BLOCK)
 
+    def _returned(self) -> int:
+        """1 if the credit of the frame being taken goes back, 0 if it is kept (see renewed)."""
+        if not self.replaced and self.withheld:
+            self.withheld -= 1
+            return 0
+        return 0 if self.replaced else 1
+
     def _give_back(self, nbytes: int) -> None:
         """A frame of ``nbytes`` arrived: its credit goes back, alone or with the next
         frames' (wire.window()); the exporter still holds the rest of the window meanwhile."""
-        self.owed += 0 if self.replaced else 1
+        self.owed += self._returned()
         window, batch = wire.window(nbytes)
         if window < self.window:  # narrower: credits owed are kept until it is
             kept = min(self.owed, self.window - window)
@@ -158,7 +170,7 @@ class ImportStream:
             # Ask for the newest instead, and take the answer to that whatever its time
             # on the link: it teaches the pace of a link that got slower.
             self.stale += 1
-            self.ask(force=True)
+            self.ask(force=True, withhold=self.replaced)
             if not self.fresh_from:  # (the first of a stall's stale frames: later ones
                 self.fresh_from = self.last_credit  # keep it, or a slow link never settles)
             return
@@ -194,7 +206,7 @@ class ImportStream:
     def _failed(self, exc: Exception, now: int) -> None:
         """A frame that could not be decoded or written: say so once, ask again later."""
         self.errors += 1
-        self.owed += 0 if self.replaced else 1  # (back with the retry's credit, or the next ones')
+        self.owed += self._returned()  # (back with the retry's credit, or the next ones')
         if self.error != str(exc):
             log.warning("import %s: %s", self.local_tag, exc)
         self.error = str(exc)
