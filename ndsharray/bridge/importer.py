@@ -91,8 +91,7 @@ class ImportStream:
     def ask(self, force: bool, count: int = 1, renew: bool = False, withhold: bool = False) -> None:
         """A credit for ``count`` frames, and for those owed (under the lock): queued for
         :meth:`send`, which every caller of ask() runs once it has released the lock.
-        ``renew``: the whole window (``count``) anew, replacing every credit before;
-        ``withhold``: for a frame whose credit was replaced (a later one is kept instead)."""
+        ``renew``: the whole window anew; ``withhold``: a replaced credit's (see renewed)."""
         if renew:
             self.owed = self.withheld = 0
         elif withhold and self.withheld < wire.WINDOW - self.window:
