@@ -253,6 +253,12 @@ def headline(data: dict[str, Any]) -> list[str]:
                  _paired_cell(paired(data, lab, "lat_busy", OURS, LIMIT)),
                  fmt_us(ls) if ls else "n/a", _paired_cell(paired(data, lab, "lat_busy", OURS, LIMIT_SHM))]
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    lines += ["", "| size | write: ndsharray | iceoryx2 | paired ratio |", "|---|---:|---:|---:|"]
+    for s in data["sizes"]:
+        lab = s["label"]
+        o, i = _med(data, OURS, lab, "write"), _med(data, IOX, lab, "write")
+        lines.append(f"| {lab} | {fmt_us(o) if o else 'n/a'} | {fmt_us(i) if i else 'n/a'} | "
+                     f"{_paired_cell(paired(data, lab, 'write', OURS, IOX))} |")
     lines += ["", "Paired ratio: the median of one ratio per round, each round every implementation "
               "back to back (interquartile range, or min-max under 4 rounds, and the number of rounds); "
               "the host's memory bandwidth swings for seconds at a time and moves both sides of a round alike. "

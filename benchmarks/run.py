@@ -278,12 +278,12 @@ class Bench:
                     for _ in range(slices):
                         # One round: every implementation once, back to back. Their ratio
                         # within a round is the paired figure (see report.paired).
-                        rnd: dict[str, float] = {}
+                        rnd: dict[str, dict[str, float]] = defaultdict(dict)  # figure -> implementation -> value
                         for impl in order:
                             if self.applies(impl, kind):
                                 self.step(impl, label, spent, kind, self.phase, impl, kind, si, spec, rnd)
-                        if rnd:
-                            self.rounds[label][kind].append(rnd)
+                        for figure, values in rnd.items():
+                            self.rounds[label][figure].append(values)
             for impl in self.impls:
                 self.step(impl, label, spent, "close", impl.close_size)
             prefix = f"ndsb114-{spec.key}"
@@ -324,7 +324,8 @@ class Bench:
             return impl.copy_option
         return kind not in impl.na
 
-    def phase(self, impl: Impl, kind: str, si: int, spec: Spec, rnd: dict[str, float] | None = None) -> None:
+    def phase(self, impl: Impl, kind: str, si: int, spec: Spec,
+              rnd: dict[str, dict[str, float]] | None = None) -> None:
         label = SIZES[si][0]
         p = self.plan
         nbytes = spec.nbytes
@@ -365,7 +366,7 @@ class Bench:
         if kind == "sustained":
             S["fps"].append(rres["good"] / rres["secs"])
             if rnd is not None:
-                rnd[impl.name] = S["fps"][-1]
+                rnd[kind][impl.name] = S["fps"][-1]
             C["torn"] += rres["torn"]
             C["stale"] += rres.get("stale", 0)
             C["received"] += rres["good"]
@@ -377,7 +378,9 @@ class Bench:
             return
         C["lost"] += wres.get("lost", 0)
         if rnd is not None and rres.get("lat_ns"):
-            rnd[impl.name] = float(np.median(rres["lat_ns"])) * report.US
+            rnd[kind][impl.name] = float(np.median(rres["lat_ns"])) * report.US
+            if wres.get("write_ns") and kind == "lat_busy":
+                rnd["write"][impl.name] = float(np.median(wres["write_ns"])) * report.US
         if kind == "lat_busy":
             S["write"] += wres["write_ns"]
             S["read_new"] += rres["new_ns"]
