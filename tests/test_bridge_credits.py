@@ -11,6 +11,7 @@ import time
 from test_bridge_units import _Session, _stream
 
 from ndsharray.bridge import wire
+from ndsharray.bridge.credits import CreditLedger
 from ndsharray.bridge.importer import ImportStream
 
 BIG = wire.SMALL_FRAME + 1  # bytes on the wire: the narrow window, each credit back at once
@@ -81,8 +82,8 @@ def test_a_refresh_while_frames_are_stuck_on_the_link_grants_no_more_than_the_wi
     stream, exporter = _live_stream()
     exporter.flow(5)
     stuck = [exporter.send(count=8 + k) for k in range(wire.BIG_WINDOW)]
-    for credit in list(stream.credits):
-        stream.credits[credit] -= 5 * 10**9  # (asked long ago: the stuck frames are stale)
+    for credit in list(stream.ledger.credits):
+        stream.ledger.credits[credit] -= 5 * 10**9  # (asked long ago: the stuck frames are stale)
     _refresh(stream)
     exporter.take_credits()
     stuck += [exporter.send() for _ in range(wire.BIG_WINDOW)]
@@ -105,3 +106,36 @@ def test_a_frame_that_could_not_be_written_leaks_no_credit() -> None:
     exporter.take_credits()
     exporter.flow(10)
     assert len(exporter.held) == wire.BIG_WINDOW, exporter.held
+
+
+def test_a_renewal_replaces_every_credit_before_it() -> None:
+    # The renewal granted the window anew: a frame answering a credit from before it (held
+    # by the exporter through an idle spell, or stuck on the link) gives none back.
+    ledger = CreditLedger()
+    before, _ = ledger.grant(0, ledger.window, renew=True)
+    renewal, count = ledger.grant(1, ledger.window, renew=True)
+    assert count == wire.BIG_WINDOW
+    assert ledger.answer(before) == 0 and ledger.replaced
+    assert not ledger.give_back(BIG) and ledger.owed == 0
+    assert ledger.answer(renewal) == 1 and not ledger.replaced
+    assert ledger.give_back(BIG) and ledger.grant(2, 0) == (renewal + 1, 1)
+
+
+def test_stale_replaced_frames_keep_no_more_credits_than_the_exporter_holds_beyond_the_window() -> None:
+    # Each stale frame answering a replaced credit asks for the newest (a credit more), so
+    # the credit of a later frame is kept instead; at most WINDOW - window of them: the
+    # exporter keeps no more than that beyond the window, and would be left short.
+    ledger = CreditLedger()
+    before, _ = ledger.grant(0, ledger.window, renew=True)
+    renewal, _ = ledger.grant(1, ledger.window, renew=True)
+    for _ in range(wire.WINDOW):
+        ledger.answer(before)
+        ledger.grant(2, 1, withhold=ledger.replaced)
+    assert ledger.withheld == wire.WINDOW - wire.BIG_WINDOW
+    due = []
+    for _ in range(3):
+        ledger.answer(renewal)
+        due.append(ledger.give_back(BIG))
+        if due[-1]:
+            ledger.grant(3, 0)
+    assert due == [False, False, True]

@@ -1,14 +1,15 @@
 """The importing half of a bridge: remote tags written into local tags ``<exporter>/<tag>``.
 
 An importer gives each exporter a window of credits (frames it may send) and one more for
-each frame that arrives: wire.window() says how many, and how many go back in one
-message, by the frames' size (four for small frames, two for big ones). A frame that
-waited on the link (measured on this host's clock: from the credit it answers, less the
-time the exporter held that credit) longer than the link needs for a frame of its size
-(learnt from the frames taken, pace.py) by more than ``stale_after``, and by more than that
-need, is stale: it is dropped and the exporter is asked for its newest frame instead, so
-the first frame written after a stall is a current one; a link that is merely slow (one
-frame takes longer than ``stale_after`` to cross it) still carries every frame.
+each frame that arrives: wire.window() says how many, and how many go back in one message,
+by the frames' size (four for small frames, two for big ones; credits.py keeps the
+account). A frame that waited on the link (measured on this host's clock: from the credit
+it answers, less the time the exporter held that credit) longer than the link needs for a
+frame of its size (learnt from the frames taken, pace.py) by more than ``stale_after``,
+and by more than that need, is stale: it is dropped and the exporter is asked for its
+newest frame instead, so the first frame written after a stall is a current one; a link
+that is merely slow (one frame takes longer than ``stale_after`` to cross it) still
+carries every frame.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..errors import NdShArrayError
 from ..layout import META_NONE
 from . import clocks, pace, wire
 from .codecs import CodecError, decode
+from .credits import CreditLedger
 from .endings import EndingsFile
 from .patterns import TagPattern
 
@@ -55,22 +57,7 @@ class ImportStream:
         self.put_lock = threading.Lock()
         self.writer: Writer | None = None
         self.meta_capacity = 0  # the writer's
-        self.credits: dict[int, int] = {}  # credit id -> when it was sent (monotonic ns)
-        self.last_credit = 0
-        self.owed = 0  # frames arrived whose credit has not been given back yet
-        # The credit that granted the whole window anew (on_token, a refresh) replaced every
-        # one before, which the exporter may still hold (a source idle for REFRESH) or have
-        # answered with frames stuck on the link (a stall). A frame answering one of those
-        # (``replaced``) gives no credit back; a stale one still asks for the newest, so the
-        # next frame's credit is kept (``withheld``: at most WINDOW - window, the most the
-        # exporter keeps beyond the window; more would leave it short once it drops some).
-        self.renewed = 0
-        self.replaced = False
-        self.withheld = 0
-        # Frames the exporter may have in flight, credits owed included: wire.window() of the
-        # last frame's size; the narrow one until a frame says (a big frame must not wait
-        # behind a wide window it was never meant to have).
-        self.window = wire.BIG_WINDOW
+        self.ledger = CreditLedger()  # the credits sent and owed, the window (credits.py)
         self.asked_ns = 0  # when the last credit went out (0: none outstanding)
         self.retry_ns = 0  # ask again (force) at this time, after a failed write
         self.fresh_from = 0  # after a stale frame (or a token): answers to credits from this one on are taken
@@ -91,21 +78,11 @@ class ImportStream:
     def ask(self, force: bool, count: int = 1, renew: bool = False, withhold: bool = False) -> None:
         """A credit for ``count`` frames, and for those owed (under the lock): queued for
         :meth:`send`, which every caller of ask() runs once it has released the lock.
-        ``renew``: the whole window anew; ``withhold``: a replaced credit's (see renewed)."""
-        if renew:
-            self.owed = self.withheld = 0
-        elif withhold and self.withheld < wire.WINDOW - self.window:
-            self.withheld += 1
-        self.last_credit += 1
-        if renew:
-            self.renewed = self.last_credit
+        ``renew``, ``withhold``: as CreditLedger.grant() takes them."""
         now = time.monotonic_ns()
-        self.credits[self.last_credit] = now
-        if len(self.credits) > 64:
-            del self.credits[min(self.credits)]
+        credit, count = self.ledger.grant(now, count, renew, withhold)
         self.asked_ns, self.retry_ns = now, 0
-        count, self.owed = min(wire.WINDOW, count + self.owed), 0
-        self.outbox.append(wire.pack_credit(self.last_credit, force, count))
+        self.outbox.append(wire.pack_credit(credit, force, count))
 
     def send(self) -> None:
         """Put the credits ask() queued, oldest first (outside self.lock)."""
@@ -119,24 +96,10 @@ class ImportStream:
                 self.importer.session.put(self.credit_key, self.outbox.popleft(), express=True,
                                           congestion_control=self.importer.zenoh.CongestionControl.BLOCK)
 
-    def _returned(self) -> int:
-        """1 if the credit of the frame being taken goes back, 0 if it is kept (see renewed)."""
-        if not self.replaced and self.withheld:
-            self.withheld -= 1
-            return 0
-        return 0 if self.replaced else 1
-
     def _give_back(self, nbytes: int) -> None:
         """A frame of ``nbytes`` arrived: its credit goes back, alone or with the next
-        frames' (wire.window()); the exporter still holds the rest of the window meanwhile."""
-        self.owed += self._returned()
-        window, batch = wire.window(nbytes)
-        if window < self.window:  # narrower: credits owed are kept until it is
-            kept = min(self.owed, self.window - window)
-            self.owed, self.window = self.owed - kept, self.window - kept
-        elif window > self.window:  # wider: the extra credits go with this one's
-            self.owed, self.window = self.owed + window - self.window, window
-        if self.owed >= batch:
+        frames' (CreditLedger.give_back)."""
+        if self.ledger.give_back(nbytes):
             self.ask(force=False, count=0)
         else:
             self.asked_ns = time.monotonic_ns()  # (tick gives it back if no frame follows)
@@ -154,9 +117,8 @@ class ImportStream:
             return
         if not self.live:
             return
-        self.replaced = head.credit < self.renewed
         now = time.monotonic_ns()
-        sent = self.credits.get(head.credit)
+        sent = self.ledger.answer(head.credit)
         self.asked_ns = 0
         nbytes = len(payload)
         link = 0 if sent is None else now - sent - head.hold_ns
@@ -169,9 +131,9 @@ class ImportStream:
             # Ask for the newest instead, and take the answer to that whatever its time
             # on the link: it teaches the pace of a link that got slower.
             self.stale += 1
-            self.ask(force=True, withhold=self.replaced)
+            self.ask(force=True, withhold=self.ledger.replaced)
             if not self.fresh_from:  # (the first of a stall's stale frames: later ones
-                self.fresh_from = self.last_credit  # keep it, or a slow link never settles)
+                self.fresh_from = self.ledger.last  # keep it, or a slow link never settles)
             return
         self.fresh_from = 0
         if sent is not None:
@@ -205,7 +167,7 @@ class ImportStream:
     def _failed(self, exc: Exception, now: int) -> None:
         """A frame that could not be decoded or written: say so once, ask again later."""
         self.errors += 1
-        self.owed += self._returned()  # (back with the retry's credit, or the next ones')
+        self.ledger.owe()  # (back with the retry's credit, or the next ones')
         if self.error != str(exc):
             log.warning("import %s: %s", self.local_tag, exc)
         self.error = str(exc)
@@ -239,11 +201,11 @@ class ImportStream:
                 return False
             self.live = alive
             if alive:
-                self.owed = 0
-                self.ask(force=True, count=self.window, renew=True)  # the newest frame at once, and the next ones
+                # The newest frame at once, and the next ones (the whole window anew).
+                self.ask(force=True, count=self.ledger.window, renew=True)
                 # Its answer is the newest frame, with nothing queued before it: taken
                 # whatever its time on the link (the first frame teaches the link's pace).
-                self.fresh_from = self.last_credit
+                self.fresh_from = self.ledger.last
             elif self.state != "ended":
                 self._end(f"bridge {self.exporter} or the link to it is gone")
         self.send()
@@ -266,13 +228,13 @@ class ImportStream:
             if not self.live:
                 return
             if self.retry_ns and now > self.retry_ns:
-                self.ask(force=True, count=0 if self.owed else 1)
+                self.ask(force=True, count=0 if self.ledger.owed else 1)
             elif self.asked_ns and now - self.asked_ns > REFRESH * 1e9:
                 # Nothing came for a while: whatever the exporter holds (credits lost with a
                 # link that broke, or forgotten with a stream it dropped), it may send a
                 # whole window anew; it keeps at most wire.WINDOW (Stream.credits), and
-                # frames answering credits from before give none back (self.renewed).
-                self.ask(force=False, count=self.window, renew=True)
+                # frames answering credits from before give none back (CreditLedger.renewed).
+                self.ask(force=False, count=self.ledger.window, renew=True)
         self.send()
 
     def status(self) -> dict[str, Any]:
