@@ -32,6 +32,7 @@ adapters in peers/ (ndsharray's daemon on a private endpoint, stopped at the end
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import mmap
 import multiprocessing as mp
@@ -40,6 +41,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -263,13 +265,26 @@ def alone(impl: str, si: int, secs: float, key: str, tmp: str, endpoint: str) ->
     _, fill, write, copy, rate = out.get(timeout=120 + 3 * secs)
     pw.join(30)
     spec = Spec(key=key + "a", shape=shape, dtype=dtype, tmpdir=tmp, endpoint=endpoint)
-    pw = ctx.Process(target=idle_writer, args=(impl, spec, ready, stop))
+    with running_pair(ctx, stop, (idle_writer, (impl, spec, ready, stop)),
+                      (reader_alone, (impl, spec, secs, ready, out))):
+        _, shm, priv = out.get(timeout=120 + 3 * secs)
+    return (f"alone: writer {rate:,.0f} writes/s, fill p50 {fill} us, write() {write} us, np.copyto "
+            f"into 2 private arrays in turn {copy} us | reader check {shm} us, of a private copy {priv} us")
+
+
+
+@contextlib.contextmanager
+def running_pair(ctx: Any, stop: Any, writer_job: tuple[Any, tuple[Any, ...]],
+                 reader_job: tuple[Any, tuple[Any, ...]]) -> Iterator[None]:
+    """A writer process, then (once it exists) a reader process; on the way out, ``stop``
+    is set and both are joined (killed after 30 s)."""
+    pw = ctx.Process(target=writer_job[0], args=writer_job[1])
     pw.start()
-    time.sleep(0.5)
-    pr = ctx.Process(target=reader_alone, args=(impl, spec, secs, ready, out))
+    time.sleep(0.5)  # the writer exists before the reader looks for it
+    pr = ctx.Process(target=reader_job[0], args=reader_job[1])
     pr.start()
     try:
-        _, shm, priv = out.get(timeout=120 + 3 * secs)
+        yield
     finally:
         stop.set()
         for p in (pr, pw):
@@ -277,8 +292,6 @@ def alone(impl: str, si: int, secs: float, key: str, tmp: str, endpoint: str) ->
             if p.is_alive():
                 p.kill()
                 p.join()
-    return (f"alone: writer {rate:,.0f} writes/s, fill p50 {fill} us, write() {write} us, np.copyto "
-            f"into 2 private arrays in turn {copy} us | reader check {shm} us, of a private copy {priv} us")
 
 
 def probe(impl: str, si: int, secs: float, key: str, tmp: str, endpoint: str,
@@ -287,23 +300,12 @@ def probe(impl: str, si: int, secs: float, key: str, tmp: str, endpoint: str,
     spec = Spec(key=key, shape=shape, dtype=dtype, tmpdir=tmp, endpoint=endpoint)
     ctx = mp.get_context("spawn")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-    pw = ctx.Process(target=writer, args=(impl, spec, trace, ready, stop, out))
-    pw.start()
-    time.sleep(0.5)  # the writer exists before the reader looks for it
-    pr = ctx.Process(target=reader, args=(impl, spec, secs, ready, stop, out))
-    pr.start()
     res = {}
-    try:
+    with running_pair(ctx, stop, (writer, (impl, spec, trace, ready, stop, out)),
+                      (reader, (impl, spec, secs, ready, stop, out))):
         for _ in range(2):
             item = out.get(timeout=120 + secs)
             res[item[0]] = item
-    finally:
-        stop.set()
-        for p in (pr, pw):
-            p.join(30)
-            if p.is_alive():
-                p.kill()
-                p.join()
     _, good, rcpu, rwall, torn, faults, rpre, read_us, check_us = res["r"]
     _, n, wcpu, wwall, fill_us, write_us, used, wfaults, wpre = res["w"]
     return {"fps": good / rwall, "reader_us_per_frame": 1e6 * rcpu / max(good, 1), "reader_cpu": rcpu / rwall,
