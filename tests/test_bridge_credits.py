@@ -139,3 +139,20 @@ def test_stale_replaced_frames_keep_no_more_credits_than_the_exporter_holds_beyo
         if due[-1]:
             ledger.grant(3, 0)
     assert due == [False, False, True]
+
+
+def test_a_retry_after_a_replaced_frame_failed_grants_no_more_than_the_window() -> None:
+    # A frame answering a credit a renewal replaced fails to be written: its credit is not
+    # owed (the renewal granted the window anew), so the retry's credit is one the
+    # importer does not owe, and the next frame's is kept instead.
+    stream, exporter = _live_stream()
+    exporter.flow(3)
+    head, _ = exporter.send(count=9)  # against a credit the refresh below replaces
+    _refresh(stream)
+    exporter.take_credits()
+    exporter.deliver((head, _Payload(b"short")))
+    assert stream.errors == 1 and stream.ledger.replaced
+    stream.tick(time.monotonic_ns() + 6 * 10**8)  # (RETRY passed, REFRESH not yet)
+    exporter.take_credits()
+    exporter.flow(10)
+    assert len(exporter.held) == wire.BIG_WINDOW, exporter.held

@@ -228,7 +228,10 @@ class ImportStream:
             if not self.live:
                 return
             if self.retry_ns and now > self.retry_ns:
-                self.ask(force=True, count=0 if self.ledger.owed else 1)
+                # Nothing owed: the failed frame's credit was replaced or kept (CreditLedger.owe),
+                # so this one is a credit more, and the next frame's is kept instead.
+                owed = self.ledger.owed
+                self.ask(force=True, count=0 if owed else 1, withhold=not owed)
             elif self.asked_ns and now - self.asked_ns > REFRESH * 1e9:
                 # Nothing came for a while: whatever the exporter holds (credits lost with a
                 # link that broke, or forgotten with a stream it dropped), it may send a
