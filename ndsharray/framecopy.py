@@ -69,15 +69,12 @@ def _glibc_threshold() -> int:
     return int(m.group(1), 0) if m else NEVER
 
 
-def copy_frame(view: np.ndarray[Any, Any], skewed: bool) -> np.ndarray[Any, Any]:
-    """An owned, writable, C-contiguous copy of the C-contiguous frame ``view``.
-
-    ``skewed``: ``view`` fills a skewed slot, so it is at least the non-temporal threshold:
-    the copy goes SLOT_SKEW bytes past the source's page offset (64-byte aligned, as the
-    source is), into a uint8 buffer one page larger that becomes its ``base``
-    (``flags.owndata`` is then False; it shares memory with nothing else)."""
-    if not skewed:
-        return view.copy()
+def copy_frame(view: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """An owned, writable, C-contiguous copy of the C-contiguous frame ``view``, which fills
+    a skewed slot (so it is at least the non-temporal threshold; other frames take
+    ``view.copy()``): the copy goes SLOT_SKEW bytes past the source's page offset (64-byte
+    aligned, as the source is), into a uint8 buffer one page larger that becomes its
+    ``base`` (``flags.owndata`` is then False; it shares memory with nothing else)."""
     buf = np.empty(view.nbytes + mmap.PAGESIZE, np.uint8)
     start = (view.ctypes.data + SLOT_SKEW - buf.ctypes.data) % mmap.PAGESIZE
     out: np.ndarray[Any, Any] = np.ndarray(view.shape, view.dtype, buffer=buf, offset=start)

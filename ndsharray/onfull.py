@@ -30,6 +30,7 @@ log = logging.getLogger("ndsharray")
 
 ON_FULL = ("grow", "drop", "block")
 
+
 class Dropped(Exception):
     """on_full="drop": every slot stayed pinned past the short grace; skip this frame."""
 
@@ -69,7 +70,8 @@ class FullRing:
             if i >= 0:
                 return seg, i
         # A reader holds two pins for a moment while it swaps views; that passes quickly.
-        spin_until = time.monotonic() + ring.MIN_GROW_GRACE
+        started = time.monotonic()
+        spin_until = started + ring.MIN_GROW_GRACE
         while time.monotonic() < spin_until:
             os.sched_yield()
             i = self._try_acquire(seg)
@@ -85,7 +87,7 @@ class FullRing:
             # a big ring's growth stalls this write for much longer; a small one's is cheap.
             h = seg.header
             slots = ring.grown_slots(seg.nslots, h.layout.nbytes, self._max_slots)
-            grow_after = spin_until - ring.MIN_GROW_GRACE + ring.grow_grace(slots, h.layout.stride)
+            grow_after = started + ring.grow_grace(slots, h.layout.stride)
             while time.monotonic() < grow_after:
                 time.sleep(0.0005)
                 i = self._try_acquire(seg)

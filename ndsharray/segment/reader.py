@@ -175,7 +175,7 @@ class SegmentReader(MappedSegment):
         """An owned, writable copy of the frame ``pin`` holds (placed for a fast copy when
         it fills a skewed slot: see framecopy)."""
         view = self.view_of(pin)
-        return view.copy() if view.nbytes != self._skewed_nbytes else copy_frame(view, True)
+        return view.copy() if view.nbytes != self._skewed_nbytes else copy_frame(view)
 
     @property
     def meta(self) -> tuple[int, bytes] | None:
